@@ -1,0 +1,30 @@
+import { formatCheck, runCheck } from '../../check/check.js';
+import { UnderstudyError } from '../../util/errors.js';
+import type { Command } from '../command.js';
+
+export const checkCommand: Command = {
+  name: 'check',
+  summary: 'test, on this kernel, every feature Understudy relies on',
+  usage: '[--only ID[,ID...]] [--timeout-ms N] [--json]',
+  help:
+    '  --only IDS        run only these probes (comma-separated ids, see --json output)\n' +
+    '  --timeout-ms N    give each probe at most N ms (default 10000)',
+  options: {
+    only: { type: 'string' },
+    'timeout-ms': { type: 'string' },
+  },
+  needsRoot: true,
+  async run(ctx, values) {
+    const only = typeof values.only === 'string' ? values.only.split(',').filter((s) => s !== '') : undefined;
+    let timeoutMs: number | undefined;
+    if (values['timeout-ms'] !== undefined) {
+      timeoutMs = Number(values['timeout-ms']);
+      if (!Number.isInteger(timeoutMs) || timeoutMs < 100 || timeoutMs > 600_000) {
+        throw new UnderstudyError('E_USAGE', `--timeout-ms must be an integer from 100 to 600000, got ${String(values['timeout-ms'])}`);
+      }
+    }
+    const report = await runCheck({ only, timeoutMs });
+    ctx.out(ctx.json ? JSON.stringify(report, null, 2) : formatCheck(report));
+    return report.ok ? 0 : 1;
+  },
+};

@@ -1,0 +1,156 @@
+// The `understudy` command line: global flags, subcommand dispatch, and the one
+// place errors become messages and exit codes (2 usage, 1 failure).
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { loadConfig } from '../config/config.js';
+import { isUnderstudyError, UnderstudyError } from '../util/errors.js';
+import { configureLogging } from '../util/log.js';
+import { packageRoot } from '../util/paths.js';
+import type { CliContext, Command } from './command.js';
+import { COMMANDS } from './commands/index.js';
+
+const GLOBAL_OPTIONS = {
+  json: { type: 'boolean' },
+  debug: { type: 'boolean' },
+  config: { type: 'string' },
+  'log-file': { type: 'string' },
+  'log-level': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'V' },
+} as const satisfies NonNullable<ParseArgsConfig['options']>;
+
+const GLOBAL_HELP =
+  '  --json            machine-readable output\n' +
+  '  --debug           show stack traces on errors\n' +
+  '  --config FILE     JSON configuration (default: embedded)\n' +
+  '  --log-file FILE   write the JSON log there instead of stderr\n' +
+  '  --log-level L     trace, debug, info, warn, error, fatal\n' +
+  '  -h, --help        this help\n' +
+  '  -V, --version     the version';
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(resolve(packageRoot, 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function mainUsage(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+  return [
+    'usage: understudy [GLOBAL FLAGS] COMMAND [FLAGS]',
+    '',
+    'Keeps a running Linux application alive when its host dies.',
+    '',
+    'commands:',
+    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    '',
+    'global flags:',
+    GLOBAL_HELP,
+    '',
+    'Run `understudy COMMAND --help` for a command\'s flags.',
+  ].join('\n');
+}
+
+function commandUsage(cmd: Command): string {
+  return [
+    `usage: understudy ${cmd.name} ${cmd.usage}`.trimEnd(),
+    '',
+    cmd.summary,
+    ...(cmd.help ? ['', 'flags:', cmd.help] : []),
+    '',
+    'global flags:',
+    GLOBAL_HELP,
+  ].join('\n');
+}
+
+export interface CliIo {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+const stdio: CliIo = {
+  out: (t) => process.stdout.write(t + '\n'),
+  err: (t) => process.stderr.write(t + '\n'),
+};
+
+/** Runs the CLI on `argv` (without node and script) and returns the exit code. */
+export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
+  let debug = argv.includes('--debug');
+  const cmdIndex = findCommand(argv);
+  const cmdName = cmdIndex >= 0 ? argv[cmdIndex] : undefined;
+  const cmd = cmdName === undefined ? undefined : COMMANDS.find((c) => c.name === cmdName);
+  try {
+    if (cmdName !== undefined && cmd === undefined) {
+      throw new UnderstudyError('E_USAGE', `unknown command "${cmdName}"\n\n${mainUsage()}`);
+    }
+    const options = { ...GLOBAL_OPTIONS, ...(cmd?.options ?? {}) };
+    const args = cmdIndex >= 0 ? [...argv.slice(0, cmdIndex), ...argv.slice(cmdIndex + 1)] : argv;
+    let parsed: { values: Record<string, unknown>; positionals: string[] };
+    try {
+      parsed = parseArgs({ args, options, strict: true, allowPositionals: cmd?.positionals ?? false }) as typeof parsed;
+    } catch (e) {
+      const usage = cmd ? commandUsage(cmd) : mainUsage();
+      throw new UnderstudyError('E_USAGE', `${(e as Error).message.split('\n')[0]}\n\n${usage}`);
+    }
+    const v = parsed.values;
+    debug = v.debug === true;
+    if (v.version === true) {
+      io.out(version());
+      return 0;
+    }
+    if (v.help === true) {
+      io.out(cmd ? commandUsage(cmd) : mainUsage());
+      return 0;
+    }
+    if (!cmd) {
+      throw new UnderstudyError('E_USAGE', `no command given\n\n${mainUsage()}`);
+    }
+    const config = loadConfig(typeof v.config === 'string' ? v.config : undefined);
+    if (typeof v['log-level'] === 'string') {
+      config.logLevel = loadConfigLevel(v['log-level']);
+    }
+    if (typeof v['log-file'] === 'string') config.logFile = resolve(v['log-file']);
+    configureLogging({ level: config.logLevel, file: config.logFile });
+
+    if (cmd.needsRoot && process.geteuid?.() !== 0) {
+      throw new UnderstudyError(
+        'E_NOT_ROOT',
+        `understudy ${cmd.name} must run as root: it loads eBPF programs, ptraces the app's processes and ` +
+          'creates namespaces, which need CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_BPF. Run it again with sudo.',
+      );
+    }
+    const ctx: CliContext = { config, json: v.json === true, debug, out: io.out };
+    return await cmd.run(ctx, v, parsed.positionals);
+  } catch (e) {
+    if (isUnderstudyError(e)) {
+      io.err(`understudy: ${e.message}`);
+      if (debug && e.stack) io.err(e.stack);
+      return e.exitCode;
+    }
+    io.err(`understudy: internal error: ${(e as Error)?.message ?? String(e)}`);
+    io.err(debug ? String((e as Error)?.stack) : 'Run again with --debug for the stack trace, and report it.');
+    return 1;
+  }
+}
+
+/** Index of the subcommand: the first argument that is neither a flag nor a global flag's value. */
+function findCommand(argv: string[]): number {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') return -1;
+    if (a.startsWith('-')) {
+      if (a === '--config' || a === '--log-file' || a === '--log-level') i++;
+      continue;
+    }
+    return i;
+  }
+  return -1;
+}
+
+function loadConfigLevel(level: string): ReturnType<typeof loadConfig>['logLevel'] {
+  const levels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+  if (!(levels as readonly string[]).includes(level)) {
+    throw new UnderstudyError('E_USAGE', `--log-level must be one of ${levels.join(', ')}, got "${level}"`);
+  }
+  return level as (typeof levels)[number];
+}
