@@ -35,10 +35,19 @@ COMMON_OBJS := $(patsubst native/%.c,$(BUILD)/obj/%.o,$(COMMON_SRCS))
 LDLIBS_BASE := -lbpf -lelf -lz -lprotobuf-c
 -include $(wildcard native/*/libs.mk)
 
-.PHONY: all bpf native clean
-all: bpf native
+# Test fixtures: small self-verifying C programs, one file each.
+FIXTURE_SRCS := $(wildcard test/fixtures/*.c)
+FIXTURE_BINS := $(patsubst test/fixtures/%.c,$(BUILD)/fixtures/%,$(FIXTURE_SRCS))
+
+.PHONY: all bpf native fixtures clean
+all: bpf native fixtures
 bpf: $(BPF_OBJS) $(BPF_SKELS)
 native: $(NATIVE_BINS)
+fixtures: $(FIXTURE_BINS)
+
+$(BUILD)/fixtures/%: test/fixtures/%.c $(wildcard test/fixtures/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) -O1 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -o $@ $< -lm
 
 # vmlinux.h follows the running kernel: scripts/build rewrites kernel-release
 # only when `uname -r` changes, which triggers a new dump.
