@@ -64,3 +64,12 @@ describe('understudy check', () => {
     expect(bad.stderr).toMatch(/unknown probe warp_drive; known probes: bpf_syscall, btf/);
   });
 });
+
+describe('understudy check --verbose', () => {
+  it('says what each passing probe observed', async () => {
+    const r = await runCli(['check', '--verbose', '--only', 'clone3_set_tid,pagemap_scan']);
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout).toMatch(/✓ PAGEMAP_SCAN ioctl.*\n {4}seen: .*exactly \[3,4\) and \[11,12\)/);
+    expect(r.stdout).toMatch(/✓ clone3 with set_tid.*\n {4}seen: .*getpid\(\) is 4242/);
+  });
+});
