@@ -48,8 +48,9 @@ describe('understudy CLI', () => {
   });
 
   it('refuses to run a kernel command without root, saying why', async () => {
-    // Run as nobody; the repository must be readable for that user.
-    const r = await runCli(['check'], { uid: 65534, gid: 65534 });
+    // Run as uid 1000 inside a user namespace: the process is not root, yet
+    // still reads the checkout wherever CI cloned it (a 0700 folder included).
+    const r = await runCli(['check'], { wrap: ['unshare', '--user', '--map-user=1000', '--map-group=1000'] });
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/must run as root/);
     expect(r.stderr).toMatch(/CAP_SYS_PTRACE/);

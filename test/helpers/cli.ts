@@ -11,7 +11,10 @@ export interface CliResult {
   stderr: string;
 }
 
-export async function runCli(args: string[], opts: Options = {}): Promise<CliResult> {
-  const r = await execa(process.execPath, [CLI, ...args], { reject: false, stdin: 'ignore', ...opts });
+/** `wrap`: a command to run the CLI under, e.g. ['unshare', '--user', ...]. */
+export async function runCli(args: string[], opts: Options & { wrap?: string[] } = {}): Promise<CliResult> {
+  const { wrap = [], ...rest } = opts;
+  const argv = [...wrap, process.execPath, CLI, ...args];
+  const r = await execa(argv[0]!, argv.slice(1), { reject: false, stdin: 'ignore', ...rest });
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
 }
