@@ -5,7 +5,8 @@
  * bpf/trace.h. The programs submit without wake-ups, so the buffer is also
  * drained every --poll-ms. A struct tr_stats record (counters incl. losses) is
  * written once attached (the "ready" signal), every --stats-ms, and at exit.
- * Exits 0, detached, when stdin reaches EOF or on SIGTERM/SIGINT. */
+ * On EOF of stdin or SIGTERM/SIGINT: drains, writes the last stats, closes
+ * stdout (the reader's end of stream), detaches every program, exits 0. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -187,12 +188,16 @@ int main(int argc, char **argv)
 			next_stats = now_ns() + (uint64_t)stats_ms * 1000000ull;
 		}
 	}
-	detach_all(&links);
+	/* Final drain and stats, then end the stream before detaching: each
+	 * detach waits for a tracepoint grace period (tens of ms, ~100
+	 * programs), and the reader need not wait for that. */
 	if (rc == 0) {
 		ring_buffer__consume(rb);
 		if (emit_stats(ctr_fd) < 0)
 			rc = 1;
 	}
+	close(1);
+	detach_all(&links);
 	ring_buffer__free(rb);
 	return rc;
 }

@@ -74,7 +74,7 @@ export async function readNetSockets(pid?: number): Promise<Map<number, NetSocke
     if (f.length < 7) continue;
     const ino = Number(f[6]);
     const st = Number(f[5]);
-    out.set(ino, { ino, proto: 'unix', local: f[7] ?? '', remote: '', state: st === 3 ? 'CONNECTED' : st === 1 ? (Number(f[3]) & 0x10000 ? 'LISTEN' : 'UNCONNECTED') : String(st), path: f[7] });
+    out.set(ino, { ino, proto: 'unix', local: f[7] ?? '', remote: '', state: st === 3 ? 'CONNECTED' : st === 1 ? (parseInt(f[3]!, 16) & 0x10000 ? 'LISTEN' : 'UNCONNECTED') : String(st), path: f[7] });
   }
   // unix peers: sock_diag (UNIX_DIAG_PEER), as ss reports it
   const ss = await execa('ss', ['-x', '-a', '-n', '-H'], { reject: false, stdin: 'ignore' });
@@ -104,7 +104,7 @@ export function findHolders(targets: Set<string>, exclude: Set<number>): Map<str
   const out = new Map<string, Holder[]>();
   if (targets.size === 0) return out;
   for (const pid of listPids()) {
-    if (exclude.has(pid) || pid === process.pid) continue;
+    if (exclude.has(pid)) continue;
     let fds: string[];
     try {
       fds = readdirSync(`/proc/${pid}/fd`);
@@ -267,7 +267,7 @@ export async function snapshot(graph: AppGraph): Promise<GraphSnapshot> {
   const shms = nodes.filter((n) => n.kind === 'ipc' && n.attrs.ipc === 'shm');
   if (shms.length > 0) {
     for (const pid of listPids()) {
-      if (appPids.has(pid) || pid === process.pid) continue;
+      if (appPids.has(pid)) continue;
       for (const m of readMaps(pid)) {
         if (!m.path.startsWith('/SYSV')) continue;
         const n = shms.find((s) => Number(s.attrs.id) === m.inode);

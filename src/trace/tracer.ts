@@ -41,6 +41,7 @@ export class Tracer {
   private stderr = '';
   private stopped = false;
   private exited: Promise<void> | undefined;
+  private streamEnded: Promise<void> | undefined;
 
   private constructor(
     readonly pins: PinnedTracer,
@@ -93,6 +94,11 @@ export class Tracer {
       if (this.stderr.length > 8192) this.stderr = this.stderr.slice(-8192);
     });
     this.exited = child.then(() => undefined);
+    // The helper closes stdout once the last records are out, then detaches (slow: a grace period per program).
+    this.streamEnded = new Promise<void>((res) => {
+      child.stdout.once('end', () => res());
+      child.stdout.once('close', () => res());
+    });
     const failed = this.exited.then(() => {
       if (this.lastStats === undefined) {
         throw new UnderstudyError(
@@ -129,7 +135,10 @@ export class Tracer {
     };
   }
 
-  /** Detaches (the helper exits when its stdin closes), drains the last records, unpins. */
+  /**
+   * Stops: the helper drains the last records and ends its stream, then detaches
+   * on its own (seconds: a tracepoint grace period per program); unpins.
+   */
   async stop(): Promise<TracerStats> {
     if (this.stopped) return this.stats();
     this.stopped = true;
@@ -137,8 +146,12 @@ export class Tracer {
     if (h) {
       (h.stdin as Writable).end();
       const timer = setTimeout(() => h.kill('SIGTERM'), 3000);
-      await this.exited;
+      await Promise.race([this.streamEnded, this.exited]);
       clearTimeout(timer);
+      // Let the helper finish detaching without holding this process open.
+      h.stdout.destroy();
+      h.stderr.destroy();
+      h.unref();
     }
     this.pins.unload();
     const s = this.stats();
