@@ -8,7 +8,7 @@ import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import type { TraceEvent } from './records.js';
 import { spawnHeld, type HeldProcess } from './spawn.js';
-import { Tracer, type TracerStats } from './tracer.js';
+import { Tracer, descendantsOf, type TracerStats } from './tracer.js';
 
 const log = logger('trace');
 
@@ -147,10 +147,19 @@ export class TraceSession {
     return this.tracer.stats();
   }
 
-  /** Stops tracing and unpins; kills the command if it still runs and `kill` is set. */
+  /** Stops tracing and unpins; with `kill`, kills the command it started and all its descendants. */
   async stop(opts: { kill?: boolean } = {}): Promise<TracerStats> {
     if (this.timer) clearInterval(this.timer);
-    if (opts.kill && this.held && this.held.child.exitCode === null) this.held.child.kill('SIGKILL');
+    if (opts.kill && this.held) {
+      // the command started here, and everything it started
+      for (const pid of new Set([...descendantsOf([this.held.pid]), ...this.graph.pids()])) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    }
     return this.tracer.stop();
   }
 }

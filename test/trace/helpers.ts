@@ -57,9 +57,14 @@ export async function traceCommand(argv: string[]): Promise<Traced> {
 
 /** A process outside the app (not traced), killed at cleanup. */
 export function spawnOutside(argv: string[]): { child: ChildProcess; out: Lines } {
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
+  // its own process group, so that cleanup takes its children too
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
   cleanups.push(async () => {
-    if (child.exitCode === null) child.kill('SIGKILL');
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      // already gone
+    }
   });
   return { child, out: new Lines(child.stdout!) };
 }

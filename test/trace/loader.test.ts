@@ -1,6 +1,6 @@
 // Loading through bpftool: pins per app, inspection, unload, and the cleanup
 // of pins a crashed agent left behind.
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, utimesSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BPFFS_ROOT, PinnedTracer } from '../../src/trace/loader.js';
 import { Tracer } from '../../src/trace/tracer.js';
@@ -39,7 +39,10 @@ describe('tracer loader', () => {
     toClean.push(() => live.stop());
     expect(existsSync(stale.dir)).toBe(true);
 
-    const next = await Tracer.start({ appId: `next-${process.pid}`, onEvent: () => {}, staleGraceMs: 0 });
+    // It crashed a minute ago (older than the grace period that protects an agent between load and attach).
+    const ago = new Date(Date.now() - 60_000);
+    utimesSync(stale.dir, ago, ago);
+    const next = await Tracer.start({ appId: `next-${process.pid}`, onEvent: () => {} });
     toClean.push(() => next.stop());
     expect(next.pins.staleRemoved.map((r) => r.appId)).toContain(`crashed-${process.pid}`);
     expect(next.pins.staleRemoved.find((r) => r.appId === `crashed-${process.pid}`)!.programs).toBeGreaterThan(100);
