@@ -410,6 +410,17 @@ export class AppGraph {
     this.log({ k: 'fd', pid: p.pid, fd, change: 'closed', resource: r });
   }
 
+  /** A write touching or overlapping the previous one to the same file in this epoch extends it. */
+  private logWrite(resource: string, start: number, end: number): void {
+    const last = this.changes[this.changes.length - 1];
+    if (last && last.k === 'write' && last.resource === resource && last.epoch === this.epochNo + 1 && start <= last.end && end >= last.start) {
+      last.start = Math.min(last.start, start);
+      last.end = Math.max(last.end, end);
+      return;
+    }
+    this.log({ k: 'write', resource, start, end });
+  }
+
   private region(p: ProcessState, start: number, end: number, change: RegionChange): void {
     this.log({ k: 'region', pid: p.pid, start, end, change });
   }
@@ -578,7 +589,7 @@ export class AppGraph {
         if (ev.name === 'pwrite64' || ev.name === 'pwritev') off = a[3]!;
         else if (ev.name === 'pwritev2' && a[3]! !== 0xffffffffffffffff && a[3]! < Number.MAX_SAFE_INTEGER) off = a[3]!;
         else off = posAfter - ret;
-        this.log({ k: 'write', resource: id, start: off, end: off + ret });
+        this.logWrite(id, off, off + ret);
         return;
       }
       case 'ftruncate': {
