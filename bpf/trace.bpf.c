@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The app tracer: tracepoints only (this kernel has no kprobes and refuses
  * fentry). Every program checks the app's tgid map first and returns at once
- * for any other task. Syscall arguments are stashed per tid at sys_enter and
- * reported at sys_exit, where user memory (paths, sockaddrs, pipe fds) is read
- * after the kernel itself touched it (no EFAULT on non-resident pages).
+ * for any other task. Syscalls are reported from sys_exit alone: the
+ * arguments are still in the task's saved user registers (pt_regs), and user
+ * memory (paths, sockaddrs, pipe fds) is read after the kernel itself touched
+ * it (no EFAULT on non-resident pages). No sys_enter programs: each attached
+ * syscall tracepoint costs every task on the machine that calls it.
  * Records go to a ring buffer without wake-ups; the reader is woken in batches
- * (every TR_WAKE_BYTES) and polls on a short timer for the rest. */
+ * (every TR_WAKE_EVERY records) and polls on a short timer for the rest. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -14,7 +16,7 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define TR_WAKE_BYTES (256 * 1024)
+#define TR_WAKE_EVERY 1024 /* records per CPU between wake-ups: a power of 2 */
 #define S_IFMT 00170000
 #define S_IFREG 0100000
 #define S_IFSOCK 0140000
@@ -31,24 +33,13 @@ struct {
 	__uint(max_entries, 16 * 1024 * 1024);
 } events SEC(".maps");
 
+/* Per-CPU: no atomic on a shared cache line in the hot path; readers sum. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, TR_CTR_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
-
-struct stash {
-	__u64 nr;
-	__u64 args[6];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32); /* tid */
-	__type(value, struct stash);
-} stashed SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -68,7 +59,7 @@ static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
 	if (v)
-		__sync_fetch_and_add(v, 1);
+		*v += 1;
 }
 
 /* The filter, checked first by every program. */
@@ -95,17 +86,23 @@ static __always_inline void *reserve(__u32 size)
 	return r;
 }
 
-/* Batched wake-ups: the reader is only woken once enough data waits. */
+/* Batched wake-ups: every TR_WAKE_EVERY-th record on a CPU wakes the reader;
+ * the rest are submitted silently and the reader drains them on its timer.
+ * (Asking the ring for its fill level here would read the consumer's
+ * position, a cache line the reader keeps writing on the other CPU.) */
 static __always_inline void submit(void *r)
 {
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	if (avail >= TR_WAKE_BYTES) {
+	__u32 idx = TR_CTR_SUBMITTED;
+	__u64 *n = bpf_map_lookup_elem(&counters, &idx);
+	__u64 seq = 0;
+	if (n)
+		seq = ++*n;
+	if ((seq & (TR_WAKE_EVERY - 1)) == 0) {
 		bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
 		count(TR_CTR_WAKEUPS);
 	} else {
 		bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
 	}
-	count(TR_CTR_SUBMITTED);
 }
 
 /* ---- process and thread lifecycle --------------------------------------- */
@@ -172,8 +169,6 @@ int BPF_PROG(btf__sched_process_exit, struct task_struct *p, bool group_dead)
 		r->group_dead = group_dead ? 1 : 0;
 		submit(r);
 	}
-	__u32 tid = BPF_CORE_READ(p, pid);
-	bpf_map_delete_elem(&stashed, &tid);
 	/* A dead process leaves the filter, so a recycled pid is not traced. */
 	if (group_dead)
 		bpf_map_delete_elem(&app_tgids, &tgid);
@@ -182,19 +177,25 @@ int BPF_PROG(btf__sched_process_exit, struct task_struct *p, bool group_dead)
 
 /* ---- syscalls ------------------------------------------------------------ */
 
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+/* Direct loads through BTF pointers (JITed as plain loads with fault
+ * fixups) rather than one bpf_probe_read_kernel call per field: this runs on
+ * every reported syscall. */
 static __always_inline struct file *fd_file(long fd)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct fdtable *fdt = t->files->fdt;
 	if (!fdt || fd < 0)
 		return NULL;
-	unsigned int max = BPF_CORE_READ(fdt, max_fds);
-	if ((unsigned long)fd >= max)
+	if ((unsigned long)fd >= fdt->max_fds)
 		return NULL;
-	struct file **arr = BPF_CORE_READ(fdt, fd);
+	struct file **arr = fdt->fd;
 	struct file *f = NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]);
-	return f;
+	if (!f)
+		return NULL;
+	return bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
 }
 
 /* aux[0..2] = ino, dev, mode of fd; returns the file (or NULL). */
@@ -203,10 +204,10 @@ static __always_inline struct file *fd_info(long fd, __u64 *aux)
 	struct file *f = fd_file(fd);
 	if (!f)
 		return NULL;
-	struct inode *ino = BPF_CORE_READ(f, f_inode);
-	aux[0] = BPF_CORE_READ(ino, i_ino);
-	aux[1] = BPF_CORE_READ(ino, i_sb, s_dev);
-	aux[2] = BPF_CORE_READ(ino, i_mode);
+	struct inode *ino = f->f_inode;
+	aux[0] = ino->i_ino;
+	aux[1] = ino->i_sb->s_dev;
+	aux[2] = ino->i_mode;
 	return f;
 }
 
@@ -214,8 +215,8 @@ static __always_inline __u64 file_sock(struct file *f, __u64 mode)
 {
 	if ((mode & S_IFMT) != S_IFSOCK)
 		return 0;
-	struct socket *s = BPF_CORE_READ(f, private_data);
-	return (__u64)BPF_CORE_READ(s, sk);
+	struct socket *s = bpf_rdonly_cast(f->private_data, bpf_core_type_id_kernel(struct socket));
+	return (__u64)s->sk;
 }
 
 static __always_inline void track_sock(__u64 sk, __u32 tgid)
@@ -224,35 +225,6 @@ static __always_inline void track_sock(__u64 sk, __u32 tgid)
 		return;
 	if (bpf_map_update_elem(&app_socks, &sk, &tgid, BPF_ANY))
 		count(TR_CTR_SOCK_FAIL);
-}
-
-/* nargs: the syscall's arity. Reading args[] past it is refused when the
- * program is attached (its context is only as long as the real arguments). */
-static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, const int nargs)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_app(id >> 32))
-		return 0;
-	struct stash s = {};
-	/* __syscall_nr is an int; the 4 bytes after it are padding, not zero. */
-	s.nr = (__u32)ctx->id;
-	/* One load per field: the verifier refuses ctx pointer arithmetic. */
-	if (nargs > 0)
-		s.args[0] = ctx->args[0];
-	if (nargs > 1)
-		s.args[1] = ctx->args[1];
-	if (nargs > 2)
-		s.args[2] = ctx->args[2];
-	if (nargs > 3)
-		s.args[3] = ctx->args[3];
-	if (nargs > 4)
-		s.args[4] = ctx->args[4];
-	if (nargs > 5)
-		s.args[5] = ctx->args[5];
-	__u32 tid = (__u32)id;
-	if (bpf_map_update_elem(&stashed, &tid, &s, BPF_ANY))
-		count(TR_CTR_STASH_FAIL);
-	return 0;
 }
 
 enum kind {
@@ -267,8 +239,26 @@ enum kind {
 	K_ACCEPT,    /* fd info of ret, the new socket is tracked */
 };
 
+struct sargs {
+	__u64 args[6];
+};
+
+/* The syscall's arguments, from the user registers saved at entry (x86_64:
+ * rdi, rsi, rdx, r10, r8, r9), unchanged when the syscall returns. */
+static __always_inline void read_args(struct sargs *s)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(t);
+	s->args[0] = regs->di;
+	s->args[1] = regs->si;
+	s->args[2] = regs->dx;
+	s->args[3] = regs->r10;
+	s->args[4] = regs->r8;
+	s->args[5] = regs->r9;
+}
+
 static __always_inline void fill_sc(struct tr_syscall *r, __u16 type, __u32 size, __u64 id,
-				    struct trace_event_raw_sys_exit *ctx, struct stash *s)
+				    struct trace_event_raw_sys_exit *ctx, struct sargs *s)
 {
 	fill_hdr(&r->hdr, type, size, id);
 	r->nr = (__u32)ctx->id;
@@ -285,14 +275,15 @@ static __always_inline int on_exit(struct trace_event_raw_sys_exit *ctx, enum ki
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!is_app(id >> 32))
 		return 0;
-	__u32 tid = (__u32)id;
-	struct stash *s = bpf_map_lookup_elem(&stashed, &tid);
-	if (!s)
+	struct sargs sa;
+	struct sargs *s = &sa;
+	read_args(s);
+	/* __syscall_nr is an int; the 4 bytes after it are padding, not zero. */
+	__u32 nr = (__u32)ctx->id;
+	if (nr == 72 /* fcntl */ && s->args[1] != 0 /* F_DUPFD */ && s->args[1] != 1030 /* F_DUPFD_CLOEXEC */)
 		return 0;
-	if (s->nr != (__u32)ctx->id) {
-		bpf_map_delete_elem(&stashed, &tid);
+	if (nr == 28 /* madvise */ && s->args[2] != 4 /* MADV_DONTNEED */)
 		return 0;
-	}
 	long ret = ctx->ret;
 
 	if (kind == K_WRITE) {
@@ -309,7 +300,7 @@ static __always_inline int on_exit(struct trace_event_raw_sys_exit *ctx, enum ki
 		r->aux[0] = aux[0];
 		r->aux[1] = aux[1];
 		r->aux[2] = aux[2];
-		r->aux[3] = BPF_CORE_READ(f, f_pos);
+		r->aux[3] = f->f_pos;
 		submit(r);
 		goto out;
 	}
@@ -377,17 +368,11 @@ static __always_inline int on_exit(struct trace_event_raw_sys_exit *ctx, enum ki
 		submit(r);
 	}
 out:
-	bpf_map_delete_elem(&stashed, &tid);
 	return 0;
 }
 
-/* One enter/exit pair per syscall the graph needs; never raw_syscalls. */
-#define SC(name, nargs, kind, p0, p1)                                                              \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                                         \
-	int tp__syscalls__sys_enter_##name(struct trace_event_raw_sys_enter *ctx)          \
-	{                                                                                    \
-		return on_enter(ctx, nargs);                                                 \
-	}                                                                                    \
+/* One sys_exit program per syscall the graph needs; never raw_syscalls. */
+#define SC(name, nargs, kind, p0, p1)                                                       \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                                          \
 	int tp__syscalls__sys_exit_##name(struct trace_event_raw_sys_exit *ctx)            \
 	{                                                                                    \
@@ -455,33 +440,9 @@ SC(msgget, 2, K_PLAIN, 0, 0)
 SC(semget, 3, K_PLAIN, 0, 0)
 SC(mq_open, 4, K_PATH, 0, 1)
 
-/* Filtered at entry: only the calls the graph cares about are stashed. */
-SEC("tracepoint/syscalls/sys_enter_fcntl")
-int tp__syscalls__sys_enter_fcntl(struct trace_event_raw_sys_enter *ctx)
-{
-	long cmd = ctx->args[1];
-	if (cmd != 0 /* F_DUPFD */ && cmd != 1030 /* F_DUPFD_CLOEXEC */)
-		return 0;
-	return on_enter(ctx, 3);
-}
-SEC("tracepoint/syscalls/sys_exit_fcntl")
-int tp__syscalls__sys_exit_fcntl(struct trace_event_raw_sys_exit *ctx)
-{
-	return on_exit(ctx, K_FD_RET, 0, 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_madvise")
-int tp__syscalls__sys_enter_madvise(struct trace_event_raw_sys_enter *ctx)
-{
-	if (ctx->args[2] != 4 /* MADV_DONTNEED */)
-		return 0;
-	return on_enter(ctx, 3);
-}
-SEC("tracepoint/syscalls/sys_exit_madvise")
-int tp__syscalls__sys_exit_madvise(struct trace_event_raw_sys_exit *ctx)
-{
-	return on_exit(ctx, K_PLAIN, 0, 0);
-}
+/* Filtered in on_exit: only F_DUPFD* and MADV_DONTNEED are reported. */
+SC(fcntl, 3, K_FD_RET, 0, 0)
+SC(madvise, 3, K_PLAIN, 0, 0)
 
 /* ---- write faults: counted per VMA in a map, never one record each ------- */
 

@@ -95,10 +95,11 @@ struct tr_tcp_state {
 	__u8 daddr[16];
 };
 
-/* Counters map (array, TR_CTR_MAX u64 slots). Losses are never silent. */
+/* Counters map (per-CPU array, TR_CTR_MAX u64 slots; readers sum the CPUs).
+ * Losses are never silent. */
 enum tr_counter {
 	TR_CTR_RB_FAIL = 0,     /* ring buffer reserve failed: record lost */
-	TR_CTR_STASH_FAIL = 1,  /* per-tid argument stash full: syscall not reported */
+	TR_CTR_RESERVED1 = 1,   /* unused (was an argument stash, see docs/tracing.md) */
 	TR_CTR_FAULT_FAIL = 2,  /* write-fault map full: faults not counted */
 	TR_CTR_FILTER_FAIL = 3, /* app tgid map full: a child could not join */
 	TR_CTR_SOCK_FAIL = 4,   /* app socket map full: TCP states of a socket missed */
@@ -111,7 +112,7 @@ enum tr_counter {
 struct tr_stats {
 	struct tr_hdr hdr;
 	__u64 delivered;        /* records the streamer read from the ring buffer */
-	__u64 counters[TR_CTR_MAX];
+	__u64 counters[TR_CTR_MAX]; /* summed over CPUs */
 };
 
 /* Key of the write-fault map: the VMA start when the kernel could resolve it,

@@ -53,10 +53,16 @@ static int emit_stats(int counters_fd)
 	s.hdr.tgid = getpid();
 	s.hdr.tid = getpid();
 	s.delivered = delivered;
+	/* A per-CPU array: one value per possible CPU, summed. */
+	static uint64_t vals[1024];
+	int ncpu = libbpf_num_possible_cpus();
+	if (ncpu <= 0 || ncpu > 1024)
+		ncpu = 1024;
 	for (uint32_t i = 0; i < TR_CTR_MAX; i++) {
-		uint64_t v = 0;
-		if (bpf_map_lookup_elem(counters_fd, &i, &v) == 0)
-			s.counters[i] = v;
+		if (bpf_map_lookup_elem(counters_fd, &i, vals) != 0)
+			continue;
+		for (int c = 0; c < ncpu; c++)
+			s.counters[i] += vals[c];
 	}
 	if (out_frame(&s, sizeof(s)) < 0)
 		return -1;

@@ -381,6 +381,7 @@ export class AppGraph {
     const dev = kernelDevToUser(kdev);
     const id = `file:${dev}:${ino}`;
     const known = this.resources.get(id);
+    if (known && path === undefined) return id; // the hot path: writes to a known file
     const abs = path !== undefined ? this.absPath(pid, path) : undefined;
     const label = abs ?? known?.label ?? `?inode ${ino}`;
     return this.addResource({

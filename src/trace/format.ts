@@ -26,7 +26,7 @@ export function eventLine(ev: TraceEvent): string {
     case 'tcp_state':
       return `${who} tcp ${ev.local} -> ${ev.remote} ${ev.oldState} -> ${ev.newState}`;
     case 'stats':
-      return `stats: delivered ${ev.delivered}, lost ${ev.counters.ringbufReserveFailures}, unreported syscalls ${ev.counters.stashFailures}`;
+      return `stats: delivered ${ev.delivered}, lost ${ev.counters.ringbufReserveFailures}`;
     case 'syscall': {
       const a = ev.args;
       let detail: string;

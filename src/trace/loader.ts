@@ -217,12 +217,15 @@ export class PinnedTracer {
 
   /** The kernel-side counters (losses included). */
   async counters(): Promise<Record<(typeof COUNTER_NAMES)[number], number>> {
-    const rows = (await bpftoolJson<{ formatted?: { key: number; value: number } }[] | null>(['map', 'dump', 'pinned', join(this.mapsDir, 'counters')])) ?? [];
+    // a per-CPU array: one value per CPU, summed
+    type Row = { formatted?: { key: number; values?: { cpu: number; value: number }[]; value?: number } };
+    const rows = (await bpftoolJson<Row[] | null>(['map', 'dump', 'pinned', join(this.mapsDir, 'counters')])) ?? [];
     const out = {} as Record<(typeof COUNTER_NAMES)[number], number>;
     COUNTER_NAMES.forEach((n) => (out[n] = 0));
     for (const r of rows) {
       const k = r.formatted?.key;
-      if (k !== undefined && COUNTER_NAMES[k] !== undefined) out[COUNTER_NAMES[k]] = r.formatted?.value ?? 0;
+      if (k === undefined || COUNTER_NAMES[k] === undefined) continue;
+      out[COUNTER_NAMES[k]] = r.formatted!.values ? r.formatted!.values.reduce((a, v) => a + v.value, 0) : r.formatted!.value ?? 0;
     }
     return out;
   }

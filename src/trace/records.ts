@@ -43,7 +43,7 @@ export const SYSCALLS: Readonly<Record<number, string>> = {
 /** Counters slots of the kernel side (enum tr_counter). */
 export const COUNTER_NAMES = [
   'ringbufReserveFailures',
-  'stashFailures',
+  'reserved1',
   'faultMapFailures',
   'filterFailures',
   'socketMapFailures',
@@ -121,8 +121,13 @@ function cstr(b: Buffer, off: number, len: number): string {
   return b.toString('utf8', off, end < 0 || end > off + len ? off + len : end);
 }
 
+/** A u64 as a number: exact below 2^53 (addresses, sizes, fds, offsets); no BigInt on the hot path. */
 function u64(b: Buffer, off: number): number {
-  return Number(b.readBigUInt64LE(off));
+  return b.readUInt32LE(off) + b.readUInt32LE(off + 4) * 4294967296;
+}
+
+function s64(b: Buffer, off: number): number {
+  return b.readUInt32LE(off) + b.readInt32LE(off + 4) * 4294967296;
 }
 
 export function ipString(family: number, bytes: Buffer): string {
@@ -184,7 +189,7 @@ export function decodeRecord(rec: Buffer): TraceEvent | keyof RefusalCounts {
         ...base,
         nr,
         name: SYSCALLS[nr] ?? `syscall${nr}`,
-        ret: Number(rec.readBigInt64LE(o + 8)),
+        ret: s64(rec, o + 8),
         args,
         aux,
       };

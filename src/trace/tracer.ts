@@ -27,8 +27,6 @@ export interface TracerStats {
   refused: RefusalCounts;
   /** Records the kernel could not put in the ring buffer. */
   lost: number;
-  /** Syscalls the kernel could not stash (table full): not reported. */
-  stashFailures: number;
   faultMapFailures: number;
   filterFailures: number;
   submitted: number;
@@ -40,6 +38,7 @@ export class Tracer {
   private lastStats: StatsEvent | undefined;
   private stderr = '';
   private stopped = false;
+  private warnedLost = 0;
   private exited: Promise<void> | undefined;
   private streamEnded: Promise<void> | undefined;
 
@@ -80,7 +79,10 @@ export class Tracer {
           const first = this.lastStats === undefined;
           this.lastStats = ev;
           if (first) ready();
-          if (ev.counters.ringbufReserveFailures > 0) log.warn({ lost: ev.counters.ringbufReserveFailures }, 'ring buffer losses');
+          if (ev.counters.ringbufReserveFailures > this.warnedLost) {
+            log.warn({ lost: ev.counters.ringbufReserveFailures, new: ev.counters.ringbufReserveFailures - this.warnedLost }, 'ring buffer losses: records dropped in the kernel');
+            this.warnedLost = ev.counters.ringbufReserveFailures;
+          }
         }
         try {
           this.opts.onEvent(ev);
@@ -121,6 +123,11 @@ export class Tracer {
     return all;
   }
 
+  /** The streamer's pid (it detaches after stop(), then exits). */
+  get helperPid(): number | undefined {
+    return this.helper?.pid;
+  }
+
   stats(): TracerStats {
     const c = this.lastStats?.counters;
     return {
@@ -128,7 +135,6 @@ export class Tracer {
       decoded: this.stream.decoded,
       refused: { ...this.stream.refused },
       lost: c?.ringbufReserveFailures ?? 0,
-      stashFailures: c?.stashFailures ?? 0,
       faultMapFailures: c?.faultMapFailures ?? 0,
       filterFailures: c?.filterFailures ?? 0,
       submitted: c?.submitted ?? 0,

@@ -63,14 +63,14 @@ export const traceCommand: Command = {
       type: 'summary',
       events: session.events,
       lost: stats.lost,
-      unreportedSyscalls: stats.stashFailures,
+      childrenNotFiltered: stats.filterFailures,
       refusedRecords: stats.refused,
       stoppedBy: signalled ? 'signal' : 'exit',
     };
     if (ctx.json) print(JSON.stringify(summary));
     else {
       const refused = Object.values(stats.refused).reduce((a, b) => a + b, 0);
-      print(`trace: ${session.events} events, ${stats.lost} lost in the ring buffer, ${stats.stashFailures} syscalls unreported, ${refused} records refused`);
+      print(`trace: ${session.events} events, ${stats.lost} lost in the ring buffer, ${refused} records refused`);
     }
     if (session.held && !signalled) return await session.held.exited;
     return 0;
