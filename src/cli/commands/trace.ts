@@ -11,7 +11,7 @@ export const traceCommand: Command = {
     '  -- CMD ARGS       run CMD traced from its first instruction; stops when it exits\n' +
     '  --pid PID         trace a running process and its descendants; stops when it exits\n' +
     '  --app-id ID       name of the pin folder under /sys/fs/bpf/understudy (default trace-<pid>-1)\n' +
-    'Ctrl-C or SIGTERM stops tracing (a command started by trace is left running).',
+    'Ctrl-C or SIGTERM stops tracing; with --pid the process is left running.',
   options: {
     pid: { type: 'string' },
     'app-id': { type: 'string' },
