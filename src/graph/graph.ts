@@ -524,7 +524,9 @@ export class AppGraph {
         return;
       }
       case 'mq_open': {
-        const name = ev.paths?.[0] ?? '?';
+        // glibc passes the name without its leading '/'
+        const raw = ev.paths?.[0] ?? '?';
+        const name = raw.startsWith('/') ? raw : `/${raw}`;
         const id = this.addResource({ id: `ipc:mq:${name}`, kind: 'ipc', label: `POSIX mq ${name}`, attrs: { ipc: 'mq', name } });
         this.setFd(p, ret, id);
         this.log({ k: 'ipc', resource: id, pid: p.pid, change: 'opened' });

@@ -171,6 +171,12 @@ export async function snapshot(graph: AppGraph): Promise<GraphSnapshot> {
         for (const o of net.values()) {
           if (o.proto === s.proto && o.local === s.remote && o.remote === s.local) peerOf.set(n.id, o.ino);
         }
+        // UDP: a connected socket's peer may be bound without being connected back
+        if (!peerOf.has(n.id) && s.proto.startsWith('udp')) {
+          for (const o of net.values()) {
+            if (o.proto === s.proto && o.local === s.remote && o.remote.endsWith(':0')) peerOf.set(n.id, o.ino);
+          }
+        }
       }
     }
   }
