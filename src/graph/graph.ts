@@ -3,6 +3,7 @@
 // Seeded from /proc, kept current by tracer events, repaired by a periodic
 // reconciliation with /proc that counts what it repaired. Every change is
 // logged with the epoch it belongs to, which is what dirtySince(N) reads.
+import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { logger } from '../util/log.js';
 import type { SyscallEvent, TcpStateEvent, TraceEvent } from '../trace/records.js';
@@ -75,7 +76,6 @@ export interface ReconcileReport {
 const S_IFMT = 0o170000;
 const S_IFIFO = 0o010000;
 const S_IFSOCK = 0o140000;
-const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
 const MAP_SHARED = 0x01;
 const MAP_ANONYMOUS = 0x20;
@@ -909,7 +909,6 @@ export class AppGraph {
   }
 }
 
-import { readFileSync } from 'node:fs';
 function readChildren(pid: number, tid: number): string {
   try {
     return readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
@@ -918,4 +917,3 @@ function readChildren(pid: number, tid: number): string {
   }
 }
 
-export { S_IFREG };

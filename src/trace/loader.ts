@@ -1,7 +1,7 @@
 // Loading the tracer's eBPF object through bpftool: load and pin under a
 // per-app folder of bpffs, add the app's tgids to the in-kernel filter,
 // inspect, unload. Pins a crashed agent left behind are found and removed.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -42,8 +42,8 @@ export function requireTracingSupport(): void {
   }
 }
 
+/** Whether `path` is a mount point of bpffs (per /proc/self/mounts). */
 function isBpffs(path: string): boolean {
-  // statfs is not in node:fs; a bpffs root accepts directories and shows our folder or nothing else we need.
   try {
     return statSync(path).isDirectory() && existsSync('/proc/self/mounts') && readMounts().some((m) => m.dir === path && m.type === 'bpf');
   } catch {
@@ -61,7 +61,6 @@ function readMounts(): { dir: string; type: string }[] {
     });
 }
 
-import { readFileSync } from 'node:fs';
 function readFileText(p: string): string {
   return readFileSync(p, 'utf8');
 }
