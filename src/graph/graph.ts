@@ -164,6 +164,8 @@ export class AppGraph {
   private epochNo = 0;
   private readonly changes: (Change & { epoch: number })[] = [];
   private readonly skToSocket = new Map<string, string>();
+  /** TCP states of socks not yet tied to a socket node (the last one per sock). */
+  private readonly skEarly = new Map<string, TcpStateEvent>();
   private readonly faultBaseline = new Map<string, number>();
   /** Events about a task the graph did not know (seeded late from /proc). */
   lateSeeds = 0;
@@ -491,7 +493,7 @@ export class AppGraph {
       }
       case 'accept':
       case 'accept4': {
-        const [ino, , , sk] = ev.aux as [number, number, number, number];
+        const [ino] = ev.aux as [number];
         const listener = this.resources.get(p.fds.get(a[0]!) ?? '');
         const id = this.addResource({
           id: `socket:${ino}`,
@@ -499,7 +501,7 @@ export class AppGraph {
           label: `accepted socket ${ino}`,
           attrs: { ino, family: String(listener?.attrs.family ?? '?'), type: String(listener?.attrs.type ?? 'stream'), acceptedFrom: listener?.id ?? '?' },
         });
-        if (sk) this.skToSocket.set(sk.toString(16), id);
+        if (ev.sock) this.bindSock(ev.sock, id);
         this.setFd(p, ret, id);
         this.log({ k: 'socket', resource: id, change: 'accepted' });
         return;
@@ -511,9 +513,8 @@ export class AppGraph {
         const r = this.resources.get(id);
         const addr = ev.sockaddr ? sockaddrString(ev.sockaddr) : '?';
         if (r) r.attrs[ev.name === 'connect' ? 'remote' : 'local'] = addr;
-        const sk = ev.aux[3];
-        if (sk) this.skToSocket.set(sk.toString(16), id);
         this.log({ k: 'socket', resource: id, change: `${ev.name} ${addr}` });
+        if (ev.sock) this.bindSock(ev.sock, id);
         return;
       }
       case 'listen': {
@@ -664,6 +665,26 @@ export class AppGraph {
     return this.absPath(p.pid, path);
   }
 
+  /** Learns which socket a struct sock is; applies the TCP state seen before (a connect's handshake ends before connect returns). */
+  private bindSock(sk: string, id: string): void {
+    this.skToSocket.set(sk, id);
+    const early = this.skEarly.get(sk);
+    if (early) {
+      this.skEarly.delete(sk);
+      this.setTcpAttrs(id, early);
+    }
+  }
+
+  private setTcpAttrs(id: string, ev: TcpStateEvent): void {
+    const r = this.resources.get(id);
+    if (!r) return;
+    r.attrs.state = ev.newState;
+    if (!ev.local.endsWith(':0')) r.attrs.local = ev.local;
+    r.attrs.remote = ev.remote;
+    r.attrs.family = ev.family === 10 ? 'inet6' : 'inet';
+    r.attrs.protocol = 'tcp';
+  }
+
   private onTcpState(ev: TcpStateEvent): void {
     let id = this.skToSocket.get(ev.sk);
     if (!id) {
@@ -676,14 +697,14 @@ export class AppGraph {
     }
     if (id) {
       this.skToSocket.set(ev.sk, id);
-      const r = this.resources.get(id);
-      if (r) {
-        r.attrs.state = ev.newState;
-        r.attrs.local = ev.local;
-        r.attrs.remote = ev.remote;
-        r.attrs.family = ev.family === 10 ? 'inet6' : 'inet';
-        r.attrs.protocol = 'tcp';
-      }
+      this.setTcpAttrs(id, ev);
+    } else {
+      this.skEarly.set(ev.sk, ev);
+      if (this.skEarly.size > 4096) this.skEarly.delete(this.skEarly.keys().next().value!); // bounded: oldest out
+    }
+    if (ev.newState === 'CLOSE') {
+      this.skToSocket.delete(ev.sk);
+      this.skEarly.delete(ev.sk);
     }
     this.log({ k: 'socket', resource: id ?? `sk:${ev.sk}`, change: `${ev.oldState}->${ev.newState} ${ev.local} ${ev.remote}` });
   }

@@ -87,6 +87,8 @@ export interface SyscallEvent extends Base {
   /** Paths (open, rename…) as strings; for connect/bind, see `sockaddr`. */
   paths?: string[];
   sockaddr?: Buffer;
+  /** connect, bind, accept: the kernel address of the struct sock (aux[3]), exact, in hex. */
+  sock?: string;
 }
 export interface TcpStateEvent extends Base {
   type: 'tcp_state';
@@ -193,6 +195,9 @@ export function decodeRecord(rec: Buffer): TraceEvent | keyof RefusalCounts {
         args,
         aux,
       };
+      if ((ev.name === 'connect' || ev.name === 'bind' || ev.name === 'accept' || ev.name === 'accept4') && ev.aux[3] !== 0) {
+        ev.sock = rec.readBigUInt64LE(o + 64 + 24).toString(16);
+      }
       if (type === RecordType.syscallPath) {
         const p = o + 96;
         const len0 = Math.min(rec.readUInt32LE(p), PATH_MAX);

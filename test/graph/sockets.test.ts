@@ -3,7 +3,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer, type AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { sockaddrString } from '../../src/trace/records.js';
 import { snapshot } from '../../src/graph/sockets.js';
 import { toDot } from '../../src/graph/render.js';
 import { cleanupAll, settle, spawnOutside, traceCommand } from '../trace/helpers.js';
@@ -35,6 +37,13 @@ else:
     c.connect(sys.argv[2])
 print('connected', c.fileno(), flush=True)
 time.sleep(120)
+`;
+
+const TCP_CLIENT_APP = `
+import socket, sys
+c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+print('connected', c.fileno(), c.getsockname()[1], flush=True)
+sys.stdin.read()
 `;
 
 describe('sockets and external dependencies', () => {
@@ -101,5 +110,32 @@ describe('sockets and external dependencies', () => {
     expect(deps).toHaveLength(1);
     expect(deps[0]).toMatchObject({ kind: 'unix', app: { pid, fd: afd }, peer: { pid: client.child.pid, fd: cfd, comm: 'python3' } });
     expect(deps[0]!.description).toContain(`is connected to pid ${client.child.pid} (python3) fd ${cfd}`);
+  });
+
+  it('TCP client in the app: its state changes are traced, and the server outside is the dependency', async () => {
+    const server = createServer(() => {});
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const t = await traceCommand(['python3', '-c', TCP_CLIENT_APP, String(port)]);
+      const m = await t.out.waitFor(/^connected (\d+) (\d+)/);
+      const [fd, lport] = [Number(m[1]), Number(m[2])];
+      await settle(t);
+      const pid = t.session.rootPid;
+      // (the first change comes before the kernel picks the local port: follow the socket by its address)
+      const est = t.events.find((e) => e.type === 'tcp_state' && e.local === `127.0.0.1:${lport}`);
+      const sk = est?.type === 'tcp_state' ? est.sk : '?';
+      const states = t.events.filter((e) => e.type === 'tcp_state' && e.sk === sk).map((e) => e.type === 'tcp_state' && `${e.oldState}->${e.newState}@${e.tgid}`);
+      expect(states).toEqual([`CLOSE->SYN_SENT@${pid}`, `SYN_SENT->ESTABLISHED@${pid}`]);
+      const connect = t.events.find((e) => e.type === 'syscall' && e.name === 'connect' && e.tgid === pid);
+      expect(connect && connect.type === 'syscall' && connect.sockaddr && sockaddrString(connect.sockaddr)).toBe(`127.0.0.1:${port}`);
+      const sock = t.session.graph.processes.get(pid)!.fds.get(fd)!;
+      expect(t.session.graph.resources.get(sock)?.attrs).toMatchObject({ state: 'ESTABLISHED', remote: `127.0.0.1:${port}` });
+      const snap = await snapshot(t.session.graph);
+      const dep = snap.externalDependencies.find((d) => d.resource === sock);
+      expect(dep).toMatchObject({ kind: 'tcp', app: { pid, fd }, peer: { pid: process.pid } });
+    } finally {
+      server.close();
+    }
   });
 });
