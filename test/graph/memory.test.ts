@@ -68,4 +68,15 @@ describe('memory regions from mmap/mprotect/munmap events', () => {
     expect(g.repairs.total).toBeGreaterThanOrEqual(3);
     expect(g.reconcile().total).toBe(0);
   });
+
+  it('a session reconciles periodically on its own', async () => {
+    const t = await traceCommand([fixture('trace_mm')], { reconcileMs: 100 });
+    await t.out.waitFor(/^ready/);
+    await settle(t, 300);
+    const g = t.session.graph;
+    const before = g.repairs.fds;
+    g.processes.get(t.session.rootPid)!.fds.delete(1); // drift
+    await t.session.waitFor('the periodic reconciliation', () => g.repairs.fds === before + 1, 3000);
+    expect(g.processes.get(t.session.rootPid)!.fds.has(1)).toBe(true);
+  });
 });
