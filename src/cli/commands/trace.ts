@@ -31,7 +31,19 @@ export const traceCommand: Command = {
       pid = Number(pidArg);
       if (!/^\d+$/.test(String(pidArg)) || pid <= 0) throw new UnderstudyError('E_USAGE', `--pid must be a positive integer, got "${String(pidArg)}"`);
     }
-    const print = (line: string): void => ctx.out(line);
+    let signalled = false;
+    let stopNow: () => void = () => {};
+    const stopped = new Promise<void>((res) => (stopNow = res));
+    // `understudy trace … | head`: a closed stdout stops tracing instead of crashing
+    let outClosed = false;
+    const onOutError = (): void => {
+      outClosed = true;
+      stopNow();
+    };
+    process.stdout.on('error', onOutError);
+    const print = (line: string): void => {
+      if (!outClosed) ctx.out(line);
+    };
     const session = await TraceSession.start({
       appId: typeof values['app-id'] === 'string' ? values['app-id'] : undefined,
       command: pid === undefined ? positionals : undefined,
@@ -42,13 +54,10 @@ export const traceCommand: Command = {
         print(ctx.json ? JSON.stringify(eventJson(ev)) : eventLine(ev));
       },
     });
-    let signalled = false;
     const onSignal = (): void => {
       signalled = true;
       stopNow();
     };
-    let stopNow: () => void = () => {};
-    const stopped = new Promise<void>((res) => (stopNow = res));
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
     // --pid: the root's exit event says it is gone; a 500 ms check covers a root that was a zombie already.
@@ -57,6 +66,7 @@ export const traceCommand: Command = {
     clearInterval(poll);
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
+    process.stdout.removeListener('error', onOutError);
     // let the last records arrive (the helper drains on stop)
     const stats = await session.stop();
     const summary = {
