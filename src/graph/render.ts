@@ -32,6 +32,15 @@ export function toDot(s: GraphSnapshot, opts: DotOptions = {}): string {
     if (n.kind !== 'region') keep.add(n.id);
     else if (opts.allRegions || String(n.attrs.perms).endsWith('s')) keep.add(n.id);
   }
+  // files only reached through regions not drawn (libraries, locale files) would float alone
+  const linked = new Set<string>();
+  for (const e of s.edges) {
+    if (keep.has(e.from) && keep.has(e.to)) {
+      linked.add(e.from);
+      linked.add(e.to);
+    }
+  }
+  for (const n of s.nodes) if (n.kind !== 'process' && !linked.has(n.id)) keep.delete(n.id);
   const lines = [
     'digraph understudy {',
     '  graph [rankdir=LR, fontname="Helvetica", label="Understudy dependency graph (epoch ' + s.epoch + '); red: external dependencies", labelloc=t];',
