@@ -143,6 +143,11 @@ export class TraceSession {
     }
   }
 
+  /** Waits until the graph has every event the kernel produced so far. */
+  async sync(timeoutMs?: number): Promise<boolean> {
+    return this.tracer.sync(timeoutMs);
+  }
+
   stats(): TracerStats {
     return this.tracer.stats();
   }

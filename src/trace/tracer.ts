@@ -39,6 +39,8 @@ export class Tracer {
   private stderr = '';
   private stopped = false;
   private warnedLost = 0;
+  /** Records from the kernel decoded so far (stats records excluded). */
+  private kernelRecords = 0;
   private exited: Promise<void> | undefined;
   private streamEnded: Promise<void> | undefined;
 
@@ -83,6 +85,8 @@ export class Tracer {
             log.warn({ lost: ev.counters.ringbufReserveFailures, new: ev.counters.ringbufReserveFailures - this.warnedLost }, 'ring buffer losses: records dropped in the kernel');
             this.warnedLost = ev.counters.ringbufReserveFailures;
           }
+        } else {
+          this.kernelRecords++;
         }
         try {
           this.opts.onEvent(ev);
@@ -121,6 +125,22 @@ export class Tracer {
     const extra = all.filter((p) => !pids.includes(p));
     await this.pins.addTgids(extra);
     return all;
+  }
+
+  /**
+   * Waits until every record the kernel had submitted when called has been
+   * decoded and handed to the listener (a read barrier for tests and for the
+   * checkpoint barrier). Resolves false on timeout.
+   */
+  async sync(timeoutMs = 5000): Promise<boolean> {
+    const c = await this.pins.counters();
+    const target = c.submitted; // reserve failures are never submitted, so never counted here
+    const end = Date.now() + timeoutMs;
+    while (this.kernelRecords < target) {
+      if (Date.now() > end) return false;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return true;
   }
 
   /** The streamer's pid (it detaches after stop(), then exits). */

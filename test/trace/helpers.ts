@@ -80,7 +80,8 @@ export async function cleanupAll(): Promise<void> {
   }
 }
 
-/** Waits until the tracer has delivered what the kernel produced so far (a stats record after now). */
-export async function settle(t: Traced, ms = 150): Promise<void> {
+/** Waits until the graph has every event the kernel produced so far (after `ms` for the app to act). */
+export async function settle(t: Traced, ms = 50): Promise<void> {
   await new Promise((r) => setTimeout(r, ms));
+  if (!(await t.session.sync(10_000))) throw new Error('the tracer did not deliver the kernel\'s records within 10 s');
 }
