@@ -1,5 +1,7 @@
 import type { Command } from '../command.js';
 import { checkCommand } from './check.js';
 import { demoCommand } from './demo.js';
+import { graphCommand } from './graph.js';
+import { traceCommand } from './trace.js';
 
-export const COMMANDS: readonly Command[] = [checkCommand, demoCommand];
+export const COMMANDS: readonly Command[] = [checkCommand, demoCommand, traceCommand, graphCommand];
