@@ -77,7 +77,7 @@ $(BUILD)/obj/%.o: native/%.c $(BPF_SKELS) $(PROTO_C)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 .SECONDEXPANSION:
-$(BUILD)/native/understudy-%: $$(patsubst native/%.c,$(BUILD)/obj/%.o,$$(wildcard native/$$*/*.c)) $(COMMON_OBJS) $(PROTO_C_OBJS)
+$(BUILD)/native/understudy-%: $$(subst .c,.o,$$(subst native/,$(BUILD)/obj/,$$(wildcard native/$$*/*.c))) $(COMMON_OBJS) $(PROTO_C_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_BASE) $(LDLIBS_$*)
 

@@ -1,0 +1,439 @@
+/* understudy-engine: a long-lived process per app, driven over stdin/stdout
+ * with length-prefixed EngineRequest/EngineReply frames (engine.proto).
+ * Commands: attach (seize the app), checkpoint (barrier, capture, release,
+ * write epoch N), status, detach, kill_app. End of stdin or SIGTERM detaches
+ * and leaves the app running. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+#include "arena.h"
+#include "engine.h"
+
+static uint64_t cur_req_id;
+static bool need_full;            /* tracking lost its continuity: next epoch is full */
+static struct page_buf g_buf, g_vbuf;
+
+static void send_reply(Understudy__V1__EngineReply *r)
+{
+	r->version = ENGINE_VERSION;
+	size_t n = understudy__v1__engine_reply__get_packed_size(r);
+	uint8_t *b = malloc(n ? n : 1);
+	if (!b)
+		exit(3);
+	understudy__v1__engine_reply__pack(r, b);
+	if (frame_write_fd(1, b, n))
+		exit(3);   /* the agent is gone: nothing to report to */
+	free(b);
+}
+
+static void progress(const char *stage)
+{
+	Understudy__V1__EngineReply r = UNDERSTUDY__V1__ENGINE_REPLY__INIT;
+	r.id = cur_req_id;
+	r.ok = true;
+	r.progress = true;
+	r.stage = (char *)stage;
+	send_reply(&r);
+}
+
+static struct task *lead_task(struct proc *p)
+{
+	struct task *t = task_find(p->pid);
+	if (t && t->state == TS_STOPPED)
+		return t;
+	for (size_t i = 0; i < E.ntasks; i++)
+		if (!E.tasks[i].dead && E.tasks[i].tgid == p->pid && E.tasks[i].state == TS_STOPPED)
+			return &E.tasks[i];
+	return NULL;
+}
+
+static int check_supported_all(void)
+{
+	for (size_t i = 0; i < E.nprocs; i++) {
+		struct proc *p = &E.procs[i];
+		if (p->dead)
+			continue;
+		if (check_fds_supported(p->pid))
+			return -1;
+		struct region *m;
+		size_t n;
+		if (read_maps(p->pid, &m, &n))
+			return -1;
+		for (size_t k = 0; k < n; k++)
+			if (region_kind(&m[k]) == RK_SHARED_ANON) {
+				fail("E_UNSUPPORTED", 0, "pid %d: shared anonymous/shmem mapping 0x%llx-0x%llx (%s) is not supported yet", p->pid,
+				     (unsigned long long)m[k].start, (unsigned long long)m[k].end,
+				     m[k].name[0] ? m[k].name : "MAP_SHARED|MAP_ANONYMOUS");
+				free(m);
+				return -1;
+			}
+		free(m);
+	}
+	return 0;
+}
+
+static int do_attach(Understudy__V1__AttachCmd *c, Understudy__V1__EngineReply *rep)
+{
+	if (E.attached)
+		return fail("E_USAGE", 0, "already attached to pid %d", E.root_pid);
+	uint64_t t0 = now_ns();
+	if (check_ours(c->pid))
+		return -1;
+	if (seize_tree(c->pid, c->include_children)) {
+		struct engine_error keep = g_err;
+		detach_all();
+		g_err = keep;
+		return -1;
+	}
+	E.attached = true;
+	E.track_dirty = c->track_dirty;
+	E.include_children = c->include_children;
+	pump_events(0);
+	if (check_supported_all()) {
+		struct engine_error keep = g_err;
+		detach_all();
+		g_err = keep;
+		return -1;
+	}
+	Understudy__V1__AttachResult *ar = ANEW(Understudy__V1__AttachResult, understudy__v1__attach_result__init);
+	ar->pids = amalloc(E.nprocs * sizeof(int32_t) + 4);
+	ar->n_pids = 0;
+	for (size_t i = 0; i < E.nprocs; i++)
+		if (!E.procs[i].dead)
+			ar->pids[ar->n_pids++] = E.procs[i].pid;
+	ar->threads = live_threads();
+	ar->seize_ns = now_ns() - t0;
+	rep->result_case = UNDERSTUDY__V1__ENGINE_REPLY__RESULT_ATTACH;
+	rep->attach = ar;
+	return 0;
+}
+
+static void kill_app(void)
+{
+	for (size_t i = 0; i < E.nprocs; i++)
+		if (!E.procs[i].dead)
+			kill(E.procs[i].pid, SIGKILL);
+	/* tracees die; reap their reports so nothing stays behind */
+	uint64_t until = now_ns() + 2000000000ULL;
+	while (live_threads() && now_ns() < until)
+		pump_events(10);
+	detach_all();
+}
+
+/* everything about one process that is read inside the pause, except memory */
+static int capture_proc_state(struct proc *p, Understudy__V1__Process *pr)
+{
+	if (fill_process_info(p->pid, pr) || capture_fds(p->pid, pr))
+		return -1;
+	struct task *lead = lead_task(p);
+	if (!lead)
+		return fail("E_NATIVE", 0, "pid %d has no stopped thread at the barrier", p->pid);
+	for (size_t i = 0; i < E.ntasks; i++) {
+		struct task *t = &E.tasks[i];
+		if (t->dead || t->tgid != p->pid)
+			continue;
+		Understudy__V1__Thread *th = ANEW(Understudy__V1__Thread, understudy__v1__thread__init);
+		if (!th || capture_thread(p, t, th) || APUSH(pr->threads, pr->n_threads, th))
+			return -1;
+	}
+	if (capture_sigactions(p, lead->tid, pr) || capture_brk(p, lead->tid, &pr->mm->brk) || capture_shared_pending(lead->tid, pr))
+		return -1;
+	pr->uffd_features = p->uffd_features;
+	pr->new_process = p->is_new;
+	return 0;
+}
+
+static void free_pcs(struct proc_capture *pcs, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		rv_free(&pcs[i].pages);
+		rv_free(&pcs[i].reset);
+		rv_free(&pcs[i].zeroed);
+	}
+	free(pcs);
+}
+
+static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__EngineReply *rep)
+{
+	if (!E.attached)
+		return fail("E_USAGE", 0, "not attached to any app: send attach first");
+	if (!c->dry_run) {
+		if (!c->image_dir || !c->image_dir[0])
+			return fail("E_USAGE", 0, "checkpoint needs an image directory");
+		if (E.has_epoch && strcmp(c->image_dir, E.image_dir))
+			return fail("E_USAGE", 0, "this engine's image chain is in %s; an incremental checkpoint cannot go to %s", E.image_dir,
+				    c->image_dir);
+		if (!E.has_epoch && image_dir_prepare(c->image_dir, true))
+			return -1;
+		if (c->verify_full_dir && c->verify_full_dir[0] && image_dir_prepare(c->verify_full_dir, true))
+			return -1;
+	}
+	bool full = c->full || !E.has_epoch || need_full;
+	bool verify = c->verify_full_dir && c->verify_full_dir[0] && !c->dry_run;
+	Understudy__V1__CheckpointResult *cr = ANEW(Understudy__V1__CheckpointResult, understudy__v1__checkpoint_result__init);
+
+	uint64_t t0 = now_ns();
+	if (barrier(10000))
+		return -1;
+	uint64_t t_bar = now_ns();
+	size_t np = 0;
+	struct proc_capture *pcs = calloc(E.nprocs + 1, sizeof(*pcs)), *vpcs = calloc(E.nprocs + 1, sizeof(*vpcs));
+	int rc = 0;
+	bool scanned = false;
+	uint64_t t_state = 0, t_scan = 0;
+	g_buf.len = 0;
+	g_vbuf.len = 0;
+	if (!pcs || !vpcs) {
+		rc = fail("E_NATIVE", ENOMEM, "calloc for the capture plan");
+		goto release;
+	}
+	/* state first (injections write below the stack pointer; the memory
+	 * scan that follows sees those writes in this same epoch) */
+	for (size_t i = 0; i < E.nprocs && !rc; i++) {
+		struct proc *p = &E.procs[i];
+		if (p->dead)
+			continue;
+		struct task *lead = lead_task(p);
+		if (!lead) {
+			rc = fail("E_NATIVE", 0, "pid %d has no stopped thread at the barrier", p->pid);
+			break;
+		}
+		if (E.track_dirty && p->need_mm_init) {
+			if (uffd_init(p, lead->tid)) {
+				rc = -1;
+				break;
+			}
+			p->need_mm_init = false;
+			need_full = true;   /* a new mm: its regions are all new anyway */
+		}
+		pcs[np].p = p;
+		pcs[np].meta = ANEW(Understudy__V1__Process, understudy__v1__process__init);
+		if (!pcs[np].meta || capture_proc_state(p, pcs[np].meta))
+			rc = -1;
+		np++;
+	}
+	t_state = now_ns();
+	for (size_t i = 0; i < np && !rc; i++) {
+		scanned = true;
+		if (mem_plan(pcs[i].p, &pcs[i], full || pcs[i].p->is_new, E.track_dirty))
+			rc = -1;
+		if (!rc && verify) {
+			vpcs[i].p = pcs[i].p;
+			vpcs[i].meta = ANEW(Understudy__V1__Process, understudy__v1__process__init);
+			if (!vpcs[i].meta || mem_plan(pcs[i].p, &vpcs[i], true, false))
+				rc = -1;
+		}
+	}
+	t_scan = now_ns();
+	for (size_t i = 0; i < np && !rc; i++)
+		if (mem_copy(&pcs[i], &g_buf, i == 0 ? c->debug_stall_ms : 0, progress))
+			rc = -1;
+	for (size_t i = 0; i < np && !rc && verify; i++)
+		if (mem_copy(&vpcs[i], &g_vbuf, 0, progress))
+			rc = -1;
+release:;
+	uint64_t t_copy = now_ns();
+	release_all();
+	uint64_t t_rel = now_ns();
+	if (rc) {
+		if (scanned)
+			need_full = true;   /* pages were re-protected but not saved */
+		free_pcs(pcs, np);
+		free_pcs(vpcs, np);
+		return -1;
+	}
+	/* ---- after the release: nothing below stops the app ---- */
+	for (size_t i = 0; i < np; i++) {
+		if (fill_vmas(pcs[i].p, pcs[i].meta, full)) {
+			rc = -1;
+			break;
+		}
+		if (verify) {
+			Understudy__V1__Process *vm = vpcs[i].meta, *m = pcs[i].meta;
+			Understudy__V1__PageRun **keep_pages = vm->pages;
+			*vm = *m;   /* same state, its own page index */
+			vm->pages = keep_pages;
+			vm->n_pages = 0;
+			vm->n_reset = vm->n_zeroed = vm->n_vma_changes = 0;
+		}
+	}
+	uint32_t epoch = E.has_epoch ? E.last_epoch + 1 : 0;
+	char epath[4200] = "", vpath[4200] = "";
+	if (!rc && !c->dry_run) {
+		if (!E.has_epoch)
+			new_image_id(E.image_id);
+		struct epoch_out eo = { .epoch = epoch, .full = full, .pause_ns = t_rel - t0, .pcs = pcs, .npcs = np, .buf = &g_buf };
+		if (image_write_epoch(c->image_dir, E.image_id, &eo, epath, sizeof(epath)))
+			rc = -1;
+		if (!rc && verify) {
+			char vid[40];
+			new_image_id(vid);
+			struct epoch_out vo = { .epoch = epoch, .full = true, .pause_ns = t_rel - t0, .pcs = vpcs, .npcs = np, .buf = &g_vbuf };
+			if (image_write_epoch(c->verify_full_dir, vid, &vo, vpath, sizeof(vpath)))
+				rc = -1;
+		}
+		if (rc && !epath[0])
+			need_full = true;
+	}
+	uint64_t t_end = now_ns();
+	if (!rc) {
+		if (!c->dry_run) {
+			if (!E.has_epoch)
+				snprintf(E.image_dir, sizeof(E.image_dir), "%s", c->image_dir);
+			E.has_epoch = true;
+			E.last_epoch = epoch;
+		}
+		need_full = false;
+		for (size_t i = 0; i < np; i++)
+			pcs[i].p->is_new = false;
+		cr->epoch = epoch;
+		cr->full = full;
+		cr->epoch_dir = astrdup(epath);
+		cr->verify_full_epoch_dir = astrdup(vpath);
+		cr->pause_ns = t_rel - t0;
+		cr->barrier_ns = t_bar - t0;
+		cr->state_ns = t_state - t_bar;
+		cr->scan_ns = t_scan - t_state;
+		cr->copy_ns = t_copy - t_scan;
+		cr->write_ns = t_end - t_rel;
+		cr->bytes = g_buf.len;
+		cr->pages = g_buf.len / PAGE_SZ;
+		cr->processes = np;
+		cr->threads = live_threads();
+		cr->per_process = amalloc(np * sizeof(void *) + 1);
+		for (size_t i = 0; i < np; i++) {
+			Understudy__V1__ProcessPages *pp = ANEW(Understudy__V1__ProcessPages, understudy__v1__process_pages__init);
+			pp->pid = pcs[i].p->pid;
+			for (size_t r = 0; r < pcs[i].pages.n; r++)
+				pp->pages += (pcs[i].pages.v[r].end - pcs[i].pages.v[r].start) / PAGE_SZ;
+			pp->new_regions = pcs[i].new_regions;
+			cr->per_process[cr->n_per_process++] = pp;
+		}
+		rep->result_case = UNDERSTUDY__V1__ENGINE_REPLY__RESULT_CHECKPOINT;
+		rep->checkpoint = cr;
+	}
+	free_pcs(pcs, np);
+	free_pcs(vpcs, np);
+	if (!rc && c->kill_after)
+		kill_app();
+	return rc;
+}
+
+static void handle(uint8_t *buf, size_t len)
+{
+	Understudy__V1__EngineReply rep = UNDERSTUDY__V1__ENGINE_REPLY__INIT;
+	Understudy__V1__EngineRequest *req = understudy__v1__engine_request__unpack(NULL, len, buf);
+	err_clear();
+	int rc;
+	if (!req) {
+		rc = fail("E_FRAME", 0, "cannot decode an EngineRequest of %zu bytes", len);
+	} else if (req->version != ENGINE_VERSION) {
+		rep.id = req->id;
+		rc = fail("E_VERSION", 0, "request version %u is not supported (this engine speaks version %d)", req->version, ENGINE_VERSION);
+	} else {
+		rep.id = cur_req_id = req->id;
+		switch (req->cmd_case) {
+		case UNDERSTUDY__V1__ENGINE_REQUEST__CMD_ATTACH:
+			rc = do_attach(req->attach, &rep);
+			break;
+		case UNDERSTUDY__V1__ENGINE_REQUEST__CMD_CHECKPOINT:
+			rc = do_checkpoint(req->checkpoint, &rep);
+			break;
+		case UNDERSTUDY__V1__ENGINE_REQUEST__CMD_DETACH:
+			detach_all();
+			E.has_epoch = false;
+			rc = 0;
+			break;
+		case UNDERSTUDY__V1__ENGINE_REQUEST__CMD_KILL_APP:
+			kill_app();
+			E.has_epoch = false;
+			rc = 0;
+			break;
+		case UNDERSTUDY__V1__ENGINE_REQUEST__CMD_STATUS: {
+			Understudy__V1__StatusResult *s = ANEW(Understudy__V1__StatusResult, understudy__v1__status_result__init);
+			s->pids = amalloc(E.nprocs * sizeof(int32_t) + 4);
+			for (size_t i = 0; i < E.nprocs; i++)
+				if (!E.procs[i].dead)
+					s->pids[s->n_pids++] = E.procs[i].pid;
+			s->threads = live_threads();
+			s->has_epoch = E.has_epoch;
+			s->last_epoch = E.last_epoch;
+			s->image_dir = E.image_dir;
+			rep.result_case = UNDERSTUDY__V1__ENGINE_REPLY__RESULT_STATUS;
+			rep.status = s;
+			rc = 0;
+			break;
+		}
+		default:
+			rc = fail("E_USAGE", 0, "unknown engine command %d", req->cmd_case);
+		}
+	}
+	rep.ok = rc == 0;
+	if (rc) {
+		if (!g_err.code[0])
+			fail("E_INTERNAL", 0, "command failed without an error message");
+		rep.error_code = g_err.code;
+		rep.error = g_err.msg;
+		rep.errno_value = g_err.errnum;
+	}
+	send_reply(&rep);
+	if (req)
+		understudy__v1__engine_request__free_unpacked(req, NULL);
+	arena_reset();
+}
+
+int main(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	signal(SIGPIPE, SIG_IGN);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	E.sigchld_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	sigset_t term;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	sigaddset(&term, SIGINT);
+	sigaddset(&term, SIGHUP);
+	sigprocmask(SIG_BLOCK, &term, NULL);
+	int term_fd = signalfd(-1, &term, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (E.sigchld_fd < 0 || term_fd < 0) {
+		fprintf(stderr, "understudy-engine: signalfd: %s\n", strerror(errno));
+		return 1;
+	}
+	for (;;) {
+		struct pollfd pfd[3] = { { 0, POLLIN, 0 }, { E.sigchld_fd, POLLIN, 0 }, { term_fd, POLLIN, 0 } };
+		int r = poll(pfd, 3, -1);
+		if (r < 0 && errno != EINTR)
+			break;
+		if (pfd[1].revents)
+			pump_events(0);
+		if (pfd[2].revents)
+			break;
+		if (pfd[0].revents) {
+			uint8_t *buf;
+			size_t len;
+			err_clear();
+			int fr = frame_read_fd(0, &buf, &len);
+			if (fr == 1)
+				break;   /* agent closed the pipe */
+			if (fr < 0) {
+				fprintf(stderr, "understudy-engine: %s\n", g_err.msg);
+				break;
+			}
+			handle(buf, len);
+			free(buf);
+		}
+	}
+	/* leave the app running, untraced, with no tracking state of ours */
+	if (E.attached)
+		detach_all();
+	return 0;
+}
