@@ -177,6 +177,20 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	bool verify = c->verify_full_dir && c->verify_full_dir[0] && !c->dry_run;
 	Understudy__V1__CheckpointResult *cr = ANEW(Understudy__V1__CheckpointResult, understudy__v1__checkpoint_result__init);
 
+	/* size the capture buffer before the pause (resident anonymous memory
+	 * bounds a full capture) */
+	if (full) {
+		size_t est = 0;
+		for (size_t i = 0; i < E.nprocs; i++) {
+			char v[64];
+			if (!E.procs[i].dead && !proc_status_field(E.procs[i].pid, "RssAnon", v, sizeof(v)))
+				est += strtoull(v, NULL, 10) * 1024;
+		}
+		err_clear();
+		est += est / 8 + (8u << 20);
+		if (buf_reserve(&g_buf, est) || (verify && buf_reserve(&g_vbuf, est)))
+			return -1;
+	}
 	uint64_t t0 = now_ns();
 	if (barrier(10000))
 		return -1;

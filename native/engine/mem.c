@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include "arena.h"
@@ -114,6 +115,25 @@ bad:
 	return -1;
 }
 
+/* The capture buffer is mapped populated and kept across epochs: a copy into
+ * fresh memory would pay a page fault per page inside the pause. */
+int buf_reserve(struct page_buf *buf, size_t want)
+{
+	if (want <= buf->cap)
+		return 0;
+	size_t nc = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+	uint8_t *nb = mmap(NULL, nc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (nb == MAP_FAILED)
+		return fail("E_NATIVE", errno, "mmap(%zu) for the capture buffer", nc);
+	if (buf->data) {
+		memcpy(nb, buf->data, buf->len);
+		munmap(buf->data, buf->cap);
+	}
+	buf->data = nb;
+	buf->cap = nc;
+	return 0;
+}
+
 static int read_via_mem(pid_t pid, uint8_t *dst, uint64_t addr, size_t len)
 {
 	char path[64];
@@ -140,14 +160,8 @@ int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, v
 	size_t total = 0;
 	for (size_t i = 0; i < pc->pages.n; i++)
 		total += pc->pages.v[i].end - pc->pages.v[i].start;
-	if (buf->len + total > buf->cap) {
-		size_t nc = buf->len + total;
-		uint8_t *nb = realloc(buf->data, nc ? nc : 1);
-		if (!nb)
-			return fail("E_NATIVE", ENOMEM, "realloc(%zu) for captured pages of pid %d", nc, pc->p->pid);
-		buf->data = nb;
-		buf->cap = nc;
-	}
+	if (buf_reserve(buf, buf->len + total))
+		return -1;
 	struct iovec remote[IOV_MAX];
 	size_t i = 0, done = 0;
 	bool stalled = stall_ms == 0;
