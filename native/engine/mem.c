@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include "arena.h"
 #include "engine.h"
+#include "kabi.h"
 
 static bool same_region(const struct region *a, const struct region *b)
 {
@@ -74,8 +75,15 @@ int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track)
 		} else if (full) {
 			rc = scan_data(p, r->start, r->end, &pc->pages);
 		} else {
-			for (size_t w = 0; w < written.n && !rc; w++)
-				rc = rv_push(&pc->pages, written.v[w].start, written.v[w].end, 0);
+			/* written and present: data to copy. Written but neither present
+			 * nor swapped (discarded by MADV_DONTNEED/MADV_FREE), or mapped to
+			 * the zero page: zero now, recorded without reading (a read
+			 * would populate the app's page table). */
+			for (size_t w = 0; w < written.n && !rc; w++) {
+				uint64_t cat = written.v[w].cat;
+				bool data = (cat & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED)) && !(cat & PAGE_IS_PFNZERO);
+				rc = rv_push(data ? &pc->pages : &pc->zeroed, written.v[w].start, written.v[w].end, 0);
+			}
 			if (!rc)
 				rc = scan_holes(p, r->start, r->end, &pc->zeroed);
 		}
