@@ -162,6 +162,10 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 {
 	if (!E.attached)
 		return fail("E_USAGE", 0, "not attached to any app: send attach first");
+	/* a chain of dry runs (benchmarks) has no directory; a real checkpoint
+	 * after it starts a real chain at epoch 0 */
+	if (!c->dry_run && E.has_epoch && !E.image_dir[0])
+		E.has_epoch = false;
 	if (!c->dry_run) {
 		if (!c->image_dir || !c->image_dir[0])
 			return fail("E_USAGE", 0, "checkpoint needs an image directory");
@@ -296,12 +300,10 @@ release:;
 	}
 	uint64_t t_end = now_ns();
 	if (!rc) {
-		if (!c->dry_run) {
-			if (!E.has_epoch)
-				snprintf(E.image_dir, sizeof(E.image_dir), "%s", c->image_dir);
-			E.has_epoch = true;
-			E.last_epoch = epoch;
-		}
+		if (!E.has_epoch)
+			snprintf(E.image_dir, sizeof(E.image_dir), "%s", c->dry_run ? "" : c->image_dir);
+		E.has_epoch = true;
+		E.last_epoch = epoch;
 		need_full = false;
 		for (size_t i = 0; i < np; i++)
 			pcs[i].p->is_new = false;
