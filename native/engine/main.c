@@ -179,21 +179,6 @@ static int capture_proc_state(struct proc *p, struct proc_capture *pc)
 		free(pc->cur);
 		pc->cur = NULL;
 	}
-	if (injected) {
-		/* injections write below stack pointers and may grow a stack:
-		 * the memory plan reads the maps again */
-		free(pc->cur);
-		pc->cur = NULL;
-	}
-	if (getenv("US_DEBUG")) {
-		FILE *f = fopen("/tmp/eng/state.txt", "a");
-		if (f) {
-			fprintf(f, "info %llu fds %llu threads %llu sigact %llu brk %llu\n", (unsigned long long)(t1 - t0) / 1000,
-				(unsigned long long)(t2 - t1) / 1000, (unsigned long long)(t3 - t2) / 1000, (unsigned long long)(t4 - t3) / 1000,
-				(unsigned long long)(t5 - t4) / 1000);
-			fclose(f);
-		}
-	}
 	pr->uffd_features = p->uffd_features;
 	pr->new_process = p->is_new;
 	return 0;
