@@ -264,8 +264,7 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 				rc = -1;
 				break;
 			}
-			p->need_mm_init = false;
-			need_full = true;   /* a new mm: its regions are all new anyway */
+			p->need_mm_init = false;   /* a new mm: its regions are all new, taken in full below */
 		}
 		pcs[np].p = p;
 		pcs[np].meta = ANEW(Understudy__V1__Process, understudy__v1__process__init);
