@@ -114,3 +114,39 @@ describe('signal state', () => {
     expect(procState(p.pid!).state).toBe('S');
   }, 60_000);
 });
+
+describe('exec', () => {
+  it('a process that execs between barriers is captured anew: new exe, every region reset, still exact', async () => {
+    const code = 'import os,time\nos.closerange(0, 1024)\ntime.sleep(1.0)\nos.execv("/bin/sleep", ["sleep", "1000"])\n';
+    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
+    onCleanup(() => p.kill('SIGKILL'));
+    await waitFor(() => {
+      try {
+        return readdirSync(`/proc/${p.pid}/fd`).length === 0 ? true : undefined;
+      } catch {
+        return undefined;
+      }
+    }, 10_000, 'python closed its fds');
+    const engine = EngineClient.start();
+    try {
+      await engine.attach(p.pid!, { trackDirty: true });
+      const dir = join(tmp('img'), 'exec');
+      const e0 = await engine.checkpoint({ imageDir: dir });
+      expect(processesOf(readEpochMeta(e0.epochDir))[0]!.exe!.path).toMatch(/python3/);
+      await waitFor(() => (readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep' ? true : undefined), 10_000, 'exec');
+      // let sleep reach its nanosleep
+      await new Promise((r) => setTimeout(r, 100));
+      const vdir = join(tmp('verify'), 'full');
+      const e1 = await engine.checkpoint({ imageDir: dir, verifyFullDir: vdir });
+      const pr = processesOf(readEpochMeta(e1.epochDir))[0]!;
+      expect(pr.exe!.path).toBe('/usr/bin/sleep');
+      expect(pr.threads).toHaveLength(1);
+      expect(e1.perProcess[0]!.newRegions).toBe(pr.vmas.filter((v) => v.kind === 0 || v.kind === 1).length);
+      const inc = reconstruct(dir).memory.get(p.pid!)!;
+      expect(memoryDigest(inc)).toBe(memoryDigest(reconstruct(vdir).memory.get(p.pid!)!));
+    } finally {
+      await engine.close();
+    }
+    expect(procState(p.pid!).tracer).toBe(0);
+  }, 60_000);
+});
