@@ -98,6 +98,41 @@ describe('engine failures leave the app running unchanged', () => {
     fx.kill();
   }, 60_000);
 
+  it('the app is served while an epoch is written: a fork during a long write does not wait for it', async () => {
+    const fx = await startFixture({ mb: 384 });
+    const engine = EngineClient.start();
+    try {
+      await engine.attach(fx.pid, { trackDirty: true });
+      const dir = join(tmp('img'), 'chain');
+      let released = 0;
+      let forked = 0;
+      let forkDone: Promise<number[]> | undefined;
+      const r = await engine.checkpoint({
+        imageDir: dir,
+        onProgress: (stage) => {
+          if (stage !== 'released') return;
+          released = Date.now();
+          // the fork stops the parent (fork event) and the child (first stop)
+          // until the engine resumes them
+          forkDone = fx.write(1, 1, 'f').then((x) => {
+            forked = Date.now();
+            return x;
+          });
+        },
+      });
+      const written = Date.now();
+      const [child] = await forkDone!;
+      onCleanup(() => process.kill(child!, 'SIGKILL'));
+      expect(r.writeNs / 1e6).toBeGreaterThan(150); // a write long enough to matter
+      expect(forked).toBeGreaterThan(0);
+      expect(forked).toBeLessThan(written);
+      expect(forked - released).toBeLessThan(r.writeNs / 1e6);
+    } finally {
+      await engine.close();
+      fx.kill();
+    }
+  }, 60_000);
+
   it('a full disk: clear error, no partial epoch, app running; the engine recovers with a full epoch', async () => {
     const mnt = tmp('small');
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
