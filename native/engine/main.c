@@ -238,6 +238,7 @@ static void *mem_thread(void *arg)
 /* The epoch is written on a thread while this one keeps serving the app's
  * ptrace stops: a signal or a fork during a long write must not wait for it. */
 struct write_job {
+	uint32_t delay_ms;
 	const char *dir, *id;
 	struct epoch_out *eo;
 	char *path;
@@ -251,15 +252,17 @@ static void *write_thread(void *arg)
 {
 	struct write_job *j = arg;
 	err_clear();
+	if (j->delay_ms)
+		usleep(j->delay_ms * 1000);
 	j->rc = image_write_epoch(j->dir, j->id, j->eo, j->path, j->plen);
 	j->err = g_err;
 	__atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
 
-static int write_epoch_serving(const char *dir, const char *id, struct epoch_out *eo, char *path, size_t plen)
+static int write_epoch_serving(const char *dir, const char *id, struct epoch_out *eo, char *path, size_t plen, uint32_t delay_ms)
 {
-	struct write_job j = { .dir = dir, .id = id, .eo = eo, .path = path, .plen = plen };
+	struct write_job j = { .delay_ms = delay_ms, .dir = dir, .id = id, .eo = eo, .path = path, .plen = plen };
 	pthread_t th;
 	if (pthread_create(&th, NULL, write_thread, &j))
 		return image_write_epoch(dir, id, eo, path, plen);
@@ -428,13 +431,13 @@ release:;
 		if (!E.has_epoch)
 			new_image_id(E.image_id);
 		struct epoch_out eo = { .epoch = epoch, .full = full, .pause_ns = t_rel - t0, .pcs = pcs, .npcs = np, .buf = &g_buf };
-		if (write_epoch_serving(c->image_dir, E.image_id, &eo, epath, sizeof(epath)))
+		if (write_epoch_serving(c->image_dir, E.image_id, &eo, epath, sizeof(epath), c->debug_write_delay_ms))
 			rc = -1;
 		if (!rc && verify) {
 			char vid[40];
 			new_image_id(vid);
 			struct epoch_out vo = { .epoch = epoch, .full = true, .pause_ns = t_rel - t0, .pcs = vpcs, .npcs = np, .buf = &g_vbuf };
-			if (write_epoch_serving(c->verify_full_dir, vid, &vo, vpath, sizeof(vpath)))
+			if (write_epoch_serving(c->verify_full_dir, vid, &vo, vpath, sizeof(vpath), 0))
 				rc = -1;
 		}
 	}

@@ -34,6 +34,8 @@ export interface CheckpointOptions {
   killAfter?: boolean;
   debugStallMs?: number;
   dryRun?: boolean;
+  /** Test hook: the engine's writer waits this long before writing. */
+  debugWriteDelayMs?: number;
   timeoutMs?: number;
   onProgress?: (stage: string) => void;
 }
@@ -205,6 +207,7 @@ export class EngineClient {
           killAfter: o.killAfter ?? false,
           debugStallMs: o.debugStallMs ?? 0,
           dryRun: o.dryRun ?? false,
+          debugWriteDelayMs: o.debugWriteDelayMs ?? 0,
         },
       },
       o.timeoutMs,
