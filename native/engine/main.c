@@ -359,18 +359,21 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	 * write only below stack pointers (dead space); a write that lands after
 	 * its page was scanned is simply in the next epoch. With a verification
 	 * copy both memory views must be of the same instant: memory, then state. */
+	__atomic_store_n(&g_state_done, 0, __ATOMIC_RELEASE);
 	struct mem_job mj = { .pcs = pcs, .vpcs = vpcs, .np = np, .full = full, .verify = verify, .stall_ms = c->debug_stall_ms };
 	if (!rc) {
 		scanned = true;
 		pthread_t mth;
 		bool threaded = !verify && pthread_create(&mth, NULL, mem_thread, &mj) == 0;
 		if (!threaded) {
+			__atomic_store_n(&g_state_done, 1, __ATOMIC_RELEASE);   /* memory first, state after */
 			mj.rc = mem_phase(&mj);
 			mj.err = g_err;
 		}
 		for (size_t i = 0; i < np && !rc && !(!threaded && mj.rc); i++)
 			if (capture_proc_state(pcs[i].p, &pcs[i]))
 				rc = -1;
+		__atomic_store_n(&g_state_done, 1, __ATOMIC_RELEASE);
 		t_state = now_ns();
 		if (threaded)
 			pthread_join(mth, NULL);
