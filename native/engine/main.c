@@ -282,6 +282,11 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	 * after it starts a real chain at epoch 0 */
 	if (!c->dry_run && E.has_epoch && !E.image_dir[0])
 		E.has_epoch = false;
+	/* a dry run re-protects the pages it reports without saving them: in a
+	 * real chain that would lose them */
+	if (c->dry_run && E.has_epoch && E.image_dir[0])
+		return fail("E_USAGE", 0, "a dry-run checkpoint would break the image chain in %s (its pages would not be saved)",
+			    E.image_dir);
 	if (!c->dry_run) {
 		if (!c->image_dir || !c->image_dir[0])
 			return fail("E_USAGE", 0, "checkpoint needs an image directory");
