@@ -122,7 +122,9 @@ export class EngineClient {
   /** Starts an engine process. */
   static start(opts: { binary?: string; timeoutMs?: number } = {}): EngineClient {
     const bin = opts.binary ?? nativeBinary('engine');
-    const child = spawn(bin, [], { stdio: ['pipe', 'pipe', 'pipe'] });
+    // its own session: a Ctrl-C at the agent's terminal is for the agent,
+    // which finishes its epoch and then tells the engine what to do
+    const child = spawn(bin, [], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     log.debug({ pid: child.pid }, 'engine started');
     return new EngineClient(child, opts.timeoutMs ?? 60_000);
   }
