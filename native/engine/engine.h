@@ -148,6 +148,7 @@ void free_thread(Understudy__V1__Thread *th);
 /* ---- fds.c --------------------------------------------------------------- */
 int capture_fds(pid_t pid, Understudy__V1__Process *pr);
 int check_fds_supported(pid_t pid);
+int check_injectable(pid_t pid);   /* no seccomp that could kill an injected syscall */
 
 /* ---- mem.c: regions, page capture ---------------------------------------- */
 struct page_buf {          /* captured pages of one epoch, in copy order */

@@ -342,6 +342,11 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 			rc = fail("E_NATIVE", 0, "pid %d has no stopped thread at the barrier", p->pid);
 			break;
 		}
+		/* a process may have entered seccomp since the last barrier */
+		if (check_injectable(p->pid)) {
+			rc = -1;
+			break;
+		}
 		if (E.track_dirty && p->need_mm_init) {
 			if (uffd_init(p, lead->tid)) {
 				rc = -1;
