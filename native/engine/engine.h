@@ -42,6 +42,7 @@ struct task {
 	enum task_state state;
 	bool dead;
 	bool group_stopped;   /* in a job-control stop: resume with PTRACE_LISTEN */
+	pid_t vfork_child;    /* blocked in vfork() until this child execs or exits */
 	bool need_first_info; /* clear_tid / sigaltstack not read yet */
 	uint64_t clear_tid;
 	uint64_t ss_sp, ss_size;

@@ -134,6 +134,35 @@ describe('engine failures leave the app running unchanged', () => {
     }
   }, 60_000);
 
+  it('a thread blocked in vfork() cannot stop: the barrier releases at once with a clear error', async () => {
+    const fx = await startFixture({ mb: 4 });
+    const engine = EngineClient.start();
+    try {
+      await engine.attach(fx.pid, { trackDirty: true });
+      const dir = join(tmp('img'), 'chain');
+      await engine.checkpoint({ imageDir: dir });
+      // the child sleeps 1.5 s before _exit; the parent is blocked in vfork meanwhile
+      const done = fx.write(1500, 0, 'v');
+      await new Promise((r) => setTimeout(r, 200));
+      const t0 = Date.now();
+      await expect(engine.checkpoint({ imageDir: dir })).rejects.toMatchObject({
+        code: 'E_BARRIER',
+        message: expect.stringMatching(new RegExp(`thread ${fx.pid} is inside vfork\\(\\), waiting for child \\d+`)),
+      });
+      expect(Date.now() - t0).toBeLessThan(1000);
+      // released: the child finishes its sleep, the parent goes on
+      await done;
+      expect(procState(fx.pid).state).toMatch(/[SR]/);
+      // and the next checkpoint works, still incremental: the failed barrier scanned nothing
+      const r = await engine.checkpoint({ imageDir: dir });
+      expect(r.epoch).toBe(1);
+      expect(r.full).toBe(false);
+    } finally {
+      await engine.close();
+      fx.kill();
+    }
+  }, 60_000);
+
   it('a full disk: clear error, no partial epoch, app running; the engine recovers with a full epoch', async () => {
     const mnt = tmp('small');
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
