@@ -12,6 +12,14 @@ export type ErrorCode =
   | 'E_NATIVE'
   | 'E_NO_SUCH_PROCESS'
   | 'E_IMAGE_CORRUPT'
+  | 'E_NOT_AN_IMAGE'
+  | 'E_IMAGE_EXISTS'
+  | 'E_IMAGE_WRITE'
+  | 'E_NOT_OURS'
+  | 'E_UNSUPPORTED'
+  | 'E_BARRIER'
+  | 'E_ENGINE_DIED'
+  | 'E_TIMEOUT'
   | 'E_INTERNAL';
 
 export class UnderstudyError extends Error {

@@ -1,0 +1,192 @@
+/* Understudy checkpoint engine: shared state and the interfaces between its
+ * files (one kernel mechanism per file). */
+#ifndef UNDERSTUDY_ENGINE_H
+#define UNDERSTUDY_ENGINE_H
+/* paths are bounded by PATH_MAX-sized buffers; a longer one is cut, never overrun */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/user.h>
+#include "understudy/v1/engine.pb-c.h"
+#include "understudy/v1/image.pb-c.h"
+
+#define ENGINE_VERSION 1
+#define IMAGE_VERSION 1
+#define PAGE_SZ 4096UL
+
+/* ---- errors (err.c) ------------------------------------------------------
+ * One error per failing command: a stable code, a message naming the call,
+ * the object and errno. Functions return -1 after setting it. */
+struct engine_error {
+	char code[32];
+	char msg[1024];
+	int errnum;
+};
+extern __thread struct engine_error g_err;
+int fail(const char *code, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void err_clear(void);
+uint64_t now_ns(void);
+
+/* ---- tasks and processes ------------------------------------------------- */
+enum task_state {
+	TS_RUNNING = 0,   /* resumed, not in a ptrace stop we know of */
+	TS_STOPPED,       /* in our interrupt stop (barrier) */
+	TS_NEWBORN,       /* auto-attached, its first stop not seen yet */
+};
+
+struct task {
+	pid_t tid;
+	pid_t tgid;
+	enum task_state state;
+	bool dead;
+	bool group_stopped;   /* in a job-control stop: resume with PTRACE_LISTEN */
+	pid_t vfork_child;    /* blocked in vfork() until this child execs or exits */
+	bool need_first_info; /* clear_tid / sigaltstack not read yet */
+	uint64_t clear_tid;
+	uint64_t ss_sp, ss_size;
+	int ss_flags;
+	char state_letter;
+};
+
+struct region {           /* one line of /proc/PID/maps */
+	uint64_t start, end, pgoff, inode;
+	uint32_t prot;
+	bool shared;
+	uint32_t maj, min;
+	char name[512];
+};
+
+struct proc {
+	pid_t pid;
+	bool dead;
+	bool is_new;          /* not yet part of any epoch */
+	bool need_mm_init;    /* new mm (first seen, forked or exec'd): set up uffd */
+	int uffd;             /* engine-side fd of the app's userfaultfd, -1 none */
+	int pagemap_fd;
+	uint64_t uffd_features;
+	uint64_t syscall_insn; /* address of a `syscall` instruction in the vDSO */
+	struct region *maps;   /* maps at the last barrier */
+	size_t nmaps;
+	uint64_t brk;          /* brk at the last barrier (injected brk(0)) */
+	uint64_t heap_start, heap_end;
+	bool brk_valid;
+};
+
+struct engine {
+	struct task *tasks;
+	size_t ntasks, cap_tasks;
+	struct proc *procs;
+	size_t nprocs, cap_procs;
+	pid_t root_pid;
+	bool attached;
+	bool track_dirty;
+	bool include_children;
+	/* image chain */
+	bool has_epoch;
+	uint32_t last_epoch;
+	char image_dir[4096];
+	char image_id[40];
+	int sigchld_fd;
+};
+extern struct engine E;
+
+struct task *task_find(pid_t tid);
+struct task *task_add(pid_t tid, pid_t tgid, enum task_state st);
+struct proc *proc_find(pid_t pid);
+struct proc *proc_add(pid_t pid);
+
+/* ---- ptrace.c: seize, barrier, release, events --------------------------- */
+int check_ours(pid_t pid);
+int seize_tree(pid_t root, bool children);
+int barrier(uint64_t timeout_ms);
+int release_all(void);
+int pump_events(int timeout_ms);   /* handle stops between barriers */
+void detach_all(void);
+size_t live_threads(void);
+
+/* ---- inject.c: syscall injection into a stopped thread ------------------- */
+int inject_syscall(struct proc *p, pid_t tid, long nr, const long args[6], long *ret);
+int find_syscall_insn(struct proc *p);
+uint64_t scratch_addr(pid_t tid);
+
+/* ---- uffd.c: userfaultfd registration, write-protect, PAGEMAP_SCAN ------- */
+int uffd_init(struct proc *p, pid_t tid);
+void uffd_close(struct proc *p);
+int uffd_register_wp(struct proc *p, uint64_t start, uint64_t end);
+/* PAGEMAP_SCAN helpers: collect ranges into a growable vector. */
+struct range_vec {
+	struct { uint64_t start, end, cat; } *v;
+	size_t n, cap;
+};
+void rv_free(struct range_vec *rv);
+int rv_push(struct range_vec *rv, uint64_t s, uint64_t e, uint64_t cat);
+/* returns 0, or -1 with g_err; *eperm set when the region is not wp-async tracked */
+int scan_written(struct proc *p, uint64_t start, uint64_t end, struct range_vec *out, bool *eperm);
+int scan_data(struct proc *p, uint64_t start, uint64_t end, struct range_vec *out);
+
+/* ---- proc.c: /proc parsing ----------------------------------------------- */
+ssize_t read_file(const char *path, char **buf);
+int read_maps(pid_t pid, struct region **out, size_t *n);
+int list_tasks(pid_t pid, pid_t **tids, size_t *n);
+int list_children(pid_t pid, pid_t **kids, size_t *n);
+void status_cache(bool on);
+int proc_status_field(pid_t pid, const char *key, char *val, size_t len);
+int fill_process_info(pid_t pid, Understudy__V1__Process *pr);
+int file_identity(const char *path, int fd, Understudy__V1__FileId *id);
+void free_process_info(Understudy__V1__Process *pr);
+enum region_kind { RK_ANON, RK_FILE_PRIVATE, RK_FILE_SHARED, RK_VDSO, RK_VVAR, RK_VSYSCALL, RK_SHARED_ANON };
+enum region_kind region_kind(const struct region *r);
+
+/* ---- thread.c: per-thread state ------------------------------------------ */
+int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th);
+int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr, size_t *injected);
+int capture_brk(struct proc *p, pid_t tid, uint64_t *brk);
+int capture_shared_pending(pid_t tid, Understudy__V1__Process *pr);
+void free_thread(Understudy__V1__Thread *th);
+
+/* ---- fds.c --------------------------------------------------------------- */
+int capture_fds(pid_t pid, Understudy__V1__Process *pr);
+int check_fds_supported(pid_t pid);
+int check_injectable(pid_t pid);   /* no seccomp that could kill an injected syscall */
+
+/* ---- mem.c: regions, page capture ---------------------------------------- */
+struct page_buf {          /* captured pages of one epoch, in copy order */
+	uint8_t *data;
+	size_t len, cap;
+};
+struct proc_capture {      /* per process, per epoch */
+	struct proc *p;
+	struct range_vec pages;  /* page ranges captured, data in page_buf order */
+	struct range_vec reset;
+	struct range_vec zeroed;
+	uint32_t new_regions;
+	Understudy__V1__Process *meta;
+	struct region *cur;      /* maps read at this barrier, if still valid */
+	size_t ncur;
+};
+int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
+int buf_reserve(struct page_buf *buf, size_t want);
+extern int g_state_done;   /* set by the tracer when its injections of this barrier are over */
+int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, void (*progress)(const char *));
+int fill_vmas(struct proc *p, Understudy__V1__Process *pr, bool full);
+
+/* ---- image.c: atomic epoch writing --------------------------------------- */
+struct epoch_out {
+	uint32_t epoch;
+	bool full;
+	uint64_t pause_ns;
+	struct proc_capture *pcs;
+	size_t npcs;
+	struct page_buf *buf;
+};
+int image_write_epoch(const char *dir, const char *image_id, struct epoch_out *eo, char *epoch_path, size_t plen);
+int image_dir_prepare(const char *dir, bool must_be_empty);
+void new_image_id(char *out);
+
+/* ---- frames (frame.c) ---------------------------------------------------- */
+int frame_read_fd(int fd, uint8_t **buf, size_t *len);   /* 0 ok, 1 eof, -1 error */
+int frame_write_fd(int fd, const uint8_t *buf, size_t len);
+
+#endif

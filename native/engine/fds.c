@@ -1,0 +1,196 @@
+/* File descriptors: regular files, directories, the common character devices
+ * and terminals are recorded (path, flags, offset, identity); every other
+ * kind is refused naming pid, fd and kind, before anything is written. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+#include "arena.h"
+#include "engine.h"
+
+static const char *unsupported_kind(const char *target, const struct stat *st, char *buf, size_t blen)
+{
+	if (!strncmp(target, "socket:", 7))
+		return "socket";
+	if (!strncmp(target, "pipe:", 5))
+		return "pipe";
+	if (!strncmp(target, "anon_inode:", 11)) {
+		const char *k = target + 11;
+		snprintf(buf, blen, "%.100s", k[0] == 0x5b ? k + 1 : k);
+		char *e = strchr(buf, ']');
+		if (e)
+			*e = 0;
+		return buf;
+	}
+	if (S_ISFIFO(st->st_mode))
+		return "fifo";
+	if (S_ISSOCK(st->st_mode))
+		return "socket";
+	if (S_ISBLK(st->st_mode))
+		return "block device";
+	if (S_ISREG(st->st_mode)) {
+		if (!strncmp(target, "/memfd:", 7))
+			return "memfd";
+		size_t n = strlen(target);
+		if (n > 10 && !strcmp(target + n - 10, " (deleted)"))
+			return "deleted file";
+		return NULL;
+	}
+	if (S_ISDIR(st->st_mode))
+		return NULL;
+	if (S_ISCHR(st->st_mode)) {
+		unsigned ma = major(st->st_rdev), mi = minor(st->st_rdev);
+		if (ma == 1 && (mi == 3 || mi == 5 || mi == 7 || mi == 8 || mi == 9))
+			return NULL;
+		if ((ma >= 136 && ma <= 143) || ma == 4 || (ma == 5 && (mi == 0 || mi == 1)))
+			return NULL;
+		if (ma == 5 && mi == 2)
+			return "pty master (/dev/ptmx)";
+		snprintf(buf, blen, "character device %u:%u", ma, mi);
+		return buf;
+	}
+	return "unknown file type";
+}
+
+static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
+{
+	char dpath[64];
+	snprintf(dpath, sizeof(dpath), "/proc/%d/fd", pid);
+	DIR *d = opendir(dpath);
+	if (!d)
+		return fail(errno == ENOENT ? "E_NO_SUCH_PROCESS" : "E_NATIVE", errno, "opendir(%s)", dpath);
+	struct dirent *de;
+	int rc = 0;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] < '0' || de->d_name[0] > '9')
+			continue;
+		int fd = atoi(de->d_name);
+		char lp[96], target[PATH_MAX + 1], kb[128];
+		snprintf(lp, sizeof(lp), "/proc/%d/fd/%d", pid, fd);
+		ssize_t n = readlink(lp, target, PATH_MAX);
+		if (n < 0)
+			continue;   /* closed meanwhile (only possible outside a barrier) */
+		target[n] = 0;
+		struct stat st;
+		if (stat(lp, &st)) {
+			if (!strncmp(target, "socket:", 7) || !strncmp(target, "pipe:", 5) || !strncmp(target, "anon_inode:", 11))
+				memset(&st, 0, sizeof(st));
+			else {
+				rc = fail("E_NATIVE", errno, "stat(%s -> %s)", lp, target);
+				break;
+			}
+		}
+		const char *bad = unsupported_kind(target, &st, kb, sizeof(kb));
+		if (bad) {
+			rc = fail("E_UNSUPPORTED", 0, "pid %d fd %d is a %s (%s): this resource kind is not supported yet, refusing to checkpoint",
+				  pid, fd, bad, target);
+			break;
+		}
+		if (!pr)
+			continue;
+		Understudy__V1__Fd *f = ANEW(Understudy__V1__Fd, understudy__v1__fd__init);
+		if (!f) {
+			rc = -1;
+			break;
+		}
+		f->fd = fd;
+		f->path = astrdup(target);
+		if (S_ISREG(st.st_mode))
+			f->kind = UNDERSTUDY__V1__FD__KIND__REGULAR;
+		else if (S_ISDIR(st.st_mode))
+			f->kind = UNDERSTUDY__V1__FD__KIND__DIRECTORY;
+		else {
+			unsigned ma = major(st.st_rdev);
+			f->kind = ma == 1 ? UNDERSTUDY__V1__FD__KIND__CHARDEV : UNDERSTUDY__V1__FD__KIND__TTY;
+			f->rdev_major = ma;
+			f->rdev_minor = minor(st.st_rdev);
+		}
+		f->file = ANEW(Understudy__V1__FileId, understudy__v1__file_id__init);
+		f->file->path = f->path;
+		f->file->dev = st.st_dev;
+		f->file->ino = st.st_ino;
+		f->file->size = st.st_size;
+		f->file->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+		f->file->mode = st.st_mode;
+		char ip[96], *info;
+		snprintf(ip, sizeof(ip), "/proc/%d/fdinfo/%d", pid, fd);
+		if (read_file(ip, &info) >= 0) {
+			char *q = strstr(info, "pos:");
+			if (q)
+				f->pos = strtoull(q + 4, NULL, 10);
+			q = strstr(info, "flags:");
+			if (q) {
+				f->flags = strtoul(q + 6, NULL, 8);
+				f->cloexec = (f->flags & O_CLOEXEC) != 0;
+			}
+			free(info);
+		}
+		err_clear();
+		if (APUSH(pr->fds, pr->n_fds, f)) {
+			rc = -1;
+			break;
+		}
+	}
+	closedir(d);
+	return rc;
+}
+
+/* POSIX timers (timer_create) live in the kernel task, not in memory or
+ * fds: not captured yet, so refused rather than silently lost. */
+static int check_timers(pid_t pid)
+{
+	char path[64], *buf;
+	snprintf(path, sizeof(path), "/proc/%d/timers", pid);
+	ssize_t n = read_file(path, &buf);
+	if (n < 0) {
+		err_clear();   /* no CONFIG_CHECKPOINT_RESTORE: nothing to say */
+		return 0;
+	}
+	int rc = 0;
+	if (n > 0) {
+		int id = -1;
+		sscanf(buf, "ID: %d", &id);
+		rc = fail("E_UNSUPPORTED", 0, "pid %d has POSIX timer %d (timer_create): this resource kind is not supported yet, refusing to checkpoint", pid, id);
+	}
+	free(buf);
+	return rc;
+}
+
+/* Injected syscalls go through the process's seccomp filter: strict mode
+ * kills on anything but read/write/exit, and a filter may kill on
+ * userfaultfd or prctl. Never risk the app: refused. */
+static int check_seccomp(pid_t pid)
+{
+	char v[32];
+	if (proc_status_field(pid, "Seccomp", v, sizeof(v))) {
+		err_clear();
+		return 0;
+	}
+	int mode = atoi(v);
+	if (mode == 1 || mode == 2)
+		return fail("E_UNSUPPORTED", 0,
+			    "pid %d runs under seccomp (%s mode): the engine's injected syscalls could be killed by it, refusing to touch it", pid,
+			    mode == 1 ? "strict" : "filter");
+	return 0;
+}
+
+int capture_fds(pid_t pid, Understudy__V1__Process *pr)
+{
+	return check_timers(pid) || walk_fds(pid, pr) ? -1 : 0;
+}
+
+int check_fds_supported(pid_t pid)
+{
+	return check_seccomp(pid) || check_timers(pid) || walk_fds(pid, NULL) ? -1 : 0;
+}
+
+int check_injectable(pid_t pid)
+{
+	return check_seccomp(pid);
+}

@@ -1,0 +1,2 @@
+# understudy-engine links zlib (crc32) and protobuf-c, both in LDLIBS_BASE.
+LDLIBS_engine :=
