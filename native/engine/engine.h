@@ -11,6 +11,7 @@
 #include <sys/user.h>
 #include "understudy/v1/engine.pb-c.h"
 #include "understudy/v1/image.pb-c.h"
+#include "../../bpf/engine_task.h"
 
 #define ENGINE_VERSION 1
 #define IMAGE_VERSION 1
@@ -27,7 +28,26 @@ struct engine_error {
 extern __thread struct engine_error g_err;
 int fail(const char *code, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void err_clear(void);
+
+/* ---- prof.c: clock, and the per-step profile of a pause ------------------ */
 uint64_t now_ns(void);
+bool prof_enabled(void);
+void prof_mark(const char *label);   /* end of a step on this thread */
+void prof_flush(uint64_t t0);
+void prof_sched_begin(void);         /* run-queue wait and steal time over a pause */
+void prof_sched_end(void);        /* one JSON line per checkpoint, after the release */
+
+/* ---- pool.c: the pause's helper threads -------------------------------- */
+#define POOL_WORKERS 2
+#define POOL_MEM 0      /* runs the memory phase beside the tracer */
+#define POOL_HELPER 1   /* second scanner / copier of the memory phase */
+int pool_post(int worker, void (*fn)(void *), void *arg);   /* -1: no thread, run it yourself */
+void pool_wait(int worker);
+/* fn(ctx, i) for i in [0, n), shared by the caller and POOL_HELPER; the
+ * first error stops the rest and is returned (g_err). Call it from one
+ * thread at a time (POOL_MEM, or the tracer when there is no memory thread). */
+int pool_par_for(size_t n, int (*fn)(void *ctx, size_t i), void *ctx);
+void pause_sched(bool on);   /* the calling thread real-time (SCHED_FIFO 1) or back */
 
 /* ---- tasks and processes ------------------------------------------------- */
 enum task_state {
@@ -48,6 +68,7 @@ struct task {
 	uint64_t ss_sp, ss_size;
 	int ss_flags;
 	char state_letter;
+	pid_t ns_tid;         /* tid in its own PID namespace, 0 not read yet (never changes) */
 };
 
 struct region {           /* one line of /proc/PID/maps */
@@ -72,6 +93,8 @@ struct proc {
 	uint64_t brk;          /* brk at the last barrier (injected brk(0)) */
 	uint64_t heap_start, heap_end;
 	bool brk_valid;
+	void *iter_link;       /* struct bpf_link of the task iterator, NULL none */
+	bool kstate_checked;   /* iterator compared with injection once (new mm) */
 };
 
 struct engine {
@@ -139,12 +162,29 @@ void free_process_info(Understudy__V1__Process *pr);
 enum region_kind { RK_ANON, RK_FILE_PRIVATE, RK_FILE_SHARED, RK_VDSO, RK_VVAR, RK_VSYSCALL, RK_SHARED_ANON };
 enum region_kind region_kind(const struct region *r);
 
+struct kstate;
 /* ---- thread.c: per-thread state ------------------------------------------ */
-int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th);
-int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr, size_t *injected);
+int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th, const struct et_rec *kt);
+int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr, const struct kstate *ks);
 int capture_brk(struct proc *p, pid_t tid, uint64_t *brk);
 int capture_shared_pending(pid_t tid, Understudy__V1__Process *pr);
 void free_thread(Understudy__V1__Thread *th);
+
+/* ---- taskiter.c: handlers, clear_tid, sigaltstack, brk via a BPF task iterator */
+struct kstate {
+	const struct et_rec *recs;
+	size_t n;
+};
+struct sa_val {
+	uint64_t handler, flags, restorer, mask;
+};
+void taskiter_init(void);            /* at attach; on failure the engine injects */
+bool taskiter_ok(void);
+void taskiter_disable(const char *why);
+void taskiter_close(struct proc *p);
+int taskiter_read(struct proc *p, struct kstate *ks);   /* valid until the next read */
+const struct et_rec *kstate_task(const struct kstate *ks, pid_t tid);
+int kstate_sigactions(const struct kstate *ks, struct sa_val out[64]);
 
 /* ---- fds.c --------------------------------------------------------------- */
 int capture_fds(pid_t pid, Understudy__V1__Process *pr);
@@ -165,6 +205,8 @@ struct proc_capture {      /* per process, per epoch */
 	Understudy__V1__Process *meta;
 	struct region *cur;      /* maps read at this barrier, if still valid */
 	size_t ncur;
+	uint64_t heap_start, heap_end;   /* [heap] in the maps of this barrier */
+	bool heap_known;                 /* heap_start/end read (without the task iterator) */
 };
 int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
 int buf_reserve(struct page_buf *buf, size_t want);

@@ -29,10 +29,3 @@ void err_clear(void)
 {
 	memset(&g_err, 0, sizeof(g_err));
 }
-
-uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
-}

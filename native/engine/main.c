@@ -85,6 +85,7 @@ static int do_attach(Understudy__V1__AttachCmd *c, Understudy__V1__EngineReply *
 	uint64_t t0 = now_ns();
 	if (check_ours(c->pid))
 		return -1;
+	taskiter_init();
 	if (seize_tree(c->pid, c->include_children)) {
 		struct engine_error keep = g_err;
 		detach_all();
@@ -130,49 +131,68 @@ static void kill_app(void)
 static int capture_proc_state(struct proc *p, struct proc_capture *pc)
 {
 	Understudy__V1__Process *pr = pc->meta;
-	/* the maps of this barrier: the heap tells whether brk may have moved */
-	struct region *maps;
-	size_t nmaps;
-	if (read_maps(p->pid, &maps, &nmaps))
-		return -1;
-	uint64_t hs = 0, he = 0;
-	for (size_t i = 0; i < nmaps; i++)
-		if (!strcmp(maps[i].name, "[heap]")) {
-			if (!hs)
-				hs = maps[i].start;
-			he = maps[i].end;
-		}
-	free(maps);
+	/* the heap in the maps of this barrier tells whether brk may have moved */
+	uint64_t hs = pc->heap_start, he = pc->heap_end;
 	if (fill_process_info(p->pid, pr))
 		return -1;
+	prof_mark("state.procinfo");
 	if (capture_fds(p->pid, pr))
 		return -1;
+	prof_mark("state.fds");
 	struct task *lead = lead_task(p);
 	if (!lead)
 		return fail("E_NATIVE", 0, "pid %d has no stopped thread at the barrier", p->pid);
+	/* handlers, clear_tid, sigaltstack, brk: read from the kernel's task
+	 * structures by the BPF task iterator, no injection (taskiter.c) */
+	struct kstate ks;
+	const struct kstate *ksp = NULL;
+	if (taskiter_ok()) {
+		if (taskiter_read(p, &ks)) {
+			fprintf(stderr, "understudy-engine: %s; injecting instead\n", g_err.msg);
+			err_clear();
+		} else {
+			ksp = &ks;
+		}
+	}
+	prof_mark("state.taskiter");
 	for (size_t i = 0; i < E.ntasks; i++) {
 		struct task *t = &E.tasks[i];
 		if (t->dead || t->tgid != p->pid)
 			continue;
 		Understudy__V1__Thread *th = ANEW(Understudy__V1__Thread, understudy__v1__thread__init);
-		if (!th || capture_thread(p, t, th) || APUSH(pr->threads, pr->n_threads, th))
+		if (!th || capture_thread(p, t, th, ksp ? kstate_task(ksp, t->tid) : NULL) || APUSH(pr->threads, pr->n_threads, th))
 			return -1;
+		prof_mark("state.thread");
 	}
-	size_t nsa = 0;
-	if (capture_sigactions(p, lead->tid, pr, &nsa))
+	if (capture_sigactions(p, lead->tid, pr, taskiter_ok() ? ksp : NULL))
 		return -1;
-	/* brk moves only with the heap's end (brk() works in whole pages): an
-	 * injected brk(0) only when the heap changed since the last barrier */
-	if (!p->brk_valid || hs != p->heap_start || he != p->heap_end) {
+	prof_mark("state.sigactions");
+	const struct et_rec *lk = ksp && taskiter_ok() ? kstate_task(ksp, lead->tid) : NULL;
+	if (lk && p->kstate_checked) {
+		p->brk = lk->d;   /* mm->brk: what brk(0) returns */
+		p->brk_valid = true;
+	} else if (!p->brk_valid || !pc->heap_known || hs != p->heap_start || he != p->heap_end) {
+		/* without the iterator: brk moves only with the heap's end (brk()
+		 * works in whole pages), an injected brk(0) only when it changed */
 		if (capture_brk(p, lead->tid, &p->brk))
 			return -1;
 		p->brk_valid = true;
-		p->heap_start = hs;
-		p->heap_end = he;
+		if (lk && lk->d != p->brk) {
+			char why[200];
+			snprintf(why, sizeof(why), "pid %d: injected brk(0) 0x%llx, iterator mm->brk 0x%llx", p->pid,
+				 (unsigned long long)p->brk, (unsigned long long)lk->d);
+			taskiter_disable(why);
+		}
 	}
+	p->heap_start = hs;
+	p->heap_end = he;
+	if (ksp && taskiter_ok())
+		p->kstate_checked = true;
 	pr->mm->brk = p->brk;
+	prof_mark("state.brk");
 	if (capture_shared_pending(lead->tid, pr))
 		return -1;
+	prof_mark("state.shared_pending");
 	pr->uffd_features = p->uffd_features;
 	pr->new_process = p->is_new;
 	return 0;
@@ -216,6 +236,7 @@ static int mem_phase(struct mem_job *j)
 		}
 	}
 	j->t_planned = now_ns();
+	prof_mark("mem.plan");
 	for (size_t i = 0; i < j->np; i++)
 		if (mem_copy(&j->pcs[i], &g_buf, i == 0 ? j->stall_ms : 0, progress))
 			return -1;
@@ -223,16 +244,16 @@ static int mem_phase(struct mem_job *j)
 		if (mem_copy(&j->vpcs[i], &g_vbuf, 0, progress))
 			return -1;
 	j->t_copied = now_ns();
+	prof_mark("mem.copy");
 	return 0;
 }
 
-static void *mem_thread(void *arg)
+static void mem_worker(void *arg)
 {
 	struct mem_job *j = arg;
 	err_clear();
 	j->rc = mem_phase(j);
 	j->err = g_err;
-	return NULL;
 }
 
 /* The epoch is written on a thread while this one keeps serving the app's
@@ -316,10 +337,15 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 		if (buf_reserve(&g_buf, est) || (verify && buf_reserve(&g_vbuf, est)))
 			return -1;
 	}
+	pause_sched(true);
+	prof_sched_begin();
 	uint64_t t0 = now_ns();
-	if (barrier(10000))
+	if (barrier(10000)) {
+		pause_sched(false);
 		return -1;
+	}
 	uint64_t t_bar = now_ns();
+	prof_mark("barrier");
 	status_cache(true);
 	size_t np = 0;
 	struct proc_capture *pcs = calloc(E.nprocs + 1, sizeof(*pcs)), *vpcs = calloc(E.nprocs + 1, sizeof(*vpcs));
@@ -355,6 +381,22 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 			p->need_mm_init = false;   /* a new mm: its regions are all new, taken in full below */
 		}
 		pcs[np].p = p;
+		/* without the task iterator the state phase needs the heap's
+		 * bounds (brk): the maps of this barrier are read here, once, and
+		 * the memory plan takes them; else the memory thread reads them */
+		if (!taskiter_ok()) {
+			if (read_maps(p->pid, &pcs[np].cur, &pcs[np].ncur)) {
+				rc = -1;
+				break;
+			}
+			for (size_t k = 0; k < pcs[np].ncur; k++)
+				if (!strcmp(pcs[np].cur[k].name, "[heap]")) {
+					if (!pcs[np].heap_start)
+						pcs[np].heap_start = pcs[np].cur[k].start;
+					pcs[np].heap_end = pcs[np].cur[k].end;
+				}
+			pcs[np].heap_known = true;
+		}
 		pcs[np].meta = ANEW(Understudy__V1__Process, understudy__v1__process__init);
 		if (verify) {
 			vpcs[np].p = p;
@@ -369,12 +411,12 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	 * write only below stack pointers (dead space); a write that lands after
 	 * its page was scanned is simply in the next epoch. With a verification
 	 * copy both memory views must be of the same instant: memory, then state. */
+	prof_mark("setup");
 	__atomic_store_n(&g_state_done, 0, __ATOMIC_RELEASE);
 	struct mem_job mj = { .pcs = pcs, .vpcs = vpcs, .np = np, .full = full, .verify = verify, .stall_ms = c->debug_stall_ms };
 	if (!rc) {
 		scanned = true;
-		pthread_t mth;
-		bool threaded = !verify && pthread_create(&mth, NULL, mem_thread, &mj) == 0;
+		bool threaded = !verify && pool_post(POOL_MEM, mem_worker, &mj) == 0;
 		if (!threaded) {
 			__atomic_store_n(&g_state_done, 1, __ATOMIC_RELEASE);   /* memory first, state after */
 			mj.rc = mem_phase(&mj);
@@ -386,7 +428,8 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 		__atomic_store_n(&g_state_done, 1, __ATOMIC_RELEASE);
 		t_state = now_ns();
 		if (threaded)
-			pthread_join(mth, NULL);
+			pool_wait(POOL_MEM);
+		prof_mark("join");
 		if (mj.rc && !rc) {
 			g_err = mj.err;
 			rc = -1;
@@ -398,6 +441,10 @@ release:;
 	status_cache(false);
 	release_all();
 	uint64_t t_rel = now_ns();
+	pause_sched(false);
+	prof_mark("release");
+	prof_sched_end();
+	prof_flush(t0);
 	if (!rc)
 		progress("released");
 	if (rc) {

@@ -493,6 +493,7 @@ int fill_process_info(pid_t pid, Understudy__V1__Process *pr)
 	char comm[64], path[96], v[256];
 	if (read_stat(pid, f, comm, sizeof(comm)))
 		return -1;
+	prof_mark("pi.stat");
 	pr->pid = pid;
 	pr->comm = astrdup(comm);
 	pr->ppid = f[4];
@@ -515,6 +516,7 @@ int fill_process_info(pid_t pid, Understudy__V1__Process *pr)
 			pr->ns_ppid = last_int(pv);
 		err_clear();
 	}
+	prof_mark("pi.status");
 	Understudy__V1__MmFields *mm = ANEW(Understudy__V1__MmFields, understudy__v1__mm_fields__init);
 	if (!mm)
 		return -1;
@@ -538,6 +540,7 @@ int fill_process_info(pid_t pid, Understudy__V1__Process *pr)
 	pr->auxv.data = amemdup(buf, n);
 	pr->auxv.len = n;
 	free(buf);
+	prof_mark("pi.auxv");
 
 	snprintf(path, sizeof(path), "/proc/%d/exe", pid);
 	pr->exe = ANEW(Understudy__V1__FileId, understudy__v1__file_id__init);
@@ -546,6 +549,7 @@ int fill_process_info(pid_t pid, Understudy__V1__Process *pr)
 		return fail("E_NATIVE", errno, "readlink(%s)", path);
 	if (file_identity(path, -1, pr->exe))
 		return -1;
+	prof_mark("pi.exe");
 	snprintf(path, sizeof(path), "/proc/%d/cwd", pid);
 	pr->cwd = alink(path);
 	snprintf(path, sizeof(path), "/proc/%d/root", pid);
@@ -559,6 +563,7 @@ int fill_process_info(pid_t pid, Understudy__V1__Process *pr)
 		return -1;
 	pr->personality = strtoul(buf, NULL, 16);
 	free(buf);
+	prof_mark("pi.cwd_root_umask_pers");
 
 	pr->rlimits = amalloc(RLIM_NLIMITS * sizeof(void *));
 	for (int r = 0; r < RLIM_NLIMITS; r++) {
@@ -571,6 +576,7 @@ int fill_process_info(pid_t pid, Understudy__V1__Process *pr)
 		x->max = rl.rlim_max;
 		pr->rlimits[pr->n_rlimits++] = x;
 	}
+	prof_mark("pi.rlimits");
 	pr->creds = ANEW(Understudy__V1__Creds, understudy__v1__creds__init);
 	return parse_creds(pid, pr->creds);
 }

@@ -257,6 +257,7 @@ static void mark_dead(struct task *t)
 		if (p) {
 			p->dead = true;
 			uffd_close(p);
+			taskiter_close(p);
 			free(p->maps);
 			p->maps = NULL;
 			p->nmaps = 0;
@@ -328,6 +329,7 @@ static void on_status(pid_t tid, int status, bool in_barrier)
 			uffd_close(p);
 			p->need_mm_init = true;
 			p->brk_valid = false;
+			p->kstate_checked = false;
 			p->syscall_insn = 0;
 		}
 		/* the exec'ing thread took the leader's tid; other threads are gone */
@@ -467,6 +469,8 @@ void detach_all(void)
 	for (size_t i = 0; i < E.nprocs; i++)
 		if (!E.procs[i].dead)
 			uffd_close(&E.procs[i]);
+	for (size_t i = 0; i < E.nprocs; i++)
+		taskiter_close(&E.procs[i]);
 	for (size_t i = 0; i < E.ntasks; i++) {
 		struct task *t = &E.tasks[i];
 		if (t->dead)

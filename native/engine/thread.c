@@ -88,23 +88,43 @@ static int first_info(struct proc *p, struct task *t)
 	return 0;
 }
 
-int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th)
+/* what sigaltstack(NULL, &old) would report to the thread (kernel/signal.c:
+ * do_sigaltstack, sas_ss_flags, on_sig_stack; the stack grows down) */
+static int ss_flags_of(const struct et_rec *kt, uint64_t sp)
+{
+	const uint32_t autodisarm = 1U << 31;   /* SS_AUTODISARM, the only SS_FLAG_BITS */
+	int f;
+	if (!kt->c)
+		f = SS_DISABLE;
+	else if (!(kt->x & autodisarm) && sp > kt->b && sp - kt->b <= kt->c)
+		f = SS_ONSTACK;
+	else
+		f = 0;
+	return f | (int)(kt->x & autodisarm);
+}
+
+int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th, const struct et_rec *kt)
 {
 	pid_t tid = t->tid;
 	struct user_regs_struct regs;
 	if (ptrace(PTRACE_GETREGS, tid, 0, &regs))
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", tid);
+	prof_mark("th.getregs");
 	th->tid = tid;
 	th->ns_tid = tid;
 	char path[96], v[128];
-	snprintf(path, sizeof(path), "%d", tid);
-	if (!proc_status_field(tid, "NSpid", v, sizeof(v))) {
-		const char *q = v + strlen(v);
-		while (q > v && q[-1] != '\t' && q[-1] != ' ')
-			q--;
-		th->ns_tid = atoi(q);
+	if (!t->ns_tid) {
+		t->ns_tid = tid;
+		if (!proc_status_field(tid, "NSpid", v, sizeof(v))) {
+			const char *q = v + strlen(v);
+			while (q > v && q[-1] != '\t' && q[-1] != ' ')
+				q--;
+			t->ns_tid = atoi(q);
+		}
+		err_clear();
 	}
-	err_clear();
+	th->ns_tid = t->ns_tid;
+	prof_mark("th.nspid");
 	th->regs.data = amemdup(&regs, sizeof(regs));
 	th->regs.len = sizeof(regs);
 	static uint8_t xs[65536];
@@ -113,12 +133,15 @@ int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th)
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGSET, NT_X86_XSTATE, tid %d)", tid);
 	th->xstate.data = amemdup(xs, iov.iov_len);
 	th->xstate.len = iov.iov_len;
+	prof_mark("th.xstate");
 	uint64_t mask;
 	if (ptrace(PTRACE_GETSIGMASK, tid, (void *)8, &mask))
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_GETSIGMASK, tid %d)", tid);
 	th->sigmask = mask;
+	prof_mark("th.sigmask");
 	if (peek_siginfo(tid, false, &th->pending, &th->n_pending))
 		return -1;
+	prof_mark("th.pending");
 	struct us_rseq_config rc = { 0 };
 	if (ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, (void *)sizeof(rc), &rc) >= 0 && rc.rseq_abi_pointer) {
 		th->rseq = ANEW(Understudy__V1__Rseq, understudy__v1__rseq__init);
@@ -133,8 +156,28 @@ int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th)
 		return fail("E_NATIVE", errno, "get_robust_list(tid %d)", tid);
 	th->robust_list = (uint64_t)head;
 	th->robust_list_len = len;
-	if (t->need_first_info && first_info(p, t))
-		return -1;
+	prof_mark("th.rseq_robust");
+	/* clear_tid and sigaltstack: from the task iterator at every barrier;
+	 * injected at a thread's first barrier (and compared), or always when
+	 * the iterator is not there */
+	bool first = t->need_first_info;
+	if (kt && !t->need_first_info) {
+		t->clear_tid = kt->a;
+		t->ss_sp = kt->b;
+		t->ss_size = kt->c;
+		t->ss_flags = ss_flags_of(kt, regs.rsp);
+	} else if (t->need_first_info) {
+		if (first_info(p, t))
+			return -1;
+		if (kt && (t->clear_tid != kt->a || t->ss_sp != kt->b || t->ss_size != kt->c || t->ss_flags != ss_flags_of(kt, regs.rsp))) {
+			char why[300];
+			snprintf(why, sizeof(why),
+				 "tid %d: injected clear_tid 0x%llx sigaltstack 0x%llx/%llu/%d, iterator 0x%llx 0x%llx/%llu/%d", tid,
+				 (unsigned long long)t->clear_tid, (unsigned long long)t->ss_sp, (unsigned long long)t->ss_size, t->ss_flags,
+				 (unsigned long long)kt->a, (unsigned long long)kt->b, (unsigned long long)kt->c, ss_flags_of(kt, regs.rsp));
+			taskiter_disable(why);
+		}
+	}
 	th->clear_tid = t->clear_tid;
 	th->sigaltstack = ANEW(Understudy__V1__SigAltStack, understudy__v1__sig_alt_stack__init);
 	th->sigaltstack->sp = t->ss_sp;
@@ -147,26 +190,36 @@ int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th)
 		th->restart_code = (rax == -512 || rax == -513 || rax == -514 || rax == -516) ? rax : 0;
 	}
 	char comm[64] = "";
-	snprintf(path, sizeof(path), "/proc/%d/task/%d/comm", p->pid, tid);
-	char *b;
-	if (read_file(path, &b) >= 0) {
-		snprintf(comm, sizeof(comm), "%s", b);
-		char *nl = strchr(comm, '\n');
-		if (nl)
-			*nl = 0;
-		free(b);
+	if (kt && !first) {
+		snprintf(comm, sizeof(comm), "%.*s", (int)sizeof(kt->comm), kt->comm);
+	} else {
+		snprintf(path, sizeof(path), "/proc/%d/task/%d/comm", p->pid, tid);
+		char *b;
+		if (read_file(path, &b) >= 0) {
+			snprintf(comm, sizeof(comm), "%s", b);
+			char *nl = strchr(comm, '\n');
+			if (nl)
+				*nl = 0;
+			free(b);
+		}
+		err_clear();
+		if (kt && strncmp(comm, kt->comm, sizeof(kt->comm))) {
+			char why[200];
+			snprintf(why, sizeof(why), "tid %d: /proc comm \"%s\", iterator \"%.16s\"", tid, comm, kt->comm);
+			taskiter_disable(why);
+		}
 	}
-	err_clear();
 	th->comm = astrdup(comm);
+	prof_mark("th.comm");
 	th->state = t->state_letter;
 	return 0;
 }
 
-/* handlers of the caught signals (SigCgt); ignored ones (SigIgn) are
- * recorded as SIG_IGN without injection */
-int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr, size_t *injected)
+/* handlers of the caught signals (SigCgt), one injected rt_sigaction each;
+ * ignored ones (SigIgn) are recorded as SIG_IGN without injection */
+static int sigactions_inject(struct proc *p, pid_t tid, struct sa_val out[64])
 {
-	*injected = 0;
+	memset(out, 0, 64 * sizeof(out[0]));
 	char v[64];
 	uint64_t cgt = 0, ign = 0;
 	if (!proc_status_field(p->pid, "SigCgt", v, sizeof(v)))
@@ -179,17 +232,13 @@ int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr, s
 		uint64_t bit = 1ULL << (sig - 1);
 		if (!(cgt & bit) && !(ign & bit))
 			continue;
-		Understudy__V1__SigAction *sa = ANEW(Understudy__V1__SigAction, understudy__v1__sig_action__init);
-		if (!sa)
-			return -1;
-		sa->signo = sig;
+		struct sa_val *sa = &out[sig - 1];
 		if (cgt & bit) {
 			if (!sc && !(sc = scratch_addr(tid)))
 				return fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", tid);
 			long ret, a[6] = { sig, 0, (long)sc, 8, 0, 0 };
 			if (inject_syscall(p, tid, SYS_rt_sigaction, a, &ret))
 				return -1;
-			(*injected)++;
 			if (ret != 0)
 				return fail("E_NATIVE", (int)-ret, "rt_sigaction(%d) injected into pid %d", sig, p->pid);
 			uint64_t k[4];
@@ -202,6 +251,47 @@ int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr, s
 		} else {
 			sa->handler = 1;   /* SIG_IGN */
 		}
+	}
+	return 0;
+}
+
+/* Signal handlers: from the task iterator (ks) when there is one, compared
+ * with the injected reading at the first barrier of each mm; else injected. */
+int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr, const struct kstate *ks)
+{
+	struct sa_val v[64];
+	if (ks) {
+		kstate_sigactions(ks, v);
+		if (!p->kstate_checked) {
+			struct sa_val inj[64];
+			if (sigactions_inject(p, tid, inj))
+				return -1;
+			for (int i = 0; i < 64; i++)
+				if (memcmp(&v[i], &inj[i], sizeof(v[i]))) {
+					char why[300];
+					snprintf(why, sizeof(why),
+						 "pid %d signal %d: injected handler 0x%llx flags 0x%llx, iterator 0x%llx flags 0x%llx", p->pid,
+						 i + 1, (unsigned long long)inj[i].handler, (unsigned long long)inj[i].flags,
+						 (unsigned long long)v[i].handler, (unsigned long long)v[i].flags);
+					taskiter_disable(why);
+					memcpy(v, inj, sizeof(v));
+					break;
+				}
+		}
+	} else if (sigactions_inject(p, tid, v)) {
+		return -1;
+	}
+	for (int i = 0; i < 64; i++) {
+		if (!v[i].handler)
+			continue;
+		Understudy__V1__SigAction *sa = ANEW(Understudy__V1__SigAction, understudy__v1__sig_action__init);
+		if (!sa)
+			return -1;
+		sa->signo = i + 1;
+		sa->handler = v[i].handler;
+		sa->flags = v[i].flags;
+		sa->restorer = v[i].restorer;
+		sa->mask = v[i].mask;
 		if (APUSH(pr->sigactions, pr->n_sigactions, sa))
 			return -1;
 	}

@@ -125,7 +125,7 @@ int uffd_register_wp(struct proc *p, uint64_t start, uint64_t end)
 static int scan(struct proc *p, uint64_t start, uint64_t end, uint64_t flags, uint64_t inv, uint64_t mask, uint64_t anyof,
 		uint64_t ret_mask, struct range_vec *out, int *err_out)
 {
-	static struct page_region vec[4096];
+	static __thread struct page_region vec[4096];   /* two scanners run at once */
 	if (open_pagemap(p))
 		return -1;
 	uint64_t at = start;
