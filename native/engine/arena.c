@@ -81,6 +81,21 @@ int apush(void ***arr, size_t *n, void *item)
 	return 0;
 }
 
+int grow(void *arr, size_t *cap, size_t need, size_t elem, size_t first, const char *what)
+{
+	if (need <= *cap)
+		return 0;
+	size_t nc = *cap ? *cap : first;
+	while (nc < need)
+		nc *= 2;
+	void *n = realloc(*(void **)arr, nc * elem);
+	if (!n)
+		return fail("E_NATIVE", ENOMEM, "realloc of %s (%zu x %zu bytes)", what, nc, elem);
+	*(void **)arr = n;
+	*cap = nc;
+	return 0;
+}
+
 void arena_reset(void)
 {
 	while (head) {

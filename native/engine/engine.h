@@ -4,30 +4,40 @@
 #define UNDERSTUDY_ENGINE_H
 /* paths are bounded by PATH_MAX-sized buffers; a longer one is cut, never overrun */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 #include <sys/user.h>
 #include "understudy/v1/engine.pb-c.h"
 #include "understudy/v1/image.pb-c.h"
 #include "../../bpf/engine_task.h"
+#include "errfmt.h"
+#include "frame.h"
 
 #define ENGINE_VERSION 1
 #define IMAGE_VERSION 1
 #define PAGE_SZ 4096UL
 
-/* ---- errors (err.c) ------------------------------------------------------
+/* ---- errors (native/common/errfmt) ----------------------------------------
  * One error per failing command: a stable code, a message naming the call,
- * the object and errno. Functions return -1 after setting it. */
-struct engine_error {
-	char code[32];
-	char msg[1024];
-	int errnum;
-};
-extern __thread struct engine_error g_err;
-int fail(const char *code, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-void err_clear(void);
+ * the object and errno. Functions return -1 after setting it. Per thread:
+ * the memory workers and the epoch writer run beside the tracer. */
+extern __thread struct err_value g_err;
+static inline __attribute__((format(printf, 3, 4))) int fail(const char *code, int errnum, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	err_vset(&g_err, code, errnum, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+static inline void err_clear(void)
+{
+	memset(&g_err, 0, sizeof(g_err));
+}
 
 /* ---- prof.c: clock, and the per-step profile of a pause ------------------ */
 uint64_t now_ns(void);
@@ -151,6 +161,8 @@ int scan_data(struct proc *p, uint64_t start, uint64_t end, struct range_vec *ou
 
 /* ---- proc.c: /proc parsing ----------------------------------------------- */
 ssize_t read_file(const char *path, char **buf);
+/* read fd to its end into *buf (grown, *cap kept for reuse), NUL-terminated */
+ssize_t read_all(int fd, char **buf, size_t *cap, const char *what);
 int read_maps(pid_t pid, struct region **out, size_t *n);
 int list_tasks(pid_t pid, pid_t **tids, size_t *n);
 int list_children(pid_t pid, pid_t **kids, size_t *n);
@@ -226,9 +238,5 @@ struct epoch_out {
 int image_write_epoch(const char *dir, const char *image_id, struct epoch_out *eo, char *epoch_path, size_t plen);
 int image_dir_prepare(const char *dir, bool must_be_empty);
 void new_image_id(char *out);
-
-/* ---- frames (frame.c) ---------------------------------------------------- */
-int frame_read_fd(int fd, uint8_t **buf, size_t *len);   /* 0 ok, 1 eof, -1 error */
-int frame_write_fd(int fd, const uint8_t *buf, size_t len);
 
 #endif

@@ -94,6 +94,21 @@ static int fsync_path(const char *path)
 	return rc;
 }
 
+static Understudy__V1__Range **ranges_of(const struct range_vec *rv, size_t *n)
+{
+	Understudy__V1__Range **a = amalloc(rv->n * sizeof(void *) + 1);
+	*n = 0;
+	for (size_t r = 0; a && r < rv->n; r++) {
+		Understudy__V1__Range *g = ANEW(Understudy__V1__Range, understudy__v1__range__init);
+		if (!g)
+			break;
+		g->start = rv->v[r].start;
+		g->end = rv->v[r].end;
+		a[(*n)++] = g;
+	}
+	return a;
+}
+
 int image_write_epoch(const char *dir, const char *image_id, struct epoch_out *eo, char *epoch_path, size_t plen)
 {
 	char tmp[4200], final[4200], path[4300];
@@ -131,20 +146,8 @@ int image_write_epoch(const char *dir, const char *image_id, struct epoch_out *e
 			pr->pages[pr->n_pages++] = run;
 			total_runs++;
 		}
-		pr->reset = amalloc(pc->reset.n * sizeof(void *) + 1);
-		for (size_t r = 0; pr->reset && r < pc->reset.n; r++) {
-			Understudy__V1__Range *g = ANEW(Understudy__V1__Range, understudy__v1__range__init);
-			g->start = pc->reset.v[r].start;
-			g->end = pc->reset.v[r].end;
-			pr->reset[pr->n_reset++] = g;
-		}
-		pr->zeroed = amalloc(pc->zeroed.n * sizeof(void *) + 1);
-		for (size_t r = 0; pr->zeroed && r < pc->zeroed.n; r++) {
-			Understudy__V1__Range *g = ANEW(Understudy__V1__Range, understudy__v1__range__init);
-			g->start = pc->zeroed.v[r].start;
-			g->end = pc->zeroed.v[r].end;
-			pr->zeroed[pr->n_zeroed++] = g;
-		}
+		pr->reset = ranges_of(&pc->reset, &pr->n_reset);
+		pr->zeroed = ranges_of(&pc->zeroed, &pr->n_zeroed);
 	}
 	if (off != eo->buf->len) {
 		fail("E_INTERNAL", 0, "page index covers %llu bytes but %zu were captured", (unsigned long long)off, eo->buf->len);

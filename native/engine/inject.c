@@ -59,7 +59,28 @@ uint64_t scratch_addr(pid_t tid)
 	return ((r.rsp - 128 - 1024) & ~15ULL);
 }
 
-static int back_to_event_stop(pid_t tid)
+/* The next wait status of tid: 0 with *st when it stopped; -1 with the error
+ * set when waitpid failed or the thread is gone (marked dead). */
+static int wait_tid(pid_t tid, int *st, const char *after, long nr)
+{
+	for (;;) {
+		pid_t w = waitpid(tid, st, __WALL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return fail("E_NATIVE", errno, "waitpid(tid %d) %s %ld", tid, after, nr);
+		}
+		if (WIFEXITED(*st) || WIFSIGNALED(*st)) {
+			struct task *t = task_find(tid);
+			if (t)
+				t->dead = true;
+			return fail("E_NO_SUCH_PROCESS", 0, "tid %d exited %s %ld", tid, after, nr);
+		}
+		return 0;
+	}
+}
+
+static int back_to_event_stop(pid_t tid, long nr)
 {
 	if (ptrace(PTRACE_INTERRUPT, tid, 0, 0))
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_INTERRUPT, tid %d) after an injected syscall", tid);
@@ -67,18 +88,8 @@ static int back_to_event_stop(pid_t tid)
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_CONT, tid %d) after an injected syscall", tid);
 	for (;;) {
 		int st;
-		pid_t w = waitpid(tid, &st, __WALL);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return fail("E_NATIVE", errno, "waitpid(tid %d) for its interrupt stop", tid);
-		}
-		if (WIFEXITED(st) || WIFSIGNALED(st)) {
-			struct task *t = task_find(tid);
-			if (t)
-				t->dead = true;
-			return fail("E_NO_SUCH_PROCESS", 0, "tid %d exited after an injected syscall", tid);
-		}
+		if (wait_tid(tid, &st, "waiting for its interrupt stop after injected syscall", nr))
+			return -1;
 		if (WIFSTOPPED(st) && (st >> 16) == PTRACE_EVENT_STOP)
 			return 0;
 		/* a signal-delivery-stop on the way (a signal already pending):
@@ -122,18 +133,10 @@ int inject_syscall(struct proc *p, pid_t tid, long nr, const long a[6], long *re
 	}
 	for (;;) {
 		int st;
-		pid_t w = waitpid(tid, &st, __WALL);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			rc = fail("E_NATIVE", errno, "waitpid(tid %d) after injecting syscall %ld", tid, nr);
-			goto restore;
-		}
-		if (WIFEXITED(st) || WIFSIGNALED(st)) {
-			struct task *t = task_find(tid);
-			if (t)
-				t->dead = true;
-			return fail("E_NO_SUCH_PROCESS", 0, "tid %d exited during an injected syscall %ld", tid, nr);
+		if (wait_tid(tid, &st, "during injected syscall", nr)) {
+			if (task_find(tid))
+				goto restore;   /* waitpid failed: the thread is there, put it back */
+			return -1;
 		}
 		if (WIFSTOPPED(st) && WSTOPSIG(st) == SIGTRAP && (st >> 16) == 0)
 			break;   /* the single-step trap */
@@ -168,7 +171,7 @@ restore:
 	 * app. Put it back into an interrupt (PTRACE_EVENT_STOP) stop, which a
 	 * dying tracer simply resumes: interrupt, continue with no signal, and
 	 * the pending trap stops it again before it reaches user space. */
-	if (back_to_event_stop(tid))
+	if (back_to_event_stop(tid, nr))
 		rc = -1;
 	return rc;
 }

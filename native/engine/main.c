@@ -15,6 +15,10 @@
 #include "arena.h"
 #include "engine.h"
 
+__thread struct err_value g_err;
+
+#define MAX_FRAME (64u << 20)
+
 static uint64_t cur_req_id;
 static bool need_full;            /* tracking lost its continuity: next epoch is full */
 static struct page_buf g_buf, g_vbuf;
@@ -22,14 +26,8 @@ static struct page_buf g_buf, g_vbuf;
 static void send_reply(Understudy__V1__EngineReply *r)
 {
 	r->version = ENGINE_VERSION;
-	size_t n = understudy__v1__engine_reply__get_packed_size(r);
-	uint8_t *b = malloc(n ? n : 1);
-	if (!b)
-		exit(3);
-	understudy__v1__engine_reply__pack(r, b);
-	if (frame_write_fd(1, b, n))
+	if (frame_write(1, &r->base))
 		exit(3);   /* the agent is gone: nothing to report to */
-	free(b);
 }
 
 static void progress(const char *stage)
@@ -87,7 +85,7 @@ static int do_attach(Understudy__V1__AttachCmd *c, Understudy__V1__EngineReply *
 		return -1;
 	taskiter_init();
 	if (seize_tree(c->pid, c->include_children)) {
-		struct engine_error keep = g_err;
+		struct err_value keep = g_err;
 		detach_all();
 		g_err = keep;
 		return -1;
@@ -97,7 +95,7 @@ static int do_attach(Understudy__V1__AttachCmd *c, Understudy__V1__EngineReply *
 	E.include_children = c->include_children;
 	pump_events(0);
 	if (check_supported_all()) {
-		struct engine_error keep = g_err;
+		struct err_value keep = g_err;
 		detach_all();
 		g_err = keep;
 		return -1;
@@ -218,7 +216,7 @@ struct mem_job {
 	bool full, verify;
 	uint32_t stall_ms;
 	int rc;
-	struct engine_error err;
+	struct err_value err;
 	uint64_t t_start, t_planned, t_copied;
 };
 
@@ -266,7 +264,7 @@ struct write_job {
 	size_t plen;
 	int rc;
 	int done;
-	struct engine_error err;
+	struct err_value err;
 };
 
 static void *write_thread(void *arg)
@@ -636,12 +634,13 @@ int main(int argc, char **argv)
 		if (pfd[0].revents) {
 			uint8_t *buf;
 			size_t len;
-			err_clear();
-			int fr = frame_read_fd(0, &buf, &len);
-			if (fr == 1)
+			int fr = frame_read(0, &buf, &len, MAX_FRAME);
+			if (fr == 0)
 				break;   /* agent closed the pipe */
 			if (fr < 0) {
-				fprintf(stderr, "understudy-engine: %s\n", g_err.msg);
+				char m[256];
+				fprintf(stderr, "understudy-engine: %s\n",
+					err_format(m, sizeof(m), errno, "agent pipe: reading a frame (limit %u bytes)", MAX_FRAME));
 				break;
 			}
 			handle(buf, len);

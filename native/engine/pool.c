@@ -99,7 +99,7 @@ struct par {
 	int (*fn)(void *ctx, size_t i);
 	void *ctx;
 	int failed;
-	struct engine_error err;
+	struct err_value err;
 };
 
 static void par_run(struct par *p)

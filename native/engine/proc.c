@@ -18,45 +18,41 @@
 #include "arena.h"
 #include "engine.h"
 
-ssize_t read_file(const char *path, char **buf)
+ssize_t read_all(int fd, char **buf, size_t *cap, const char *what)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return fail(errno == ENOENT ? "E_NO_SUCH_PROCESS" : "E_NATIVE", errno, "open(%s)", path);
-	size_t cap = 8192, len = 0;
-	char *b = malloc(cap);
-	if (!b) {
-		close(fd);
-		return fail("E_NATIVE", ENOMEM, "malloc for %s", path);
-	}
+	size_t len = 0;
 	for (;;) {
-		if (len + 4096 + 1 > cap) {
-			char *nb = realloc(b, cap * 2);
-			if (!nb) {
-				free(b);
-				close(fd);
-				return fail("E_NATIVE", ENOMEM, "realloc for %s", path);
-			}
-			b = nb;
-			cap *= 2;
-		}
-		ssize_t r = read(fd, b + len, cap - len - 1);
+		if (grow(buf, cap, len + 4096 + 1, 1, 8192, what))
+			return -1;
+		ssize_t r = read(fd, *buf + len, *cap - len - 1);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
-			int e = errno;
-			free(b);
-			close(fd);
-			return fail(e == ESRCH ? "E_NO_SUCH_PROCESS" : "E_NATIVE", e, "read(%s)", path);
+			return fail(errno == ESRCH ? "E_NO_SUCH_PROCESS" : "E_NATIVE", errno, "read(%s)", what);
 		}
 		if (r == 0)
 			break;
 		len += r;
 	}
-	close(fd);
-	b[len] = 0;
-	*buf = b;
+	(*buf)[len] = 0;
 	return (ssize_t)len;
+}
+
+ssize_t read_file(const char *path, char **buf)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail(errno == ENOENT ? "E_NO_SUCH_PROCESS" : "E_NATIVE", errno, "open(%s)", path);
+	char *b = NULL;
+	size_t cap = 0;
+	ssize_t len = read_all(fd, &b, &cap, path);
+	close(fd);
+	if (len < 0) {
+		free(b);
+		return -1;
+	}
+	*buf = b;
+	return len;
 }
 
 int read_maps(pid_t pid, struct region **out, size_t *n)
@@ -65,23 +61,14 @@ int read_maps(pid_t pid, struct region **out, size_t *n)
 	snprintf(path, sizeof(path), "/proc/%d/maps", pid);
 	if (read_file(path, &buf) < 0)
 		return -1;
-	size_t cap = 64, cnt = 0;
-	struct region *v = malloc(cap * sizeof(*v));
-	if (!v) {
-		free(buf);
-		return fail("E_NATIVE", ENOMEM, "malloc for maps of pid %d", pid);
-	}
+	size_t cap = 0, cnt = 0;
+	struct region *v = NULL;
 	char *save = NULL;
 	for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		if (cnt == cap) {
-			struct region *nv = realloc(v, cap * 2 * sizeof(*v));
-			if (!nv) {
-				free(v);
-				free(buf);
-				return fail("E_NATIVE", ENOMEM, "realloc for maps of pid %d", pid);
-			}
-			v = nv;
-			cap *= 2;
+		if (grow(&v, &cap, cnt + 1, sizeof(*v), 64, path)) {
+			free(v);
+			free(buf);
+			return -1;
 		}
 		struct region *r = &v[cnt];
 		memset(r, 0, sizeof(*r));
@@ -135,27 +122,22 @@ static int list_dir_ints(const char *path, pid_t **out, size_t *n)
 	DIR *d = opendir(path);
 	if (!d)
 		return fail(errno == ENOENT ? "E_NO_SUCH_PROCESS" : "E_NATIVE", errno, "opendir(%s)", path);
-	size_t cap = 16, cnt = 0;
-	pid_t *v = malloc(cap * sizeof(pid_t));
+	size_t cap = 0, cnt = 0;
+	pid_t *v = NULL;
 	struct dirent *de;
-	while (v && (de = readdir(d))) {
+	int rc = 0;
+	while (!rc && (de = readdir(d))) {
 		if (de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
-		if (cnt == cap) {
-			pid_t *nv = realloc(v, cap * 2 * sizeof(pid_t));
-			if (!nv) {
-				free(v);
-				v = NULL;
-				break;
-			}
-			v = nv;
-			cap *= 2;
-		}
-		v[cnt++] = atoi(de->d_name);
+		rc = grow(&v, &cap, cnt + 1, sizeof(pid_t), 16, path);
+		if (!rc)
+			v[cnt++] = atoi(de->d_name);
 	}
 	closedir(d);
-	if (!v)
-		return fail("E_NATIVE", ENOMEM, "malloc listing %s", path);
+	if (rc) {
+		free(v);
+		return -1;
+	}
 	*out = v;
 	*n = cnt;
 	return 0;
@@ -175,9 +157,10 @@ int list_children(pid_t pid, pid_t **kids, size_t *n)
 	size_t nt;
 	if (list_tasks(pid, &tids, &nt))
 		return -1;
-	size_t cap = 8, cnt = 0;
-	pid_t *v = malloc(cap * sizeof(pid_t));
-	for (size_t i = 0; v && i < nt; i++) {
+	size_t cap = 0, cnt = 0;
+	pid_t *v = NULL;
+	int rc = 0;
+	for (size_t i = 0; !rc && i < nt; i++) {
 		char path[96], *buf;
 		snprintf(path, sizeof(path), "/proc/%d/task/%d/children", pid, tids[i]);
 		err_clear();
@@ -186,21 +169,18 @@ int list_children(pid_t pid, pid_t **kids, size_t *n)
 			continue;
 		}
 		char *save = NULL;
-		for (char *tok = strtok_r(buf, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save)) {
-			if (cnt == cap) {
-				pid_t *nv = realloc(v, cap * 2 * sizeof(pid_t));
-				if (!nv)
-					break;
-				v = nv;
-				cap *= 2;
-			}
-			v[cnt++] = atoi(tok);
+		for (char *tok = strtok_r(buf, " \n", &save); !rc && tok; tok = strtok_r(NULL, " \n", &save)) {
+			rc = grow(&v, &cap, cnt + 1, sizeof(pid_t), 8, "the children list");
+			if (!rc)
+				v[cnt++] = atoi(tok);
 		}
 		free(buf);
 	}
 	free(tids);
-	if (!v)
-		return fail("E_NATIVE", ENOMEM, "malloc listing children of %d", pid);
+	if (rc) {
+		free(v);
+		return -1;
+	}
 	*kids = v;
 	*n = cnt;
 	return 0;

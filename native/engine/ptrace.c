@@ -13,6 +13,7 @@
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "arena.h"
 #include "engine.h"
 
 struct engine E;
@@ -39,16 +40,8 @@ struct task *task_add(pid_t tid, pid_t tgid, enum task_state st)
 			break;
 		}
 	if (!t) {
-		if (E.ntasks == E.cap_tasks) {
-			size_t nc = E.cap_tasks ? E.cap_tasks * 2 : 64;
-			struct task *n = realloc(E.tasks, nc * sizeof(*n));
-			if (!n) {
-				fail("E_NATIVE", ENOMEM, "realloc of the task table");
-				return NULL;
-			}
-			E.tasks = n;
-			E.cap_tasks = nc;
-		}
+		if (grow(&E.tasks, &E.cap_tasks, E.ntasks + 1, sizeof(*E.tasks), 64, "the task table"))
+			return NULL;
 		t = &E.tasks[E.ntasks++];
 	}
 	memset(t, 0, sizeof(*t));
@@ -72,16 +65,8 @@ struct proc *proc_add(pid_t pid)
 	struct proc *p = proc_find(pid);
 	if (p)
 		return p;
-	if (E.nprocs == E.cap_procs) {
-		size_t nc = E.cap_procs ? E.cap_procs * 2 : 16;
-		struct proc *n = realloc(E.procs, nc * sizeof(*n));
-		if (!n) {
-			fail("E_NATIVE", ENOMEM, "realloc of the process table");
-			return NULL;
-		}
-		E.procs = n;
-		E.cap_procs = nc;
-	}
+	if (grow(&E.procs, &E.cap_procs, E.nprocs + 1, sizeof(*E.procs), 16, "the process table"))
+		return NULL;
 	p = &E.procs[E.nprocs++];
 	memset(p, 0, sizeof(*p));
 	p->pid = pid;

@@ -68,7 +68,7 @@ void taskiter_close(struct proc *p)
 	p->iter_link = NULL;
 }
 
-static struct et_rec *buf;
+static char *buf;   /* kept across reads */
 static size_t cap;
 
 int taskiter_read(struct proc *p, struct kstate *ks)
@@ -88,34 +88,16 @@ int taskiter_read(struct proc *p, struct kstate *ks)
 	int fd = bpf_iter_create(bpf_link__fd(p->iter_link));
 	if (fd < 0)
 		return fail("E_NATIVE", errno, "bpf_iter_create(engine_task, pid %d)", p->pid);
-	size_t len = 0;
-	for (;;) {
-		if (!buf || (cap - len) < 4096) {
-			size_t nc = cap ? cap * 2 : 1 << 16;
-			void *nb = realloc(buf, nc);
-			if (!nb) {
-				close(fd);
-				return fail("E_NATIVE", ENOMEM, "realloc(%zu) for the task iterator", nc);
-			}
-			buf = nb;
-			cap = nc;
-		}
-		ssize_t r = read(fd, (char *)buf + len, cap - len);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			int e = errno;
-			close(fd);
-			return fail("E_NATIVE", e, "read(task iterator of pid %d)", p->pid);
-		}
-		if (r == 0)
-			break;
-		len += r;
-	}
+	char what[64];
+	snprintf(what, sizeof(what), "the task iterator of pid %d", p->pid);
+	ssize_t n = read_all(fd, &buf, &cap, what);
 	close(fd);
+	if (n < 0)
+		return -1;
+	size_t len = (size_t)n;
 	if (len % sizeof(struct et_rec))
 		return fail("E_NATIVE", 0, "task iterator of pid %d returned %zu bytes, not whole records", p->pid, len);
-	ks->recs = buf;
+	ks->recs = (const struct et_rec *)buf;
 	ks->n = len / sizeof(struct et_rec);
 	return 0;
 }

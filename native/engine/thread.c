@@ -142,7 +142,7 @@ int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th, c
 	if (peek_siginfo(tid, false, &th->pending, &th->n_pending))
 		return -1;
 	prof_mark("th.pending");
-	struct us_rseq_config rc = { 0 };
+	struct __ptrace_rseq_configuration rc = { 0 };
 	if (ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, (void *)sizeof(rc), &rc) >= 0 && rc.rseq_abi_pointer) {
 		th->rseq = ANEW(Understudy__V1__Rseq, understudy__v1__rseq__init);
 		th->rseq->abi_pointer = rc.rseq_abi_pointer;

@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "arena.h"
 #include "engine.h"
 #include "kabi.h"
 
@@ -25,14 +26,8 @@ int rv_push(struct range_vec *rv, uint64_t s, uint64_t e, uint64_t cat)
 		rv->v[rv->n - 1].end = e;
 		return 0;
 	}
-	if (rv->n == rv->cap) {
-		size_t nc = rv->cap ? rv->cap * 2 : 64;
-		void *n = realloc(rv->v, nc * sizeof(rv->v[0]));
-		if (!n)
-			return fail("E_NATIVE", ENOMEM, "realloc of a range vector (%zu)", nc);
-		rv->v = n;
-		rv->cap = nc;
-	}
+	if (grow(&rv->v, &rv->cap, rv->n + 1, sizeof(rv->v[0]), 64, "a range vector"))
+		return -1;
 	rv->v[rv->n].start = s;
 	rv->v[rv->n].end = e;
 	rv->v[rv->n].cat = cat;
@@ -75,11 +70,11 @@ int uffd_init(struct proc *p, pid_t tid)
 	if (fd_in_app < 0)
 		return fail("E_NATIVE", (int)-fd_in_app, "userfaultfd() injected into pid %d", p->pid);
 	int rc = 0;
-	int pidfd = syscall(SYS_pidfd_open, p->pid, 0);
+	int pidfd = kabi_pidfd_open(p->pid, 0);
 	if (pidfd < 0) {
 		rc = fail("E_NATIVE", errno, "pidfd_open(pid %d)", p->pid);
 	} else {
-		p->uffd = syscall(SYS_pidfd_getfd, pidfd, (int)fd_in_app, 0);
+		p->uffd = kabi_pidfd_getfd(pidfd, (int)fd_in_app, 0);
 		if (p->uffd < 0)
 			rc = fail("E_NATIVE", errno, "pidfd_getfd(pid %d, fd %ld)", p->pid, fd_in_app);
 		close(pidfd);
