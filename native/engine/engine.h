@@ -57,6 +57,7 @@ void pool_wait(int worker);
  * first error stops the rest and is returned (g_err). Call it from one
  * thread at a time (POOL_MEM, or the tracer when there is no memory thread). */
 int pool_par_for(size_t n, int (*fn)(void *ctx, size_t i), void *ctx);
+void pool_assist(int worker);   /* the tracer helps worker's loops until it is done */
 void pause_sched(bool on);   /* the calling thread real-time (SCHED_FIFO 1) or back */
 
 /* ---- tasks and processes ------------------------------------------------- */

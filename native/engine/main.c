@@ -425,8 +425,11 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 				rc = -1;
 		__atomic_store_n(&g_state_done, 1, __ATOMIC_RELEASE);
 		t_state = now_ns();
-		if (threaded)
+		if (threaded) {
+			if (!rc)
+				pool_assist(POOL_MEM);
 			pool_wait(POOL_MEM);
+		}
 		prof_mark("join");
 		if (mj.rc && !rc) {
 			g_err = mj.err;

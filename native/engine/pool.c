@@ -122,11 +122,20 @@ static void par_helper(void *a)
 	par_run(a);
 }
 
+/* the parallel loop running now, for the tracer to join (pool_assist) */
+static struct par *cur_par;
+static int cur_users;
+
 int pool_par_for(size_t n, int (*fn)(void *ctx, size_t i), void *ctx)
 {
 	struct par p = { .n = n, .fn = fn, .ctx = ctx };
+	__atomic_store_n(&cur_par, &p, __ATOMIC_SEQ_CST);
 	bool posted = n > 1 && pool_post(POOL_HELPER, par_helper, &p) == 0;
 	par_run(&p);
+	__atomic_store_n(&cur_par, NULL, __ATOMIC_SEQ_CST);
+	/* the tracer may be inside an item of p: p lives on this stack */
+	while (__atomic_load_n(&cur_users, __ATOMIC_SEQ_CST))
+		__builtin_ia32_pause();
 	if (posted && !pool_cancel(POOL_HELPER))
 		pool_wait(POOL_HELPER);
 	if (p.failed) {
@@ -134,6 +143,40 @@ int pool_par_for(size_t n, int (*fn)(void *ctx, size_t i), void *ctx)
 		return -1;
 	}
 	return 0;
+}
+
+/* The tracer, its own work done, takes items of the memory thread's
+ * parallel loops until the memory phase is over: it is on a CPU already (no
+ * wake-up to wait for, and none at the end, where a woken thread can sit
+ * behind a kernel path that does not yield on this PREEMPT_NONE kernel).
+ * It spins only briefly between loops (SPIN_IDLE_NS), then leaves the rest
+ * to pool_wait(). Returns with g_err cleared: an item's error is the loop's. */
+#define SPIN_IDLE_NS 300000ULL
+void pool_assist(int worker)
+{
+	struct worker *w = &workers[worker];
+	uint64_t idle_since = now_ns();
+	for (;;) {
+		int s = __atomic_load_n(&w->state, __ATOMIC_ACQUIRE);
+		if (s != W_POSTED && s != W_RUNNING)
+			break;
+		__atomic_fetch_add(&cur_users, 1, __ATOMIC_SEQ_CST);
+		struct par *p = __atomic_load_n(&cur_par, __ATOMIC_SEQ_CST);
+		bool worked = false;
+		if (p && __atomic_load_n(&p->next, __ATOMIC_ACQUIRE) < p->n) {
+			par_run(p);
+			worked = true;
+		}
+		__atomic_fetch_sub(&cur_users, 1, __ATOMIC_SEQ_CST);
+		if (worked) {
+			idle_since = now_ns();
+			continue;
+		}
+		if (now_ns() - idle_since > SPIN_IDLE_NS)
+			break;
+		__builtin_ia32_pause();
+	}
+	err_clear();
 }
 
 /* the tracer above the workers: it must never wait behind one */

@@ -274,6 +274,7 @@ static void on_status(pid_t tid, int status, bool in_barrier)
 		bool job = sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
 		t->group_stopped = job;
 		if (in_barrier) {
+			prof_mark("barrier.stopped");
 			t->state = TS_STOPPED;
 		} else {
 			if (job)
@@ -382,6 +383,7 @@ int barrier(uint64_t timeout_ms)
 		if (ptrace(PTRACE_INTERRUPT, t->tid, 0, 0) && errno == ESRCH)
 			mark_dead(t);
 	}
+	prof_mark("barrier.interrupted");
 	uint64_t deadline = now_ns() + timeout_ms * 1000000ULL, last_kick = now_ns();
 	for (;;) {
 		drain(true);
