@@ -442,9 +442,9 @@ release:;
 	status_cache(false);
 	release_all();
 	uint64_t t_rel = now_ns();
-	pause_sched(false);
 	prof_mark("release");
 	prof_sched_end();
+	pause_sched(false);
 	prof_flush(t0);
 	if (!rc)
 		progress("released");
