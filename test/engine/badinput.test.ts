@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
-import { cliBin, onCleanup, procState, runCleanups, startFixture, tmp, waitFor } from './helpers.js';
+import { cliBin, onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from './helpers.js';
 
 afterAll(runCleanups);
 
@@ -76,7 +76,7 @@ describe('dump refuses what is not an app of ours', () => {
         message: expect.stringMatching(new RegExp(`pid ${p.pid} fd 0 is a socket \\(socket:\\[\\d+\\]\\)`)),
       });
       expect(procState(p.pid!).tracer).toBe(0);
-      expect(procState(p.pid!).state).toBe('S');
+      expect(await settledState(p.pid!)).toBe('S');
     } finally {
       await engine.close();
     }
@@ -86,7 +86,7 @@ describe('dump refuses what is not an app of ours', () => {
     expect(r.stderr).toMatch(/fd 0 is a socket/);
     expect(existsSync(dir)).toBe(false);
     // refused, so not killed: it is still there
-    expect(procState(p.pid!).state).toBe('S');
+    expect(await settledState(p.pid!)).toBe('S');
   });
 });
 
@@ -158,7 +158,7 @@ describe('seccomp', () => {
       await engine.close();
     }
     expect(procState(p.pid!).tracer).toBe(0);
-    expect(procState(p.pid!).state).toBe('S');
+    expect(await settledState(p.pid!)).toBe('S');
   });
 });
 

@@ -99,6 +99,18 @@ export function childrenOf(pid: number): number[] {
   return out;
 }
 
+/** The state letter of pid once it settles: a thread just resumed (by a
+ * detach or a release) is briefly 'R' until it is back in its sleep, longer
+ * on a loaded machine. A process left stopped stays 'T'/'t' and is returned. */
+export async function settledState(pid: number, want = 'S', ms = 3000): Promise<string> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const s = procState(pid).state;
+    if (s === want || Date.now() > until) return s;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 export function procState(pid: number): { state: string; tracer: number } {
   const s = readFileSync(`/proc/${pid}/status`, 'utf8');
   return { state: /^State:\s+(\S)/m.exec(s)![1]!, tracer: Number(/^TracerPid:\s+(\d+)/m.exec(s)![1]) };

@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
 import { memoryDigest, processesOf, readEpochMeta, reconstruct } from '../../src/image/store.js';
 import { decodeRegs } from '../../src/image/show.js';
-import { childrenOf, onCleanup, procState, runCleanups, startFixture, tmp, waitFor } from './helpers.js';
+import { childrenOf, onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from './helpers.js';
 
 afterAll(runCleanups);
 
@@ -54,7 +54,7 @@ describe('process trees and threads', () => {
       expect(processesOf(m1).find((p) => p.pid === fx.pid)!.threads).toHaveLength(4);
       // the child was seized when it was born: traced by the engine, not stopped
       expect(procState(child!).tracer).toBe(engine.pid);
-      expect(procState(child!).state).toBe('S');
+      expect(await settledState(child!)).toBe('S');
       // base + deltas == fresh full, for every process
       const inc = reconstruct(dir);
       const fresh = reconstruct(vdir);
@@ -117,7 +117,7 @@ describe('signal state', () => {
       await engine.close();
     }
     expect(procState(p.pid!).tracer).toBe(0);
-    expect(procState(p.pid!).state).toBe('S');
+    expect(await settledState(p.pid!)).toBe('S');
   }, 60_000);
 });
 
