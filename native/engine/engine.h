@@ -160,6 +160,7 @@ struct proc_capture {      /* per process, per epoch */
 	Understudy__V1__Process *meta;
 };
 int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
+int buf_reserve(struct page_buf *buf, size_t want);
 int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, void (*progress)(const char *));
 int fill_vmas(struct proc *p, Understudy__V1__Process *pr, bool full);
 

@@ -59,6 +59,35 @@ uint64_t scratch_addr(pid_t tid)
 	return ((r.rsp - 128 - 1024) & ~15ULL);
 }
 
+static int back_to_event_stop(pid_t tid)
+{
+	if (ptrace(PTRACE_INTERRUPT, tid, 0, 0))
+		return fail("E_NATIVE", errno, "ptrace(PTRACE_INTERRUPT, tid %d) after an injected syscall", tid);
+	if (ptrace(PTRACE_CONT, tid, 0, 0))
+		return fail("E_NATIVE", errno, "ptrace(PTRACE_CONT, tid %d) after an injected syscall", tid);
+	for (;;) {
+		int st;
+		pid_t w = waitpid(tid, &st, __WALL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return fail("E_NATIVE", errno, "waitpid(tid %d) for its interrupt stop", tid);
+		}
+		if (WIFEXITED(st) || WIFSIGNALED(st)) {
+			struct task *t = task_find(tid);
+			if (t)
+				t->dead = true;
+			return fail("E_NO_SUCH_PROCESS", 0, "tid %d exited after an injected syscall", tid);
+		}
+		if (WIFSTOPPED(st) && (st >> 16) == PTRACE_EVENT_STOP)
+			return 0;
+		/* a signal-delivery-stop on the way (a signal already pending):
+		 * deliver it as the kernel would have; the trap stop follows */
+		if (ptrace(PTRACE_CONT, tid, 0, (void *)(long)(WIFSTOPPED(st) ? WSTOPSIG(st) : 0)))
+			return fail("E_NATIVE", errno, "ptrace(PTRACE_CONT, tid %d)", tid);
+	}
+}
+
 int inject_syscall(struct proc *p, pid_t tid, long nr, const long a[6], long *ret)
 {
 	if (!p->syscall_insn && find_syscall_insn(p))
@@ -134,5 +163,12 @@ restore:
 		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_SETREGS, tid %d) restoring registers", tid);
 	if (ptrace(PTRACE_SETSIGMASK, tid, (void *)8, &mask))
 		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_SETSIGMASK, tid %d) restoring the mask", tid);
+	/* The step left the thread in a SIGTRAP signal-delivery-stop: if the
+	 * engine died now, the kernel would deliver that SIGTRAP and kill the
+	 * app. Put it back into an interrupt (PTRACE_EVENT_STOP) stop, which a
+	 * dying tracer simply resumes: interrupt, continue with no signal, and
+	 * the pending trap stops it again before it reaches user space. */
+	if (back_to_event_stop(tid))
+		rc = -1;
 	return rc;
 }

@@ -162,6 +162,10 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 {
 	if (!E.attached)
 		return fail("E_USAGE", 0, "not attached to any app: send attach first");
+	/* a chain of dry runs (benchmarks) has no directory; a real checkpoint
+	 * after it starts a real chain at epoch 0 */
+	if (!c->dry_run && E.has_epoch && !E.image_dir[0])
+		E.has_epoch = false;
 	if (!c->dry_run) {
 		if (!c->image_dir || !c->image_dir[0])
 			return fail("E_USAGE", 0, "checkpoint needs an image directory");
@@ -177,6 +181,20 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	bool verify = c->verify_full_dir && c->verify_full_dir[0] && !c->dry_run;
 	Understudy__V1__CheckpointResult *cr = ANEW(Understudy__V1__CheckpointResult, understudy__v1__checkpoint_result__init);
 
+	/* size the capture buffer before the pause (resident anonymous memory
+	 * bounds a full capture) */
+	if (full) {
+		size_t est = 0;
+		for (size_t i = 0; i < E.nprocs; i++) {
+			char v[64];
+			if (!E.procs[i].dead && !proc_status_field(E.procs[i].pid, "RssAnon", v, sizeof(v)))
+				est += strtoull(v, NULL, 10) * 1024;
+		}
+		err_clear();
+		est += est / 8 + (8u << 20);
+		if (buf_reserve(&g_buf, est) || (verify && buf_reserve(&g_vbuf, est)))
+			return -1;
+	}
 	uint64_t t0 = now_ns();
 	if (barrier(10000))
 		return -1;
@@ -282,12 +300,10 @@ release:;
 	}
 	uint64_t t_end = now_ns();
 	if (!rc) {
-		if (!c->dry_run) {
-			if (!E.has_epoch)
-				snprintf(E.image_dir, sizeof(E.image_dir), "%s", c->image_dir);
-			E.has_epoch = true;
-			E.last_epoch = epoch;
-		}
+		if (!E.has_epoch)
+			snprintf(E.image_dir, sizeof(E.image_dir), "%s", c->dry_run ? "" : c->image_dir);
+		E.has_epoch = true;
+		E.last_epoch = epoch;
 		need_full = false;
 		for (size_t i = 0; i < np; i++)
 			pcs[i].p->is_new = false;

@@ -6,10 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include "arena.h"
 #include "engine.h"
+#include "kabi.h"
 
 static bool same_region(const struct region *a, const struct region *b)
 {
@@ -73,8 +75,15 @@ int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track)
 		} else if (full) {
 			rc = scan_data(p, r->start, r->end, &pc->pages);
 		} else {
-			for (size_t w = 0; w < written.n && !rc; w++)
-				rc = rv_push(&pc->pages, written.v[w].start, written.v[w].end, 0);
+			/* written and present: data to copy. Written but neither present
+			 * nor swapped (discarded by MADV_DONTNEED/MADV_FREE), or mapped to
+			 * the zero page: zero now, recorded without reading (a read
+			 * would populate the app's page table). */
+			for (size_t w = 0; w < written.n && !rc; w++) {
+				uint64_t cat = written.v[w].cat;
+				bool data = (cat & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED)) && !(cat & PAGE_IS_PFNZERO);
+				rc = rv_push(data ? &pc->pages : &pc->zeroed, written.v[w].start, written.v[w].end, 0);
+			}
 			if (!rc)
 				rc = scan_holes(p, r->start, r->end, &pc->zeroed);
 		}
@@ -114,6 +123,25 @@ bad:
 	return -1;
 }
 
+/* The capture buffer is mapped populated and kept across epochs: a copy into
+ * fresh memory would pay a page fault per page inside the pause. */
+int buf_reserve(struct page_buf *buf, size_t want)
+{
+	if (want <= buf->cap)
+		return 0;
+	size_t nc = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+	uint8_t *nb = mmap(NULL, nc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (nb == MAP_FAILED)
+		return fail("E_NATIVE", errno, "mmap(%zu) for the capture buffer", nc);
+	if (buf->data) {
+		memcpy(nb, buf->data, buf->len);
+		munmap(buf->data, buf->cap);
+	}
+	buf->data = nb;
+	buf->cap = nc;
+	return 0;
+}
+
 static int read_via_mem(pid_t pid, uint8_t *dst, uint64_t addr, size_t len)
 {
 	char path[64];
@@ -140,14 +168,8 @@ int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, v
 	size_t total = 0;
 	for (size_t i = 0; i < pc->pages.n; i++)
 		total += pc->pages.v[i].end - pc->pages.v[i].start;
-	if (buf->len + total > buf->cap) {
-		size_t nc = buf->len + total;
-		uint8_t *nb = realloc(buf->data, nc ? nc : 1);
-		if (!nb)
-			return fail("E_NATIVE", ENOMEM, "realloc(%zu) for captured pages of pid %d", nc, pc->p->pid);
-		buf->data = nb;
-		buf->cap = nc;
-	}
+	if (buf_reserve(buf, buf->len + total))
+		return -1;
 	struct iovec remote[IOV_MAX];
 	size_t i = 0, done = 0;
 	bool stalled = stall_ms == 0;

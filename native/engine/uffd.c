@@ -162,7 +162,8 @@ int scan_written(struct proc *p, uint64_t start, uint64_t end, struct range_vec 
 		*eperm = true;
 		return 0;
 	}
-	if (scan(p, start, end, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, 0, PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN, out, &e)) {
+	if (scan(p, start, end, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, 0, PAGE_IS_WRITTEN, 0,
+		 PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO, out, &e)) {
 		if (e == EPERM) {
 			*eperm = true;
 			return 0;

@@ -1,5 +1,7 @@
 import type { Command } from '../command.js';
 import { checkCommand } from './check.js';
 import { demoCommand } from './demo.js';
+import { dumpCommand } from './dump.js';
+import { imageCommand } from './image.js';
 
-export const COMMANDS: readonly Command[] = [checkCommand, demoCommand];
+export const COMMANDS: readonly Command[] = [checkCommand, demoCommand, dumpCommand, imageCommand];

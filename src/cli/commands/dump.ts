@@ -1,0 +1,94 @@
+// `understudy dump`: checkpoint a running process tree into an image
+// directory, CRIU-style. One full checkpoint by default; with --incremental
+// the engine stays attached and writes delta epochs (dirty tracking needs a
+// live engine between epochs). Like CRIU, the app is killed after a
+// successful dump unless --leave-running.
+import { EngineClient, type CheckpointResult } from '../../engine/client.js';
+import { UnderstudyError } from '../../util/errors.js';
+import type { Command } from '../command.js';
+
+function intOpt(v: unknown, name: string, min: number, max: number): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new UnderstudyError('E_USAGE', `--${name} must be an integer from ${min} to ${max}, got ${String(v)}`);
+  }
+  return n;
+}
+
+function line(r: CheckpointResult): string {
+  return (
+    `epoch ${r.epoch} (${r.full ? 'full' : 'delta'}): ${r.pages} pages, pause ${(r.pauseNs / 1e6).toFixed(2)} ms ` +
+    `(barrier ${(r.barrierNs / 1e6).toFixed(2)}, copy ${(r.copyNs / 1e6).toFixed(2)}), written in ${(r.writeNs / 1e6).toFixed(1)} ms -> ${r.epochDir}`
+  );
+}
+
+export const dumpCommand: Command = {
+  name: 'dump',
+  summary: 'checkpoint a running process tree into an image directory (like criu dump)',
+  usage: '--pid PID -D DIR [--leave-running] [--incremental [--epochs N] [--interval-ms M]] [--json]',
+  help:
+    '  --pid PID          the root process of the app (its children are included)\n' +
+    '  -D, --dir DIR      image directory (created; must not hold an image yet)\n' +
+    '  --leave-running    keep the app running after the dump (default, as in CRIU: kill it)\n' +
+    '  --incremental      stay attached and write a delta epoch every --interval-ms, with exact\n' +
+    '                     dirty-page tracking; stops after --epochs deltas or on SIGINT/SIGTERM\n' +
+    '  --epochs N         number of delta epochs after epoch 0 (implies --incremental)\n' +
+    '  --interval-ms M    time between epochs (default 1000)\n' +
+    '  --no-children      only the given process, not its descendants',
+  options: {
+    pid: { type: 'string' },
+    dir: { type: 'string', short: 'D' },
+    'leave-running': { type: 'boolean' },
+    incremental: { type: 'boolean' },
+    epochs: { type: 'string' },
+    'interval-ms': { type: 'string' },
+    'no-children': { type: 'boolean' },
+  },
+  needsRoot: true,
+  async run(ctx, values) {
+    if (values.pid === undefined) throw new UnderstudyError('E_USAGE', '--pid is required');
+    const pid = intOpt(values.pid, 'pid', 1, 2 ** 22)!;
+    const dir = values.dir;
+    if (typeof dir !== 'string' || dir === '') throw new UnderstudyError('E_USAGE', '-D/--dir is required');
+    const epochs = intOpt(values.epochs, 'epochs', 0, 1_000_000);
+    const intervalMs = intOpt(values['interval-ms'], 'interval-ms', 1, 3_600_000) ?? 1000;
+    const incremental = values.incremental === true || epochs !== undefined;
+    const leaveRunning = values['leave-running'] === true;
+
+    const engine = EngineClient.start();
+    const results: CheckpointResult[] = [];
+    let stop = false;
+    const onSignal = (): void => {
+      stop = true;
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    try {
+      await engine.attach(pid, { includeChildren: values['no-children'] !== true, trackDirty: incremental });
+      results.push(await engine.checkpoint({ imageDir: dir }));
+      if (!ctx.json) ctx.out(line(results[0]!));
+      for (let n = 1; incremental && !stop && (epochs === undefined || n <= epochs); n++) {
+        const until = Date.now() + intervalMs;
+        while (!stop && Date.now() < until) await new Promise((r) => setTimeout(r, Math.min(50, until - Date.now())));
+        if (stop) break;
+        const r = await engine.checkpoint({ imageDir: dir });
+        results.push(r);
+        if (!ctx.json) ctx.out(line(r));
+      }
+      if (leaveRunning) await engine.detach();
+      else await engine.killApp();
+      await engine.close();
+    } catch (e) {
+      // the engine detaches on close: whatever failed, the app keeps running
+      await engine.close().catch(() => undefined);
+      throw e;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+    if (ctx.json) ctx.out(JSON.stringify({ dir, pid, leftRunning: leaveRunning, epochs: results }, null, 2));
+    else ctx.out(leaveRunning ? `app ${pid} left running` : `app ${pid} killed after the dump (use --leave-running to keep it)`);
+    return 0;
+  },
+};

@@ -1,0 +1,100 @@
+// Human and JSON views of an image (like CRIU's crit): epochs, processes,
+// threads with their registers, regions, fds.
+import { understudy } from '../gen/proto.js';
+import { listEpochs, processesOf, readEpochMeta, runsOf, vmasOf, type EpochMeta, type ProcessMeta } from './store.js';
+
+const REG_NAMES = [
+  'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8', 'rax', 'rcx', 'rdx', 'rsi', 'rdi', 'orig_rax',
+  'rip', 'cs', 'eflags', 'rsp', 'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs',
+] as const;
+
+/** x86_64 struct user_regs_struct as named registers (hex strings). */
+export function decodeRegs(raw: Uint8Array): Record<string, string> {
+  const b = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+  const out: Record<string, string> = {};
+  REG_NAMES.forEach((n, i) => {
+    if ((i + 1) * 8 <= b.length) out[n] = '0x' + b.readBigUInt64LE(i * 8).toString(16);
+  });
+  return out;
+}
+
+function pagesOf(p: ProcessMeta): number {
+  return runsOf(p).reduce((s, r) => s + r.npages, 0);
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 1048576).toFixed(1)} MiB`;
+}
+
+/** JSON-friendly view of one epoch's metadata (raw register/xstate bytes summarised). */
+export function epochJson(meta: EpochMeta, withPages: boolean): unknown {
+  const obj = understudy.v1.EpochMeta.toObject(meta, { longs: Number, enums: String, bytes: String, defaults: true }) as Record<string, unknown>;
+  const procs = obj.processes as Record<string, unknown>[];
+  processesOf(meta).forEach((p, i) => {
+    const po = procs[i]!;
+    po.auxv = `${p.auxv.length} bytes`;
+    po.dataPages = pagesOf(p);
+    if (!withPages) po.pages = `${runsOf(p).length} runs`;
+    else po.pages = runsOf(p).map((r) => ({ vaddr: '0x' + Number(r.vaddr).toString(16), npages: r.npages, offset: Number(r.offset) }));
+    (po.threads as Record<string, unknown>[]).forEach((t, k) => {
+      const th = p.threads[k]!;
+      t.regs = decodeRegs(th.regs!);
+      t.xstate = `${th.xstate!.length} bytes`;
+    });
+  });
+  return obj;
+}
+
+export function showImage(dir: string, opts: { epoch?: number; json: boolean; pages?: boolean }): string {
+  const entries = listEpochs(dir).filter((e) => opts.epoch === undefined || e.epoch === opts.epoch);
+  const loaded = entries.map((e) => ({ e, m: readEpochMeta(e.path) }));
+  if (opts.json) {
+    return JSON.stringify({ dir, epochs: loaded.map(({ e, m }) => ({ name: e.name, ...(epochJson(m, opts.pages ?? false) as object) })) }, null, 2);
+  }
+  const lines: string[] = [];
+  const first = loaded[0]?.m;
+  if (first) lines.push(`image ${dir}  id ${first.imageId}  kernel ${first.kernelRelease}  xcr0 0x${Number(first.xcr0).toString(16)}`);
+  const detail = opts.epoch !== undefined || loaded.length === 1;
+  for (const { e, m } of loaded) {
+    const when = new Date(Number(m.timeUnixNs) / 1e6).toISOString();
+    const procs = processesOf(m);
+    const pages = procs.reduce((s, p) => s + pagesOf(p), 0);
+    lines.push(
+      `${e.name}  ${m.full ? 'full ' : `delta over ${m.parentEpoch}`}  ${when}  pause ${(Number(m.pauseNs) / 1e6).toFixed(2)} ms  ` +
+        `${pages} pages (${mib(Number(m.pagesBytes))})  ${procs.length} process(es)`,
+    );
+    for (const p of procs) {
+      const changes = p.vmaChanges.length ? `  map changes ${p.vmaChanges.length}` : '';
+      lines.push(
+        `  pid ${p.pid} (${p.comm}) ns-pid ${p.nsPid} ppid ${p.ppid} pgid ${p.pgid} sid ${p.sid}  threads ${p.threads.length}  ` +
+          `regions ${p.vmas.length}  fds ${p.fds.length}  pages ${pagesOf(p)}${changes}${p.newProcess ? '  NEW' : ''}`,
+      );
+      if (!detail) continue;
+      lines.push(`    exe ${p.exe?.path ?? '?'}  cwd ${p.cwd}  root ${p.root}  umask 0${p.umask.toString(8)}  brk 0x${Number(p.mm?.brk ?? 0).toString(16)}`);
+      for (const t of p.threads) {
+        const r = decodeRegs(t.regs!);
+        const sys = t.inSyscall ? `  in syscall ${Number(t.syscallNr)}${Number(t.restartCode) ? ` restart ${Number(t.restartCode)}` : ''}` : '';
+        lines.push(
+          `    thread ${t.tid} (${t.comm}) rip ${r.rip} rsp ${r.rsp} fs_base ${r.fs_base}  sigmask 0x${Number(t.sigmask).toString(16)}` +
+            `${t.rseq ? `  rseq 0x${Number(t.rseq.abiPointer).toString(16)}` : ''}${sys}`,
+        );
+      }
+      for (const s of p.sigactions) {
+        const h = Number(s.handler);
+        lines.push(`    signal ${s.signo}: ${h === 0 ? 'default' : h === 1 ? 'ignored' : '0x' + h.toString(16)} flags 0x${Number(s.flags).toString(16)}`);
+      }
+      for (const v of vmasOf(p)) {
+        const prot = `${v.prot & 1 ? 'r' : '-'}${v.prot & 2 ? 'w' : '-'}${v.prot & 4 ? 'x' : '-'}${v.shared ? 's' : 'p'}`;
+        const id = v.file?.buildId ? ` build-id ${v.file.buildId}` : '';
+        lines.push(
+          `    ${Number(v.start).toString(16).padStart(12, '0')}-${Number(v.end).toString(16).padStart(12, '0')} ${prot} ` +
+            `${understudy.v1.Vma.Kind[v.kind]}${v.tracked ? ' tracked' : ''} ${v.name}${id}`,
+        );
+      }
+      for (const f of p.fds) {
+        lines.push(`    fd ${f.fd} ${understudy.v1.Fd.Kind[f.kind!]} ${f.path} flags 0${(f.flags ?? 0).toString(8)} pos ${Number(f.pos)}`);
+      }
+    }
+  }
+  return lines.join('\n');
+}

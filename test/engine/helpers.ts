@@ -1,0 +1,121 @@
+// Shared by the engine tests: a dirty_pages fixture driven through its control
+// directory, temporary directories, and /proc observations of the app.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const root = resolve(import.meta.dirname, '..', '..');
+export const fixtureBin = join(root, 'build', 'fixtures', 'dirty_pages');
+export const cliBin = join(root, 'bin', 'understudy.js');
+
+const cleanups: (() => void)[] = [];
+export function onCleanup(f: () => void): void {
+  cleanups.push(f);
+}
+export function runCleanups(): void {
+  while (cleanups.length) {
+    try {
+      cleanups.pop()!();
+    } catch {
+      /* keep cleaning */
+    }
+  }
+}
+
+export function tmp(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), `us-${prefix}-`));
+  onCleanup(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+export async function waitFor<T>(f: () => T | undefined, ms: number, what: string): Promise<T> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > until) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+export interface Fixture {
+  pid: number;
+  region: number;
+  pages: number;
+  proc: ChildProcess;
+  /** Writes `count` distinct random pages; resolves with their indices once done. */
+  write(count: number, seed: number, op?: 'w' | 'z' | 'm'): Promise<number[]>;
+  kill(): void;
+}
+
+export async function startFixture(opts: { mb: number; threads?: number; children?: number }): Promise<Fixture> {
+  const ctl = tmp('ctl');
+  const args = ['--ctl', ctl, '--mb', String(opts.mb), '--threads', String(opts.threads ?? 0), '--children', String(opts.children ?? 0)];
+  const proc = spawn(fixtureBin, args, { stdio: 'ignore' });
+  const kill = (): void => {
+    try {
+      if (opts.children) {
+        for (const c of childrenOf(proc.pid!)) process.kill(c, 'SIGKILL');
+      }
+      proc.kill('SIGKILL');
+    } catch {
+      /* gone */
+    }
+  };
+  onCleanup(kill);
+  const ready = await waitFor(() => (existsSync(join(ctl, 'ready')) ? readFileSync(join(ctl, 'ready'), 'utf8') : undefined), 20_000, 'fixture ready');
+  const [pid, region, pages] = ready.trim().split(' ').map(Number) as [number, number, number];
+  let n = 0;
+  return {
+    pid,
+    region,
+    pages,
+    proc,
+    kill,
+    async write(count, seed, op = 'w') {
+      const i = n++;
+      writeFileSync(join(ctl, `.cmd-${i}`), `${count} ${seed} ${op}\n`);
+      // rename: the fixture must never read a half-written command
+      const { renameSync } = await import('node:fs');
+      renameSync(join(ctl, `.cmd-${i}`), join(ctl, `cmd-${i}`));
+      const done = join(ctl, `done-${i}`);
+      const text = await waitFor(() => (existsSync(done) ? readFileSync(done, 'utf8') : undefined), 20_000, `fixture command ${i}`);
+      return text.trim() === '' ? [] : text.trim().split('\n').map(Number);
+    },
+  };
+}
+
+export function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      const c = readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim();
+      if (c) out.push(...c.split(' ').map(Number));
+    }
+  } catch {
+    /* gone */
+  }
+  return out;
+}
+
+export function procState(pid: number): { state: string; tracer: number } {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return { state: /^State:\s+(\S)/m.exec(s)![1]!, tracer: Number(/^TracerPid:\s+(\d+)/m.exec(s)![1]) };
+}
+
+export function fdTargets(pid: number): string[] {
+  return readdirSync(`/proc/${pid}/fd`)
+    .map((fd) => {
+      try {
+        return `${fd} -> ${readlinkSync(`/proc/${pid}/fd/${fd}`)}`;
+      } catch {
+        return `${fd} -> ?`;
+      }
+    })
+    .sort();
+}
+
+export function mapsOf(pid: number): string {
+  return readFileSync(`/proc/${pid}/maps`, 'utf8');
+}

@@ -1,0 +1,140 @@
+// The app's safety comes first: whatever fails in the engine (killed mid
+// capture, disk full), the app is released and keeps running unchanged, with
+// no injected fd or mapping left behind and no half-written epoch.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { EngineClient } from '../../src/engine/client.js';
+import { reconstruct } from '../../src/image/store.js';
+import { fdTargets, mapsOf, onCleanup, procState, runCleanups, startFixture, tmp, waitFor } from './helpers.js';
+
+afterAll(runCleanups);
+
+async function expectReleased(pid: number, fdsBefore: string[], mapsBefore: string): Promise<void> {
+  // the kernel detaches a dead tracer's tracees and resumes them
+  const st = await waitFor(() => {
+    const s = procState(pid);
+    return s.tracer === 0 && s.state !== 't' && s.state !== 'T' ? s : undefined;
+  }, 5000, `pid ${pid} released`);
+  expect(st.tracer).toBe(0);
+  expect(['S', 'R']).toContain(st.state);
+  expect(fdTargets(pid)).toEqual(fdsBefore);
+  expect(fdTargets(pid).join('\n')).not.toMatch(/userfaultfd/);
+  expect(mapsOf(pid)).toBe(mapsBefore);
+}
+
+describe('engine failures leave the app running unchanged', () => {
+  it('SIGKILL of the engine in the middle of a full capture', async () => {
+    const fx = await startFixture({ mb: 64, threads: 2 });
+    const fds = fdTargets(fx.pid);
+    const maps = mapsOf(fx.pid);
+    const engine = EngineClient.start();
+    await engine.attach(fx.pid, { trackDirty: true });
+    const dir = join(tmp('img'), 'chain');
+    let stalled = false;
+    const p = engine.checkpoint({
+      imageDir: dir,
+      debugStallMs: 10_000,
+      onProgress: (stage) => {
+        if (stage === 'capture-stall') {
+          stalled = true;
+          // the app is stopped right now, with its uffd registered
+          expect(procState(fx.pid).state).toBe('t');
+          engine.kill('SIGKILL');
+        }
+      },
+    });
+    await expect(p).rejects.toMatchObject({ code: 'E_ENGINE_DIED' });
+    expect(stalled).toBe(true);
+    await expectReleased(fx.pid, fds, maps);
+    // no epoch, not even a temporary one
+    expect(existsSync(dir) ? readdirSync(dir) : []).toEqual([]);
+    // and it still works: it answers a command
+    expect(await fx.write(3, 1)).toHaveLength(3);
+    fx.kill();
+  }, 60_000);
+
+  it('SIGKILL of the engine in the middle of an incremental capture keeps the earlier epochs valid', async () => {
+    const fx = await startFixture({ mb: 16, threads: 1 });
+    const fds = fdTargets(fx.pid);
+    const engine = EngineClient.start();
+    await engine.attach(fx.pid, { trackDirty: true });
+    const dir = join(tmp('img'), 'chain');
+    await engine.checkpoint({ imageDir: dir });
+    await fx.write(50, 2);
+    await engine.checkpoint({ imageDir: dir });
+    const maps = mapsOf(fx.pid);
+    await fx.write(50, 3);
+    const p = engine.checkpoint({
+      imageDir: dir,
+      debugStallMs: 10_000,
+      onProgress: (stage) => stage === 'capture-stall' && engine.kill('SIGKILL'),
+    });
+    await expect(p).rejects.toMatchObject({ code: 'E_ENGINE_DIED' });
+    await expectReleased(fx.pid, fds, maps);
+    expect(readdirSync(dir).sort()).toEqual(['epoch-000000', 'epoch-000001']);
+    expect(reconstruct(dir).epoch).toBe(1);
+    expect(await fx.write(2, 4)).toHaveLength(2);
+    fx.kill();
+  }, 60_000);
+
+  it('a full disk: clear error, no partial epoch, app running; the engine recovers with a full epoch', async () => {
+    const mnt = tmp('small');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
+    onCleanup(() => execFileSync('umount', ['-l', mnt]));
+    const fx = await startFixture({ mb: 8 });
+    const fds = fdTargets(fx.pid);
+    const engine = EngineClient.start();
+    try {
+      await engine.attach(fx.pid, { trackDirty: true });
+      const dir = join(mnt, 'img');
+      await expect(engine.checkpoint({ imageDir: dir })).rejects.toMatchObject({
+        code: 'E_IMAGE_WRITE',
+        message: expect.stringMatching(/No space left on device/),
+      });
+      // nothing half-written: no epoch, no temporary directory
+      expect(readdirSync(dir)).toEqual([]);
+      const st = procState(fx.pid);
+      expect(st.state).toMatch(/[SR]/);
+      expect(await fx.write(5, 9)).toHaveLength(5);
+      // the engine is still usable: the next checkpoint, elsewhere, is a full one
+      const big = join(tmp('img'), 'chain');
+      const r = await engine.checkpoint({ imageDir: big });
+      expect(r.epoch).toBe(0);
+      expect(r.full).toBe(true);
+      expect(reconstruct(big).memory.get(fx.pid)!.size).toBeGreaterThan(fx.pages);
+    } finally {
+      await engine.close();
+    }
+    await expectReleased(fx.pid, fds, mapsOf(fx.pid));
+    fx.kill();
+  }, 60_000);
+
+  it('a full disk during an incremental epoch: that epoch is not written and the next one is full', async () => {
+    const mnt = tmp('small2');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]);
+    onCleanup(() => execFileSync('umount', ['-l', mnt]));
+    const fx = await startFixture({ mb: 4 });
+    const engine = EngineClient.start();
+    try {
+      await engine.attach(fx.pid, { trackDirty: true });
+      const dir = join(mnt, 'img');
+      mkdirSync(dir);
+      await engine.checkpoint({ imageDir: dir }); // ~4.2 MB
+      await fx.write(1024, 3); // every page: the delta does not fit
+      await expect(engine.checkpoint({ imageDir: dir })).rejects.toMatchObject({ code: 'E_IMAGE_WRITE' });
+      expect(readdirSync(dir)).toEqual(['epoch-000000']);
+      // the written pages were re-protected but never saved: the engine
+      // knows, and makes the next epoch full rather than miss them
+      execFileSync('rm', ['-rf', join(dir, 'epoch-000000')]);
+      const r = await engine.checkpoint({ imageDir: dir });
+      expect(r.epoch).toBe(1);
+      expect(r.full).toBe(true);
+      expect(reconstruct(dir).used).toEqual(['epoch-000001']);
+    } finally {
+      await engine.close();
+      fx.kill();
+    }
+  }, 60_000);
+});
