@@ -174,24 +174,22 @@ static void fix_restart(struct rtask *t, struct user_regs_struct *r)
 	r->orig_rax = -1;
 }
 
-static int write_comm(pid_t pid, pid_t tid, const char *comm)
+static int set_comm(struct rproc *p, struct rtask *t, const char *comm)
 {
 	if (!comm || !comm[0])
 		return 0;
-	char path[96];
-	snprintf(path, sizeof(path), "/proc/%d/task/%d/comm", pid, tid);
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return fail("E_RESTORE", errno, "open(%s)", path);
-	ssize_t w = write(fd, comm, strlen(comm));
-	close(fd);
-	if (w < 0)
-		return fail("E_RESTORE", errno, "write(%s)", path);
-	return 0;
+	char b[16] = { 0 };
+	snprintf(b, sizeof(b), "%s", comm);
+	if (poke(p->pid, STUB_SCRATCH + 2048, b, sizeof(b)))
+		return -1;
+	return inj_ok(t, "prctl(PR_SET_NAME)", SYS_prctl, 15 /* PR_SET_NAME */, STUB_SCRATCH + 2048, 0, 0, 0, 0, NULL);
 }
 
 int tasks_finish(struct rproc *p)
 {
+	for (size_t k = 0; k < p->ntasks; k++)
+		if (set_comm(p, &p->tasks[k], p->tasks[k].th->comm))
+			return -1;
 	char what[128];
 	snprintf(what, sizeof(what), "munmap of the stub region 0x%llx", (unsigned long long)R.stub);
 	if (inj_ok(&p->tasks[0], what, SYS_munmap, R.stub, STUB_PAGES * PAGE_SZ, 0, 0, 0, 0, NULL))
@@ -199,8 +197,6 @@ int tasks_finish(struct rproc *p)
 	for (size_t k = 0; k < p->ntasks; k++) {
 		struct rtask *t = &p->tasks[k];
 		Thr *th = t->th;
-		if (write_comm(p->pid, t->tid, th->comm))
-			return -1;
 		if (th->regs.len != sizeof(struct user_regs_struct))
 			return fail("E_IMAGE_CORRUPT", 0, "tid %d: registers of %zu bytes, expected %zu", t->tid, th->regs.len,
 				    sizeof(struct user_regs_struct));
