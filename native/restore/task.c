@@ -154,7 +154,23 @@ int signals_queue(struct rproc *p)
 	return 0;
 }
 
-static void fix_restart(struct rtask *t, struct user_regs_struct *r)
+/* A thread caught inside restart_syscall (a sleep resumed after an earlier
+ * barrier) still has the original call's arguments in its registers, and
+ * the instruction before the `syscall` that issued it is usually
+ * `mov $nr, %eax`: read the number from there. */
+static long original_nr(pid_t pid, const struct user_regs_struct *r)
+{
+	uint8_t b[7];
+	if (peek(pid, r->rip - 7, b, sizeof(b))) {
+		g_err.code[0] = 0;
+		return -1;
+	}
+	if (b[0] == 0xb8 && b[5] == 0x0f && b[6] == 0x05)
+		return (long)(b[1] | (b[2] << 8) | (b[3] << 16) | ((uint32_t)b[4] << 24));
+	return -1;
+}
+
+static void fix_restart(pid_t pid, struct rtask *t, struct user_regs_struct *r)
 {
 	Thr *th = t->th;
 	long code = th->restart_code;
@@ -164,6 +180,17 @@ static void fix_restart(struct rtask *t, struct user_regs_struct *r)
 	} else if (th->in_syscall && code == -516) {
 		/* the restart block stayed in the old kernel: re-issue the call */
 		long nr = th->syscall_nr;
+		if (nr == SYS_restart_syscall) {
+			long o = original_nr(pid, r);
+			vlog("tid %d was in restart_syscall; the call before it was %ld", t->tid, o);
+			if (o < 0) {
+				/* unknown original call: let it return EINTR as a lost restart would */
+				r->rax = -4;
+				r->orig_rax = -1;
+				return;
+			}
+			nr = o;
+		}
 		if (nr == SYS_nanosleep && r->rsi)
 			r->rdi = r->rsi;   /* the kernel wrote the time left into *rem */
 		else if (nr == SYS_clock_nanosleep && !(r->rsi & 1 /* TIMER_ABSTIME */) && r->r10)
@@ -207,7 +234,7 @@ int tasks_finish(struct rproc *p)
 		}
 		struct user_regs_struct r;
 		memcpy(&r, th->regs.data, sizeof(r));
-		fix_restart(t, &r);
+		fix_restart(p->pid, t, &r);
 		if (ptrace(PTRACE_SETREGS, t->tid, 0, &r))
 			return fail("E_RESTORE", errno, "ptrace(PTRACE_SETREGS, tid %d) with its checkpointed registers", t->tid);
 		uint64_t mask = th->sigmask;
