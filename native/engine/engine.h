@@ -68,6 +68,9 @@ struct proc {
 	uint64_t syscall_insn; /* address of a `syscall` instruction in the vDSO */
 	struct region *maps;   /* maps at the last barrier */
 	size_t nmaps;
+	uint64_t brk;          /* brk at the last barrier (injected brk(0)) */
+	uint64_t heap_start, heap_end;
+	bool brk_valid;
 };
 
 struct engine {
@@ -121,13 +124,13 @@ int rv_push(struct range_vec *rv, uint64_t s, uint64_t e, uint64_t cat);
 /* returns 0, or -1 with g_err; *eperm set when the region is not wp-async tracked */
 int scan_written(struct proc *p, uint64_t start, uint64_t end, struct range_vec *out, bool *eperm);
 int scan_data(struct proc *p, uint64_t start, uint64_t end, struct range_vec *out);
-int scan_holes(struct proc *p, uint64_t start, uint64_t end, struct range_vec *out);
 
 /* ---- proc.c: /proc parsing ----------------------------------------------- */
 ssize_t read_file(const char *path, char **buf);
 int read_maps(pid_t pid, struct region **out, size_t *n);
 int list_tasks(pid_t pid, pid_t **tids, size_t *n);
 int list_children(pid_t pid, pid_t **kids, size_t *n);
+void status_cache(bool on);
 int proc_status_field(pid_t pid, const char *key, char *val, size_t len);
 int fill_process_info(pid_t pid, Understudy__V1__Process *pr);
 int file_identity(const char *path, int fd, Understudy__V1__FileId *id);
@@ -137,7 +140,7 @@ enum region_kind region_kind(const struct region *r);
 
 /* ---- thread.c: per-thread state ------------------------------------------ */
 int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th);
-int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr);
+int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr, size_t *injected);
 int capture_brk(struct proc *p, pid_t tid, uint64_t *brk);
 int capture_shared_pending(pid_t tid, Understudy__V1__Process *pr);
 void free_thread(Understudy__V1__Thread *th);
@@ -158,6 +161,8 @@ struct proc_capture {      /* per process, per epoch */
 	struct range_vec zeroed;
 	uint32_t new_regions;
 	Understudy__V1__Process *meta;
+	struct region *cur;      /* maps read at this barrier, if still valid */
+	size_t ncur;
 };
 int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
 int buf_reserve(struct page_buf *buf, size_t want);

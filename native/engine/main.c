@@ -126,9 +126,23 @@ static void kill_app(void)
 }
 
 /* everything about one process that is read inside the pause, except memory */
-static int capture_proc_state(struct proc *p, Understudy__V1__Process *pr)
+static int capture_proc_state(struct proc *p, struct proc_capture *pc)
 {
-	if (fill_process_info(p->pid, pr) || capture_fds(p->pid, pr))
+	Understudy__V1__Process *pr = pc->meta;
+	/* the maps of this barrier: the heap tells whether brk may have moved */
+	if (read_maps(p->pid, &pc->cur, &pc->ncur))
+		return -1;
+	uint64_t hs = 0, he = 0;
+	for (size_t i = 0; i < pc->ncur; i++)
+		if (!strcmp(pc->cur[i].name, "[heap]")) {
+			if (!hs)
+				hs = pc->cur[i].start;
+			he = pc->cur[i].end;
+		}
+	bool injected = false;
+	if (fill_process_info(p->pid, pr))
+		return -1;
+	if (capture_fds(p->pid, pr))
 		return -1;
 	struct task *lead = lead_task(p);
 	if (!lead)
@@ -137,12 +151,34 @@ static int capture_proc_state(struct proc *p, Understudy__V1__Process *pr)
 		struct task *t = &E.tasks[i];
 		if (t->dead || t->tgid != p->pid)
 			continue;
+		injected |= t->need_first_info;
 		Understudy__V1__Thread *th = ANEW(Understudy__V1__Thread, understudy__v1__thread__init);
 		if (!th || capture_thread(p, t, th) || APUSH(pr->threads, pr->n_threads, th))
 			return -1;
 	}
-	if (capture_sigactions(p, lead->tid, pr) || capture_brk(p, lead->tid, &pr->mm->brk) || capture_shared_pending(lead->tid, pr))
+	size_t nsa_before = 0;
+	if (capture_sigactions(p, lead->tid, pr, &nsa_before))
 		return -1;
+	injected |= nsa_before > 0;
+	/* brk moves only with the heap's end (brk() works in whole pages): an
+	 * injected brk(0) only when the heap changed since the last barrier */
+	if (!p->brk_valid || hs != p->heap_start || he != p->heap_end) {
+		if (capture_brk(p, lead->tid, &p->brk))
+			return -1;
+		p->brk_valid = true;
+		p->heap_start = hs;
+		p->heap_end = he;
+		injected = true;
+	}
+	pr->mm->brk = p->brk;
+	if (capture_shared_pending(lead->tid, pr))
+		return -1;
+	if (injected) {
+		/* injections write below stack pointers and may grow a stack:
+		 * the memory plan reads the maps again */
+		free(pc->cur);
+		pc->cur = NULL;
+	}
 	pr->uffd_features = p->uffd_features;
 	pr->new_process = p->is_new;
 	return 0;
@@ -151,6 +187,7 @@ static int capture_proc_state(struct proc *p, Understudy__V1__Process *pr)
 static void free_pcs(struct proc_capture *pcs, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
+		free(pcs[i].cur);
 		rv_free(&pcs[i].pages);
 		rv_free(&pcs[i].reset);
 		rv_free(&pcs[i].zeroed);
@@ -199,6 +236,7 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	if (barrier(10000))
 		return -1;
 	uint64_t t_bar = now_ns();
+	status_cache(true);
 	size_t np = 0;
 	struct proc_capture *pcs = calloc(E.nprocs + 1, sizeof(*pcs)), *vpcs = calloc(E.nprocs + 1, sizeof(*vpcs));
 	int rc = 0;
@@ -231,7 +269,7 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 		}
 		pcs[np].p = p;
 		pcs[np].meta = ANEW(Understudy__V1__Process, understudy__v1__process__init);
-		if (!pcs[np].meta || capture_proc_state(p, pcs[np].meta))
+		if (!pcs[np].meta || capture_proc_state(p, &pcs[np]))
 			rc = -1;
 		np++;
 	}
@@ -256,6 +294,7 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 			rc = -1;
 release:;
 	uint64_t t_copy = now_ns();
+	status_cache(false);
 	release_all();
 	uint64_t t_rel = now_ns();
 	if (rc) {

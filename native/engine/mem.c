@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,8 +41,13 @@ int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track)
 {
 	struct region *cur;
 	size_t n;
-	if (read_maps(p->pid, &cur, &n))
+	if (pc->cur) {
+		cur = pc->cur;
+		n = pc->ncur;
+		pc->cur = NULL;
+	} else if (read_maps(p->pid, &cur, &n)) {
 		return -1;
+	}
 	for (size_t i = 0; i < n; i++) {
 		struct region *r = &cur[i];
 		enum region_kind k = region_kind(r);
@@ -75,17 +81,20 @@ int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track)
 		} else if (full) {
 			rc = scan_data(p, r->start, r->end, &pc->pages);
 		} else {
-			/* written and present: data to copy. Written but neither present
-			 * nor swapped (discarded by MADV_DONTNEED/MADV_FREE), or mapped to
-			 * the zero page: zero now, recorded without reading (a read
-			 * would populate the app's page table). */
+			/* written and present (or really swapped): data to copy.
+			 * Written but neither present nor swapped (discarded by
+			 * MADV_DONTNEED/MADV_FREE), the zero page, or no page table
+			 * at all: zero now, recorded without reading (a read would
+			 * populate the app's page table). Not written and swapped:
+			 * a uffd marker, untouched since protected. */
 			for (size_t w = 0; w < written.n && !rc; w++) {
 				uint64_t cat = written.v[w].cat;
-				bool data = (cat & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED)) && !(cat & PAGE_IS_PFNZERO);
-				rc = rv_push(data ? &pc->pages : &pc->zeroed, written.v[w].start, written.v[w].end, 0);
+				bool wr = cat & PAGE_IS_WRITTEN, present = cat & PAGE_IS_PRESENT, swapped = cat & PAGE_IS_SWAPPED;
+				if (wr && (present || swapped) && !(cat & PAGE_IS_PFNZERO))
+					rc = rv_push(&pc->pages, written.v[w].start, written.v[w].end, 0);
+				else if (wr || (!present && !swapped))
+					rc = rv_push(&pc->zeroed, written.v[w].start, written.v[w].end, 0);
 			}
-			if (!rc)
-				rc = scan_holes(p, r->start, r->end, &pc->zeroed);
 		}
 		rv_free(&written);
 		if (rc) {
@@ -163,6 +172,60 @@ static int read_via_mem(pid_t pid, uint8_t *dst, uint64_t addr, size_t len)
 	return 0;
 }
 
+/* copy ranges [i0, i1) of pc->pages to dst, in order */
+struct copy_job {
+	pid_t pid;
+	const struct range_vec *rv;
+	size_t i0, i1;
+	uint8_t *dst;
+	int rc;
+	struct engine_error err;
+};
+
+static int copy_ranges(pid_t pid, const struct range_vec *rv, size_t i0, size_t i1, uint8_t *dst)
+{
+	struct iovec remote[IOV_MAX];
+	size_t i = i0;
+	while (i < i1) {
+		size_t cnt = 0, bytes = 0;
+		while (i + cnt < i1 && cnt < IOV_MAX && bytes < (64u << 20)) {
+			remote[cnt].iov_base = (void *)rv->v[i + cnt].start;
+			remote[cnt].iov_len = rv->v[i + cnt].end - rv->v[i + cnt].start;
+			bytes += remote[cnt].iov_len;
+			cnt++;
+		}
+		struct iovec local = { dst, bytes };
+		ssize_t r = process_vm_readv(pid, &local, 1, remote, cnt, 0);
+		if (r < 0)
+			r = 0;
+		if ((size_t)r < bytes) {
+			/* a range process_vm_readv cannot read (PROT_NONE, ...):
+			 * /proc/PID/mem reads with FOLL_FORCE; then carry on after it */
+			size_t acc = 0, k = 0;
+			while (k < cnt && acc + remote[k].iov_len <= (size_t)r)
+				acc += remote[k++].iov_len;
+			size_t partial = r - acc;
+			if (read_via_mem(pid, dst + acc + partial, (uint64_t)remote[k].iov_base + partial, remote[k].iov_len - partial))
+				return -1;
+			dst += acc + remote[k].iov_len;
+			i += k + 1;
+			continue;
+		}
+		dst += bytes;
+		i += cnt;
+	}
+	return 0;
+}
+
+static void *copy_thread(void *arg)
+{
+	struct copy_job *j = arg;
+	j->rc = copy_ranges(j->pid, j->rv, j->i0, j->i1, j->dst);
+	return NULL;
+}
+
+/* Copy the planned pages into buf. Above 4 MiB the copy is split in two
+ * halves, one on a second thread: the app is stopped, both cores are ours. */
 int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, void (*progress)(const char *))
 {
 	size_t total = 0;
@@ -170,50 +233,53 @@ int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, v
 		total += pc->pages.v[i].end - pc->pages.v[i].start;
 	if (buf_reserve(buf, buf->len + total))
 		return -1;
-	struct iovec remote[IOV_MAX];
-	size_t i = 0, done = 0;
-	bool stalled = stall_ms == 0;
-	while (i < pc->pages.n) {
-		size_t cnt = 0, bytes = 0;
-		uint8_t *dst = buf->data + buf->len;
-		while (i + cnt < pc->pages.n && cnt < IOV_MAX && bytes < (64u << 20)) {
-			remote[cnt].iov_base = (void *)pc->pages.v[i + cnt].start;
-			remote[cnt].iov_len = pc->pages.v[i + cnt].end - pc->pages.v[i + cnt].start;
-			bytes += remote[cnt].iov_len;
-			cnt++;
-		}
-		struct iovec local = { dst, bytes };
-		ssize_t r = process_vm_readv(pc->p->pid, &local, 1, remote, cnt, 0);
-		if (r < 0)
-			r = 0;
-		if ((size_t)r < bytes) {
-			/* a range process_vm_readv cannot read (PROT_NONE, ...):
-			 * /proc/PID/mem reads with FOLL_FORCE; everything after it again */
-			size_t acc = 0, k = 0;
-			while (k < cnt && acc + remote[k].iov_len <= (size_t)r)
-				acc += remote[k++].iov_len;
-			size_t partial = r - acc;
-			if (read_via_mem(pc->p->pid, dst + acc + partial, (uint64_t)remote[k].iov_base + partial, remote[k].iov_len - partial))
-				return -1;
-			acc += remote[k].iov_len;
-			buf->len += acc;
-			done += acc;
-			i += k + 1;
-			continue;
-		}
-		buf->len += bytes;
-		done += bytes;
-		i += cnt;
-		if (!stalled && done >= total / 2) {
-			stalled = true;
-			progress("capture-stall");
-			usleep(stall_ms * 1000);
+	uint8_t *dst = buf->data + buf->len;
+	size_t split = pc->pages.n, first_bytes = total;
+	if (total > (4u << 20) && pc->pages.n > 1) {
+		size_t acc = 0;
+		for (size_t i = 0; i < pc->pages.n; i++) {
+			acc += pc->pages.v[i].end - pc->pages.v[i].start;
+			if (acc >= total / 2) {
+				split = i + 1;
+				first_bytes = acc;
+				break;
+			}
 		}
 	}
-	if (!stalled) {
+	if (stall_ms) {
+		/* test hook: stop half way through, inside the pause */
+		size_t acc = 0, half = pc->pages.n;
+		for (size_t i = 0; i < pc->pages.n; i++) {
+			acc += pc->pages.v[i].end - pc->pages.v[i].start;
+			if (acc >= total / 2) {
+				half = i + 1;
+				break;
+			}
+		}
+		if (copy_ranges(pc->p->pid, &pc->pages, 0, half, dst))
+			return -1;
 		progress("capture-stall");
 		usleep(stall_ms * 1000);
+		size_t off = 0;
+		for (size_t i = 0; i < half; i++)
+			off += pc->pages.v[i].end - pc->pages.v[i].start;
+		if (copy_ranges(pc->p->pid, &pc->pages, half, pc->pages.n, dst + off))
+			return -1;
+		buf->len += total;
+		return 0;
 	}
+	pthread_t th;
+	struct copy_job job = { .pid = pc->p->pid, .rv = &pc->pages, .i0 = split, .i1 = pc->pages.n, .dst = dst + first_bytes };
+	bool threaded = split < pc->pages.n && pthread_create(&th, NULL, copy_thread, &job) == 0;
+	int rc = copy_ranges(pc->p->pid, &pc->pages, 0, threaded ? split : pc->pages.n, dst);
+	if (threaded) {
+		pthread_join(th, NULL);
+		if (job.rc && !rc)
+			rc = fail("E_NATIVE", 0, "copying pages of pid %d on the second thread failed", pc->p->pid);
+	}
+	if (rc)
+		return -1;
+	buf->len += total;
 	return 0;
 }
 

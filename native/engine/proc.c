@@ -206,12 +206,47 @@ int list_children(pid_t pid, pid_t **kids, size_t *n)
 	return 0;
 }
 
+/* Inside the pause nothing of the app changes: /proc/PID/status is read once
+ * per task there and served from this cache (status_cache(true) empties it). */
+static struct {
+	pid_t pid;
+	char *buf;
+} scache[256];
+static bool scache_on;
+
+void status_cache(bool on)
+{
+	for (size_t i = 0; i < 256; i++) {
+		free(scache[i].buf);
+		scache[i].buf = NULL;
+		scache[i].pid = 0;
+	}
+	scache_on = on;
+}
+
 int proc_status_field(pid_t pid, const char *key, char *val, size_t len)
 {
-	char path[64], *buf;
-	snprintf(path, sizeof(path), "/proc/%d/status", pid);
-	if (read_file(path, &buf) < 0)
-		return -1;
+	char path[64], *buf = NULL;
+	bool cached = false;
+	if (scache_on) {
+		size_t slot = (size_t)pid % 256;
+		if (scache[slot].buf && scache[slot].pid == pid) {
+			buf = scache[slot].buf;
+			cached = true;
+		}
+	}
+	if (!buf) {
+		snprintf(path, sizeof(path), "/proc/%d/status", pid);
+		if (read_file(path, &buf) < 0)
+			return -1;
+		if (scache_on) {
+			size_t slot = (size_t)pid % 256;
+			free(scache[slot].buf);
+			scache[slot].buf = buf;
+			scache[slot].pid = pid;
+			cached = true;
+		}
+	}
 	size_t kl = strlen(key);
 	int rc = 1;
 	for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
@@ -229,7 +264,8 @@ int proc_status_field(pid_t pid, const char *key, char *val, size_t len)
 			break;
 		}
 	}
-	free(buf);
+	if (!cached)
+		free(buf);
 	return rc;
 }
 

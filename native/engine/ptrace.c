@@ -316,6 +316,7 @@ static void on_status(pid_t tid, int status, bool in_barrier)
 		if (p) {
 			uffd_close(p);
 			p->need_mm_init = true;
+			p->brk_valid = false;
 			p->syscall_insn = 0;
 		}
 		/* the exec'ing thread took the leader's tid; other threads are gone */

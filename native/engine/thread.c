@@ -164,8 +164,9 @@ int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th)
 
 /* handlers of the caught signals (SigCgt); ignored ones (SigIgn) are
  * recorded as SIG_IGN without injection */
-int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr)
+int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr, size_t *injected)
 {
+	*injected = 0;
 	char v[64];
 	uint64_t cgt = 0, ign = 0;
 	if (!proc_status_field(p->pid, "SigCgt", v, sizeof(v)))
@@ -188,6 +189,7 @@ int capture_sigactions(struct proc *p, pid_t tid, Understudy__V1__Process *pr)
 			long ret, a[6] = { sig, 0, (long)sc, 8, 0, 0 };
 			if (inject_syscall(p, tid, SYS_rt_sigaction, a, &ret))
 				return -1;
+			(*injected)++;
 			if (ret != 0)
 				return fail("E_NATIVE", (int)-ret, "rt_sigaction(%d) injected into pid %d", sig, p->pid);
 			uint64_t k[4];

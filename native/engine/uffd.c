@@ -162,7 +162,11 @@ int scan_written(struct proc *p, uint64_t start, uint64_t end, struct range_vec 
 		*eperm = true;
 		return 0;
 	}
-	if (scan(p, start, end, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, 0, PAGE_IS_WRITTEN, 0,
+	/* One pass reports (and re-protects) every page that is written OR not
+	 * present: written pages are the delta; not-present ones tell apart uffd
+	 * markers (swapped, not written: untouched since protected) from pages
+	 * with no page table at all (no category: discarded, zero now). */
+	if (scan(p, start, end, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_PRESENT, 0, PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
 		 PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO, out, &e)) {
 		if (e == EPERM) {
 			*eperm = true;
@@ -222,11 +226,4 @@ int scan_data(struct proc *p, uint64_t start, uint64_t end, struct range_vec *ou
 bad:
 	rv_free(&tmp);
 	return -1;
-}
-
-/* Pages that are neither present nor swapped (nor markers): no data. */
-int scan_holes(struct proc *p, uint64_t start, uint64_t end, struct range_vec *out)
-{
-	uint64_t m = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
-	return scan(p, start, end, 0, m, m, 0, m, out, NULL);
 }
