@@ -1,0 +1,87 @@
+// Simulated nodes for multi-node tests: each node is a network namespace with
+// a veth link to the host side, and its own view of a data folder (a bind
+// mount inside a private mount namespace, set up by nodeExec). Everything is
+// torn down by destroy(), which tests call in afterEach/afterAll even when a
+// test fails.
+import { execa, type Options, type ResultPromise } from 'execa';
+import { mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface TestNode {
+  name: string;
+  /** Address of the node on its veth link (10.231.<n>.2). */
+  address: string;
+  /** Host-side address of the link (10.231.<n>.1). */
+  hostAddress: string;
+  /** The node's private backing folder for `dataDir`. */
+  dataRoot: string;
+}
+
+export class TestCluster {
+  readonly nodes: TestNode[] = [];
+  private readonly prefix: string;
+
+  /**
+   * @param dataDir the path every node sees as its own data folder
+   * @param scratch where the nodes' private data folders live
+   */
+  constructor(
+    readonly dataDir: string,
+    private readonly scratch: string,
+  ) {
+    this.prefix = `us${process.pid % 100000}`;
+  }
+
+  async addNode(): Promise<TestNode> {
+    const n = this.nodes.length + 1;
+    if (n > 250) throw new Error('too many test nodes');
+    const name = `${this.prefix}n${n}`;
+    const host = `${this.prefix}h${n}`;
+    const dataRoot = join(this.scratch, name);
+    mkdirSync(dataRoot, { recursive: true });
+    const node: TestNode = { name, address: `10.231.${n}.2`, hostAddress: `10.231.${n}.1`, dataRoot };
+    this.nodes.push(node);
+    await execa('ip', ['netns', 'add', name]);
+    await execa('ip', ['link', 'add', host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', name]);
+    await execa('ip', ['addr', 'add', `${node.hostAddress}/24`, 'dev', host]);
+    await execa('ip', ['link', 'set', host, 'up']);
+    await execa('ip', ['-n', name, 'addr', 'add', `${node.address}/24`, 'dev', 'eth0']);
+    await execa('ip', ['-n', name, 'link', 'set', 'eth0', 'up']);
+    await execa('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+    return node;
+  }
+
+  /**
+   * Runs a command inside the node: its network namespace, and a private mount
+   * namespace where `dataDir` is the node's own folder.
+   */
+  exec(node: TestNode, cmd: string, args: string[], opts: Options = {}): ResultPromise {
+    mkdirSync(this.dataDir, { recursive: true });
+    return execa(
+      'ip',
+      [
+        'netns', 'exec', node.name,
+        'unshare', '--mount', '--propagation', 'private', '--',
+        'sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'us-node',
+        node.dataRoot, this.dataDir, cmd, ...args,
+      ],
+      opts,
+    );
+  }
+
+  async destroy(): Promise<void> {
+    for (const node of this.nodes.splice(0)) {
+      await execa('ip', ['netns', 'pids', node.name], { reject: false }).then(async (r) => {
+        for (const pid of String(r.stdout).split('\n').filter(Boolean)) {
+          try {
+            process.kill(Number(pid), 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
+      });
+      await execa('ip', ['netns', 'del', node.name], { reject: false });
+      rmSync(node.dataRoot, { recursive: true, force: true });
+    }
+  }
+}
