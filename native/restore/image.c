@@ -4,6 +4,7 @@
  * restored from the last full epoch <= N plus every delta after it; the
  * chain must be complete and carry one image_id. */
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -216,16 +217,6 @@ int image_verify_pages(struct image *im)
 						    "which has %zu",
 						    k, pr->pid, (unsigned long long)run->vaddr, (unsigned long long)run->offset,
 						    (unsigned long long)(run->offset + (uint64_t)run->npages * PAGE_SZ), e->dir, e->pages_len);
-				for (uint32_t p = 0; p < run->npages; p++) {
-					uint64_t off = run->offset + (uint64_t)p * PAGE_SZ;
-					uint32_t c = crc32(0L, e->pages + off, PAGE_SZ);
-					if (c != run->crc32[p])
-						return fail("E_IMAGE_CORRUPT", 0,
-							    "corrupted page: epoch %u, pid %d, address 0x%llx (%s/pages.bin offset %llu): "
-							    "crc32 %08x, expected %08x",
-							    k, pr->pid, (unsigned long long)(run->vaddr + p * PAGE_SZ), e->dir,
-							    (unsigned long long)off, c, run->crc32[p]);
-				}
 			}
 		}
 	}
@@ -248,20 +239,56 @@ static int cmp_ref(const void *a, const void *b)
 	return x->ep > y->ep ? -1 : x->ep < y->ep ? 1 : 0;   /* newest first */
 }
 
-static bool voided_after(struct image *im, pid_t pid, uint32_t from, uint64_t va)
+struct voids {          /* per epoch: reset and zeroed ranges, sorted and merged */
+	struct { uint64_t s, e; } *v;
+	size_t n;
+};
+
+static int cmp_range(const void *a, const void *b)
 {
-	for (uint32_t k = from + 1; k < im->nep; k++) {
-		Proc *pr = find_proc(im->ep[k].meta, pid);
-		if (!pr)
-			continue;
-		for (size_t i = 0; i < pr->n_reset; i++)
-			if (va >= pr->reset[i]->start && va < pr->reset[i]->end)
-				return true;
-		for (size_t i = 0; i < pr->n_zeroed; i++)
-			if (va >= pr->zeroed[i]->start && va < pr->zeroed[i]->end)
-				return true;
+	const uint64_t *x = a, *y = b;
+	return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+static int build_voids(Proc *pr, struct voids *out)
+{
+	size_t n = pr ? pr->n_reset + pr->n_zeroed : 0;
+	out->n = 0;
+	out->v = NULL;
+	if (!n)
+		return 0;
+	out->v = malloc(n * sizeof(*out->v));
+	if (!out->v)
+		return fail("E_RESTORE", ENOMEM, "malloc for %zu void ranges", n);
+	for (size_t i = 0; i < pr->n_reset; i++)
+		out->v[out->n++] = (typeof(*out->v)){ pr->reset[i]->start, pr->reset[i]->end };
+	for (size_t i = 0; i < pr->n_zeroed; i++)
+		out->v[out->n++] = (typeof(*out->v)){ pr->zeroed[i]->start, pr->zeroed[i]->end };
+	qsort(out->v, out->n, sizeof(*out->v), cmp_range);
+	size_t m = 0;
+	for (size_t i = 0; i < out->n; i++) {
+		if (m && out->v[i].s <= out->v[m - 1].e) {
+			if (out->v[i].e > out->v[m - 1].e)
+				out->v[m - 1].e = out->v[i].e;
+		} else {
+			out->v[m++] = out->v[i];
+		}
 	}
-	return false;
+	out->n = m;
+	return 0;
+}
+
+static bool in_voids(const struct voids *vs, uint64_t va)
+{
+	size_t lo = 0, hi = vs->n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (vs->v[mid].e <= va)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < vs->n && vs->v[lo].s <= va;
 }
 
 int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n)
@@ -290,16 +317,30 @@ int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n
 		Proc *pr = find_proc(im->ep[k].meta, pid);
 		for (size_t r = 0; pr && r < pr->n_pages; r++)
 			for (uint32_t p = 0; p < pr->pages[r]->npages; p++)
-				v[c++] = (struct page_ref){ pr->pages[r]->vaddr + p * PAGE_SZ, (uint32_t)k, pr->pages[r]->offset + p * PAGE_SZ };
+				v[c++] = (struct page_ref){ pr->pages[r]->vaddr + p * PAGE_SZ, (uint32_t)k, pr->pages[r]->offset + p * PAGE_SZ,
+						     p < pr->pages[r]->n_crc32 ? pr->pages[r]->crc32[p] : 0 };
 	}
 	qsort(v, c, sizeof(*v), cmp_ref);
 	size_t o = 0;
 	bool any_delta = first < (int64_t)im->target;
+	struct voids *vs = calloc(im->nep, sizeof(*vs));
+	if (!vs) {
+		free(v);
+		return fail("E_RESTORE", ENOMEM, "calloc");
+	}
+	for (int64_t k = first + 1; k <= (int64_t)im->target; k++)
+		if (build_voids(find_proc(im->ep[k].meta, pid), &vs[k])) {
+			free(v);
+			return -1;
+		}
 	for (size_t i = 0; i < c; i++) {
 		if (o && v[o - 1].vaddr == v[i].vaddr)
 			continue;   /* an older copy of a page already taken */
 		if (o == 0 || v[o - 1].vaddr != v[i].vaddr) {
-			if (any_delta && v[i].ep < im->target && voided_after(im, pid, v[i].ep, v[i].vaddr)) {
+			bool voided = false;
+			for (uint32_t k = v[i].ep + 1; any_delta && k <= im->target && !voided; k++)
+				voided = in_voids(&vs[k], v[i].vaddr);
+			if (voided) {
 				/* mark as seen so older copies are skipped too */
 				v[o] = v[i];
 				v[o].ep = UINT32_MAX;
@@ -309,11 +350,69 @@ int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n
 			v[o++] = v[i];
 		}
 	}
+	for (uint32_t k = 0; k < im->nep; k++)
+		free(vs[k].v);
+	free(vs);
 	size_t f = 0;
 	for (size_t i = 0; i < o; i++)
 		if (v[i].ep != UINT32_MAX)
 			v[f++] = v[i];
 	*out = v;
 	*n = f;
+	return 0;
+}
+
+struct vjob {
+	struct image *im;
+	const struct page_ref *v;
+	size_t i0, i1;
+	ssize_t bad;   /* index of the first bad page, -1 none */
+	uint32_t got;
+};
+
+static void *verify_part(void *arg)
+{
+	struct vjob *j = arg;
+	j->bad = -1;
+	for (size_t i = j->i0; i < j->i1; i++) {
+		const struct page_ref *r = &j->v[i];
+		uint32_t c = crc32(0L, j->im->ep[r->ep].pages + r->off, PAGE_SZ);
+		if (c != r->crc) {
+			j->bad = (ssize_t)i;
+			j->got = c;
+			break;
+		}
+	}
+	return NULL;
+}
+
+/* Every page that is going to be written is checked against its crc32
+ * before any process exists; pages an epoch superseded are never read. */
+int image_verify_refs(struct image *im, pid_t pid, const struct page_ref *v, size_t n)
+{
+	enum { NJ = 2 };
+	struct vjob j[NJ];
+	pthread_t th[NJ];
+	bool started[NJ] = { false };
+	for (int k = 0; k < NJ; k++) {
+		j[k] = (struct vjob){ im, v, n * k / NJ, n * (k + 1) / NJ, -1, 0 };
+		if (k > 0 && n >= 4096 && !pthread_create(&th[k], NULL, verify_part, &j[k]))
+			started[k] = true;
+	}
+	verify_part(&j[0]);
+	for (int k = 1; k < NJ; k++) {
+		if (started[k])
+			pthread_join(th[k], NULL);
+		else
+			verify_part(&j[k]);
+	}
+	for (int k = 0; k < NJ; k++)
+		if (j[k].bad >= 0) {
+			const struct page_ref *r = &v[j[k].bad];
+			return fail("E_IMAGE_CORRUPT", 0,
+				    "corrupted page: epoch %u, pid %d, address 0x%llx (%s/pages.bin offset %llu): crc32 %08x, expected %08x",
+				    im->ep[r->ep].epoch, pid, (unsigned long long)r->vaddr, im->ep[r->ep].dir, (unsigned long long)r->off, j[k].got,
+				    r->crc);
+		}
 	return 0;
 }

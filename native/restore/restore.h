@@ -52,6 +52,7 @@ struct page_ref {              /* where the final content of one page is */
 	uint64_t vaddr;
 	uint32_t ep;               /* index into the epoch array */
 	uint64_t off;              /* byte offset in that epoch's pages.bin */
+	uint32_t crc;              /* its crc32 from the page index */
 };
 struct image {
 	char dir[4096];
@@ -62,6 +63,8 @@ struct image {
 };
 int image_open(struct image *im, const char *dir, int64_t epoch);
 int image_verify_pages(struct image *im);
+/* crc32 of every page that will be written, on all cores */
+int image_verify_refs(struct image *im, pid_t pid, const struct page_ref *v, size_t n);
 /* The pages of process `pid` as of the last epoch, sorted by vaddr. */
 int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n);
 void image_close(struct image *im);
