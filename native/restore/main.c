@@ -79,6 +79,8 @@ int main(int argc, char **argv)
 		return usage("-D DIR is required");
 	signal(SIGPIPE, SIG_IGN);
 	uint64_t ph[8] = { 0 };
+	pid_t created[64];
+	int created_n = 0;
 	int rc = image_open(&R.im, dir, epoch);
 	ph[0] = now_ns();
 	if (!rc)
@@ -98,8 +100,12 @@ int main(int argc, char **argv)
 		rc = fail("E_UNSUPPORTED", 0, "no free place for the restorer's stub page in the app's address space");
 	ph[2] = now_ns();
 	vlog("checks done: %zu processes, epoch %u", R.nprocs, R.im.target);
+	/* test hook: fail on purpose after a phase, to show the cleanup */
+	const char *fail_at = getenv("UNDERSTUDY_RESTORE_FAIL_AFTER");
 	if (!rc && !check_only) {
 		rc = tree_create();
+		if (!rc && fail_at && !strcmp(fail_at, "tree"))
+			rc = fail("E_RESTORE", 0, "failing on purpose after creating the process tree (UNDERSTUDY_RESTORE_FAIL_AFTER=tree)");
 		ph[3] = now_ns();
 		for (size_t i = 0; !rc && i < R.nprocs; i++) {
 			struct rproc *p = &R.procs[i];
@@ -108,13 +114,23 @@ int main(int argc, char **argv)
 			vlog("pid %d rebuilt (%zu pages)", p->pid, p->npages);
 		}
 		ph[4] = now_ns();
+		if (!rc && fail_at && !strcmp(fail_at, "rebuild"))
+			rc = fail("E_RESTORE", 0, "failing on purpose after rebuilding every process (UNDERSTUDY_RESTORE_FAIL_AFTER=rebuild)");
 		for (size_t i = 0; !rc && i < R.nprocs; i++)
 			rc = tasks_finish(&R.procs[i]);
 		if (!rc)
 			rc = tasks_detach();
 		ph[5] = now_ns();
-		if (rc)
+		if (rc) {
+			/* what existed, for the report: all of it is killed now */
+			created_n = 0;
+			if (R.reaper)
+				created[created_n++] = R.reaper;
+			for (size_t i = 0; i < R.nprocs && created_n < 64; i++)
+				if (R.procs[i].created)
+					created[created_n++] = R.procs[i].pid;
 			tree_kill();
+		}
 	}
 	if (rc) {
 		if (!g_err.code[0])
@@ -123,7 +139,10 @@ int main(int argc, char **argv)
 		json_str(stdout, g_err.code);
 		printf(",\"message\":");
 		json_str(stdout, g_err.msg);
-		printf(",\"errno\":%d}\n", g_err.errnum);
+		printf(",\"errno\":%d,\"killed\":[", g_err.errnum);
+		for (int i = 0; i < created_n; i++)
+			printf("%s%d", i ? "," : "", created[i]);
+		printf("]}\n");
 		fprintf(stderr, "understudy-restore: %s: %s\n", g_err.code, g_err.msg);
 		return 1;
 	}

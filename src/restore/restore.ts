@@ -51,8 +51,20 @@ const CODES: readonly ErrorCode[] = [
   'E_NOT_AN_IMAGE', 'E_VERSION', 'E_UNSUPPORTED', 'E_INTERNAL',
 ];
 
+/** A refused or failed restore; `killed` lists what it had created (all killed again). */
+export class RestoreError extends UnderstudyError {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    readonly killed: number[],
+  ) {
+    super(code, message);
+  }
+}
+
 interface RawReport {
   ok: boolean;
+  killed?: number[];
   code?: string;
   message?: string;
   epoch?: number;
@@ -93,7 +105,13 @@ export function parseRestoreReport(stdout: string, stderr = '', exit: number | n
   }
   if (!r.ok) {
     const code = (CODES as readonly string[]).includes(r.code ?? '') ? (r.code as ErrorCode) : 'E_RESTORE';
-    throw new UnderstudyError(code, r.message ?? `restore failed (${r.code ?? 'no code'})`);
+    const killed = r.killed ?? [];
+    const msg = r.message ?? `restore failed (${r.code ?? 'no code'})`;
+    throw new RestoreError(
+      code,
+      killed.length ? `${msg}; the processes it had created (${killed.join(' ')}) were killed` : msg,
+      killed,
+    );
   }
   return {
     epoch: r.epoch ?? 0,
