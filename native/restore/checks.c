@@ -171,6 +171,51 @@ static int check_pid_free(pid_t pid, const char *what, pid_t owner)
 	return 0;
 }
 
+/* The kernel's special mappings here ([vvar], [vvar_vclock], [vdso]) must be
+ * those of the image, name for name and size for size: the restorer's own
+ * are the ones every new process gets. */
+static int check_specials(const Proc *pr)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	if (!f)
+		return fail("E_RESTORE", errno, "open(/proc/self/maps)");
+	char line[4400];
+	int rc = 0, mine = 0;
+	while (!rc && fgets(line, sizeof(line), f)) {
+		unsigned long long s, e;
+		int pos = 0;
+		if (sscanf(line, "%llx-%llx %*s %*s %*s %*s %n", &s, &e, &pos) < 2 || pos <= 0)
+			continue;
+		char *name = line + pos;
+		name[strcspn(name, "\n")] = 0;
+		if (strcmp(name, "[vdso]") && strncmp(name, "[vvar", 5))
+			continue;
+		mine++;
+		bool found = false;
+		for (size_t k = 0; k < pr->n_vmas && !found; k++) {
+			const Vma *v = pr->vmas[k];
+			if (v->name && !strcmp(v->name, name)) {
+				found = true;
+				if (v->end - v->start != e - s)
+					rc = fail("E_KERNEL_MISMATCH", 0, "pid %d: %s is %llu bytes on this kernel, %llu in the image: it cannot be put back",
+						  pr->pid, name, e - s, (unsigned long long)(v->end - v->start));
+			}
+		}
+		if (!found && !rc)
+			rc = fail("E_KERNEL_MISMATCH", 0, "pid %d: this kernel maps %s, the image has none", pr->pid, name);
+	}
+	fclose(f);
+	if (!rc) {
+		int theirs = 0;
+		for (size_t k = 0; k < pr->n_vmas; k++)
+			if (pr->vmas[k]->kind == UNDERSTUDY__V1__VMA__KIND__VDSO || pr->vmas[k]->kind == UNDERSTUDY__V1__VMA__KIND__VVAR)
+				theirs++;
+		if (theirs != mine)
+			rc = fail("E_KERNEL_MISMATCH", 0, "pid %d: the image has %d kernel special mappings, this kernel gives %d", pr->pid, theirs, mine);
+	}
+	return rc;
+}
+
 int check_all(struct image *im)
 {
 	Understudy__V1__EpochMeta *m = im->last;
@@ -180,6 +225,13 @@ int check_all(struct image *im)
 		return fail("E_NOT_AN_IMAGE", 0, "epoch %u of %s has no process", m->epoch, im->dir);
 	for (size_t i = 0; i < m->n_processes; i++) {
 		Proc *pr = m->processes[i];
+		if (!pr->n_vmas)
+			return fail("E_IMAGE_CORRUPT", 0, "epoch %u: pid %d has no memory regions in the image (an image written without its region list)",
+				    m->epoch, pr->pid);
+		if (!pr->n_threads)
+			return fail("E_IMAGE_CORRUPT", 0, "epoch %u: pid %d has no threads in the image", m->epoch, pr->pid);
+		if (check_specials(pr))
+			return -1;
 		if (check_file_id(pr->exe, "executable", pr->pid))
 			return -1;
 		for (size_t v = 0; v < pr->n_vmas; v++) {

@@ -376,7 +376,7 @@ static void *verify_part(void *arg)
 	j->bad = -1;
 	for (size_t i = j->i0; i < j->i1; i++) {
 		const struct page_ref *r = &j->v[i];
-		uint32_t c = crc32(0L, j->im->ep[r->ep].pages + r->off, PAGE_SZ);
+		uint32_t c = crc_page(j->im->ep[r->ep].pages + r->off);
 		if (c != r->crc) {
 			j->bad = (ssize_t)i;
 			j->got = c;

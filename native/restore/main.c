@@ -78,6 +78,8 @@ int main(int argc, char **argv)
 	if (!dir)
 		return usage("-D DIR is required");
 	signal(SIGPIPE, SIG_IGN);
+	crc_init();
+	vlog("crc32: %s", crc_fast() ? "pclmul" : "zlib");
 	uint64_t ph[8] = { 0 };
 	pid_t created[64];
 	int created_n = 0;

@@ -69,6 +69,11 @@ int image_verify_refs(struct image *im, pid_t pid, const struct page_ref *v, siz
 int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n);
 void image_close(struct image *im);
 
+/* ---- crc.c ---- */
+void crc_init(void);
+uint32_t crc_page(const uint8_t *p);
+bool crc_fast(void);
+
 /* ---- checks.c ---- */
 enum tty_mode { TTY_NULL, TTY_INHERIT };
 int check_all(struct image *im);
