@@ -116,3 +116,26 @@ describe('restore on a second node (own network namespace, own copy of the data 
     });
   }
 });
+
+describe('PID namespace rules', () => {
+  it('an app that is pid 1 of its own namespace comes back as pid 1 of a new one, without a reaper', async () => {
+    const ctl = tmp('init');
+    // unshare forks the fixture as pid 1 of a new PID namespace
+    await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', join(process.cwd(), 'build/fixtures/rs_counter'), ctl]);
+    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+    expect(readFileSync(join(ctl, 'ready'), 'utf8').trim()).toBe('1'); // it sees itself as pid 1
+    const { execFileSync } = await import('node:child_process');
+    const hostPid = Number(execFileSync('pgrep', ['-n', '-f', `rs_counter ${ctl}`]).toString().trim());
+    onCleanup(() => killPids([hostPid]));
+    expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
+    const img = join(tmp('init-img'), 'image');
+    await dumpAndKill(hostPid, img, 3);
+    const r = await restore({ imageDir: img });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect(r.nsPid1).toBe('root');
+    expect(r.reaper).toBe(hostPid);
+    expect(r.pids).toEqual([hostPid]);
+    expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
