@@ -96,7 +96,8 @@ static int map_pages(struct epoch_img *e)
 	}
 	e->pages_len = st.st_size;
 	if (e->pages_len) {
-		void *m = mmap(NULL, e->pages_len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+		/* faulted in by the crc threads, in parallel */
+		void *m = mmap(NULL, e->pages_len, PROT_READ, MAP_PRIVATE, fd, 0);
 		if (m == MAP_FAILED) {
 			close(fd);
 			return fail("E_RESTORE", errno, "mmap(%s, %zu bytes)", path, e->pages_len);

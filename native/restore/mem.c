@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <linux/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -240,20 +241,28 @@ static size_t first_ref(const struct page_ref *v, size_t n, uint64_t addr)
 	return lo;
 }
 
-static int write_pages(struct rproc *p)
+struct wjob {
+	struct rproc *p;
+	size_t i0, i1;
+	uint64_t bytes;
+	struct rerror err;
+	int rc;
+};
+
+/* pages [i0, i1) of p, batched: runs contiguous in the app and in pages.bin */
+static int write_range(struct rproc *p, size_t i0, size_t i1, uint64_t *written)
 {
-	static struct iovec loc[IOV_MAX], rem[IOV_MAX];
-	size_t i = 0;
-	while (i < p->npages) {
+	struct iovec loc[IOV_MAX], rem[IOV_MAX];
+	size_t i = i0;
+	while (i < i1) {
 		int cnt = 0;
 		size_t bytes = 0;
-		while (i < p->npages && cnt < IOV_MAX && bytes < (256u << 20)) {
+		while (i < i1 && cnt < IOV_MAX && bytes < (64u << 20)) {
 			struct page_ref *r = &p->pages[i];
 			struct epoch_img *e = &R.im.ep[r->ep];
 			size_t len = PAGE_SZ;
 			size_t j = i + 1;
-			while (j < p->npages && p->pages[j].ep == r->ep && p->pages[j].vaddr == r->vaddr + len &&
-			       p->pages[j].off == r->off + len) {
+			while (j < i1 && p->pages[j].ep == r->ep && p->pages[j].vaddr == r->vaddr + len && p->pages[j].off == r->off + len) {
 				len += PAGE_SZ;
 				j++;
 			}
@@ -267,7 +276,6 @@ static int write_pages(struct rproc *p)
 		}
 		ssize_t w = process_vm_writev(p->pid, loc, cnt, rem, cnt, 0);
 		if (w != (ssize_t)bytes) {
-			/* name the first range that failed */
 			size_t acc = 0;
 			int k = 0;
 			while (k < cnt && w > 0 && acc + rem[k].iov_len <= (size_t)w)
@@ -275,9 +283,47 @@ static int write_pages(struct rproc *p)
 			return fail("E_RESTORE", w < 0 ? errno : EFAULT, "process_vm_writev(pid %d) of the pages at 0x%llx (%zu bytes)", p->pid,
 				    (unsigned long long)(k < cnt ? (uint64_t)rem[k].iov_base : 0), k < cnt ? rem[k].iov_len : 0);
 		}
-		R.bytes_written += bytes;
+		*written += bytes;
 	}
 	return 0;
+}
+
+static void *write_part(void *arg)
+{
+	struct wjob *j = arg;
+	struct rerror keep = g_err;
+	memset(&g_err, 0, sizeof(g_err));
+	j->rc = write_range(j->p, j->i0, j->i1, &j->bytes);
+	j->err = g_err;
+	g_err = keep;
+	return NULL;
+}
+
+/* two writers for large processes: the kernel populates the app's pages on
+ * both cores */
+static int write_pages(struct rproc *p)
+{
+	if (p->npages < 16384) {
+		uint64_t b = 0;
+		int rc = write_range(p, 0, p->npages, &b);
+		R.bytes_written += b;
+		return rc;
+	}
+	struct wjob j2 = { p, p->npages / 2, p->npages, 0, { { 0 }, { 0 }, 0 }, 0 };
+	pthread_t th;
+	bool started = !pthread_create(&th, NULL, write_part, &j2);
+	if (!started)
+		j2.i0 = p->npages;   /* do it all here */
+	uint64_t b = 0;
+	int rc = write_range(p, 0, started ? p->npages / 2 : p->npages, &b);
+	if (started)
+		pthread_join(th, NULL);
+	R.bytes_written += b + j2.bytes;
+	if (!rc && j2.rc) {
+		g_err = j2.err;
+		rc = -1;
+	}
+	return rc;
 }
 
 int mem_restore(struct rproc *p)
