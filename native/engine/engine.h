@@ -24,7 +24,7 @@ struct engine_error {
 	char msg[1024];
 	int errnum;
 };
-extern struct engine_error g_err;
+extern __thread struct engine_error g_err;
 int fail(const char *code, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void err_clear(void);
 uint64_t now_ns(void);

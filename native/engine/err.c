@@ -7,7 +7,7 @@
 #include <time.h>
 #include "engine.h"
 
-struct engine_error g_err;
+__thread struct engine_error g_err;   /* per thread: the epoch writer runs beside the event loop */
 
 int fail(const char *code, int errnum, const char *fmt, ...)
 {

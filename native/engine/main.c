@@ -5,6 +5,7 @@
  * and leaves the app running. */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,6 +196,42 @@ static void free_pcs(struct proc_capture *pcs, size_t n)
 	free(pcs);
 }
 
+/* The epoch is written on a thread while this one keeps serving the app's
+ * ptrace stops: a signal or a fork during a long write must not wait for it. */
+struct write_job {
+	const char *dir, *id;
+	struct epoch_out *eo;
+	char *path;
+	size_t plen;
+	int rc;
+	int done;
+	struct engine_error err;
+};
+
+static void *write_thread(void *arg)
+{
+	struct write_job *j = arg;
+	err_clear();
+	j->rc = image_write_epoch(j->dir, j->id, j->eo, j->path, j->plen);
+	j->err = g_err;
+	__atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static int write_epoch_serving(const char *dir, const char *id, struct epoch_out *eo, char *path, size_t plen)
+{
+	struct write_job j = { .dir = dir, .id = id, .eo = eo, .path = path, .plen = plen };
+	pthread_t th;
+	if (pthread_create(&th, NULL, write_thread, &j))
+		return image_write_epoch(dir, id, eo, path, plen);
+	while (!__atomic_load_n(&j.done, __ATOMIC_ACQUIRE))
+		pump_events(5);
+	pthread_join(th, NULL);
+	if (j.rc)
+		g_err = j.err;
+	return j.rc;
+}
+
 static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__EngineReply *rep)
 {
 	if (!E.attached)
@@ -264,8 +301,7 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 				rc = -1;
 				break;
 			}
-			p->need_mm_init = false;
-			need_full = true;   /* a new mm: its regions are all new anyway */
+			p->need_mm_init = false;   /* a new mm: its regions are all new, taken in full below */
 		}
 		pcs[np].p = p;
 		pcs[np].meta = ANEW(Understudy__V1__Process, understudy__v1__process__init);
@@ -297,6 +333,8 @@ release:;
 	status_cache(false);
 	release_all();
 	uint64_t t_rel = now_ns();
+	if (!rc)
+		progress("released");
 	if (rc) {
 		if (scanned)
 			need_full = true;   /* pages were re-protected but not saved */
@@ -319,33 +357,51 @@ release:;
 			vm->n_reset = vm->n_zeroed = vm->n_vma_changes = 0;
 		}
 	}
+	/* everything that needs E.procs, before the event loop may grow it */
+	Understudy__V1__ProcessPages **pstats = amalloc(np * sizeof(void *) + 1);
+	for (size_t i = 0; pstats && i < np; i++) {
+		Understudy__V1__ProcessPages *pp = ANEW(Understudy__V1__ProcessPages, understudy__v1__process_pages__init);
+		if (!pp)
+			break;
+		pp->pid = pcs[i].p->pid;
+		for (size_t r = 0; r < pcs[i].pages.n; r++)
+			pp->pages += (pcs[i].pages.v[r].end - pcs[i].pages.v[r].start) / PAGE_SZ;
+		pp->new_regions = pcs[i].new_regions;
+		pstats[i] = pp;
+		pcs[i].p->is_new = false;
+		pcs[i].p = NULL;
+		if (verify)
+			vpcs[i].p = NULL;
+	}
 	uint32_t epoch = E.has_epoch ? E.last_epoch + 1 : 0;
 	char epath[4200] = "", vpath[4200] = "";
 	if (!rc && !c->dry_run) {
 		if (!E.has_epoch)
 			new_image_id(E.image_id);
 		struct epoch_out eo = { .epoch = epoch, .full = full, .pause_ns = t_rel - t0, .pcs = pcs, .npcs = np, .buf = &g_buf };
-		if (image_write_epoch(c->image_dir, E.image_id, &eo, epath, sizeof(epath)))
+		if (write_epoch_serving(c->image_dir, E.image_id, &eo, epath, sizeof(epath)))
 			rc = -1;
 		if (!rc && verify) {
 			char vid[40];
 			new_image_id(vid);
 			struct epoch_out vo = { .epoch = epoch, .full = true, .pause_ns = t_rel - t0, .pcs = vpcs, .npcs = np, .buf = &g_vbuf };
-			if (image_write_epoch(c->verify_full_dir, vid, &vo, vpath, sizeof(vpath)))
+			if (write_epoch_serving(c->verify_full_dir, vid, &vo, vpath, sizeof(vpath)))
 				rc = -1;
 		}
-		if (rc && !epath[0])
-			need_full = true;
 	}
 	uint64_t t_end = now_ns();
-	if (!rc) {
+	/* the chain advances when its epoch is on disk (or a dry run
+	 * succeeded), even if a later step (the verification copy) failed;
+	 * pages scanned but not saved make the next epoch a full one */
+	bool saved = epath[0] || (!rc && c->dry_run);
+	if (saved) {
 		if (!E.has_epoch)
 			snprintf(E.image_dir, sizeof(E.image_dir), "%s", c->dry_run ? "" : c->image_dir);
 		E.has_epoch = true;
 		E.last_epoch = epoch;
-		need_full = false;
-		for (size_t i = 0; i < np; i++)
-			pcs[i].p->is_new = false;
+	}
+	need_full = !saved;
+	if (!rc) {
 		cr->epoch = epoch;
 		cr->full = full;
 		cr->epoch_dir = astrdup(epath);
@@ -360,15 +416,8 @@ release:;
 		cr->pages = g_buf.len / PAGE_SZ;
 		cr->processes = np;
 		cr->threads = live_threads();
-		cr->per_process = amalloc(np * sizeof(void *) + 1);
-		for (size_t i = 0; i < np; i++) {
-			Understudy__V1__ProcessPages *pp = ANEW(Understudy__V1__ProcessPages, understudy__v1__process_pages__init);
-			pp->pid = pcs[i].p->pid;
-			for (size_t r = 0; r < pcs[i].pages.n; r++)
-				pp->pages += (pcs[i].pages.v[r].end - pcs[i].pages.v[r].start) / PAGE_SZ;
-			pp->new_regions = pcs[i].new_regions;
-			cr->per_process[cr->n_per_process++] = pp;
-		}
+		cr->per_process = pstats;
+		cr->n_per_process = pstats ? np : 0;
 		rep->result_case = UNDERSTUDY__V1__ENGINE_REPLY__RESULT_CHECKPOINT;
 		rep->checkpoint = cr;
 	}

@@ -138,7 +138,8 @@ int buf_reserve(struct page_buf *buf, size_t want)
 {
 	if (want <= buf->cap)
 		return 0;
-	size_t nc = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+	size_t nc = want > buf->cap * 2 ? want : buf->cap * 2;
+	nc = (nc + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
 	uint8_t *nb = mmap(NULL, nc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	if (nb == MAP_FAILED)
 		return fail("E_NATIVE", errno, "mmap(%zu) for the capture buffer", nc);

@@ -27,7 +27,7 @@ function capturedIndices(dir: string, epoch: number, pid: number, region: number
 
 describe('incremental checkpoints are exact', () => {
   it('captures exactly the written pages over 25 epochs, and base + deltas == a fresh full checkpoint', async () => {
-    const fx = await startFixture({ mb: 32, threads: 2 });
+    const fx = await startFixture({ mb: 80, threads: 2 }); // > 2 slices: the parallel scan path
     const engine = EngineClient.start({ timeoutMs: 30_000 });
     try {
       await engine.attach(fx.pid, { trackDirty: true });

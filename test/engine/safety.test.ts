@@ -79,6 +79,60 @@ describe('engine failures leave the app running unchanged', () => {
     fx.kill();
   }, 60_000);
 
+  it('a request that does not answer in time kills the engine and releases the app', async () => {
+    const fx = await startFixture({ mb: 8 });
+    const fds = fdTargets(fx.pid);
+    const maps = mapsOf(fx.pid);
+    const engine = EngineClient.start();
+    await engine.attach(fx.pid, { trackDirty: true });
+    const dir = join(tmp('img'), 'chain');
+    await expect(engine.checkpoint({ imageDir: dir, debugStallMs: 20_000, timeoutMs: 500 })).rejects.toMatchObject({
+      code: 'E_TIMEOUT',
+      message: expect.stringMatching(/did not answer within 500 ms; it was killed and the app released/),
+    });
+    await engine.waitExit();
+    expect(engine.alive).toBe(false);
+    await expectReleased(fx.pid, fds, maps);
+    await expect(engine.status()).rejects.toMatchObject({ code: 'E_ENGINE_DIED' });
+    expect(await fx.write(1, 1)).toHaveLength(1);
+    fx.kill();
+  }, 60_000);
+
+  it('the app is served while an epoch is written: a fork during a long write does not wait for it', async () => {
+    const fx = await startFixture({ mb: 384 });
+    const engine = EngineClient.start();
+    try {
+      await engine.attach(fx.pid, { trackDirty: true });
+      const dir = join(tmp('img'), 'chain');
+      let released = 0;
+      let forked = 0;
+      let forkDone: Promise<number[]> | undefined;
+      const r = await engine.checkpoint({
+        imageDir: dir,
+        onProgress: (stage) => {
+          if (stage !== 'released') return;
+          released = Date.now();
+          // the fork stops the parent (fork event) and the child (first stop)
+          // until the engine resumes them
+          forkDone = fx.write(1, 1, 'f').then((x) => {
+            forked = Date.now();
+            return x;
+          });
+        },
+      });
+      const written = Date.now();
+      const [child] = await forkDone!;
+      onCleanup(() => process.kill(child!, 'SIGKILL'));
+      expect(r.writeNs / 1e6).toBeGreaterThan(150); // a write long enough to matter
+      expect(forked).toBeGreaterThan(0);
+      expect(forked).toBeLessThan(written);
+      expect(forked - released).toBeLessThan(r.writeNs / 1e6);
+    } finally {
+      await engine.close();
+      fx.kill();
+    }
+  }, 60_000);
+
   it('a full disk: clear error, no partial epoch, app running; the engine recovers with a full epoch', async () => {
     const mnt = tmp('small');
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);

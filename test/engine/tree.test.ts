@@ -1,12 +1,14 @@
 // Breadth: a process tree with threads; threads and processes born between
 // barriers are seized as they appear and captured at the barrier that finds
 // them; thread state (registers, restart codes, rseq, sigmask) is recorded.
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
 import { memoryDigest, processesOf, readEpochMeta, reconstruct } from '../../src/image/store.js';
 import { decodeRegs } from '../../src/image/show.js';
-import { childrenOf, procState, runCleanups, startFixture, tmp } from './helpers.js';
+import { childrenOf, onCleanup, procState, runCleanups, startFixture, tmp, waitFor } from './helpers.js';
 
 afterAll(runCleanups);
 
@@ -69,5 +71,82 @@ describe('process trees and threads', () => {
       fx.kill();
     }
     // after close: nobody traced
+  }, 60_000);
+});
+
+describe('signal state', () => {
+  it('records handlers, the blocked mask and a pending blocked signal of a real interpreter', async () => {
+    const code =
+      'import os,signal,time\n' +
+      'signal.signal(signal.SIGUSR2, lambda s,f: None)\n' +
+      'signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\n' +
+      'os.kill(os.getpid(), signal.SIGUSR1)\n' +
+      'os.closerange(0, 1024)\n' +
+      'time.sleep(1000)\n';
+    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
+    onCleanup(() => p.kill('SIGKILL'));
+    await waitFor(() => {
+      try {
+        return /^ShdPnd:\s+0*200$/m.test(readFileSync(`/proc/${p.pid}/status`, 'utf8')) && readdirSync(`/proc/${p.pid}/fd`).length === 0
+          ? true
+          : undefined;
+      } catch {
+        return undefined;
+      }
+    }, 10_000, 'python ready with SIGUSR1 pending');
+    const engine = EngineClient.start();
+    try {
+      await engine.attach(p.pid!, { trackDirty: true });
+      const dir = join(tmp('img'), 'py');
+      const r = await engine.checkpoint({ imageDir: dir });
+      const pr = processesOf(readEpochMeta(r.epochDir))[0]!;
+      const usr2 = pr.sigactions.find((s) => s.signo === 12)!;
+      expect(Number(usr2.handler)).toBeGreaterThan(1); // python's C-level handler
+      expect(Number(usr2.flags) & 0x04000000).toBeTruthy(); // SA_RESTORER
+      expect(pr.sharedPending.map((s) => s.signo)).toEqual([10]);
+      const main = pr.threads.find((t) => t.tid === p.pid)!;
+      expect(BigInt(main.sigmask as number) & (1n << 9n)).toBe(1n << 9n);
+      expect(main.inSyscall).toBe(true); // in clock_nanosleep / select
+    } finally {
+      await engine.close();
+    }
+    expect(procState(p.pid!).tracer).toBe(0);
+    expect(procState(p.pid!).state).toBe('S');
+  }, 60_000);
+});
+
+describe('exec', () => {
+  it('a process that execs between barriers is captured anew: new exe, every region reset, still exact', async () => {
+    const code = 'import os,time\nos.closerange(0, 1024)\ntime.sleep(1.0)\nos.execv("/bin/sleep", ["sleep", "1000"])\n';
+    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
+    onCleanup(() => p.kill('SIGKILL'));
+    await waitFor(() => {
+      try {
+        return readdirSync(`/proc/${p.pid}/fd`).length === 0 ? true : undefined;
+      } catch {
+        return undefined;
+      }
+    }, 10_000, 'python closed its fds');
+    const engine = EngineClient.start();
+    try {
+      await engine.attach(p.pid!, { trackDirty: true });
+      const dir = join(tmp('img'), 'exec');
+      const e0 = await engine.checkpoint({ imageDir: dir });
+      expect(processesOf(readEpochMeta(e0.epochDir))[0]!.exe!.path).toMatch(/python3/);
+      await waitFor(() => (readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep' ? true : undefined), 10_000, 'exec');
+      // let sleep reach its nanosleep
+      await new Promise((r) => setTimeout(r, 100));
+      const vdir = join(tmp('verify'), 'full');
+      const e1 = await engine.checkpoint({ imageDir: dir, verifyFullDir: vdir });
+      const pr = processesOf(readEpochMeta(e1.epochDir))[0]!;
+      expect(pr.exe!.path).toBe('/usr/bin/sleep');
+      expect(pr.threads).toHaveLength(1);
+      expect(e1.perProcess[0]!.newRegions).toBe(pr.vmas.filter((v) => v.kind === 0 || v.kind === 1).length);
+      const inc = reconstruct(dir).memory.get(p.pid!)!;
+      expect(memoryDigest(inc)).toBe(memoryDigest(reconstruct(vdir).memory.get(p.pid!)!));
+    } finally {
+      await engine.close();
+    }
+    expect(procState(p.pid!).tracer).toBe(0);
   }, 60_000);
 });
