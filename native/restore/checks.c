@@ -240,8 +240,19 @@ int check_all(struct image *im)
 				if (!vm->file)
 					return fail("E_IMAGE_CORRUPT", 0, "pid %d: file mapping 0x%llx-0x%llx (%s) has no file identity", pr->pid,
 						    (unsigned long long)vm->start, (unsigned long long)vm->end, vm->name);
-				if (check_file_id(vm->file, "mapped file", pr->pid))
+				/* a shared writable mapping changes its file by design: it must
+				 * only still be there, long enough for the mapping */
+				if (vm->kind == UNDERSTUDY__V1__VMA__KIND__FILE_SHARED && (vm->prot & 2)) {
+					struct stat fs;
+					const char *fp = vm->file->path && vm->file->path[0] ? vm->file->path : vm->name;
+					if (stat(fp, &fs))
+						return fail("E_FILE_CHANGED", errno, "pid %d: shared mapped file %s cannot be found on this node", pr->pid, fp);
+					if ((uint64_t)fs.st_size + PAGE_SZ - 1 < vm->pgoff + (vm->end - vm->start) - PAGE_SZ + 1)
+						return fail("E_FILE_CHANGED", 0, "pid %d: shared mapped file %s is %lld bytes now, too short for its mapping of %llu bytes at offset %llu",
+							    pr->pid, fp, (long long)fs.st_size, (unsigned long long)(vm->end - vm->start), (unsigned long long)vm->pgoff);
+				} else if (check_file_id(vm->file, "mapped file", pr->pid)) {
 					return -1;
+				}
 			}
 		}
 		for (size_t f = 0; f < pr->n_fds; f++) {
