@@ -32,8 +32,18 @@ export function tmp(prefix: string): string {
   return d;
 }
 
-export function alive(pid: number): boolean {
+/** The pid is in use (a zombie holds its pid until reaped). */
+export function exists(pid: number): boolean {
   return existsSync(`/proc/${pid}/status`);
+}
+
+/** Running (a zombie waiting for its reaper counts as gone). */
+export function alive(pid: number): boolean {
+  try {
+    return !/^State:\s+[ZX]/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return false;
+  }
 }
 
 export function killPids(pids: number[]): void {
@@ -100,7 +110,7 @@ export async function dumpAndKill(pid: number, imageDir: string, deltas = 0, gap
     await engine.close();
   }
   killPids(pids);
-  await waitFor(`pids ${pids.join(',')} to be free`, () => pids.every((p) => !alive(p)), 10_000);
+  await waitFor(`pids ${pids.join(',')} to be free`, () => pids.every((p) => !exists(p)), 10_000);
   return { pids, lastEpoch: last };
 }
 
