@@ -170,7 +170,12 @@ static __attribute__((noreturn)) void reaper_main(pid_t root_ns, pid_t root_host
 		write_full(ready_pipe[1], &e, sizeof(e));
 		_exit(123);
 	}
-	/* pid 1 of the app's namespace: reap until the app is gone */
+	/* pid 1 of the app's namespace: reap until the app is gone. It is a copy
+	 * of the restorer: let go of the image (its pages.bin mappings would pin
+	 * the files for as long as the app runs). */
+	for (uint32_t k = 0; k < R.im.nep; k++)
+		if (R.im.ep[k].pages)
+			munmap((void *)R.im.ep[k].pages, R.im.ep[k].pages_len);
 	close(ready_pipe[1]);
 	for (int fd = 0; fd < 3; fd++)
 		close(fd);
