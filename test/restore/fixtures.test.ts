@@ -147,3 +147,24 @@ describe('PID namespace rules', () => {
     expect(await verdict(ctl)).toBe('PASS');
   });
 });
+
+describe('terminals', () => {
+  it('a terminal the app had open becomes /dev/null (--tty null, the default), same fd numbers and access mode', async () => {
+    const ctl = tmp('tty');
+    // script(1) gives the fixture a pseudo-terminal as fds 0, 1, 2
+    await startFixture('script', ctl, ['script', '-qfc', `${join(process.cwd(), 'build/fixtures/rs_counter')} ${ctl}`, '/dev/null']);
+    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+    const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
+    onCleanup(() => killPids([pid]));
+    expect(readlinkSync(`/proc/${pid}/fd/1`)).toMatch(/^\/dev\/pts\/\d+$/);
+    const img = join(tmp('tty-img'), 'image');
+    await dumpAndKill(pid, img, 0);
+    const r = await restore({ imageDir: img, tty: 'null' });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    for (const fd of [0, 1, 2]) {
+      expect(readlinkSync(`/proc/${pid}/fd/${fd}`)).toBe('/dev/null');
+      expect(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8')).toMatch(/flags:\s+0*[0-7]*2\n/); // O_RDWR, as the terminal was
+    }
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
