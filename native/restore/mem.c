@@ -372,6 +372,14 @@ int mem_restore(struct rproc *p)
 			if (v->name && !strcmp(v->name, "[stack]"))
 				flags |= MAP_GROWSDOWN;
 			rc = inj_ok(t, what, SYS_mmap, v->start, len, prot, flags, -1, 0, NULL);
+			/* a name given with PR_SET_VMA_ANON_NAME: "[anon:NAME]" */
+			size_t nl = v->name ? strlen(v->name) : 0;
+			if (!rc && nl > 7 && nl < 90 && !strncmp(v->name, "[anon:", 6) && v->name[nl - 1] == ']') {
+				char nm[96];
+				snprintf(nm, sizeof(nm), "%.*s", (int)(nl - 7), v->name + 6);
+				uint64_t sp = scratch_str(p->pid, 4096, nm);
+				rc = sp ? inj_ok(t, "prctl(PR_SET_VMA_ANON_NAME)", SYS_prctl, 0x53564d41 /* PR_SET_VMA */, 0, v->start, len, sp, 0, NULL) : -1;
+			}
 			continue;
 		}
 		/* file-backed: open it inside the process (identity checked earlier) */
