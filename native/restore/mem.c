@@ -11,6 +11,8 @@
 #include <limits.h>
 #include <pthread.h>
 #include <linux/prctl.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,14 +245,42 @@ static size_t first_ref(const struct page_ref *v, size_t n, uint64_t addr)
 
 struct wjob {
 	struct rproc *p;
+	struct page_ref *pv;
+	int uffd;
 	size_t i0, i1;
 	uint64_t bytes;
 	struct rerror err;
 	int rc;
 };
 
-/* pages [i0, i1) of p, batched: runs contiguous in the app and in pages.bin */
-static int write_range(struct rproc *p, size_t i0, size_t i1, uint64_t *written)
+/* pages [i0, i1) of v, batched: runs contiguous in the app and in pages.bin;
+ * with a uffd (anonymous regions registered for missing pages) each run is
+ * one UFFDIO_COPY: the kernel allocates and fills the pages without zeroing
+ * them first or taking a fault per page */
+static int write_range_v(struct rproc *p, struct page_ref *pv, size_t i0, size_t i1, uint64_t *written, int uffd);
+
+static int uffd_copy_run(struct rproc *p, int uffd, uint64_t dst, const uint8_t *src, size_t len)
+{
+	size_t done = 0;
+	while (done < len) {
+		struct uffdio_copy c = { .dst = dst + done, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done, .mode = 0 };
+		if (ioctl(uffd, UFFDIO_COPY, &c) == 0) {
+			done += c.len;
+			continue;
+		}
+		if (c.copy > 0) {
+			done += c.copy;
+			continue;
+		}
+		if (errno == EAGAIN || errno == EINTR)
+			continue;
+		return fail("E_RESTORE", errno, "ioctl(UFFDIO_COPY) into pid %d at 0x%llx (%zu bytes)", p->pid, (unsigned long long)(dst + done),
+			    len - done);
+	}
+	return 0;
+}
+
+static int write_range_v(struct rproc *p, struct page_ref *pv, size_t i0, size_t i1, uint64_t *written, int uffd)
 {
 	struct iovec loc[IOV_MAX], rem[IOV_MAX];
 	size_t i = i0;
@@ -258,13 +288,20 @@ static int write_range(struct rproc *p, size_t i0, size_t i1, uint64_t *written)
 		int cnt = 0;
 		size_t bytes = 0;
 		while (i < i1 && cnt < IOV_MAX && bytes < (64u << 20)) {
-			struct page_ref *r = &p->pages[i];
+			struct page_ref *r = &pv[i];
 			struct epoch_img *e = &R.im.ep[r->ep];
 			size_t len = PAGE_SZ;
 			size_t j = i + 1;
-			while (j < i1 && p->pages[j].ep == r->ep && p->pages[j].vaddr == r->vaddr + len && p->pages[j].off == r->off + len) {
+			while (j < i1 && pv[j].ep == r->ep && pv[j].vaddr == r->vaddr + len && pv[j].off == r->off + len) {
 				len += PAGE_SZ;
 				j++;
+			}
+			if (uffd >= 0) {
+				if (uffd_copy_run(p, uffd, r->vaddr, e->pages + r->off, len))
+					return -1;
+				*written += len;
+				i = j;
+				continue;
 			}
 			loc[cnt].iov_base = (void *)(e->pages + r->off);
 			loc[cnt].iov_len = len;
@@ -274,6 +311,8 @@ static int write_range(struct rproc *p, size_t i0, size_t i1, uint64_t *written)
 			bytes += len;
 			i = j;
 		}
+		if (!cnt)
+			continue;
 		ssize_t w = process_vm_writev(p->pid, loc, cnt, rem, cnt, 0);
 		if (w != (ssize_t)bytes) {
 			size_t acc = 0;
@@ -293,36 +332,130 @@ static void *write_part(void *arg)
 	struct wjob *j = arg;
 	struct rerror keep = g_err;
 	memset(&g_err, 0, sizeof(g_err));
-	j->rc = write_range(j->p, j->i0, j->i1, &j->bytes);
+	j->rc = write_range_v(j->p, j->pv, j->i0, j->i1, &j->bytes, j->uffd);
 	j->err = g_err;
 	g_err = keep;
 	return NULL;
 }
 
-/* two writers for large processes: the kernel populates the app's pages on
- * both cores */
-static int write_pages(struct rproc *p)
+/* two writers for large sets: the kernel fills the app's pages on both cores */
+static int write_set(struct rproc *p, struct page_ref *pv, size_t n, int uffd)
 {
-	if (p->npages < 16384) {
+	if (n < 16384) {
 		uint64_t b = 0;
-		int rc = write_range(p, 0, p->npages, &b);
+		int rc = write_range_v(p, pv, 0, n, &b, uffd);
 		R.bytes_written += b;
 		return rc;
 	}
-	struct wjob j2 = { p, p->npages / 2, p->npages, 0, { { 0 }, { 0 }, 0 }, 0 };
+	struct wjob j2 = { p, pv, uffd, n / 2, n, 0, { { 0 }, { 0 }, 0 }, 0 };
 	pthread_t th;
 	bool started = !pthread_create(&th, NULL, write_part, &j2);
-	if (!started)
-		j2.i0 = p->npages;   /* do it all here */
 	uint64_t b = 0;
-	int rc = write_range(p, 0, started ? p->npages / 2 : p->npages, &b);
+	int rc = write_range_v(p, pv, 0, started ? n / 2 : n, &b, uffd);
 	if (started)
 		pthread_join(th, NULL);
 	R.bytes_written += b + j2.bytes;
-	if (!rc && j2.rc) {
+	if (!rc && started && j2.rc) {
 		g_err = j2.err;
 		rc = -1;
 	}
+	return rc;
+}
+
+/* A userfaultfd of the app's mm, for the monitor (this process): created
+ * by an injected userfaultfd(), taken with pidfd_getfd, closed in the app. */
+static int uffd_open(struct rproc *p)
+{
+	long tfd;
+	if (inj_ok(&p->tasks[0], "userfaultfd", 323 /* userfaultfd */, O_CLOEXEC | O_NONBLOCK, 0, 0, 0, 0, 0, &tfd))
+		return -1;
+	int pidfd = (int)syscall(434 /* pidfd_open */, p->pid, 0);
+	int fd = pidfd < 0 ? -1 : (int)syscall(438 /* pidfd_getfd */, pidfd, (int)tfd, 0);
+	int e = errno;
+	if (pidfd >= 0)
+		close(pidfd);
+	if (inj_ok(&p->tasks[0], "close(userfaultfd)", SYS_close, tfd, 0, 0, 0, 0, 0, NULL)) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (fd < 0)
+		return fail("E_RESTORE", e, "pidfd_getfd of pid %d's userfaultfd", p->pid);
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		close(fd);
+		return fail("E_RESTORE", errno, "ioctl(UFFDIO_API) for pid %d", p->pid);
+	}
+	return fd;
+}
+
+static int write_pages(struct rproc *p)
+{
+	Proc *pr = p->pr;
+	/* pages in anonymous regions go through UFFDIO_COPY, the others
+	 * (private file mappings) through process_vm_writev */
+	struct page_ref *anon = malloc((p->npages + 1) * sizeof(*anon)), *other = malloc((p->npages + 1) * sizeof(*other));
+	if (!anon || !other) {
+		free(anon);
+		free(other);
+		return fail("E_RESTORE", ENOMEM, "malloc for the page lists of pid %d", p->pid);
+	}
+	size_t na = 0, no = 0, k = 0;
+	bool *reg = calloc(pr->n_vmas + 1, sizeof(bool));
+	for (size_t i = 0; i < p->npages; i++) {
+		uint64_t va = p->pages[i].vaddr;
+		while (k < pr->n_vmas && pr->vmas[k]->end <= va)
+			k++;
+		/* vmas are sorted by address (maps order) */
+		if (k < pr->n_vmas && va >= pr->vmas[k]->start && pr->vmas[k]->kind == UNDERSTUDY__V1__VMA__KIND__ANON && !pr->vmas[k]->shared) {
+			anon[na++] = p->pages[i];
+			if (reg)
+				reg[k] = true;
+		} else {
+			other[no++] = p->pages[i];
+		}
+	}
+	int rc = 0, uffd = -1;
+	if (na >= 64 && reg) {
+		uffd = uffd_open(p);
+		if (uffd < 0) {
+			vlog("pid %d: no userfaultfd (%s); pages written with process_vm_writev", p->pid, g_err.msg);
+			memset(&g_err, 0, sizeof(g_err));
+		}
+		for (size_t v = 0; uffd >= 0 && v < pr->n_vmas; v++) {
+			if (!reg[v])
+				continue;
+			struct uffdio_register r = { .range = { pr->vmas[v]->start, pr->vmas[v]->end - pr->vmas[v]->start },
+						     .mode = UFFDIO_REGISTER_MODE_MISSING };
+			if (ioctl(uffd, UFFDIO_REGISTER, &r)) {
+				vlog("pid %d: UFFDIO_REGISTER 0x%llx: %s; pages written with process_vm_writev", p->pid,
+				     (unsigned long long)pr->vmas[v]->start, strerror(errno));
+				for (size_t u = 0; u < v; u++)
+					if (reg[u]) {
+						struct uffdio_range ur = { pr->vmas[u]->start, pr->vmas[u]->end - pr->vmas[u]->start };
+						ioctl(uffd, UFFDIO_UNREGISTER, &ur);
+					}
+				close(uffd);
+				uffd = -1;
+			}
+		}
+	}
+	rc = write_set(p, anon, na, uffd);
+	if (uffd >= 0) {
+		for (size_t v = 0; v < pr->n_vmas; v++)
+			if (reg[v]) {
+				struct uffdio_range ur = { pr->vmas[v]->start, pr->vmas[v]->end - pr->vmas[v]->start };
+				if (ioctl(uffd, UFFDIO_UNREGISTER, &ur) && !rc)
+					rc = fail("E_RESTORE", errno, "ioctl(UFFDIO_UNREGISTER) of pid %d at 0x%llx", p->pid,
+						  (unsigned long long)pr->vmas[v]->start);
+			}
+		close(uffd);
+	}
+	if (!rc)
+		rc = write_set(p, other, no, -1);
+	free(reg);
+	free(anon);
+	free(other);
 	return rc;
 }
 
@@ -405,8 +538,10 @@ int mem_restore(struct rproc *p)
 	}
 	if (fd >= 0 && !rc)
 		rc = inj_ok(t, "close", SYS_close, fd, 0, 0, 0, 0, 0, NULL);
+	vlog("pid %d: regions mapped", p->pid);
 	if (!rc)
 		rc = write_pages(p);
+	vlog("pid %d: pages written", p->pid);
 	for (size_t k = 0; k < pr->n_vmas && !rc; k++) {
 		if (!needs_prot[k])
 			continue;
