@@ -168,3 +168,22 @@ describe('terminals', () => {
     expect(await verdict(ctl)).toBe('PASS');
   });
 });
+
+describe('a restored app is an ordinary process', () => {
+  it('can be checkpointed again (dirty tracking included) and restored a second time', async () => {
+    const ctl = tmp('again');
+    const fx = await startFixture('rs_malloc', ctl);
+    const img1 = join(tmp('again-img1'), 'image');
+    await dumpAndKill(fx.pid, img1, 3);
+    const r1 = await restore({ imageDir: img1 });
+    onCleanup(() => killPids([r1.reaper, ...r1.pids]));
+    // no userfaultfd registration of the restore is left: the engine can track it again
+    const img2 = join(tmp('again-img2'), 'image');
+    const d2 = await dumpAndKill(fx.pid, img2, 5);
+    expect(d2.pids).toEqual([fx.pid]);
+    const r2 = await restore({ imageDir: img2 });
+    onCleanup(() => killPids([r2.reaper, ...r2.pids]));
+    expect(r2.pids).toEqual([fx.pid]);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
