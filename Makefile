@@ -76,8 +76,16 @@ $(BUILD)/obj/%.o: native/%.c $(BPF_SKELS) $(PROTO_C)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# Objects of native/<name>/: a function, so the % of patsubst is not taken for
+# the pattern rule's stem.
+native_objs = $(patsubst native/%.c,$(BUILD)/obj/%.o,$(wildcard native/$(1)/*.c))
+
+# Keep intermediate files (objects, generated protobuf-c sources): make would
+# delete them after each build, so the next one would redo everything.
+.SECONDARY:
+
 .SECONDEXPANSION:
-$(BUILD)/native/understudy-%: $$(subst .c,.o,$$(subst native/,$(BUILD)/obj/,$$(wildcard native/$$*/*.c))) $(COMMON_OBJS) $(PROTO_C_OBJS)
+$(BUILD)/native/understudy-%: $$(call native_objs,$$*) $(COMMON_OBJS) $(PROTO_C_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_BASE) $(LDLIBS_$*)
 

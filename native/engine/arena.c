@@ -1,6 +1,7 @@
 /* Per-epoch arena: the metadata of one epoch (protobuf-c messages, strings,
  * arrays) is allocated here and dropped at once when the epoch is written. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "arena.h"
@@ -13,7 +14,20 @@ struct chunk {
 };
 static struct chunk *head;
 
+/* the memory and state phases of a checkpoint allocate side by side */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *amalloc_locked(size_t n);
+
 void *amalloc(size_t n)
+{
+	pthread_mutex_lock(&lock);
+	void *p = amalloc_locked(n);
+	pthread_mutex_unlock(&lock);
+	return p;
+}
+
+static void *amalloc_locked(size_t n)
 {
 	n = (n + 15) & ~(size_t)15;
 	if (!head || head->cap - head->used < n) {

@@ -42,6 +42,7 @@ struct task {
 	enum task_state state;
 	bool dead;
 	bool group_stopped;   /* in a job-control stop: resume with PTRACE_LISTEN */
+	pid_t vfork_child;    /* blocked in vfork() until this child execs or exits */
 	bool need_first_info; /* clear_tid / sigaltstack not read yet */
 	uint64_t clear_tid;
 	uint64_t ss_sp, ss_size;
@@ -148,6 +149,7 @@ void free_thread(Understudy__V1__Thread *th);
 /* ---- fds.c --------------------------------------------------------------- */
 int capture_fds(pid_t pid, Understudy__V1__Process *pr);
 int check_fds_supported(pid_t pid);
+int check_injectable(pid_t pid);   /* no seccomp that could kill an injected syscall */
 
 /* ---- mem.c: regions, page capture ---------------------------------------- */
 struct page_buf {          /* captured pages of one epoch, in copy order */
@@ -166,6 +168,7 @@ struct proc_capture {      /* per process, per epoch */
 };
 int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
 int buf_reserve(struct page_buf *buf, size_t want);
+extern int g_state_done;   /* set by the tracer when its injections of this barrier are over */
 int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, void (*progress)(const char *));
 int fill_vmas(struct proc *p, Understudy__V1__Process *pr, bool full);
 

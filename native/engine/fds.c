@@ -162,6 +162,24 @@ static int check_timers(pid_t pid)
 	return rc;
 }
 
+/* Injected syscalls go through the process's seccomp filter: strict mode
+ * kills on anything but read/write/exit, and a filter may kill on
+ * userfaultfd or prctl. Never risk the app: refused. */
+static int check_seccomp(pid_t pid)
+{
+	char v[32];
+	if (proc_status_field(pid, "Seccomp", v, sizeof(v))) {
+		err_clear();
+		return 0;
+	}
+	int mode = atoi(v);
+	if (mode == 1 || mode == 2)
+		return fail("E_UNSUPPORTED", 0,
+			    "pid %d runs under seccomp (%s mode): the engine's injected syscalls could be killed by it, refusing to touch it", pid,
+			    mode == 1 ? "strict" : "filter");
+	return 0;
+}
+
 int capture_fds(pid_t pid, Understudy__V1__Process *pr)
 {
 	return check_timers(pid) || walk_fds(pid, pr) ? -1 : 0;
@@ -169,5 +187,10 @@ int capture_fds(pid_t pid, Understudy__V1__Process *pr)
 
 int check_fds_supported(pid_t pid)
 {
-	return check_timers(pid) || walk_fds(pid, NULL) ? -1 : 0;
+	return check_seccomp(pid) || check_timers(pid) || walk_fds(pid, NULL) ? -1 : 0;
+}
+
+int check_injectable(pid_t pid)
+{
+	return check_seccomp(pid);
 }

@@ -131,16 +131,18 @@ static int capture_proc_state(struct proc *p, struct proc_capture *pc)
 {
 	Understudy__V1__Process *pr = pc->meta;
 	/* the maps of this barrier: the heap tells whether brk may have moved */
-	if (read_maps(p->pid, &pc->cur, &pc->ncur))
+	struct region *maps;
+	size_t nmaps;
+	if (read_maps(p->pid, &maps, &nmaps))
 		return -1;
 	uint64_t hs = 0, he = 0;
-	for (size_t i = 0; i < pc->ncur; i++)
-		if (!strcmp(pc->cur[i].name, "[heap]")) {
+	for (size_t i = 0; i < nmaps; i++)
+		if (!strcmp(maps[i].name, "[heap]")) {
 			if (!hs)
-				hs = pc->cur[i].start;
-			he = pc->cur[i].end;
+				hs = maps[i].start;
+			he = maps[i].end;
 		}
-	bool injected = false;
+	free(maps);
 	if (fill_process_info(p->pid, pr))
 		return -1;
 	if (capture_fds(p->pid, pr))
@@ -152,15 +154,13 @@ static int capture_proc_state(struct proc *p, struct proc_capture *pc)
 		struct task *t = &E.tasks[i];
 		if (t->dead || t->tgid != p->pid)
 			continue;
-		injected |= t->need_first_info;
 		Understudy__V1__Thread *th = ANEW(Understudy__V1__Thread, understudy__v1__thread__init);
 		if (!th || capture_thread(p, t, th) || APUSH(pr->threads, pr->n_threads, th))
 			return -1;
 	}
-	size_t nsa_before = 0;
-	if (capture_sigactions(p, lead->tid, pr, &nsa_before))
+	size_t nsa = 0;
+	if (capture_sigactions(p, lead->tid, pr, &nsa))
 		return -1;
-	injected |= nsa_before > 0;
 	/* brk moves only with the heap's end (brk() works in whole pages): an
 	 * injected brk(0) only when the heap changed since the last barrier */
 	if (!p->brk_valid || hs != p->heap_start || he != p->heap_end) {
@@ -169,17 +169,10 @@ static int capture_proc_state(struct proc *p, struct proc_capture *pc)
 		p->brk_valid = true;
 		p->heap_start = hs;
 		p->heap_end = he;
-		injected = true;
 	}
 	pr->mm->brk = p->brk;
 	if (capture_shared_pending(lead->tid, pr))
 		return -1;
-	if (injected) {
-		/* injections write below stack pointers and may grow a stack:
-		 * the memory plan reads the maps again */
-		free(pc->cur);
-		pc->cur = NULL;
-	}
 	pr->uffd_features = p->uffd_features;
 	pr->new_process = p->is_new;
 	return 0;
@@ -196,9 +189,56 @@ static void free_pcs(struct proc_capture *pcs, size_t n)
 	free(pcs);
 }
 
+/* The memory phase of a checkpoint: plan (maps, PAGEMAP_SCAN, registration)
+ * and copy. It needs no ptrace, so it runs on its own thread while the main
+ * thread (the tracer) reads registers and injects syscalls. */
+struct mem_job {
+	struct proc_capture *pcs, *vpcs;
+	size_t np;
+	bool full, verify;
+	uint32_t stall_ms;
+	int rc;
+	struct engine_error err;
+	uint64_t t_start, t_planned, t_copied;
+};
+
+static int mem_phase(struct mem_job *j)
+{
+	j->t_start = now_ns();
+	for (size_t i = 0; i < j->np; i++) {
+		struct proc_capture *pc = &j->pcs[i];
+		if (mem_plan(pc->p, pc, j->full || pc->p->is_new, E.track_dirty))
+			return -1;
+		if (j->verify) {
+			j->vpcs[i].p = pc->p;
+			if (mem_plan(pc->p, &j->vpcs[i], true, false))
+				return -1;
+		}
+	}
+	j->t_planned = now_ns();
+	for (size_t i = 0; i < j->np; i++)
+		if (mem_copy(&j->pcs[i], &g_buf, i == 0 ? j->stall_ms : 0, progress))
+			return -1;
+	for (size_t i = 0; j->verify && i < j->np; i++)
+		if (mem_copy(&j->vpcs[i], &g_vbuf, 0, progress))
+			return -1;
+	j->t_copied = now_ns();
+	return 0;
+}
+
+static void *mem_thread(void *arg)
+{
+	struct mem_job *j = arg;
+	err_clear();
+	j->rc = mem_phase(j);
+	j->err = g_err;
+	return NULL;
+}
+
 /* The epoch is written on a thread while this one keeps serving the app's
  * ptrace stops: a signal or a fork during a long write must not wait for it. */
 struct write_job {
+	uint32_t delay_ms;
 	const char *dir, *id;
 	struct epoch_out *eo;
 	char *path;
@@ -212,15 +252,17 @@ static void *write_thread(void *arg)
 {
 	struct write_job *j = arg;
 	err_clear();
+	if (j->delay_ms)
+		usleep(j->delay_ms * 1000);
 	j->rc = image_write_epoch(j->dir, j->id, j->eo, j->path, j->plen);
 	j->err = g_err;
 	__atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
 
-static int write_epoch_serving(const char *dir, const char *id, struct epoch_out *eo, char *path, size_t plen)
+static int write_epoch_serving(const char *dir, const char *id, struct epoch_out *eo, char *path, size_t plen, uint32_t delay_ms)
 {
-	struct write_job j = { .dir = dir, .id = id, .eo = eo, .path = path, .plen = plen };
+	struct write_job j = { .delay_ms = delay_ms, .dir = dir, .id = id, .eo = eo, .path = path, .plen = plen };
 	pthread_t th;
 	if (pthread_create(&th, NULL, write_thread, &j))
 		return image_write_epoch(dir, id, eo, path, plen);
@@ -240,6 +282,11 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	 * after it starts a real chain at epoch 0 */
 	if (!c->dry_run && E.has_epoch && !E.image_dir[0])
 		E.has_epoch = false;
+	/* a dry run re-protects the pages it reports without saving them: in a
+	 * real chain that would lose them */
+	if (c->dry_run && E.has_epoch && E.image_dir[0])
+		return fail("E_USAGE", 0, "a dry-run checkpoint would break the image chain in %s (its pages would not be saved)",
+			    E.image_dir);
 	if (!c->dry_run) {
 		if (!c->image_dir || !c->image_dir[0])
 			return fail("E_USAGE", 0, "checkpoint needs an image directory");
@@ -278,15 +325,14 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	struct proc_capture *pcs = calloc(E.nprocs + 1, sizeof(*pcs)), *vpcs = calloc(E.nprocs + 1, sizeof(*vpcs));
 	int rc = 0;
 	bool scanned = false;
-	uint64_t t_state = 0, t_scan = 0;
+	uint64_t t_state = 0;
 	g_buf.len = 0;
 	g_vbuf.len = 0;
 	if (!pcs || !vpcs) {
 		rc = fail("E_NATIVE", ENOMEM, "calloc for the capture plan");
 		goto release;
 	}
-	/* state first (injections write below the stack pointer; the memory
-	 * scan that follows sees those writes in this same epoch) */
+	/* new mms first: their userfaultfd (injected) before any scan */
 	for (size_t i = 0; i < E.nprocs && !rc; i++) {
 		struct proc *p = &E.procs[i];
 		if (p->dead)
@@ -294,6 +340,11 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 		struct task *lead = lead_task(p);
 		if (!lead) {
 			rc = fail("E_NATIVE", 0, "pid %d has no stopped thread at the barrier", p->pid);
+			break;
+		}
+		/* a process may have entered seccomp since the last barrier */
+		if (check_injectable(p->pid)) {
+			rc = -1;
 			break;
 		}
 		if (E.track_dirty && p->need_mm_init) {
@@ -305,31 +356,45 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 		}
 		pcs[np].p = p;
 		pcs[np].meta = ANEW(Understudy__V1__Process, understudy__v1__process__init);
-		if (!pcs[np].meta || capture_proc_state(p, &pcs[np]))
+		if (verify) {
+			vpcs[np].p = p;
+			vpcs[np].meta = ANEW(Understudy__V1__Process, understudy__v1__process__init);
+		}
+		if (!pcs[np].meta || (verify && !vpcs[np].meta))
 			rc = -1;
 		np++;
 	}
-	t_state = now_ns();
-	for (size_t i = 0; i < np && !rc; i++) {
+	/* Memory and state side by side: the memory thread scans and copies
+	 * while this thread, the tracer, reads registers and injects. Injections
+	 * write only below stack pointers (dead space); a write that lands after
+	 * its page was scanned is simply in the next epoch. With a verification
+	 * copy both memory views must be of the same instant: memory, then state. */
+	__atomic_store_n(&g_state_done, 0, __ATOMIC_RELEASE);
+	struct mem_job mj = { .pcs = pcs, .vpcs = vpcs, .np = np, .full = full, .verify = verify, .stall_ms = c->debug_stall_ms };
+	if (!rc) {
 		scanned = true;
-		if (mem_plan(pcs[i].p, &pcs[i], full || pcs[i].p->is_new, E.track_dirty))
-			rc = -1;
-		if (!rc && verify) {
-			vpcs[i].p = pcs[i].p;
-			vpcs[i].meta = ANEW(Understudy__V1__Process, understudy__v1__process__init);
-			if (!vpcs[i].meta || mem_plan(pcs[i].p, &vpcs[i], true, false))
+		pthread_t mth;
+		bool threaded = !verify && pthread_create(&mth, NULL, mem_thread, &mj) == 0;
+		if (!threaded) {
+			__atomic_store_n(&g_state_done, 1, __ATOMIC_RELEASE);   /* memory first, state after */
+			mj.rc = mem_phase(&mj);
+			mj.err = g_err;
+		}
+		for (size_t i = 0; i < np && !rc && !(!threaded && mj.rc); i++)
+			if (capture_proc_state(pcs[i].p, &pcs[i]))
 				rc = -1;
+		__atomic_store_n(&g_state_done, 1, __ATOMIC_RELEASE);
+		t_state = now_ns();
+		if (threaded)
+			pthread_join(mth, NULL);
+		if (mj.rc && !rc) {
+			g_err = mj.err;
+			rc = -1;
 		}
 	}
-	t_scan = now_ns();
-	for (size_t i = 0; i < np && !rc; i++)
-		if (mem_copy(&pcs[i], &g_buf, i == 0 ? c->debug_stall_ms : 0, progress))
-			rc = -1;
-	for (size_t i = 0; i < np && !rc && verify; i++)
-		if (mem_copy(&vpcs[i], &g_vbuf, 0, progress))
-			rc = -1;
+	if (!t_state)
+		t_state = now_ns();
 release:;
-	uint64_t t_copy = now_ns();
 	status_cache(false);
 	release_all();
 	uint64_t t_rel = now_ns();
@@ -379,13 +444,13 @@ release:;
 		if (!E.has_epoch)
 			new_image_id(E.image_id);
 		struct epoch_out eo = { .epoch = epoch, .full = full, .pause_ns = t_rel - t0, .pcs = pcs, .npcs = np, .buf = &g_buf };
-		if (write_epoch_serving(c->image_dir, E.image_id, &eo, epath, sizeof(epath)))
+		if (write_epoch_serving(c->image_dir, E.image_id, &eo, epath, sizeof(epath), c->debug_write_delay_ms))
 			rc = -1;
 		if (!rc && verify) {
 			char vid[40];
 			new_image_id(vid);
 			struct epoch_out vo = { .epoch = epoch, .full = true, .pause_ns = t_rel - t0, .pcs = vpcs, .npcs = np, .buf = &g_vbuf };
-			if (write_epoch_serving(c->verify_full_dir, vid, &vo, vpath, sizeof(vpath)))
+			if (write_epoch_serving(c->verify_full_dir, vid, &vo, vpath, sizeof(vpath), 0))
 				rc = -1;
 		}
 	}
@@ -409,8 +474,8 @@ release:;
 		cr->pause_ns = t_rel - t0;
 		cr->barrier_ns = t_bar - t0;
 		cr->state_ns = t_state - t_bar;
-		cr->scan_ns = t_scan - t_state;
-		cr->copy_ns = t_copy - t_scan;
+		cr->scan_ns = mj.t_planned - mj.t_start;
+		cr->copy_ns = mj.t_copied - mj.t_planned;
 		cr->write_ns = t_end - t_rel;
 		cr->bytes = g_buf.len;
 		cr->pages = g_buf.len / PAGE_SZ;

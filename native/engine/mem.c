@@ -132,6 +132,8 @@ bad:
 	return -1;
 }
 
+int g_state_done;
+
 /* The capture buffer is mapped populated and kept across epochs: a copy into
  * fresh memory would pay a page fault per page inside the pause. */
 int buf_reserve(struct page_buf *buf, size_t want)
@@ -259,6 +261,11 @@ int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, v
 		}
 		if (copy_ranges(pc->p->pid, &pc->pages, 0, half, dst))
 			return -1;
+		/* the hook stalls only once the tracer's injections are over:
+		 * it tests an engine death during the copy, not during an
+		 * injected syscall (see docs/engine.md, Safety) */
+		while (!__atomic_load_n(&g_state_done, __ATOMIC_ACQUIRE))
+			usleep(100);
 		progress("capture-stall");
 		usleep(stall_ms * 1000);
 		size_t off = 0;

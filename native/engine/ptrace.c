@@ -17,7 +17,8 @@
 
 struct engine E;
 
-#define SEIZE_OPTS (PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACEEXEC)
+#define SEIZE_OPTS \
+	(PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACEVFORKDONE | PTRACE_O_TRACEEXEC)
 
 struct task *task_find(pid_t tid)
 {
@@ -307,6 +308,16 @@ static void on_status(pid_t tid, int status, bool in_barrier)
 				task_add(child, child, TS_NEWBORN);
 			}
 		}
+		/* a vfork parent sleeps (killable only) until the child execs or
+		 * exits: no interrupt reaches it meanwhile */
+		if (ev == PTRACE_EVENT_VFORK)
+			t->vfork_child = (pid_t)child;
+		ptrace(PTRACE_CONT, tid, 0, 0);
+		t->state = TS_RUNNING;
+		return;
+	}
+	if (ev == PTRACE_EVENT_VFORK_DONE) {
+		t->vfork_child = 0;
 		ptrace(PTRACE_CONT, tid, 0, 0);
 		t->state = TS_RUNNING;
 		return;
@@ -387,14 +398,28 @@ int barrier(uint64_t timeout_ms)
 	uint64_t deadline = now_ns() + timeout_ms * 1000000ULL, last_kick = now_ns();
 	for (;;) {
 		drain(true);
-		size_t waiting = 0;
-		pid_t some = 0;
+		size_t waiting = 0, in_vfork = 0;
+		pid_t some = 0, vf = 0, vchild = 0;
 		for (size_t i = 0; i < E.ntasks; i++) {
 			struct task *t = &E.tasks[i];
-			if (!t->dead && t->state != TS_STOPPED) {
-				waiting++;
-				some = t->tid;
+			if (t->dead || t->state == TS_STOPPED)
+				continue;
+			if (t->vfork_child) {
+				in_vfork++;
+				vf = t->tid;
+				vchild = t->vfork_child;
+				continue;
 			}
+			waiting++;
+			some = t->tid;
+		}
+		if (!waiting && in_vfork) {
+			/* its child is stopped by this very barrier: it cannot exec,
+			 * so the parent cannot stop. Release now, not after a timeout. */
+			release_all();
+			return fail("E_BARRIER", 0,
+				    "barrier: thread %d is inside vfork(), waiting for child %d to exec or exit; the app was released, retry the checkpoint",
+				    vf, vchild);
 		}
 		if (!waiting)
 			return 0;

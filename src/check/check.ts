@@ -68,9 +68,11 @@ export async function runCheck(opts: { only?: string[]; timeoutMs?: number } = {
 }
 
 /** Lines for a person: ✓/✗, the feature, and for ✗ what is missing and what it breaks. */
-export function formatCheck(report: CheckReport): string {
+export function formatCheck(report: CheckReport, verbose = false): string {
   const lines = report.probes.map((p) =>
-    p.ok ? `✓ ${p.title}` : `✗ ${p.title}\n    missing: ${p.detail}\n    breaks:  ${p.breaks}`,
+    p.ok
+      ? `✓ ${p.title}${verbose ? `\n    seen: ${p.detail}` : ''}`
+      : `✗ ${p.title}\n    missing: ${p.detail}\n    breaks:  ${p.breaks}`,
   );
   const failed = report.probes.filter((p) => !p.ok).length;
   lines.push(

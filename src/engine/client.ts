@@ -34,6 +34,8 @@ export interface CheckpointOptions {
   killAfter?: boolean;
   debugStallMs?: number;
   dryRun?: boolean;
+  /** Test hook: the engine's writer waits this long before writing. */
+  debugWriteDelayMs?: number;
   timeoutMs?: number;
   onProgress?: (stage: string) => void;
 }
@@ -120,7 +122,9 @@ export class EngineClient {
   /** Starts an engine process. */
   static start(opts: { binary?: string; timeoutMs?: number } = {}): EngineClient {
     const bin = opts.binary ?? nativeBinary('engine');
-    const child = spawn(bin, [], { stdio: ['pipe', 'pipe', 'pipe'] });
+    // its own session: a Ctrl-C at the agent's terminal is for the agent,
+    // which finishes its epoch and then tells the engine what to do
+    const child = spawn(bin, [], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     log.debug({ pid: child.pid }, 'engine started');
     return new EngineClient(child, opts.timeoutMs ?? 60_000);
   }
@@ -205,6 +209,7 @@ export class EngineClient {
           killAfter: o.killAfter ?? false,
           debugStallMs: o.debugStallMs ?? 0,
           dryRun: o.dryRun ?? false,
+          debugWriteDelayMs: o.debugWriteDelayMs ?? 0,
         },
       },
       o.timeoutMs,

@@ -123,6 +123,45 @@ describe('unsupported kernel state', () => {
   });
 });
 
+describe('seccomp', () => {
+  it('a process under a seccomp filter is refused: an injected syscall could be killed by it', async () => {
+    // an allow-all filter (one BPF_RET SECCOMP_RET_ALLOW), installed with ctypes
+    const code =
+      'import ctypes,os,time,struct\n' +
+      'libc=ctypes.CDLL(None, use_errno=True)\n' +
+      'ins=(ctypes.c_ubyte*8).from_buffer_copy(struct.pack("<HBBI",0x06,0,0,0x7fff0000))\n' +
+      'class Prog(ctypes.Structure):\n' +
+      '  _fields_=[("len",ctypes.c_ushort),("filter",ctypes.c_void_p)]\n' +
+      'prog=Prog(1,ctypes.cast(ins,ctypes.c_void_p))\n' +
+      'assert libc.prctl(38,1,0,0,0)==0\n' +
+      'assert libc.prctl(22,2,ctypes.byref(prog),0,0)==0\n' +
+      'os.closerange(0,1024)\n' +
+      'time.sleep(1000)\n';
+    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
+    onCleanup(() => p.kill('SIGKILL'));
+    await waitFor(() => {
+      try {
+        return /^Seccomp:\s+2$/m.test(readFileSync(`/proc/${p.pid}/status`, 'utf8')) && readdirSync(`/proc/${p.pid}/fd`).length === 0
+          ? true
+          : undefined;
+      } catch {
+        return undefined;
+      }
+    }, 10_000, 'python under seccomp');
+    const engine = EngineClient.start();
+    try {
+      await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
+        code: 'E_UNSUPPORTED',
+        message: expect.stringMatching(new RegExp(`pid ${p.pid} runs under seccomp \\(filter mode\\)`)),
+      });
+    } finally {
+      await engine.close();
+    }
+    expect(procState(p.pid!).tracer).toBe(0);
+    expect(procState(p.pid!).state).toBe('S');
+  });
+});
+
 describe('dump, CRIU style', () => {
   it('kills the app after the dump unless --leave-running; incremental epochs with --epochs', async () => {
     const fx = await startFixture({ mb: 4, threads: 1 });

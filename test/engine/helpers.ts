@@ -45,7 +45,7 @@ export interface Fixture {
   pages: number;
   proc: ChildProcess;
   /** Writes `count` distinct random pages; resolves with their indices once done. */
-  write(count: number, seed: number, op?: 'w' | 'z' | 'm' | 'f' | 't'): Promise<number[]>;
+  write(count: number, seed: number, op?: 'w' | 'z' | 'm' | 'f' | 't' | 'v'): Promise<number[]>;
   kill(): void;
 }
 

@@ -99,7 +99,7 @@ describe('engine failures leave the app running unchanged', () => {
   }, 60_000);
 
   it('the app is served while an epoch is written: a fork during a long write does not wait for it', async () => {
-    const fx = await startFixture({ mb: 384 });
+    const fx = await startFixture({ mb: 8 });
     const engine = EngineClient.start();
     try {
       await engine.attach(fx.pid, { trackDirty: true });
@@ -109,6 +109,7 @@ describe('engine failures leave the app running unchanged', () => {
       let forkDone: Promise<number[]> | undefined;
       const r = await engine.checkpoint({
         imageDir: dir,
+        debugWriteDelayMs: 1500, // a long write
         onProgress: (stage) => {
           if (stage !== 'released') return;
           released = Date.now();
@@ -123,10 +124,39 @@ describe('engine failures leave the app running unchanged', () => {
       const written = Date.now();
       const [child] = await forkDone!;
       onCleanup(() => process.kill(child!, 'SIGKILL'));
-      expect(r.writeNs / 1e6).toBeGreaterThan(150); // a write long enough to matter
+      expect(r.writeNs / 1e6).toBeGreaterThan(1500);
       expect(forked).toBeGreaterThan(0);
       expect(forked).toBeLessThan(written);
-      expect(forked - released).toBeLessThan(r.writeNs / 1e6);
+      expect(forked - released).toBeLessThan(1000);
+    } finally {
+      await engine.close();
+      fx.kill();
+    }
+  }, 60_000);
+
+  it('a thread blocked in vfork() cannot stop: the barrier releases at once with a clear error', async () => {
+    const fx = await startFixture({ mb: 4 });
+    const engine = EngineClient.start();
+    try {
+      await engine.attach(fx.pid, { trackDirty: true });
+      const dir = join(tmp('img'), 'chain');
+      await engine.checkpoint({ imageDir: dir });
+      // the child sleeps 1.5 s before _exit; the parent is blocked in vfork meanwhile
+      const done = fx.write(1500, 0, 'v');
+      await new Promise((r) => setTimeout(r, 200));
+      const t0 = Date.now();
+      await expect(engine.checkpoint({ imageDir: dir })).rejects.toMatchObject({
+        code: 'E_BARRIER',
+        message: expect.stringMatching(new RegExp(`thread ${fx.pid} is inside vfork\\(\\), waiting for child \\d+`)),
+      });
+      expect(Date.now() - t0).toBeLessThan(1000);
+      // released: the child finishes its sleep, the parent goes on
+      await done;
+      expect(procState(fx.pid).state).toMatch(/[SR]/);
+      // and the next checkpoint works, still incremental: the failed barrier scanned nothing
+      const r = await engine.checkpoint({ imageDir: dir });
+      expect(r.epoch).toBe(1);
+      expect(r.full).toBe(false);
     } finally {
       await engine.close();
       fx.kill();

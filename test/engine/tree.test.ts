@@ -60,9 +60,15 @@ describe('process trees and threads', () => {
       const fresh = reconstruct(vdir);
       expect([...inc.memory.keys()].sort()).toEqual([...fresh.memory.keys()].sort());
       for (const [pid, pm] of inc.memory) expect(memoryDigest(pm), `pid ${pid}`).toBe(memoryDigest(fresh.memory.get(pid)!));
+      // a dry run would re-protect pages without saving them: refused in a real chain
+      await expect(engine.checkpoint({ imageDir: '', dryRun: true })).rejects.toMatchObject({
+        code: 'E_USAGE',
+        message: expect.stringMatching(/dry-run checkpoint would break the image chain/),
+      });
       // one more epoch: the child is now tracked incrementally
       await fx.write(10, 4);
       const e2 = await engine.checkpoint({ imageDir: dir });
+      expect(e2.epoch).toBe(2);
       expect(e2.perProcess.find((p) => p.pid === child)!.newRegions).toBe(0);
       expect(e2.perProcess.find((p) => p.pid === child)!.pages).toBeLessThan(20);
     } finally {

@@ -1,0 +1,1 @@
+LDLIBS_check := -lnetfilter_queue

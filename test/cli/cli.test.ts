@@ -1,0 +1,76 @@
+import { mkdtempSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { packageRoot } from '../../src/util/paths.js';
+import { runCli } from '../helpers/cli.js';
+
+const pkg = JSON.parse(readFileSync(resolve(packageRoot, 'package.json'), 'utf8')) as { version: string };
+
+describe('understudy CLI', () => {
+  it('prints its version', async () => {
+    const r = await runCli(['--version']);
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout.trim()).toBe(pkg.version);
+  });
+
+  it('lists the commands in --help, and a command has its own --help', async () => {
+    const top = await runCli(['--help']);
+    expect(top.exitCode).toBe(0);
+    expect(top.stdout).toMatch(/^usage: understudy/);
+    expect(top.stdout).toMatch(/\n {2}check +test, on this kernel/);
+    const sub = await runCli(['check', '--help']);
+    expect(sub.exitCode).toBe(0);
+    expect(sub.stdout).toMatch(/^usage: understudy check \[--only/);
+  });
+
+  it('exits 2 with usage on an unknown flag', async () => {
+    const r = await runCli(['check', '--frobnicate']);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toMatch(/Unknown option '--frobnicate'/);
+    expect(r.stderr).toMatch(/usage: understudy check/);
+    expect(r.stdout).toBe('');
+  });
+
+  it('exits 2 with usage on an unknown command, and on none', async () => {
+    const r = await runCli(['frobnicate']);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toMatch(/unknown command "frobnicate"/);
+    const none = await runCli([]);
+    expect(none.exitCode).toBe(2);
+    expect(none.stderr).toMatch(/no command given/);
+  });
+
+  it('exits 2 on a flag value out of range', async () => {
+    const r = await runCli(['check', '--timeout-ms', 'soon']);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toMatch(/--timeout-ms must be an integer/);
+  });
+
+  it('refuses to run a kernel command without root, saying why', async () => {
+    // Run as uid 1000 inside a user namespace: the process is not root, yet
+    // still reads the checkout wherever CI cloned it (a 0700 folder included).
+    const r = await runCli(['check'], { wrap: ['unshare', '--user', '--map-user=1000', '--map-group=1000'] });
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/must run as root/);
+    expect(r.stderr).toMatch(/CAP_SYS_PTRACE/);
+    expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace without --debug
+  });
+
+  it('refuses a bad config file, naming the key', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'us-cfg-'));
+    chmodSync(dir, 0o755);
+    const bad = join(dir, 'bad.json');
+    writeFileSync(bad, JSON.stringify({ dataDir: '/tmp/x', replicas: 3 }));
+    const r = await runCli(['--config', bad, 'check']);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toContain(`${bad}: unknown key "replicas"`);
+    writeFileSync(bad, '{ not json');
+    const r2 = await runCli(['check', '--config', bad]);
+    expect(r2.exitCode).toBe(1);
+    expect(r2.stderr).toMatch(/not valid JSON/);
+    const r3 = await runCli(['check', '--config', join(dir, 'absent.json')]);
+    expect(r3.exitCode).toBe(1);
+    expect(r3.stderr).toMatch(/cannot read config file .*absent\.json: ENOENT/);
+  });
+});
