@@ -118,12 +118,13 @@ static int64_t highest_epoch(const char *dir)
 	while ((de = readdir(d))) {
 		unsigned v;
 		char tail;
-		if (sscanf(de->d_name, "epoch-%u%c", &v, &tail) == 1 && (int64_t)v > best)
+		if ((sscanf(de->d_name, "epoch-%u%c", &v, &tail) == 1 || sscanf(de->d_name, "base-%u%c", &v, &tail) == 1) &&
+		    (int64_t)v > best)
 			best = v;
 	}
 	closedir(d);
 	if (best < 0)
-		return fail("E_NOT_AN_IMAGE", 0, "%s holds no epoch-NNNNNN directory: not an image", dir);
+		return fail("E_NOT_AN_IMAGE", 0, "%s holds no epoch-NNNNNN or base-NNNNNN directory: not an image", dir);
 	return best;
 }
 
@@ -149,9 +150,13 @@ int image_open(struct image *im, const char *dir, int64_t epoch)
 	for (int64_t k = epoch; k >= 0; k--) {
 		struct epoch_img *e = &im->ep[k];
 		e->epoch = k;
-		snprintf(e->dir, sizeof(e->dir), "%s/epoch-%06lld", dir, (long long)k);
 		struct stat st;
-		if (stat(e->dir, &st))
+		/* a compacted base (the chain folded into a full epoch) wins */
+		snprintf(e->dir, sizeof(e->dir), "%s/base-%06lld", dir, (long long)k);
+		bool is_base = stat(e->dir, &st) == 0;
+		if (!is_base)
+			snprintf(e->dir, sizeof(e->dir), "%s/epoch-%06lld", dir, (long long)k);
+		if (!is_base && stat(e->dir, &st))
 			return fail("E_IMAGE_CHAIN", errno,
 				    "epoch %lld is missing from the chain (%s): epoch %lld cannot be restored without every delta "
 				    "since its base",
@@ -167,6 +172,8 @@ int image_open(struct image *im, const char *dir, int64_t epoch)
 				    "epoch %lld (%s) belongs to image %s, epoch %lld to image %s: the chain is broken (a delta from "
 				    "another image)",
 				    (long long)k, e->dir, e->meta->image_id, (long long)epoch, im->last->image_id);
+		if (is_base && !e->meta->full)
+			return fail("E_IMAGE_CORRUPT", 0, "%s is a base but its metadata does not say full", e->dir);
 		if (e->meta->full) {
 			base = k;
 			break;
@@ -279,6 +286,24 @@ static int build_voids(Proc *pr, struct voids *out)
 	return 0;
 }
 
+/* regions of a process at one epoch, sorted: a page outside all of them at
+ * any later epoch was unmapped then, and is gone */
+static int build_regions(Proc *pr, struct voids *out)
+{
+	out->n = 0;
+	out->v = NULL;
+	size_t n = pr ? pr->n_vmas : 0;
+	if (!n)
+		return 0;
+	out->v = malloc(n * sizeof(*out->v));
+	if (!out->v)
+		return fail("E_RESTORE", ENOMEM, "malloc for %zu regions", n);
+	for (size_t i = 0; i < n; i++)
+		out->v[out->n++] = (typeof(*out->v)){ pr->vmas[i]->start, pr->vmas[i]->end };
+	qsort(out->v, out->n, sizeof(*out->v), cmp_range);
+	return 0;
+}
+
 static bool in_voids(const struct voids *vs, uint64_t va)
 {
 	size_t lo = 0, hi = vs->n;
@@ -324,13 +349,15 @@ int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n
 	qsort(v, c, sizeof(*v), cmp_ref);
 	size_t o = 0;
 	bool any_delta = first < (int64_t)im->target;
-	struct voids *vs = calloc(im->nep, sizeof(*vs));
-	if (!vs) {
+	struct voids *vs = calloc(im->nep, sizeof(*vs)), *rg = calloc(im->nep, sizeof(*rg));
+	if (!vs || !rg) {
 		free(v);
+		free(vs);
+		free(rg);
 		return fail("E_RESTORE", ENOMEM, "calloc");
 	}
 	for (int64_t k = first + 1; k <= (int64_t)im->target; k++)
-		if (build_voids(find_proc(im->ep[k].meta, pid), &vs[k])) {
+		if (build_voids(find_proc(im->ep[k].meta, pid), &vs[k]) || build_regions(find_proc(im->ep[k].meta, pid), &rg[k])) {
 			free(v);
 			return -1;
 		}
@@ -340,7 +367,7 @@ int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n
 		if (o == 0 || v[o - 1].vaddr != v[i].vaddr) {
 			bool voided = false;
 			for (uint32_t k = v[i].ep + 1; any_delta && k <= im->target && !voided; k++)
-				voided = in_voids(&vs[k], v[i].vaddr);
+				voided = in_voids(&vs[k], v[i].vaddr) || (rg[k].n && !in_voids(&rg[k], v[i].vaddr));
 			if (voided) {
 				/* mark as seen so older copies are skipped too */
 				v[o] = v[i];
@@ -351,9 +378,12 @@ int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n
 			v[o++] = v[i];
 		}
 	}
-	for (uint32_t k = 0; k < im->nep; k++)
+	for (uint32_t k = 0; k < im->nep; k++) {
 		free(vs[k].v);
+		free(rg[k].v);
+	}
 	free(vs);
+	free(rg);
 	size_t f = 0;
 	for (size_t i = 0; i < o; i++)
 		if (v[i].ep != UINT32_MAX)

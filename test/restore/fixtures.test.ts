@@ -3,7 +3,7 @@
 // second "node" (its own network namespace and its own copy of the app's
 // data folder). Plus python3 continuing its output in sequence.
 import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, truncateSync } from 'node:fs';
-import { processesOf, readEpochMeta } from '../../src/image/store.js';
+import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { restore } from '../../src/restore/restore.js';
@@ -184,6 +184,23 @@ describe('a restored app is an ordinary process', () => {
     const r2 = await restore({ imageDir: img2 });
     onCleanup(() => killPids([r2.reaper, ...r2.pids]));
     expect(r2.pids).toEqual([fx.pid]);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
+
+describe('compacted chains', () => {
+  it('restores from a base-N folded by `compact` (epochs below it pruned) plus the deltas after it', async () => {
+    const ctl = tmp('compact');
+    const img = join(tmp('compact-img'), 'image');
+    const fx = await startFixture('rs_malloc', ctl);
+    await dumpAndKill(fx.pid, img, 6);
+    const c = compact(img, 3, { prune: true });
+    expect(c.base).toContain('base-000003');
+    expect(existsSync(join(img, 'epoch-000000'))).toBe(false);
+    const r = await restore({ imageDir: img });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect(r.epoch).toBe(6);
+    expect(r.pids).toEqual([fx.pid]);
     expect(await verdict(ctl)).toBe('PASS');
   });
 });
