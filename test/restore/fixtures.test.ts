@@ -2,7 +2,7 @@
 // from a full image and from epoch 0 + 20 deltas, on this node and on a
 // second "node" (its own network namespace and its own copy of the app's
 // data folder). Plus python3 continuing its output in sequence.
-import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, truncateSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -201,6 +201,31 @@ describe('compacted chains', () => {
     onCleanup(() => killPids([r.reaper, ...r.pids]));
     expect(r.epoch).toBe(6);
     expect(r.pids).toEqual([fx.pid]);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
+
+describe('processes and threads born in the middle of a chain', () => {
+  it('a child forked and a thread started at epoch 5 of 20 come back with their ids', async () => {
+    const ctl = tmp('late');
+    const img = join(tmp('late-img'), 'image');
+    const fx = await startFixture('rs_latefork', ctl);
+    let child = 0;
+    const d = await dumpAndKill(fx.pid, img, 20, 10, async (epoch) => {
+      if (epoch === 5) {
+        writeFileSync(join(ctl, 'fork'), '');
+        await waitFor('the late fork', () => existsSync(join(ctl, 'forked')));
+        child = Number(readFileSync(join(ctl, 'forked'), 'utf8').trim());
+      }
+    });
+    expect(child).toBeGreaterThan(0);
+    expect([...d.pids].sort()).toEqual([fx.pid, child].sort());
+    const m = readEpochMeta(join(img, 'epoch-000006'));
+    expect(processesOf(m).find((p) => p.pid === child)?.newProcess).toBe(true);
+    const r = await restore({ imageDir: img });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect([...r.pids].sort()).toEqual([fx.pid, child].sort());
+    expect(r.threads).toBe(3);
     expect(await verdict(ctl)).toBe('PASS');
   });
 });

@@ -92,7 +92,13 @@ export interface Dumped {
 }
 
 /** Epoch 0 (+ `deltas` incremental epochs), then kill the app and wait until all its pids are free. */
-export async function dumpAndKill(pid: number, imageDir: string, deltas = 0, gapMs = 10): Promise<Dumped> {
+export async function dumpAndKill(
+  pid: number,
+  imageDir: string,
+  deltas = 0,
+  gapMs = 10,
+  between?: (epoch: number) => Promise<void>,
+): Promise<Dumped> {
   const engine = EngineClient.start();
   onCleanup(() => engine.kill());
   let pids: number[] = [];
@@ -102,6 +108,7 @@ export async function dumpAndKill(pid: number, imageDir: string, deltas = 0, gap
     last = (await engine.checkpoint({ imageDir })).epoch;
     for (let i = 0; i < deltas; i++) {
       await sleep(gapMs);
+      if (between) await between(last);
       last = (await engine.checkpoint({ imageDir })).epoch;
     }
     pids = (await engine.status()).pids;
