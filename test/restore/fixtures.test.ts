@@ -169,6 +169,28 @@ describe('terminals', () => {
   });
 });
 
+describe('terminals, inherited', () => {
+  it('--tty inherit gives the app the terminal the restorer runs on', async () => {
+    const ctl = tmp('ttyi');
+    await startFixture('script', ctl, ['script', '-qfc', `${join(process.cwd(), 'build/fixtures/rs_counter')} ${ctl}`, '/dev/null']);
+    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+    const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
+    onCleanup(() => killPids([pid]));
+    const img = join(tmp('ttyi-img'), 'image');
+    await dumpAndKill(pid, img, 0);
+    // the restorer itself on a pseudo-terminal (script), asked to pass it on
+    const r = await restore({
+      imageDir: img,
+      tty: 'inherit',
+      wrap: (argv) => ['script', '-qfec', argv.map((a) => `'${a}'`).join(' '), '/dev/null'],
+    });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    // (the pty goes away with script(1) once the restorer has exited)
+    expect(readlinkSync(`/proc/${pid}/fd/0`)).toMatch(/^\/dev\/pts\/\d+( \(deleted\))?$/);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
+
 describe('a restored app is an ordinary process', () => {
   it('can be checkpointed again (dirty tracking included) and restored a second time', async () => {
     const ctl = tmp('again');
