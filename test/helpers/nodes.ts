@@ -9,9 +9,9 @@ import { join } from 'node:path';
 
 export interface TestNode {
   name: string;
-  /** Address of the node on its veth link (10.231.<n>.2). */
+  /** Address of the node on its veth link (10.<c>.<n>.2, c from the test process's pid). */
   address: string;
-  /** Host-side address of the link (10.231.<n>.1). */
+  /** Host-side address of the link (10.<c>.<n>.1). */
   hostAddress: string;
   /** The node's private backing folder for `dataDir`. */
   dataRoot: string;
@@ -20,6 +20,8 @@ export interface TestNode {
 export class TestCluster {
   readonly nodes: TestNode[] = [];
   private readonly prefix: string;
+  /** Second octet of this cluster's addresses, so concurrent test runs do not collide. */
+  private readonly octet: number;
 
   /**
    * @param dataDir the path every node sees as its own data folder
@@ -30,6 +32,7 @@ export class TestCluster {
     private readonly scratch: string,
   ) {
     this.prefix = `us${process.pid % 100000}`;
+    this.octet = 100 + (process.pid % 150);
   }
 
   async addNode(): Promise<TestNode> {
@@ -39,7 +42,7 @@ export class TestCluster {
     const host = `${this.prefix}h${n}`;
     const dataRoot = join(this.scratch, name);
     mkdirSync(dataRoot, { recursive: true });
-    const node: TestNode = { name, address: `10.231.${n}.2`, hostAddress: `10.231.${n}.1`, dataRoot };
+    const node: TestNode = { name, address: `10.${this.octet}.${n}.2`, hostAddress: `10.${this.octet}.${n}.1`, dataRoot };
     this.nodes.push(node);
     await execa('ip', ['netns', 'add', name]);
     await execa('ip', ['link', 'add', host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', name]);

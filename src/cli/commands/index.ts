@@ -2,7 +2,9 @@ import type { Command } from '../command.js';
 import { checkCommand } from './check.js';
 import { demoCommand } from './demo.js';
 import { dumpCommand } from './dump.js';
+import { graphCommand } from './graph.js';
 import { imageCommand } from './image.js';
 import { restoreCommand } from './restore.js';
+import { traceCommand } from './trace.js';
 
-export const COMMANDS: readonly Command[] = [checkCommand, demoCommand, dumpCommand, imageCommand, restoreCommand];
+export const COMMANDS: readonly Command[] = [checkCommand, demoCommand, traceCommand, graphCommand, dumpCommand, imageCommand, restoreCommand];

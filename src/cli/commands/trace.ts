@@ -1,0 +1,88 @@
+import { eventJson, eventLine } from '../../trace/format.js';
+import { TraceSession } from '../../trace/session.js';
+import { UnderstudyError } from '../../util/errors.js';
+import type { Command } from '../command.js';
+
+export const traceCommand: Command = {
+  name: 'trace',
+  summary: "show the app's events as they happen (processes, fds, memory, file writes, IPC, TCP)",
+  usage: '[--json] -- CMD [ARGS...]\n       understudy trace [--json] --pid PID',
+  help:
+    '  -- CMD ARGS       run CMD traced from its first instruction; stops when it exits\n' +
+    '  --pid PID         trace a running process and its descendants; stops when it exits\n' +
+    '  --app-id ID       name of the pin folder under /sys/fs/bpf/understudy (default trace-<pid>-1)\n' +
+    'Ctrl-C or SIGTERM stops tracing; with --pid the process is left running.',
+  options: {
+    pid: { type: 'string' },
+    'app-id': { type: 'string' },
+  },
+  positionals: true,
+  needsRoot: true,
+  async run(ctx, values, positionals) {
+    const pidArg = values.pid;
+    if (pidArg === undefined && positionals.length === 0) {
+      throw new UnderstudyError('E_USAGE', 'give a command after `--` or --pid PID (see `understudy trace --help`)');
+    }
+    if (pidArg !== undefined && positionals.length > 0) {
+      throw new UnderstudyError('E_USAGE', 'give either a command or --pid PID, not both');
+    }
+    let pid: number | undefined;
+    if (pidArg !== undefined) {
+      pid = Number(pidArg);
+      if (!/^\d+$/.test(String(pidArg)) || pid <= 0) throw new UnderstudyError('E_USAGE', `--pid must be a positive integer, got "${String(pidArg)}"`);
+    }
+    let signalled = false;
+    let stopNow: () => void = () => {};
+    const stopped = new Promise<void>((res) => (stopNow = res));
+    // `understudy trace … | head`: a closed stdout stops tracing instead of crashing
+    let outClosed = false;
+    const onOutError = (): void => {
+      outClosed = true;
+      stopNow();
+    };
+    process.stdout.on('error', onOutError);
+    const print = (line: string): void => {
+      if (!outClosed) ctx.out(line);
+    };
+    const session = await TraceSession.start({
+      appId: typeof values['app-id'] === 'string' ? values['app-id'] : undefined,
+      command: pid === undefined ? positionals : undefined,
+      pid,
+      stdio: 'inherit',
+      onEvent: (ev) => {
+        if (ev.type === 'stats') return;
+        print(ctx.json ? JSON.stringify(eventJson(ev)) : eventLine(ev));
+      },
+    });
+    const onSignal = (): void => {
+      signalled = true;
+      stopNow();
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    // --pid: the root's exit event says it is gone; a 500 ms check covers a root that was a zombie already.
+    const poll = setInterval(() => session.reconcileRootOnly(), 500);
+    await Promise.race([session.rootExited, stopped]);
+    clearInterval(poll);
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    process.stdout.removeListener('error', onOutError);
+    // let the last records arrive (the helper drains on stop)
+    const stats = await session.stop();
+    const summary = {
+      type: 'summary',
+      events: session.events,
+      lost: stats.lost,
+      childrenNotFiltered: stats.filterFailures,
+      refusedRecords: stats.refused,
+      stoppedBy: signalled ? 'signal' : 'exit',
+    };
+    if (ctx.json) print(JSON.stringify(summary));
+    else {
+      const refused = Object.values(stats.refused).reduce((a, b) => a + b, 0);
+      print(`trace: ${session.events} events, ${stats.lost} lost in the ring buffer, ${refused} records refused`);
+    }
+    if (session.held && !signalled) return await session.held.exited;
+    return 0;
+  },
+};

@@ -1,0 +1,82 @@
+// A program that maps, protects and unmaps memory: the graph's regions and the
+// dirty set follow the exact page ranges, and write faults are counted per region.
+import { afterEach, describe, expect, it } from 'vitest';
+import { readMaps } from '../../src/graph/procfs.js';
+import { cleanupAll, fixture, settle, traceCommand } from '../trace/helpers.js';
+
+const PG = 4096;
+
+describe('memory regions from mmap/mprotect/munmap events', () => {
+  afterEach(cleanupAll);
+
+  it('has the split regions, the unmapped hole, and 4 write faults on the written region', async () => {
+    const t = await traceCommand([fixture('trace_mm')]);
+    const a = parseInt((await t.out.waitFor(/^ready 0x([0-9a-f]+)/))[1]!, 16);
+    await settle(t);
+    const pid = t.session.rootPid;
+    const p = t.session.graph.processes.get(pid)!;
+    const at = (addr: number) => p.regions.find((r) => addr >= r.start && addr < r.end);
+
+    expect(at(a)).toMatchObject({ start: a, end: a + 4 * PG, perms: 'rw-p' });
+    expect(at(a + 4 * PG)).toMatchObject({ start: a + 4 * PG, end: a + 8 * PG, perms: 'r--p' });
+    expect(at(a + 8 * PG)).toMatchObject({ start: a + 8 * PG, end: a + 12 * PG, perms: 'rw-p' });
+    expect(at(a + 12 * PG)).toBeUndefined();
+    expect(at(a + 15 * PG)).toBeUndefined();
+
+    // the same as nodes and edges
+    const { nodes, edges } = t.session.graph.closure();
+    const rid = `region:${pid}:0x${(a + 4 * PG).toString(16)}`;
+    expect(nodes.find((n) => n.id === rid)).toMatchObject({ kind: 'region', attrs: { perms: 'r--p', end: a + 8 * PG } });
+    expect(edges).toContainEqual({ from: `process:${pid}`, to: rid, kind: 'maps' });
+
+    const ds = await t.session.dirtySince(0);
+    const mine = ds.regions.filter((r) => r.pid === pid && r.start >= a - 64 * PG && r.end <= a + 16 * PG);
+    expect(mine).toContainEqual({ pid, start: a, end: a + 16 * PG, change: 'mapped' });
+    expect(mine).toContainEqual({ pid, start: a + 4 * PG, end: a + 8 * PG, change: 'protected' });
+    expect(mine).toContainEqual({ pid, start: a + 12 * PG, end: a + 16 * PG, change: 'unmapped' });
+    const written = ds.regions.filter((r) => r.pid === pid && r.change === 'written' && r.start <= a && r.end > a);
+    expect(written).toHaveLength(1);
+    expect(written[0]!.writeFaults).toBe(4);
+
+    // The model agrees with the kernel on these pages.
+    const kernel = readMaps(pid).find((m) => a + 4 * PG >= m.start && a + 4 * PG < m.end)!;
+    expect([kernel.start, kernel.end, kernel.perms]).toEqual([a + 4 * PG, a + 8 * PG, 'r--p']);
+
+    // A new epoch: nothing of this happened since it.
+    const n = t.session.graph.markEpoch();
+    const after = await t.session.dirtySince(n);
+    expect(after.regions.filter((r) => r.pid === pid)).toEqual([]);
+  });
+
+  it('reconciliation with /proc repairs and counts drift', async () => {
+    const t = await traceCommand([fixture('trace_mm')]);
+    const a = parseInt((await t.out.waitFor(/^ready 0x([0-9a-f]+)/))[1]!, 16);
+    await settle(t);
+    const g = t.session.graph;
+    const p = g.processes.get(t.session.rootPid)!;
+    g.reconcile(); // settle whatever the loader's early mappings left (stack growth…)
+    // drift: forget a region and an fd, invent a thread
+    p.regions = p.regions.filter((r) => r.start !== a + 4 * PG);
+    p.fds.delete(0);
+    p.threads.add(999_999);
+    const rep = g.reconcile();
+    expect(rep.regions).toBe(1);
+    expect(rep.fds).toBe(1);
+    expect(rep.threads).toBe(1);
+    expect(rep.total).toBe(3);
+    expect(p.regions.find((r) => r.start === a + 4 * PG)?.perms).toBe('r--p');
+    expect(g.repairs.total).toBeGreaterThanOrEqual(3);
+    expect(g.reconcile().total).toBe(0);
+  });
+
+  it('a session reconciles periodically on its own', async () => {
+    const t = await traceCommand([fixture('trace_mm')], { reconcileMs: 100 });
+    await t.out.waitFor(/^ready/);
+    await settle(t, 300);
+    const g = t.session.graph;
+    const before = g.repairs.fds;
+    g.processes.get(t.session.rootPid)!.fds.delete(1); // drift
+    await t.session.waitFor('the periodic reconciliation', () => g.repairs.fds === before + 1, 3000);
+    expect(g.processes.get(t.session.rootPid)!.fds.has(1)).toBe(true);
+  });
+});

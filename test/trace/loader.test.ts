@@ -1,0 +1,53 @@
+// Loading through bpftool: pins per app, inspection, unload, and the cleanup
+// of pins a crashed agent left behind.
+import { existsSync, readdirSync, utimesSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BPFFS_ROOT, PinnedTracer } from '../../src/trace/loader.js';
+import { Tracer } from '../../src/trace/tracer.js';
+
+describe('tracer loader', () => {
+  const toClean: (() => Promise<unknown> | void)[] = [];
+  afterEach(async () => {
+    while (toClean.length) await toClean.pop()!();
+  });
+
+  it('pins programs and maps per app, shows them through bpftool, and unpins them', async () => {
+    const pins = await PinnedTracer.load(`loader-${process.pid}`, { staleGraceMs: 60_000 });
+    toClean.push(() => pins.unload());
+    expect(readdirSync(pins.mapsDir).sort()).toEqual(['app_socks', 'app_tgids', 'counters', 'events', 'write_faults']);
+    const progs = await pins.programs();
+    const names = progs.map((p) => p.name);
+    expect(progs.length).toBe(readdirSync(pins.progsDir).length);
+    expect(progs.length).toBe(3 + 1 + 1 + 55); // sched, page faults, TCP state, one sys_exit per syscall
+    expect(names).toContain('btf__sched_process_fork');
+    expect(names).toContain('tp__syscalls__sys_exit_openat');
+    expect(progs.filter((p) => p.type === 'tracepoint').length).toBe(progs.length - 3);
+    expect(readdirSync(pins.progsDir).some((n) => n.includes('raw_syscalls') || n.includes('sys_enter'))).toBe(false);
+    await pins.addTgids([process.pid, 1]);
+    expect((await pins.filterTgids()).sort((a, b) => a - b)).toEqual([1, process.pid].sort((a, b) => a - b));
+    expect((await pins.counters()).ringbufReserveFailures).toBe(0);
+    pins.unload();
+    expect(existsSync(pins.dir)).toBe(false);
+  });
+
+  it('removes pins left by a crashed agent on the next start, and keeps those in use', async () => {
+    // A "crashed" agent: loaded and pinned, its streamer gone (nothing attached).
+    const stale = await PinnedTracer.load(`crashed-${process.pid}`, { staleGraceMs: 60_000 });
+    toClean.push(() => stale.unload());
+    // A live one: attached by its streamer.
+    const live = await Tracer.start({ appId: `live-${process.pid}`, onEvent: () => {}, staleGraceMs: 60_000 });
+    toClean.push(() => live.stop());
+    expect(existsSync(stale.dir)).toBe(true);
+
+    // It crashed a minute ago (older than the grace period that protects an agent between load and attach).
+    const ago = new Date(Date.now() - 60_000);
+    utimesSync(stale.dir, ago, ago);
+    const next = await Tracer.start({ appId: `next-${process.pid}`, onEvent: () => {} });
+    toClean.push(() => next.stop());
+    expect(next.pins.staleRemoved.map((r) => r.appId)).toContain(`crashed-${process.pid}`);
+    expect(next.pins.staleRemoved.find((r) => r.appId === `crashed-${process.pid}`)!.programs).toBe(60);
+    expect(existsSync(stale.dir)).toBe(false);
+    expect(existsSync(live.pins.dir)).toBe(true);
+    expect(readdirSync(BPFFS_ROOT)).toContain(`live-${process.pid}`);
+  });
+});
