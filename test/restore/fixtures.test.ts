@@ -132,8 +132,21 @@ describe('PID namespace rules', () => {
     await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', join(process.cwd(), 'build/fixtures/rs_counter'), ctl]);
     await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
     expect(readFileSync(join(ctl, 'ready'), 'utf8').trim()).toBe('1'); // it sees itself as pid 1
-    const { execFileSync } = await import('node:child_process');
-    const hostPid = Number(execFileSync('pgrep', ['-n', '-f', `rs_counter ${ctl}`]).toString().trim());
+    // its host pid: the process whose command line is the fixture's
+    const { readdirSync } = await import('node:fs');
+    const hostPid = Math.max(
+      ...readdirSync('/proc')
+        .filter((n) => /^\d+$/.test(n))
+        .filter((n) => {
+          try {
+            return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`rs_counter ${ctl}`) &&
+              readFileSync(`/proc/${n}/comm`, 'utf8').trim() === 'rs_counter';
+          } catch {
+            return false;
+          }
+        })
+        .map(Number),
+    );
     onCleanup(() => killPids([hostPid]));
     expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
     const img = join(tmp('init-img'), 'image');
