@@ -27,7 +27,6 @@ describe('understudy restore', () => {
     const ctl = tmp('cli');
     const img = join(tmp('cli-img'), 'image');
     const fx = await startFixture('rs_threads', ctl);
-    // (--epochs: an image written with dirty tracking; see the report on full-only dumps)
     const d = await understudy(['dump', '--pid', String(fx.pid), '-D', img, '--epochs', '2', '--interval-ms', '20']);
     expect(d.code, d.stderr).toBe(0);
     await waitFor('the dumped app to be gone', () => !alive(fx.pid));
@@ -43,6 +42,22 @@ describe('understudy restore', () => {
     expect(rep.epoch).toBe(2);
     // the CLI has exited; the app runs on by itself
     expect(alive(fx.pid)).toBe(true);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+
+  it('restores a plain full `understudy dump` (no dirty tracking), like CRIU dump then restore', async () => {
+    const ctl = tmp('cli-full');
+    const img = join(tmp('cli-full-img'), 'image');
+    const fx = await startFixture('rs_counter', ctl);
+    const d = await understudy(['dump', '--pid', String(fx.pid), '-D', img]);
+    expect(d.code, d.stderr).toBe(0);
+    await waitFor('the dumped app to be gone', () => !alive(fx.pid));
+    const r = await understudy(['restore', '-D', img, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const rep = JSON.parse(r.stdout) as { pids: number[]; reaper: number; epoch: number };
+    onCleanup(() => killPids([rep.reaper, ...rep.pids]));
+    expect(rep.pids).toEqual([fx.pid]);
+    expect(rep.epoch).toBe(0);
     expect(await verdict(ctl)).toBe('PASS');
   });
 
