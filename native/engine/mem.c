@@ -210,13 +210,12 @@ int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track)
 				goto bad;
 		}
 	}
-	if (track) {
-		free(p->maps);
-		p->maps = cur;
-		p->nmaps = n;
-	} else {
-		free(cur);
-	}
+	/* The map of this barrier is what the epoch's regions are written from
+	 * (fill_vmas), tracked or not; a look at the same barrier without
+	 * tracking sees the same map. */
+	free(p->maps);
+	p->maps = cur;
+	p->nmaps = n;
 	free(pre);
 	free(pre_eperm);
 	return 0;

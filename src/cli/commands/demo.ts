@@ -1,22 +1,27 @@
 import { formatCheck, runCheck } from '../../check/check.js';
+import { runDemo, type DemoReport } from '../../demo/demo.js';
 import type { Command } from '../command.js';
 
-// The quick start's main job on the embedded default configuration. It grows
-// with the product: today it checks the kernel and tours the CLI.
+// The quick start's main job on the embedded default configuration: check the
+// kernel, then protect a small demo app end to end (src/demo/demo.ts).
 export const demoCommand: Command = {
   name: 'demo',
-  summary: 'the quick start: check this kernel, then a short tour',
+  summary: 'the quick start: check this kernel, then checkpoint, crash and restore a demo app',
   usage: '[--json]',
   options: {},
   needsRoot: true,
   async run(ctx) {
-    const report = await runCheck();
-    if (ctx.json) {
-      ctx.out(JSON.stringify({ check: report, config: ctx.config }, null, 2));
-      return report.ok ? 0 : 1;
+    const check = await runCheck();
+    if (!ctx.json) {
+      ctx.out('Understudy — checking this kernel for every feature the design relies on:\n');
+      ctx.out(formatCheck(check));
     }
-    ctx.out('Understudy — checking this kernel for every feature the design relies on:\n');
-    ctx.out(formatCheck(report));
+    let demo: DemoReport | undefined;
+    if (check.ok) demo = await runDemo(ctx.config.dataDir, ctx.json ? () => undefined : ctx.out);
+    if (ctx.json) {
+      ctx.out(JSON.stringify({ check, demo, config: ctx.config }, null, 2));
+      return check.ok ? 0 : 1;
+    }
     ctx.out(
       [
         '',
@@ -24,11 +29,13 @@ export const demoCommand: Command = {
         '',
         'A short tour:',
         '  understudy check [--json]      the kernel features, one line each (like `criu check`)',
-        '  understudy --help              every command',
-        '  understudy COMMAND --help      one command, its flags',
+        '  understudy trace -- CMD        what an app does, as it happens (eBPF)',
+        '  understudy graph --pid PID     what an app is made of, and what it depends on outside',
+        '  understudy dump / restore      checkpoint and bring back, like CRIU, with incremental epochs',
+        '  understudy --help              every command; understudy COMMAND --help for its flags',
         '  npm test                       the test suite against the real kernel',
       ].join('\n'),
     );
-    return report.ok ? 0 : 1;
+    return check.ok ? 0 : 1;
   },
 };

@@ -4,6 +4,7 @@ import { demoCommand } from './demo.js';
 import { dumpCommand } from './dump.js';
 import { graphCommand } from './graph.js';
 import { imageCommand } from './image.js';
+import { restoreCommand } from './restore.js';
 import { traceCommand } from './trace.js';
 
-export const COMMANDS: readonly Command[] = [checkCommand, demoCommand, traceCommand, graphCommand, dumpCommand, imageCommand];
+export const COMMANDS: readonly Command[] = [checkCommand, demoCommand, traceCommand, graphCommand, dumpCommand, imageCommand, restoreCommand];

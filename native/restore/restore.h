@@ -1,0 +1,157 @@
+/* understudy-restore: brings a checkpointed app back from an image (epoch 0
+ * plus deltas) with the same PIDs, in a new PID namespace, rebuilt from
+ * outside with ptrace and injected syscalls. One file per mechanism:
+ *   err.c     errors (code + message naming the call, object, errno)
+ *   image.c   image reading: meta frames, crc32 of meta and every page, the
+ *             epoch chain, merging epoch 0 + deltas into one page map
+ *   checks.c  everything refused before a process is created
+ *   inject.c  ptrace: seize, wait, syscall injection through the stub page
+ *   tree.c    PID namespace, reaper, process skeletons (clone3 + set_tid)
+ *   mem.c     address space: unmap, [vdso]/[vvar] moves, mmap, page writes,
+ *             PR_SET_MM_MAP
+ *   files.c   fds, cwd/root, umask, rlimits, creds
+ *   task.c    threads, signals, per-thread state, registers, detach
+ *   main.c    command line, order of the phases, JSON report */
+#ifndef UNDERSTUDY_RESTORE_H
+#define UNDERSTUDY_RESTORE_H
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/user.h>
+#include "understudy/v1/image.pb-c.h"
+
+#define IMAGE_VERSION 1
+#define PAGE_SZ 4096UL
+typedef Understudy__V1__Process Proc;
+typedef Understudy__V1__Thread Thr;
+typedef Understudy__V1__Vma Vma;
+
+/* ---- err.c ---- */
+struct rerror {
+	char code[32];
+	char msg[2048];
+	int errnum;
+};
+extern struct rerror g_err;
+int fail(const char *code, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+uint64_t now_ns(void);
+extern bool g_verbose;
+void vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- image.c ---- */
+struct epoch_img {
+	uint32_t epoch;
+	char dir[4200];
+	Understudy__V1__EpochMeta *meta;
+	const uint8_t *pages;      /* mmap of pages.bin */
+	size_t pages_len;
+};
+struct page_ref {              /* where the final content of one page is */
+	uint64_t vaddr;
+	uint32_t ep;               /* index into the epoch array */
+	uint64_t off;              /* byte offset in that epoch's pages.bin */
+	uint32_t crc;              /* its crc32 from the page index */
+};
+struct image {
+	char dir[4096];
+	struct epoch_img *ep;      /* epochs 0..N */
+	uint32_t nep;
+	uint32_t target;           /* N */
+	Understudy__V1__EpochMeta *last;
+};
+int image_open(struct image *im, const char *dir, int64_t epoch);
+int image_verify_pages(struct image *im);
+/* crc32 of every page that will be written, on all cores */
+int image_verify_refs(struct image *im, pid_t pid, const struct page_ref *v, size_t n);
+/* The pages of process `pid` as of the last epoch, sorted by vaddr. */
+int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n);
+void image_close(struct image *im);
+
+/* ---- crc.c ---- */
+void crc_init(void);
+uint32_t crc_page(const uint8_t *p);
+bool crc_fast(void);
+
+/* ---- checks.c ---- */
+enum tty_mode { TTY_NULL, TTY_INHERIT };
+int check_all(struct image *im);
+int check_file_id(const Understudy__V1__FileId *id, const char *what, pid_t pid);
+
+/* ---- restore state ---- */
+struct rtask {
+	pid_t tid;
+	Thr *th;                   /* NULL for the leader before it is matched */
+	struct user_regs_struct base;
+	bool attached;
+};
+struct rproc {
+	Proc *pr;
+	pid_t pid;
+	int parent;                /* index in procs, -1 for the root */
+	struct rtask *tasks;       /* tasks[0] is the leader */
+	size_t ntasks;
+	bool created;
+	struct page_ref *pages;
+	size_t npages;
+};
+struct restore {
+	struct image im;
+	struct rproc *procs;
+	size_t nprocs;
+	pid_t reaper;              /* host pid of the namespace's pid 1 */
+	bool root_is_init;         /* app root was pid 1 of its own namespace */
+	uint64_t stub;             /* base of the stub region in every process */
+	enum tty_mode tty;
+	uint64_t t_start;
+	uint64_t bytes_written;
+};
+extern struct restore R;
+
+#define STUB_PAGES 64
+#define STUB_SCRATCH (R.stub + PAGE_SZ)
+#define STUB_SCRATCH_LEN (15 * PAGE_SZ)
+#define STUB_TMP (R.stub + 16 * PAGE_SZ)
+#define STUB_TMP_LEN (48 * PAGE_SZ)
+
+/* ---- inject.c ---- */
+int seize_task(pid_t tid, bool interrupt);
+int wait_stop(pid_t tid, int *status);
+int task_prepare(struct rtask *t);
+/* inject syscall nr into task t; *child gets the pid/tid of a task it created */
+int inj(struct rtask *t, long nr, long a0, long a1, long a2, long a3, long a4, long a5, long *ret, pid_t *child);
+int inj_ok(struct rtask *t, const char *what, long nr, long a0, long a1, long a2, long a3, long a4, long a5, long *ret);
+int poke(pid_t pid, uint64_t addr, const void *src, size_t len);
+int peek(pid_t pid, uint64_t addr, void *dst, size_t len);
+/* copy a string into the scratch page at offset off; returns its address */
+uint64_t scratch_str(pid_t pid, size_t off, const char *s);
+
+/* ---- tree.c ---- */
+int tree_plan(void);
+int tree_create(void);
+void tree_kill(void);
+int tree_set_stub_candidates(const uint64_t *c, int n);
+
+/* ---- mem.c ---- */
+int mem_clean(struct rproc *p);
+int mem_specials(struct rproc *p);
+int mem_restore(struct rproc *p);
+int mem_mm_map(struct rproc *p);
+uint64_t mem_pick_stub(void);
+
+/* ---- files.c ---- */
+int files_restore(struct rproc *p);
+int proc_misc_restore(struct rproc *p);
+int creds_restore(struct rproc *p);
+
+/* ---- task.c ---- */
+int signals_reset(struct rproc *p);
+int threads_create(struct rproc *p);
+int task_state_restore(struct rproc *p);
+int signals_restore(struct rproc *p);
+int signals_queue(struct rproc *p);
+int tasks_finish(struct rproc *p);
+int tasks_detach(void);
+
+#endif

@@ -1,0 +1,258 @@
+/* Threads and signals: signal handlers reset then restored (rt_sigaction,
+ * SA_RESTORER kept), threads created by an injected clone3 with set_tid in
+ * the leader (auto-attached), per-thread state set by each thread itself
+ * (robust list, clear-child-tid, rseq, sigaltstack), pending signals queued
+ * by the receiving thread itself (so any si_code is accepted), and at the
+ * very end the stub unmapped, extended state, registers and signal mask set
+ * and every task detached. Interrupted syscalls are restarted the way the
+ * kernel would have; a restart block (nanosleep & co) lives in the old
+ * kernel task, so those calls are re-issued instead, with the remaining time
+ * when the app gave a place for it. */
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include "restore.h"
+
+#ifndef NT_X86_XSTATE
+#define NT_X86_XSTATE 0x202
+#endif
+
+int signals_reset(struct rproc *p)
+{
+	uint64_t ksa[4] = { 0, 0, 0, 0 };   /* SIG_DFL */
+	if (poke(p->pid, STUB_SCRATCH, ksa, sizeof(ksa)))
+		return -1;
+	for (int sig = 1; sig <= 64; sig++) {
+		if (sig == SIGKILL || sig == SIGSTOP)
+			continue;
+		long ret;
+		if (inj(&p->tasks[0], SYS_rt_sigaction, sig, STUB_SCRATCH, 0, 8, 0, 0, &ret, NULL))
+			return -1;
+	}
+	return 0;
+}
+
+int threads_create(struct rproc *p)
+{
+	struct rtask *lead = &p->tasks[0];
+	for (size_t k = 1; k < p->ntasks; k++) {
+		struct rtask *t = &p->tasks[k];
+		pid_t tids[2] = { t->th->ns_tid ? t->th->ns_tid : t->tid, t->tid };
+		struct clone_args a = { 0 };
+		a.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+		a.set_tid = STUB_SCRATCH + 512;
+		a.set_tid_size = 2;
+		if (poke(p->pid, STUB_SCRATCH + 512, tids, sizeof(tids)) || poke(p->pid, STUB_SCRATCH, &a, sizeof(a)))
+			return -1;
+		long ret;
+		pid_t child = 0;
+		if (inj(lead, SYS_clone3, STUB_SCRATCH, sizeof(a), 0, 0, 0, 0, &ret, &child))
+			return -1;
+		if (ret < 0)
+			return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(CLONE_THREAD, set_tid {%d, %d}) in pid %d",
+				    tids[0], tids[1], p->pid);
+		if (child != t->tid)
+			return fail("E_RESTORE", 0, "clone3 in pid %d created thread %d, expected %d", p->pid, child, t->tid);
+		int st;
+		if (wait_stop(child, &st) || task_prepare(t))
+			return -1;
+	}
+	return 0;
+}
+
+int task_state_restore(struct rproc *p)
+{
+	for (size_t k = 0; k < p->ntasks; k++) {
+		struct rtask *t = &p->tasks[k];
+		Thr *th = t->th;
+		char what[160];
+		if (th->robust_list) {
+			snprintf(what, sizeof(what), "set_robust_list(0x%llx) in tid %d", (unsigned long long)th->robust_list, t->tid);
+			if (inj_ok(t, what, SYS_set_robust_list, th->robust_list, th->robust_list_len ? th->robust_list_len : 24, 0, 0, 0, 0, NULL))
+				return -1;
+		}
+		if (inj_ok(t, "set_tid_address", SYS_set_tid_address, th->clear_tid, 0, 0, 0, 0, 0, NULL))
+			return -1;
+		if (th->rseq && th->rseq->abi_pointer) {
+			snprintf(what, sizeof(what), "rseq(0x%llx, %u, sig 0x%x) in tid %d", (unsigned long long)th->rseq->abi_pointer,
+				 th->rseq->abi_size, th->rseq->signature, t->tid);
+			if (inj_ok(t, what, 334 /* rseq */, th->rseq->abi_pointer, th->rseq->abi_size, 0, th->rseq->signature, 0, 0, NULL))
+				return -1;
+		}
+		if (th->sigaltstack && th->sigaltstack->sp && !(th->sigaltstack->flags & SS_DISABLE)) {
+			struct {
+				uint64_t sp;
+				int32_t flags, pad;
+				uint64_t size;
+			} ss = { th->sigaltstack->sp, th->sigaltstack->flags & ~SS_ONSTACK, 0, th->sigaltstack->size };
+			if (poke(p->pid, STUB_SCRATCH + 1024, &ss, sizeof(ss)))
+				return -1;
+			snprintf(what, sizeof(what), "sigaltstack(0x%llx, %llu) in tid %d", (unsigned long long)ss.sp, (unsigned long long)ss.size,
+				 t->tid);
+			if (inj_ok(t, what, SYS_sigaltstack, STUB_SCRATCH + 1024, 0, 0, 0, 0, 0, NULL))
+				return -1;
+		}
+	}
+	return 0;
+}
+
+int signals_restore(struct rproc *p)
+{
+	Proc *pr = p->pr;
+	struct rtask *lead = &p->tasks[0];
+	for (size_t i = 0; i < pr->n_sigactions; i++) {
+		Understudy__V1__SigAction *sa = pr->sigactions[i];
+		if (sa->signo == SIGKILL || sa->signo == SIGSTOP)
+			continue;
+		uint64_t k[4] = { sa->handler, sa->flags, sa->restorer, sa->mask };
+		if (poke(p->pid, STUB_SCRATCH, k, sizeof(k)))
+			return -1;
+		char what[64];
+		snprintf(what, sizeof(what), "rt_sigaction(%d)", sa->signo);
+		if (inj_ok(lead, what, SYS_rt_sigaction, sa->signo, STUB_SCRATCH, 0, 8, 0, 0, NULL))
+			return -1;
+	}
+	return 0;
+}
+
+int signals_queue(struct rproc *p)
+{
+	Proc *pr = p->pr;
+	struct rtask *lead = &p->tasks[0];
+	for (size_t i = 0; i < pr->n_shared_pending; i++) {
+		Understudy__V1__SigInfo *s = pr->shared_pending[i];
+		if (s->raw.len != 128 || poke(p->pid, STUB_SCRATCH, s->raw.data, 128))
+			return s->raw.len != 128 ? fail("E_IMAGE_CORRUPT", 0, "pid %d: pending signal %d has a %zu-byte siginfo", p->pid, s->signo, s->raw.len) : -1;
+		char what[64];
+		snprintf(what, sizeof(what), "rt_sigqueueinfo(signal %d)", s->signo);
+		if (inj_ok(lead, what, SYS_rt_sigqueueinfo, pr->ns_pid, s->signo, STUB_SCRATCH, 0, 0, 0, NULL))
+			return -1;
+	}
+	for (size_t k = 0; k < p->ntasks; k++) {
+		struct rtask *t = &p->tasks[k];
+		for (size_t i = 0; i < t->th->n_pending; i++) {
+			Understudy__V1__SigInfo *s = t->th->pending[i];
+			if (s->raw.len != 128)
+				return fail("E_IMAGE_CORRUPT", 0, "tid %d: pending signal %d has a %zu-byte siginfo", t->tid, s->signo, s->raw.len);
+			if (poke(p->pid, STUB_SCRATCH, s->raw.data, 128))
+				return -1;
+			char what[64];
+			snprintf(what, sizeof(what), "rt_tgsigqueueinfo(signal %d)", s->signo);
+			if (inj_ok(t, what, SYS_rt_tgsigqueueinfo, pr->ns_pid, t->th->ns_tid ? t->th->ns_tid : t->tid, s->signo, STUB_SCRATCH, 0, 0,
+				   NULL))
+				return -1;
+		}
+	}
+	return 0;
+}
+
+/* A thread caught inside restart_syscall (a sleep resumed after an earlier
+ * barrier) still has the original call's arguments in its registers, and
+ * the instruction before the `syscall` that issued it is usually
+ * `mov $nr, %eax`: read the number from there. */
+static long original_nr(pid_t pid, const struct user_regs_struct *r)
+{
+	uint8_t b[7];
+	if (peek(pid, r->rip - 7, b, sizeof(b))) {
+		g_err.code[0] = 0;
+		return -1;
+	}
+	if (b[0] == 0xb8 && b[5] == 0x0f && b[6] == 0x05)
+		return (long)(b[1] | (b[2] << 8) | (b[3] << 16) | ((uint32_t)b[4] << 24));
+	return -1;
+}
+
+static void fix_restart(pid_t pid, struct rtask *t, struct user_regs_struct *r)
+{
+	Thr *th = t->th;
+	long code = th->restart_code;
+	if (th->in_syscall && (code == -512 || code == -513 || code == -514)) {
+		r->rax = th->syscall_nr;
+		r->rip -= 2;
+	} else if (th->in_syscall && code == -516) {
+		/* the restart block stayed in the old kernel: re-issue the call */
+		long nr = th->syscall_nr;
+		if (nr == SYS_restart_syscall) {
+			long o = original_nr(pid, r);
+			vlog("tid %d was in restart_syscall; the call before it was %ld", t->tid, o);
+			if (o < 0) {
+				/* unknown original call: let it return EINTR as a lost restart would */
+				r->rax = -4;
+				r->orig_rax = -1;
+				return;
+			}
+			nr = o;
+		}
+		if (nr == SYS_nanosleep && r->rsi)
+			r->rdi = r->rsi;   /* the kernel wrote the time left into *rem */
+		else if (nr == SYS_clock_nanosleep && !(r->rsi & 1 /* TIMER_ABSTIME */) && r->r10)
+			r->rdx = r->r10;
+		r->rax = nr;
+		r->rip -= 2;
+	}
+	r->orig_rax = -1;
+}
+
+static int set_comm(struct rproc *p, struct rtask *t, const char *comm)
+{
+	if (!comm || !comm[0])
+		return 0;
+	char b[16] = { 0 };
+	snprintf(b, sizeof(b), "%s", comm);
+	if (poke(p->pid, STUB_SCRATCH + 2048, b, sizeof(b)))
+		return -1;
+	return inj_ok(t, "prctl(PR_SET_NAME)", SYS_prctl, 15 /* PR_SET_NAME */, STUB_SCRATCH + 2048, 0, 0, 0, 0, NULL);
+}
+
+int tasks_finish(struct rproc *p)
+{
+	for (size_t k = 0; k < p->ntasks; k++)
+		if (set_comm(p, &p->tasks[k], p->tasks[k].th->comm))
+			return -1;
+	char what[128];
+	snprintf(what, sizeof(what), "munmap of the stub region 0x%llx", (unsigned long long)R.stub);
+	if (inj_ok(&p->tasks[0], what, SYS_munmap, R.stub, STUB_PAGES * PAGE_SZ, 0, 0, 0, 0, NULL))
+		return -1;
+	for (size_t k = 0; k < p->ntasks; k++) {
+		struct rtask *t = &p->tasks[k];
+		Thr *th = t->th;
+		if (th->regs.len != sizeof(struct user_regs_struct))
+			return fail("E_IMAGE_CORRUPT", 0, "tid %d: registers of %zu bytes, expected %zu", t->tid, th->regs.len,
+				    sizeof(struct user_regs_struct));
+		if (th->xstate.len) {
+			struct iovec iov = { th->xstate.data, th->xstate.len };
+			if (ptrace(PTRACE_SETREGSET, t->tid, (void *)NT_X86_XSTATE, &iov))
+				return fail("E_RESTORE", errno, "ptrace(PTRACE_SETREGSET, NT_X86_XSTATE, tid %d, %zu bytes)", t->tid, th->xstate.len);
+		}
+		struct user_regs_struct r;
+		memcpy(&r, th->regs.data, sizeof(r));
+		fix_restart(p->pid, t, &r);
+		if (ptrace(PTRACE_SETREGS, t->tid, 0, &r))
+			return fail("E_RESTORE", errno, "ptrace(PTRACE_SETREGS, tid %d) with its checkpointed registers", t->tid);
+		uint64_t mask = th->sigmask;
+		if (ptrace(PTRACE_SETSIGMASK, t->tid, (void *)8, &mask))
+			return fail("E_RESTORE", errno, "ptrace(PTRACE_SETSIGMASK, tid %d)", t->tid);
+	}
+	return 0;
+}
+
+int tasks_detach(void)
+{
+	int rc = 0;
+	for (size_t i = 0; i < R.nprocs; i++)
+		for (size_t k = 0; k < R.procs[i].ntasks; k++) {
+			struct rtask *t = &R.procs[i].tasks[k];
+			if (t->attached && ptrace(PTRACE_DETACH, t->tid, 0, 0) && !rc)
+				rc = fail("E_RESTORE", errno, "ptrace(PTRACE_DETACH, tid %d)", t->tid);
+			t->attached = false;
+		}
+	return rc;
+}

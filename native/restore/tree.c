@@ -1,0 +1,379 @@
+/* The process tree: a new PID namespace whose pid 1 is a minimal reaper (or
+ * the app's root itself when it was pid 1 of its own namespace), then every
+ * process as a skeleton created by its real parent with an injected clone3
+ * and set_tid = {pid in the new namespace, pid on the host}. A skeleton owns
+ * only the stub region (a `syscall` instruction and scratch pages) and the
+ * kernel's [vvar]/[vdso]. Sessions and process groups are set while the
+ * skeletons are created: session leaders first, then group leaders, then
+ * group members. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "restore.h"
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+static int ready_pipe[2] = { -1, -1 };
+static uint64_t stub_cands[16];
+static int nstub;
+
+static int find_idx(pid_t pid)
+{
+	for (size_t i = 0; i < R.nprocs; i++)
+		if (R.procs[i].pid == pid)
+			return (int)i;
+	return -1;
+}
+
+int tree_plan(void)
+{
+	Understudy__V1__EpochMeta *m = R.im.last;
+	R.procs = calloc(m->n_processes, sizeof(*R.procs));
+	if (!R.procs)
+		return fail("E_RESTORE", ENOMEM, "calloc for %zu processes", m->n_processes);
+	/* breadth first from the root: a parent is always created before its children */
+	Proc *root = NULL;
+	for (size_t i = 0; i < m->n_processes; i++)
+		if (m->processes[i]->pid == m->root_pid)
+			root = m->processes[i];
+	if (!root)
+		return fail("E_IMAGE_CORRUPT", 0, "epoch %u: the root pid %d is not among its processes", m->epoch, m->root_pid);
+	if (root->ns_pid != root->pid && root->ns_pid != 1)
+		return fail("E_UNSUPPORTED", 0,
+			    "the app's root (pid %d) is pid %d of a nested PID namespace without being its pid 1: this layout is not restored",
+			    root->pid, root->ns_pid);
+	R.root_is_init = root->ns_pid == 1;
+	R.procs[0].pr = root;
+	R.procs[0].pid = root->pid;
+	R.procs[0].parent = -1;
+	R.nprocs = 1;
+	for (size_t head = 0; head < R.nprocs; head++) {
+		for (size_t i = 0; i < m->n_processes; i++) {
+			Proc *pr = m->processes[i];
+			if (pr->ppid != R.procs[head].pid || pr == root)
+				continue;
+			struct rproc *c = &R.procs[R.nprocs++];
+			c->pr = pr;
+			c->pid = pr->pid;
+			c->parent = head;
+		}
+	}
+	if (R.nprocs != m->n_processes) {
+		for (size_t i = 0; i < m->n_processes; i++)
+			if (find_idx(m->processes[i]->pid) < 0)
+				return fail("E_UNSUPPORTED", 0,
+					    "pid %d's parent %d is not part of the app (an orphan re-parented outside it): it cannot be "
+					    "recreated by its real parent",
+					    m->processes[i]->pid, m->processes[i]->ppid);
+	}
+	for (size_t i = 0; i < R.nprocs; i++) {
+		struct rproc *p = &R.procs[i];
+		p->tasks = calloc(p->pr->n_threads + 1, sizeof(struct rtask));
+		if (!p->tasks)
+			return fail("E_RESTORE", ENOMEM, "calloc for the threads of pid %d", p->pid);
+		/* leader first */
+		p->tasks[0].tid = p->pid;
+		p->ntasks = 1;
+		for (size_t t = 0; t < p->pr->n_threads; t++) {
+			Thr *th = p->pr->threads[t];
+			if (th->tid == p->pid)
+				p->tasks[0].th = th;
+			else {
+				p->tasks[p->ntasks].tid = th->tid;
+				p->tasks[p->ntasks].th = th;
+				p->ntasks++;
+			}
+		}
+		if (!p->tasks[0].th)
+			return fail("E_UNSUPPORTED", 0, "pid %d: its main thread had exited before the checkpoint (a zombie leader)", p->pid);
+	}
+	return 0;
+}
+
+/* ---- code that runs in the new namespace (copies of the restorer) ---- */
+
+static void write_full(int fd, const void *b, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, b, n);
+		if (w <= 0) {
+			if (w < 0 && errno == EINTR)
+				continue;
+			return;
+		}
+		b = (const char *)b + w;
+		n -= w;
+	}
+}
+
+static __attribute__((noreturn)) void skeleton_main(void)
+{
+	uint64_t got = 0;
+	for (int i = 0; i < nstub && !got; i++) {
+		void *a = mmap((void *)stub_cands[i], STUB_PAGES * PAGE_SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+			       -1, 0);
+		if (a == MAP_FAILED)
+			continue;
+		if ((uint64_t)a != stub_cands[i]) {
+			munmap(a, STUB_PAGES * PAGE_SZ);
+			continue;
+		}
+		unsigned char *c = a;
+		c[0] = 0x0f;   /* syscall */
+		c[1] = 0x05;
+		c[2] = 0xcc;   /* int3: never reached */
+		if (mprotect(a, PAGE_SZ, PROT_READ | PROT_EXEC))
+			_exit(121);
+		got = (uint64_t)a;
+	}
+	write_full(ready_pipe[1], &got, sizeof(got));
+	if (!got)
+		_exit(122);
+	for (;;)
+		pause();
+}
+
+static long clone3_raw(struct clone_args *a)
+{
+	return syscall(SYS_clone3, a, sizeof(*a));
+}
+
+static __attribute__((noreturn)) void reaper_main(pid_t root_ns, pid_t root_host)
+{
+	prctl(PR_SET_NAME, "understudy-init", 0, 0, 0);
+	setsid();
+	pid_t tids[2] = { root_ns, root_host };
+	struct clone_args a = { 0 };
+	a.exit_signal = SIGCHLD;
+	a.set_tid = (uint64_t)(uintptr_t)tids;
+	a.set_tid_size = 2;
+	long c = clone3_raw(&a);
+	if (c == 0)
+		skeleton_main();
+	if (c < 0) {
+		uint64_t zero = 0;
+		int e = errno;
+		write_full(ready_pipe[1], &zero, sizeof(zero));
+		write_full(ready_pipe[1], &e, sizeof(e));
+		_exit(123);
+	}
+	/* pid 1 of the app's namespace: reap until the app is gone. It is a copy
+	 * of the restorer: let go of the image (its pages.bin mappings would pin
+	 * the files for as long as the app runs). */
+	for (uint32_t k = 0; k < R.im.nep; k++)
+		if (R.im.ep[k].pages)
+			munmap((void *)R.im.ep[k].pages, R.im.ep[k].pages_len);
+	/* every fd the restorer had (its stdout, whatever its caller passed
+	 * down): the reaper must not hold anyone's pipe open */
+	syscall(436 /* close_range */, 0, ~0U, 0);
+	for (;;) {
+		int st;
+		pid_t w = waitpid(-1, &st, __WALL);
+		if (w < 0 && errno == ECHILD)
+			_exit(0);
+	}
+}
+
+/* ---- restorer side ---- */
+
+static int read_ready(uint64_t *addr, int *cerr)
+{
+	struct pollfd pf = { ready_pipe[0], POLLIN, 0 };
+	size_t got = 0;
+	uint8_t buf[12];
+	uint64_t until = now_ns() + 5000000000ULL;
+	while (got < 8) {
+		int ms = (int)((until - now_ns()) / 1000000);
+		if ((int64_t)(until - now_ns()) <= 0 || poll(&pf, 1, ms) == 0)
+			return fail("E_RESTORE", ETIMEDOUT, "the new namespace's first process did not report ready within 5 s");
+		ssize_t r = read(ready_pipe[0], buf + got, sizeof(buf) - got);
+		if (r <= 0) {
+			if (r < 0 && errno == EINTR)
+				continue;
+			return fail("E_RESTORE", r < 0 ? errno : EPIPE, "read of the ready pipe");
+		}
+		got += r;
+	}
+	memcpy(addr, buf, 8);
+	*cerr = 0;
+	if (*addr == 0 && got < 12) {
+		ssize_t r = read(ready_pipe[0], buf + got, 12 - got);
+		if (r > 0)
+			got += r;
+	}
+	if (got >= 12)
+		memcpy(cerr, buf + 8, 4);
+	return 0;
+}
+
+static bool is_app_id(pid_t id)
+{
+	for (size_t i = 0; i < R.nprocs; i++)
+		for (size_t t = 0; t < R.procs[i].ntasks; t++)
+			if (R.procs[i].tasks[t].tid == id)
+				return true;
+	return false;
+}
+
+static int start_namespace(void)
+{
+	struct rproc *root = &R.procs[0];
+	if (pipe2(ready_pipe, O_CLOEXEC))
+		return fail("E_RESTORE", errno, "pipe2");
+	for (int attempt = 0; attempt < 8; attempt++) {
+		struct clone_args a = { 0 };
+		a.flags = CLONE_NEWPID;
+		a.exit_signal = SIGCHLD;
+		pid_t tids[2] = { 1, root->pid };
+		if (R.root_is_init) {
+			a.set_tid = (uint64_t)(uintptr_t)tids;
+			a.set_tid_size = 2;
+		}
+		fflush(stdout);
+		fflush(stderr);
+		long c = clone3_raw(&a);
+		if (c < 0)
+			return fail(errno == EEXIST ? "E_PID_TAKEN" : "E_RESTORE", errno, "clone3(CLONE_NEWPID%s) for the app's PID namespace",
+				    R.root_is_init ? ", set_tid {1, root pid}" : "");
+		if (c == 0) {
+			close(ready_pipe[0]);
+			if (R.root_is_init) {
+				setsid();
+				skeleton_main();
+			}
+			reaper_main(root->pr->ns_pid, root->pid);
+		}
+		R.reaper = c;
+		if (!R.root_is_init && is_app_id(c)) {
+			/* the kernel gave the reaper a pid the app needs: try again */
+			kill(c, SIGKILL);
+			waitpid(c, NULL, 0);
+			R.reaper = 0;
+			continue;
+		}
+		break;
+	}
+	if (!R.reaper)
+		return fail("E_PID_TAKEN", 0, "could not start the namespace's reaper on a pid the app does not need");
+	close(ready_pipe[1]);
+	ready_pipe[1] = -1;
+	uint64_t stub;
+	int cerr;
+	if (read_ready(&stub, &cerr))
+		return -1;
+	if (!stub) {
+		if (cerr)
+			return fail(cerr == EEXIST ? "E_PID_TAKEN" : "E_RESTORE", cerr, "clone3(set_tid {%d, %d}) of the app's root in its new namespace",
+				    root->pr->ns_pid, root->pid);
+		return fail("E_RESTORE", 0, "no free address for the stub region in the app's root");
+	}
+	R.stub = stub;
+	close(ready_pipe[0]);
+	ready_pipe[0] = -1;
+	vlog("namespace up: reaper %d, root %d, stub 0x%llx", R.reaper, root->pid, (unsigned long long)stub);
+	struct rtask *t = &root->tasks[0];
+	if (seize_task(t->tid, true) || task_prepare(t))
+		return -1;
+	root->created = true;
+	return 0;
+}
+
+static int create_child(struct rproc *p)
+{
+	struct rproc *par = &R.procs[p->parent];
+	struct rtask *pt = &par->tasks[0];
+	pid_t tids[2] = { p->pr->ns_pid, p->pid };
+	struct clone_args a = { 0 };
+	a.exit_signal = SIGCHLD;
+	a.set_tid = STUB_SCRATCH + 512;
+	a.set_tid_size = 2;
+	if (poke(par->pid, STUB_SCRATCH + 512, tids, sizeof(tids)) || poke(par->pid, STUB_SCRATCH, &a, sizeof(a)))
+		return -1;
+	long ret;
+	pid_t child = 0;
+	if (inj(pt, SYS_clone3, STUB_SCRATCH, sizeof(a), 0, 0, 0, 0, &ret, &child))
+		return -1;
+	if (ret < 0)
+		return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(set_tid {%d, %d}) injected into pid %d (its parent)",
+			    p->pr->ns_pid, p->pid, par->pid);
+	if (child != p->pid)
+		return fail("E_RESTORE", 0, "clone3 in pid %d created pid %d, expected %d", par->pid, child, p->pid);
+	int st;
+	if (wait_stop(child, &st))
+		return -1;
+	p->created = true;
+	return task_prepare(&p->tasks[0]);
+}
+
+int tree_create(void)
+{
+	for (size_t i = 0; i < R.nprocs; i++) {
+		struct rproc *p = &R.procs[i];
+		if (i == 0) {
+			if (start_namespace())
+				return -1;
+			/* the root skeleton: drop what it inherited from the restorer */
+			if (mem_clean(p) || signals_reset(p))
+				return -1;
+		} else if (create_child(p)) {
+			return -1;
+		}
+		if (p->pr->sid == p->pid && !(i == 0 && R.root_is_init) &&
+		    inj_ok(&p->tasks[0], "setsid", SYS_setsid, 0, 0, 0, 0, 0, 0, NULL))
+			return -1;
+	}
+	/* process groups: leaders first, then members (same session only) */
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < R.nprocs; i++) {
+			struct rproc *p = &R.procs[i];
+			if (p->pr->sid == p->pid)
+				continue;   /* a session leader leads its group */
+			bool leader = p->pr->pgid == p->pid;
+			if ((pass == 0) != leader)
+				continue;
+			if (!leader && find_idx(p->pr->pgid) < 0)
+				continue;   /* a group outside the app: keep the inherited one */
+			if (inj_ok(&p->tasks[0], "setpgid", SYS_setpgid, 0, leader ? 0 : p->pr->ns_pgid, 0, 0, 0, 0, NULL))
+				return -1;
+		}
+	return 0;
+}
+
+void tree_kill(void)
+{
+	if (R.reaper > 0)
+		kill(R.reaper, SIGKILL);
+	for (size_t i = 0; i < R.nprocs; i++)
+		if (R.procs[i].created)
+			kill(R.procs[i].pid, SIGKILL);
+	uint64_t until = now_ns() + 3000000000ULL;
+	while (now_ns() < until) {
+		int st;
+		pid_t w = waitpid(-1, &st, __WALL | WNOHANG);
+		if (w < 0 && errno == ECHILD)
+			break;
+		if (w <= 0)
+			usleep(1000);
+	}
+	R.reaper = 0;
+}
+
+int tree_set_stub_candidates(const uint64_t *c, int n)
+{
+	nstub = n > 16 ? 16 : n;
+	memcpy(stub_cands, c, nstub * sizeof(uint64_t));
+	return 0;
+}

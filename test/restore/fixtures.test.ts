@@ -1,0 +1,266 @@
+// Every restore fixture: checkpoint -> kill -> restore (same pids) -> PASS,
+// from a full image and from epoch 0 + 20 deltas, on this node and on a
+// second "node" (its own network namespace and its own copy of the app's
+// data folder). Plus python3 continuing its output in sequence.
+import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { restore } from '../../src/restore/restore.js';
+import { TestCluster } from '../helpers/nodes.js';
+import { alive, dumpAndKill, fixturePython, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
+
+afterEach(runCleanups);
+
+const FIXTURES = [
+  'rs_counter', 'rs_threads', 'rs_malloc', 'rs_sleepers', 'rs_signals', 'rs_files', 'rs_mprotect', 'rs_vdso', 'rs_recursion',
+  'rs_forktree', 'rs_sharedfile',
+];
+
+async function roundTrip(name: string, deltas: number): Promise<void> {
+  const ctl = tmp(name);
+  const img = join(tmp(`${name}-img`), 'image');
+  const fx = await startFixture(name, ctl);
+  const d = await dumpAndKill(fx.pid, img, deltas);
+  expect(d.lastEpoch).toBe(deltas);
+  const r = await restore({ imageDir: img });
+  onCleanup(() => killPids([r.reaper, ...r.pids]));
+  expect(r.epoch).toBe(deltas);
+  expect([...r.pids].sort()).toEqual([...d.pids].sort());
+  expect(r.pids[0]).toBe(fx.pid);
+  expect(r.nsPid1).toBe('reaper');
+  for (const p of r.pids) expect(alive(p), `pid ${p} runs again`).toBe(true);
+  // the restored process is not traced by anyone
+  const status = readFileSync(`/proc/${fx.pid}/status`, 'utf8');
+  expect(status).toMatch(/TracerPid:\s+0\n/);
+  // it sees itself with the same pid inside its new namespace
+  expect(status).toMatch(new RegExp(`NSpid:\\s+${fx.pid}\\s+${fx.pid}\\n`));
+  expect(await verdict(ctl), `${name} verdict`).toBe('PASS');
+  // the app ends; its namespace with it
+  await waitFor('the restored app to exit', () => r.pids.every((p) => !alive(p)) && !alive(r.reaper));
+}
+
+describe('restore fixtures, same node', () => {
+  for (const name of FIXTURES) {
+    it(`${name}: full checkpoint -> kill -> restore -> PASS`, async () => roundTrip(name, 0));
+    it(`${name}: epoch 0 + 20 deltas -> kill -> restore of epoch 20 -> PASS`, async () => roundTrip(name, 20));
+  }
+
+  it('python3: a compute loop with a timer continues its output in sequence', async () => {
+    const ctl = tmp('py');
+    const out = join(ctl, 'out');
+    const fx = await startFixture('python', ctl, ['/usr/bin/python3', fixturePython, out]);
+    await waitFor('python output', () => existsSync(out) && readFileSync(out, 'utf8').split('\n').length > 10);
+    const img = join(tmp('py-img'), 'image');
+    const d = await dumpAndKill(fx.pid, img, 20, 20);
+    // Lines the original wrote after the last checkpoint are not part of the
+    // image: cut the file back to where its fd was at the checkpoint, as a
+    // data folder replicated with the epochs would be.
+    const meta = readEpochMeta(join(img, `epoch-${String(d.lastEpoch).padStart(6, '0')}`));
+    const fd = processesOf(meta)[0]!.fds.find((f) => f.path === out);
+    expect(fd, 'the output file is an fd of the image').toBeDefined();
+    truncateSync(out, Number(fd!.pos));
+    const before = readFileSync(out, 'utf8').trim().split('\n');
+    const r = await restore({ imageDir: img });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect(r.pids).toEqual([fx.pid]);
+    await waitFor('python to write after the restore', () => readFileSync(out, 'utf8').trim().split('\n').length >= before.length + 20);
+    killPids([r.reaper, ...r.pids]);
+    const lines = readFileSync(out, 'utf8').trim().split('\n');
+    // the sequence continues: every index once, in order; the running value recomputed
+    let acc = 0;
+    for (let i = 0; i < lines.length; i++) {
+      const [idx, val] = lines[i]!.split(' ').map(Number);
+      expect(idx, `line ${i}: ${lines[i]}`).toBe(i);
+      // each line follows exactly one or more 2000-step rounds: the value must be reachable
+      let ok = false;
+      for (let rounds = 0; rounds < 100000 && !ok; rounds++) {
+        for (let k = 0; k < 2000; k++) acc = (acc * 31 + k) % 1000000007;
+        ok = acc === val;
+      }
+      expect(ok, `line ${i}: value ${val} follows from the previous one`).toBe(true);
+    }
+  });
+});
+
+describe('restore on a second node (own network namespace, own copy of the data folder)', () => {
+  let cluster: TestCluster | undefined;
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  for (const name of FIXTURES) {
+    it(`${name}: epoch 0 + 20 deltas restored on node 2 -> PASS`, async () => {
+      const scratch = tmp(`${name}-nodes`);
+      const dataDir = join(scratch, 'data');
+      mkdirSync(dataDir);
+      cluster = new TestCluster(dataDir, join(scratch, 'roots'));
+      onCleanup(async () => {
+        await cluster?.destroy();
+      });
+      const node = await cluster.addNode();
+      const ctl = join(dataDir, 'app');
+      mkdirSync(ctl);
+      const fx = await startFixture(name, ctl);
+      const img = join(scratch, 'image');
+      const d = await dumpAndKill(fx.pid, img, 20);
+      // node 2's own copy of the data folder, as replicated up to the checkpoint
+      cpSync(dataDir, node.dataRoot, { recursive: true, preserveTimestamps: true });
+      const r = await restore({
+        imageDir: img,
+        wrap: (argv) => [
+          'ip', 'netns', 'exec', node.name, 'unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c',
+          'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'us-node', node.dataRoot, dataDir, ...argv,
+        ],
+      });
+      onCleanup(() => killPids([r.reaper, ...r.pids]));
+      expect([...r.pids].sort()).toEqual([...d.pids].sort());
+      // it runs in node 2's network namespace
+      const netns = readlinkSync(`/proc/${fx.pid}/ns/net`);
+      expect(netns).not.toBe(readlinkSync('/proc/self/ns/net'));
+      // the verdict lands in node 2's copy, the original folder is untouched
+      expect(await verdict(join(node.dataRoot, 'app'))).toBe('PASS');
+      expect(existsSync(join(ctl, 'verdict'))).toBe(false);
+    });
+  }
+});
+
+describe('PID namespace rules', () => {
+  it('an app that is pid 1 of its own namespace comes back as pid 1 of a new one, without a reaper', async () => {
+    const ctl = tmp('init');
+    // unshare forks the fixture as pid 1 of a new PID namespace
+    await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', join(process.cwd(), 'build/fixtures/rs_counter'), ctl]);
+    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+    expect(readFileSync(join(ctl, 'ready'), 'utf8').trim()).toBe('1'); // it sees itself as pid 1
+    // its host pid: the process whose command line is the fixture's
+    const { readdirSync } = await import('node:fs');
+    const hostPid = Math.max(
+      ...readdirSync('/proc')
+        .filter((n) => /^\d+$/.test(n))
+        .filter((n) => {
+          try {
+            return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`rs_counter ${ctl}`) &&
+              readFileSync(`/proc/${n}/comm`, 'utf8').trim() === 'rs_counter';
+          } catch {
+            return false;
+          }
+        })
+        .map(Number),
+    );
+    onCleanup(() => killPids([hostPid]));
+    expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
+    const img = join(tmp('init-img'), 'image');
+    await dumpAndKill(hostPid, img, 3);
+    const r = await restore({ imageDir: img });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect(r.nsPid1).toBe('root');
+    expect(r.reaper).toBe(hostPid);
+    expect(r.pids).toEqual([hostPid]);
+    expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
+
+describe('terminals', () => {
+  it('a terminal the app had open becomes /dev/null (--tty null, the default), same fd numbers and access mode', async () => {
+    const ctl = tmp('tty');
+    // script(1) gives the fixture a pseudo-terminal as fds 0, 1, 2
+    await startFixture('script', ctl, ['script', '-qfc', `${join(process.cwd(), 'build/fixtures/rs_counter')} ${ctl}`, '/dev/null']);
+    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+    const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
+    onCleanup(() => killPids([pid]));
+    expect(readlinkSync(`/proc/${pid}/fd/1`)).toMatch(/^\/dev\/pts\/\d+$/);
+    const img = join(tmp('tty-img'), 'image');
+    await dumpAndKill(pid, img, 0);
+    const r = await restore({ imageDir: img, tty: 'null' });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    for (const fd of [0, 1, 2]) {
+      expect(readlinkSync(`/proc/${pid}/fd/${fd}`)).toBe('/dev/null');
+      expect(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8')).toMatch(/flags:\s+0*[0-7]*2\n/); // O_RDWR, as the terminal was
+    }
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
+
+describe('terminals, inherited', () => {
+  it('--tty inherit gives the app the terminal the restorer runs on', async () => {
+    const ctl = tmp('ttyi');
+    await startFixture('script', ctl, ['script', '-qfc', `${join(process.cwd(), 'build/fixtures/rs_counter')} ${ctl}`, '/dev/null']);
+    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+    const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
+    onCleanup(() => killPids([pid]));
+    const img = join(tmp('ttyi-img'), 'image');
+    await dumpAndKill(pid, img, 0);
+    // the restorer itself on a pseudo-terminal (script), asked to pass it on
+    const r = await restore({
+      imageDir: img,
+      tty: 'inherit',
+      wrap: (argv) => ['script', '-qfec', argv.map((a) => `'${a}'`).join(' '), '/dev/null'],
+    });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    // (the pty goes away with script(1) once the restorer has exited)
+    expect(readlinkSync(`/proc/${pid}/fd/0`)).toMatch(/^\/dev\/pts\/\d+( \(deleted\))?$/);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
+
+describe('a restored app is an ordinary process', () => {
+  it('can be checkpointed again (dirty tracking included) and restored a second time', async () => {
+    const ctl = tmp('again');
+    const fx = await startFixture('rs_malloc', ctl);
+    const img1 = join(tmp('again-img1'), 'image');
+    await dumpAndKill(fx.pid, img1, 3);
+    const r1 = await restore({ imageDir: img1 });
+    onCleanup(() => killPids([r1.reaper, ...r1.pids]));
+    // no userfaultfd registration of the restore is left: the engine can track it again
+    const img2 = join(tmp('again-img2'), 'image');
+    const d2 = await dumpAndKill(fx.pid, img2, 5);
+    expect(d2.pids).toEqual([fx.pid]);
+    const r2 = await restore({ imageDir: img2 });
+    onCleanup(() => killPids([r2.reaper, ...r2.pids]));
+    expect(r2.pids).toEqual([fx.pid]);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
+
+describe('compacted chains', () => {
+  it('restores from a base-N folded by `compact` (epochs below it pruned) plus the deltas after it', async () => {
+    const ctl = tmp('compact');
+    const img = join(tmp('compact-img'), 'image');
+    const fx = await startFixture('rs_malloc', ctl);
+    await dumpAndKill(fx.pid, img, 6);
+    const c = compact(img, 3, { prune: true });
+    expect(c.base).toContain('base-000003');
+    expect(existsSync(join(img, 'epoch-000000'))).toBe(false);
+    const r = await restore({ imageDir: img });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect(r.epoch).toBe(6);
+    expect(r.pids).toEqual([fx.pid]);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});
+
+describe('processes and threads born in the middle of a chain', () => {
+  it('a child forked and a thread started at epoch 5 of 20 come back with their ids', async () => {
+    const ctl = tmp('late');
+    const img = join(tmp('late-img'), 'image');
+    const fx = await startFixture('rs_latefork', ctl);
+    let child = 0;
+    const d = await dumpAndKill(fx.pid, img, 20, 10, async (epoch) => {
+      if (epoch === 5) {
+        writeFileSync(join(ctl, 'fork'), '');
+        await waitFor('the late fork', () => existsSync(join(ctl, 'forked')));
+        child = Number(readFileSync(join(ctl, 'forked'), 'utf8').trim());
+      }
+    });
+    expect(child).toBeGreaterThan(0);
+    expect([...d.pids].sort()).toEqual([fx.pid, child].sort());
+    const m = readEpochMeta(join(img, 'epoch-000006'));
+    expect(processesOf(m).find((p) => p.pid === child)?.newProcess).toBe(true);
+    const r = await restore({ imageDir: img });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect([...r.pids].sort()).toEqual([fx.pid, child].sort());
+    expect(r.threads).toBe(3);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+});

@@ -1,0 +1,131 @@
+// Harness for restore fixtures (the zdtm pattern): start a fixture, wait for
+// its ready marker, checkpoint it with the engine (full, or epoch 0 + N
+// deltas), kill it, wait until its PIDs are free, restore, tell it to go,
+// read its verdict. Every process started here is registered for cleanup,
+// which runs even when a test fails.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { EngineClient } from '../../src/engine/client.js';
+import { buildDir, packageRoot } from '../../src/util/paths.js';
+
+const cleanups: (() => void | Promise<void>)[] = [];
+export function onCleanup(f: () => void | Promise<void>): void {
+  cleanups.push(f);
+}
+export async function runCleanups(): Promise<void> {
+  for (const f of cleanups.splice(0).reverse()) {
+    try {
+      await f();
+    } catch {
+      // keep cleaning
+    }
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export function tmp(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), `us-rs-${prefix}-`));
+  onCleanup(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** The pid is in use (a zombie holds its pid until reaped). */
+export function exists(pid: number): boolean {
+  return existsSync(`/proc/${pid}/status`);
+}
+
+/** Running (a zombie waiting for its reaper counts as gone). */
+export function alive(pid: number): boolean {
+  try {
+    return !/^State:\s+[ZX]/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+export function killPids(pids: number[]): void {
+  for (const p of pids) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }
+}
+
+export async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+export interface Fixture {
+  name: string;
+  ctl: string;
+  pid: number;
+  log: string;
+}
+
+/** Starts build/fixtures/<name> (or a command) with the control dir as its first argument. */
+export async function startFixture(name: string, ctl: string, cmd?: string[]): Promise<Fixture> {
+  const log = join(ctl, 'log');
+  const fd = openSync(log, 'a');
+  const argv = cmd ?? [resolve(buildDir, 'fixtures', name), ctl];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', fd, fd], detached: true });
+  closeSync(fd);
+  child.on('error', () => undefined);
+  const pid = child.pid!;
+  child.unref();
+  onCleanup(() => killPids([pid]));
+  if (!cmd) await waitFor(`${name} to be ready`, () => existsSync(join(ctl, 'ready')));
+  return { name, ctl, pid, log };
+}
+
+export interface Dumped {
+  pids: number[];
+  lastEpoch: number;
+}
+
+/** Epoch 0 (+ `deltas` incremental epochs), then kill the app and wait until all its pids are free. */
+export async function dumpAndKill(
+  pid: number,
+  imageDir: string,
+  deltas = 0,
+  gapMs = 10,
+  between?: (epoch: number) => Promise<void>,
+): Promise<Dumped> {
+  const engine = EngineClient.start();
+  onCleanup(() => engine.kill());
+  let pids: number[] = [];
+  let last = 0;
+  try {
+    await engine.attach(pid, { trackDirty: true, includeChildren: true });
+    last = (await engine.checkpoint({ imageDir })).epoch;
+    for (let i = 0; i < deltas; i++) {
+      await sleep(gapMs);
+      if (between) await between(last);
+      last = (await engine.checkpoint({ imageDir })).epoch;
+    }
+    pids = (await engine.status()).pids;
+    await engine.killApp();
+  } finally {
+    await engine.close();
+  }
+  killPids(pids);
+  await waitFor(`pids ${pids.join(',')} to be free`, () => pids.every((p) => !exists(p)), 10_000);
+  return { pids, lastEpoch: last };
+}
+
+export async function verdict(ctl: string, ms = 15_000): Promise<string> {
+  const v = join(ctl, 'verdict');
+  writeFileSync(join(ctl, 'go'), '');
+  await waitFor(`a verdict in ${ctl}`, () => existsSync(v), ms);
+  return readFileSync(v, 'utf8').trim();
+}
+
+export const fixturePython = join(packageRoot, 'test', 'fixtures', 'rs_python.py');
