@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <zlib.h>
 #include "arena.h"
+#include "elfid.h"
 #include "engine.h"
 
 ssize_t read_all(int fd, char **buf, size_t *cap, const char *what)
@@ -296,40 +297,6 @@ struct id_cache_ent {
 static struct id_cache_ent *idc;
 static size_t nidc, capidc;
 
-static void elf_build_id(int fd, uint64_t size, char *out, size_t olen)
-{
-	out[0] = 0;
-	Elf64_Ehdr eh;
-	if (pread(fd, &eh, sizeof(eh), 0) != sizeof(eh) || memcmp(eh.e_ident, ELFMAG, SELFMAG) || eh.e_ident[EI_CLASS] != ELFCLASS64)
-		return;
-	for (int i = 0; i < eh.e_phnum && i < 64; i++) {
-		Elf64_Phdr ph;
-		if (pread(fd, &ph, sizeof(ph), eh.e_phoff + (uint64_t)i * eh.e_phentsize) != sizeof(ph))
-			return;
-		if (ph.p_type != PT_NOTE || ph.p_filesz > 65536 || ph.p_offset + ph.p_filesz > size)
-			continue;
-		unsigned char nb[65536];
-		if (pread(fd, nb, ph.p_filesz, ph.p_offset) != (ssize_t)ph.p_filesz)
-			return;
-		size_t off = 0;
-		while (off + sizeof(Elf64_Nhdr) <= ph.p_filesz) {
-			Elf64_Nhdr *nh = (Elf64_Nhdr *)(nb + off);
-			size_t name_off = off + sizeof(*nh);
-			size_t desc_off = name_off + ((nh->n_namesz + 3) & ~3u);
-			size_t next = desc_off + ((nh->n_descsz + 3) & ~3u);
-			if (next > ph.p_filesz)
-				break;
-			if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 && !memcmp(nb + name_off, "GNU", 4)) {
-				size_t o = 0;
-				for (size_t k = 0; k < nh->n_descsz && o + 3 < olen; k++)
-					o += snprintf(out + o, olen - o, "%02x", nb[desc_off + k]);
-				return;
-			}
-			off = next;
-		}
-	}
-}
-
 /* Identity of the file behind `path` (opened via fd if fd >= 0). */
 int file_identity(const char *path, int fd, Understudy__V1__FileId *id)
 {
@@ -368,7 +335,7 @@ int file_identity(const char *path, int fd, Understudy__V1__FileId *id)
 		}
 	}
 	struct id_cache_ent c = { .dev = id->dev, .ino = id->ino, .size = id->size, .mtime = id->mtime_ns };
-	elf_build_id(ofd, st.st_size, c.build_id, sizeof(c.build_id));
+	elf_gnu_build_id(ofd, st.st_size, c.build_id, sizeof(c.build_id));
 	if (!c.build_id[0] && st.st_size <= (64 << 20)) {
 		uLong crc = crc32(0L, Z_NULL, 0);
 		unsigned char b[65536];
