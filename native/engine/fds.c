@@ -1,6 +1,8 @@
 /* File descriptors: regular files, directories, the common character devices
- * and terminals are recorded (path, flags, offset, identity); every other
- * kind is refused naming pid, fd and kind, before anything is written. */
+ * and terminals are recorded (path, flags, offset, identity); pipes, eventfds
+ * and epoll instances with their state (fdobj.c); every fd with the id of its
+ * open file description (shared by dups, in any process of the app); every
+ * other kind is refused naming pid, fd and kind, before anything is written. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +15,7 @@
 #include <unistd.h>
 #include "arena.h"
 #include "engine.h"
+#include "fdobj.h"
 
 static const char *unsupported_kind(const char *target, const struct stat *st, char *buf, size_t blen)
 {
@@ -67,6 +70,11 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 		return fail(errno == ENOENT ? "E_NO_SUCH_PROCESS" : "E_NATIVE", errno, "opendir(%s)", dpath);
 	struct dirent *de;
 	int rc = 0;
+	struct fdobj_ctx oc;
+	if (fdobj_begin(&oc, pid)) {
+		closedir(d);
+		return -1;
+	}
 	while ((de = readdir(d))) {
 		if (de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
@@ -86,14 +94,20 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 				break;
 			}
 		}
-		const char *bad = unsupported_kind(target, &st, kb, sizeof(kb));
+		Understudy__V1__Fd__Kind okind = fdobj_kind(target);
+		const char *bad = okind ? NULL : unsupported_kind(target, &st, kb, sizeof(kb));
 		if (bad) {
 			rc = fail("E_UNSUPPORTED", 0, "pid %d fd %d is a %s (%s): this resource kind is not supported yet, refusing to checkpoint",
 				  pid, fd, bad, target);
 			break;
 		}
-		if (!pr)
+		if (!pr) {
+			if (okind && fdobj_fd(&oc, fd, target, &st, NULL)) {
+				rc = -1;
+				break;
+			}
 			continue;
+		}
 		Understudy__V1__Fd *f = ANEW(Understudy__V1__Fd, understudy__v1__fd__init);
 		if (!f) {
 			rc = -1;
@@ -101,7 +115,17 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 		}
 		f->fd = fd;
 		f->path = astrdup(target);
-		if (S_ISREG(st.st_mode))
+		if (fdobj_ofd_id(&oc, fd, &st, &f->ofd_id)) {
+			rc = -1;
+			break;
+		}
+		if (okind) {
+			f->kind = okind;
+			if (fdobj_fd(&oc, fd, target, &st, f)) {
+				rc = -1;
+				break;
+			}
+		} else if (S_ISREG(st.st_mode))
 			f->kind = UNDERSTUDY__V1__FD__KIND__REGULAR;
 		else if (S_ISDIR(st.st_mode))
 			f->kind = UNDERSTUDY__V1__FD__KIND__DIRECTORY;
@@ -111,13 +135,19 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 			f->rdev_major = ma;
 			f->rdev_minor = minor(st.st_rdev);
 		}
-		f->file = ANEW(Understudy__V1__FileId, understudy__v1__file_id__init);
-		f->file->path = f->path;
-		f->file->dev = st.st_dev;
-		f->file->ino = st.st_ino;
-		f->file->size = st.st_size;
-		f->file->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
-		f->file->mode = st.st_mode;
+		if (!okind) {
+			f->file = ANEW(Understudy__V1__FileId, understudy__v1__file_id__init);
+			if (!f->file) {
+				rc = -1;
+				break;
+			}
+			f->file->path = f->path;
+			f->file->dev = st.st_dev;
+			f->file->ino = st.st_ino;
+			f->file->size = st.st_size;
+			f->file->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+			f->file->mode = st.st_mode;
+		}
 		char ip[96], *info;
 		snprintf(ip, sizeof(ip), "/proc/%d/fdinfo/%d", pid, fd);
 		if (read_file(ip, &info) >= 0) {
@@ -137,6 +167,7 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 			break;
 		}
 	}
+	fdobj_end(&oc);
 	closedir(d);
 	return rc;
 }

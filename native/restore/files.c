@@ -1,6 +1,7 @@
 /* File descriptors at their numbers, with their flags and offsets (regular
  * files, directories, /dev/null|zero|full|random|urandom; a terminal becomes
- * /dev/null or, with --tty inherit, the restorer's own terminal), and the
+ * /dev/null or, with --tty inherit, the restorer's own terminal; pipes,
+ * eventfds, epoll and dups of one description through fdobj.c), and the
  * process-wide state that goes with them: cwd, root, umask, rlimits,
  * credentials, personality. */
 #include <errno.h>
@@ -42,9 +43,14 @@ int files_restore(struct rproc *p)
 		return fail("E_RESTORE", ENOMEM, "malloc");
 	memcpy(v, pr->fds, pr->n_fds * sizeof(*v));
 	qsort(v, pr->n_fds, sizeof(*v), cmp_fd);
+	/* temporary fds (pipe ends waiting for their holder) go above every fd of the image */
+	int base = pr->n_fds ? v[pr->n_fds - 1]->fd + 1 : 3;
 	int rc = 0;
 	for (size_t i = 0; i < pr->n_fds && !rc; i++) {
 		Understudy__V1__Fd *f = v[i];
+		bool done;
+		if ((rc = fdobj_place(p, f, base, &done)) || done)
+			continue;
 		char tb[256];
 		const char *path = f->path;
 		long flags = f->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC);
@@ -74,9 +80,11 @@ int files_restore(struct rproc *p)
 			snprintf(what, sizeof(what), "lseek(fd %d of %s, %llu)", f->fd, path, (unsigned long long)f->pos);
 			rc = inj_ok(t, what, SYS_lseek, f->fd, f->pos, SEEK_SET, 0, 0, 0, NULL);
 		}
+		if (!rc)
+			fdobj_register(p, f);
 	}
 	free(v);
-	return rc;
+	return rc || fdobj_epolls(p) ? -1 : 0;
 }
 
 int proc_misc_restore(struct rproc *p)

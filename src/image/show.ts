@@ -92,7 +92,18 @@ export function showImage(dir: string, opts: { epoch?: number; json: boolean; pa
         );
       }
       for (const f of p.fds) {
-        lines.push(`    fd ${f.fd} ${understudy.v1.Fd.Kind[f.kind!]} ${f.path} flags 0${(f.flags ?? 0).toString(8)} pos ${Number(f.pos)}`);
+        const ofd = Number(f.ofdId ?? 0);
+        const shared = ofd && ofd !== p.pid * 2 ** 32 + (f.fd ?? 0) ? ` dup of pid ${Math.floor(ofd / 2 ** 32)} fd ${ofd % 2 ** 32}` : '';
+        let extra = '';
+        if (f.pipe) {
+          extra = ` ${f.pipe.writeEnd ? 'write' : 'read'} end`;
+          if (f.pipe.hasState) extra += ` size ${f.pipe.size} unread ${f.pipe.data?.length ?? 0} B`;
+        } else if (f.eventfd) {
+          extra = ` count ${Number(f.eventfd.count)}${f.eventfd.semaphore ? ' semaphore' : ''}`;
+        } else if (f.epoll) {
+          extra = ` watches ${(f.epoll.targets ?? []).map((t) => `fd ${t.tfd} events 0x${(t.events ?? 0).toString(16)} data 0x${Number(t.data).toString(16)}`).join(', ') || 'nothing'}`;
+        }
+        lines.push(`    fd ${f.fd} ${understudy.v1.Fd.Kind[f.kind!]} ${f.path} flags 0${(f.flags ?? 0).toString(8)} pos ${Number(f.pos)}${shared}${extra}`);
       }
     }
   }

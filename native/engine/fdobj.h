@@ -1,0 +1,40 @@
+/* Kernel objects behind fds that are more than a path: pipes, eventfds,
+ * epoll instances, and the open file descriptions fds share (fdobj.c). */
+#ifndef UNDERSTUDY_ENGINE_FDOBJ_H
+#define UNDERSTUDY_ENGINE_FDOBJ_H
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include "understudy/v1/image.pb-c.h"
+
+/* One fd of one process of the app, as /proc shows it. */
+struct fdsnap_ent {
+	pid_t pid;
+	int fd;
+	dev_t dev;
+	ino_t ino;
+	uint32_t flags;     /* open flags from fdinfo */
+	char target[48];    /* readlink, cut (enough for pipe:[N] and anon_inode:[...]) */
+};
+
+/* Per process and pass (a barrier's capture, or an attach check): every fd
+ * of every live process of the app, read once, and a pidfd of the process. */
+struct fdobj_ctx {
+	pid_t pid;
+	int pidfd;
+	struct fdsnap_ent *snap;
+	size_t nsnap;
+};
+
+int fdobj_begin(struct fdobj_ctx *c, pid_t pid);
+void fdobj_end(struct fdobj_ctx *c);
+/* UNDERSTUDY__V1__FD__KIND__PIPE/EVENTFD/EPOLL for the kinds of this file,
+ * UNKNOWN for every other target */
+Understudy__V1__Fd__Kind fdobj_kind(const char *target);
+/* Checks (and, with f non-NULL, captures) a pipe, eventfd or epoll fd:
+ * -1 with g_err when it cannot be checkpointed. */
+int fdobj_fd(struct fdobj_ctx *c, int fd, const char *target, const struct stat *st, Understudy__V1__Fd *f);
+/* The open file description id of fd (see Fd.ofd_id in image.proto). */
+int fdobj_ofd_id(struct fdobj_ctx *c, int fd, const struct stat *st, uint64_t *id);
+#endif
