@@ -45,6 +45,12 @@ export function epochJson(meta: EpochMeta, withPages: boolean): unknown {
   return obj;
 }
 
+/** A uint64 field (number or Long) in hex, exact beyond 2^53. */
+function hex64(v: unknown): string {
+  if (v === null || v === undefined) return '0';
+  return BigInt(typeof v === 'number' ? v : String(v)).toString(16);
+}
+
 export function showImage(dir: string, opts: { epoch?: number; json: boolean; pages?: boolean }): string {
   const entries = listEpochs(dir).filter((e) => opts.epoch === undefined || e.epoch === opts.epoch);
   const loaded = entries.map((e) => ({ e, m: readEpochMeta(e.path) }));
@@ -101,7 +107,7 @@ export function showImage(dir: string, opts: { epoch?: number; json: boolean; pa
         } else if (f.eventfd) {
           extra = ` count ${Number(f.eventfd.count)}${f.eventfd.semaphore ? ' semaphore' : ''}`;
         } else if (f.epoll) {
-          extra = ` watches ${(f.epoll.targets ?? []).map((t) => `fd ${t.tfd} events 0x${(t.events ?? 0).toString(16)} data 0x${Number(t.data).toString(16)}`).join(', ') || 'nothing'}`;
+          extra = ` watches ${(f.epoll.targets ?? []).map((t) => `fd ${t.tfd} events 0x${(t.events ?? 0).toString(16)} data 0x${hex64(t.data)}`).join(', ') || 'nothing'}`;
         }
         lines.push(`    fd ${f.fd} ${understudy.v1.Fd.Kind[f.kind!]} ${f.path} flags 0${(f.flags ?? 0).toString(8)} pos ${Number(f.pos)}${shared}${extra}`);
       }

@@ -1,0 +1,201 @@
+// Pipes, eventfds, epoll and shared open file descriptions across
+// checkpoint -> kill -> restore: the rs_pipes fixture (zdtm pattern, two
+// processes), node (whose libuv and V8 hold self-pipes, eventfds and epoll
+// instances) continuing its output in sequence, and the refusals: a pipe to a
+// process outside the app, an epoll interest that cannot be rebuilt.
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, readlinkSync, truncateSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { EngineClient } from '../../src/engine/client.js';
+import { understudy } from '../../src/gen/proto.js';
+import { processesOf, readEpochMeta } from '../../src/image/store.js';
+import { restore } from '../../src/restore/restore.js';
+import { buildDir, packageRoot } from '../../src/util/paths.js';
+import { alive, dumpAndKill, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
+
+afterEach(runCleanups);
+
+const Kind = understudy.v1.Fd.Kind;
+const big = (v: unknown): bigint => BigInt(String(v ?? 0));
+const epochDir = (img: string, n: number): string => join(img, `epoch-${String(n).padStart(6, '0')}`);
+
+describe('pipes, eventfds, epoll, shared descriptions (rs_pipes)', () => {
+  for (const deltas of [0, 20]) {
+    it(`${deltas ? 'epoch 0 + 20 deltas' : 'full checkpoint'} -> kill -> restore -> PASS, the image holding what the fixture set up`, async () => {
+      const ctl = tmp('pipes');
+      const img = join(tmp('pipes-img'), 'image');
+      const fx = await startFixture('rs_pipes', ctl);
+      const d = await dumpAndKill(fx.pid, img, deltas);
+      expect(d.pids).toHaveLength(2);
+      const child = d.pids.find((p) => p !== fx.pid)!;
+
+      const m = readEpochMeta(epochDir(img, d.lastEpoch));
+      const procs = processesOf(m);
+      const parent = procs.find((p) => p.pid === fx.pid)!;
+      const kid = procs.find((p) => p.pid === child)!;
+      const pipes = parent.fds.filter((f) => f.kind === Kind.PIPE);
+      // the unread bytes, recorded once per pipe: self-pipe, full pipe, closed pipe, child->parent
+      const unread = pipes.filter((f) => f.pipe?.hasState && !f.pipe.writeEnd).map((f) => f.pipe!.data!.length).sort((a, b) => a - b);
+      expect(unread).toEqual([0, 123, 3000, 4096, 100000]);
+      expect(pipes.find((f) => f.pipe?.data?.length === 100000)!.pipe!.size).toBe(256 * 1024);
+      expect(pipes.find((f) => f.pipe?.data?.length === 4096)!.pipe!.size).toBe(4096);
+      // the parent->child pipe's 5000 bytes are recorded with the child's read end
+      expect(kid.fds.find((f) => f.kind === Kind.PIPE && f.pipe?.hasState)!.pipe!.data!.length).toBe(5000);
+      const evs = parent.fds.filter((f) => f.kind === Kind.EVENTFD).map((f) => [Number(f.eventfd!.count), f.eventfd!.semaphore]);
+      expect(evs).toEqual([[42, false], [3, true]]);
+      const ep = parent.fds.find((f) => f.kind === Kind.EPOLL)!;
+      expect(ep.epoll!.targets!.map((t) => big(t.data).toString(16)).sort()).toEqual(['1111', '2222', '3333', '4444', 'deadbeef00000001']);
+      // one description: fd 12, its dup and fd 40 in the parent, and the child's inherited copies
+      const shared = parent.fds.find((f) => f.fd === 40)!;
+      const id = big(shared.ofdId);
+      expect(id >> 32n).toBe(BigInt(fx.pid));
+      expect(parent.fds.filter((f) => big(f.ofdId) === id)).toHaveLength(3);
+      expect(big(kid.fds.find((f) => f.fd === 40)!.ofdId)).toBe(id);
+      expect(big(kid.fds.find((f) => f.kind === Kind.EPOLL)!.ofdId)).toBe(big(ep.ofdId));
+
+      const r = await restore({ imageDir: img });
+      onCleanup(() => killPids([r.reaper, ...r.pids]));
+      expect([...r.pids].sort()).toEqual([...d.pids].sort());
+      // the same objects at the same numbers, one epoll shared by both processes
+      for (const pid of r.pids) {
+        const want = procs.find((p) => p.pid === pid)!;
+        for (const f of want.fds) {
+          const link = readlinkSync(`/proc/${pid}/fd/${f.fd}`);
+          if (f.kind === Kind.PIPE) expect(link, `pid ${pid} fd ${f.fd}`).toMatch(/^pipe:\[\d+\]$/);
+          else if (f.kind === Kind.EVENTFD) expect(link).toBe('anon_inode:[eventfd]');
+          else if (f.kind === Kind.EPOLL) expect(link).toBe('anon_inode:[eventpoll]');
+        }
+      }
+      expect(readFileSync(`/proc/${fx.pid}/fdinfo/${ep.fd}`, 'utf8')).toMatch(/tfd:\s+\d+ events:\s+80000019 data:\s+deadbeef00000001/);
+      expect(await verdict(ctl), 'rs_pipes verdict').toBe('PASS');
+      await waitFor('the restored app to exit', () => r.pids.every((p) => !alive(p)));
+    });
+  }
+});
+
+const fixtureNode = join(packageRoot, 'test', 'fixtures', 'rs_node.cjs');
+
+/** node with only its stdio (fds the test runner leaks are closed first, by python, before node starts) */
+function nodeArgv(out: string): string[] {
+  return [
+    'env', 'UV_USE_IO_URING=0', '/usr/bin/python3', '-c', 'import os,sys; os.closerange(3, 65536); os.execv(sys.argv[1], sys.argv[1:])',
+    process.execPath, fixtureNode, out,
+  ];
+}
+
+function checkSequence(lines: string[]): void {
+  let acc = 0;
+  let lastTicks = 0;
+  for (let i = 0; i < lines.length; i++) {
+    const [idx, val, ticks] = lines[i]!.split(' ').map(Number);
+    expect(idx, `line ${i}: ${lines[i]}`).toBe(i);
+    for (let k = 0; k < 2000; k++) acc = (acc * 31 + k) % 1000000007;
+    expect(val, `line ${i}: value follows from the previous line`).toBe(acc);
+    expect(ticks!, `line ${i}: the setTimeout chain does not go back`).toBeGreaterThanOrEqual(lastTicks);
+    lastTicks = ticks!;
+  }
+}
+
+describe('node: a compute loop with timers continues its output in sequence', () => {
+  for (const deltas of [0, 20]) {
+    it(`${deltas ? 'epoch 0 + 20 deltas' : 'full checkpoint'} -> kill -> restore`, async () => {
+      const ctl = tmp('node');
+      const out = join(ctl, 'out');
+      const fx = await startFixture('node', ctl, nodeArgv(out));
+      await waitFor('node output', () => existsSync(out) && readFileSync(out, 'utf8').split('\n').length > 10);
+      const img = join(tmp('node-img'), 'image');
+      const d = await dumpAndKill(fx.pid, img, deltas, 20);
+      expect(d.pids).toEqual([fx.pid]);
+      const meta = readEpochMeta(epochDir(img, d.lastEpoch));
+      const p = processesOf(meta)[0]!;
+      expect(p.threads.length, 'node is multi-threaded').toBeGreaterThan(1);
+      const kinds = new Set(p.fds.map((f) => f.kind));
+      for (const k of [Kind.PIPE, Kind.EVENTFD, Kind.EPOLL]) expect(kinds.has(k), `node holds a ${Kind[k]}`).toBe(true);
+      // lines written after the checkpoint are not in the image: cut the file
+      // back to its fd's offset, as a data folder replicated with the epochs would be
+      const fd = p.fds.find((f) => f.path === out);
+      expect(fd, 'the output file is an fd of the image').toBeDefined();
+      truncateSync(out, Number(fd!.pos));
+      const before = readFileSync(out, 'utf8').trim().split('\n');
+      const r = await restore({ imageDir: img });
+      onCleanup(() => killPids([r.reaper, ...r.pids]));
+      expect(r.pids).toEqual([fx.pid]);
+      await waitFor('node to write after the restore', () => readFileSync(out, 'utf8').trim().split('\n').length >= before.length + 20);
+      expect(alive(fx.pid)).toBe(true);
+      killPids([r.reaper, ...r.pids]);
+      const lines = readFileSync(out, 'utf8').trim().split('\n');
+      checkSequence(lines);
+      // the setTimeout chain runs on after the restore too
+      const t0 = Number(before[before.length - 1]!.split(' ')[2]);
+      expect(Number(lines[lines.length - 1]!.split(' ')[2])).toBeGreaterThan(t0);
+    });
+  }
+});
+
+describe('refused at attach', () => {
+  it('a pipe whose other end is held by a process outside the app, naming pid, fd and the holder', async () => {
+    // a shell pipeline: the fixture's stdout is a pipe to cat, which is not part of the app
+    const ctl = tmp('outside');
+    const sh = spawn('sh', ['-c', '"$0" "$1" | cat >/dev/null', resolve(buildDir, 'fixtures', 'rs_counter'), ctl], {
+      stdio: 'ignore',
+      detached: true,
+    });
+    onCleanup(() => {
+      try {
+        process.kill(-sh.pid!, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    });
+    await waitFor('rs_counter ready', () => existsSync(join(ctl, 'ready')));
+    const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
+    expect(readlinkSync(`/proc/${pid}/fd/1`)).toMatch(/^pipe:/);
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    try {
+      await expect(engine.attach(pid, { trackDirty: true, includeChildren: true })).rejects.toMatchObject({
+        code: 'E_UNSUPPORTED',
+        message: expect.stringMatching(
+          new RegExp(`pid ${pid} fd 1 is the write end of pipe:\\[\\d+\\] whose read end is held outside the app by pid \\d+ \\(cat\\) fd 0`),
+        ),
+      });
+    } finally {
+      await engine.close();
+    }
+    // refused, so untouched: running, not traced
+    expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+    expect(alive(pid)).toBe(true);
+  });
+
+  it('an epoll interest whose fd number now names another file', async () => {
+    // the read end of pipe A is registered under fd r, kept alive by a dup,
+    // then fd r is made to point at pipe B: the interest cannot be re-added
+    const code =
+      'import os,select,time\n' +
+      'os.closerange(3, 65536)\n' +
+      'r,w=os.pipe()\n' +
+      'ep=select.epoll()\n' +
+      'ep.register(r, select.EPOLLIN)\n' +
+      'keep=os.dup(r)\n' +
+      'r2,w2=os.pipe()\n' +
+      'os.dup2(r2, r)\n' +
+      'open("/proc/self/cwd/ready","w").close()\n' +
+      'time.sleep(1000)\n';
+    const ctl = tmp('epoll');
+    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: ctl, detached: true });
+    onCleanup(() => killPids([p.pid!]));
+    await waitFor('python ready', () => existsSync(join(ctl, 'ready')));
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    try {
+      await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
+        code: 'E_UNSUPPORTED',
+        message: expect.stringMatching(new RegExp(`pid ${p.pid}: epoll fd \\d+ watches, under fd number \\d+, a file that is not the one open at fd`)),
+      });
+    } finally {
+      await engine.close();
+    }
+    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+  });
+});
