@@ -59,19 +59,21 @@ static int cmp_ent(const void *a, const void *b)
 	return x->fd - y->fd;
 }
 
-/* the fds of one process, ascending, appended to the snapshot */
+/* the fds of one process, ascending, appended to the snapshot; a process
+ * gone meanwhile has none, unless it is the one being captured */
 static int snap_proc(struct fdobj_ctx *c, pid_t pid, size_t *cap)
 {
 	char dpath[64];
 	snprintf(dpath, sizeof(dpath), "/proc/%d/fd", pid);
 	DIR *d = opendir(dpath);
 	if (!d) {
-		if (errno == ENOENT)
-			return 0;   /* died meanwhile: its fds are gone with it */
-		return fail("E_NATIVE", errno, "opendir(%s)", dpath);
+		if (errno == ENOENT && pid != c->pid)
+			return 0;
+		return fail(errno == ENOENT ? "E_NO_SUCH_PROCESS" : "E_NATIVE", errno, "opendir(%s)", dpath);
 	}
 	size_t first = c->nsnap;
 	struct dirent *de;
+	int rc = 0;
 	while ((de = readdir(d))) {
 		if (de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
@@ -79,8 +81,8 @@ static int snap_proc(struct fdobj_ctx *c, pid_t pid, size_t *cap)
 			size_t nc = *cap ? *cap * 2 : 64;
 			struct fdsnap_ent *n = realloc(c->snap, nc * sizeof(*n));
 			if (!n) {
-				closedir(d);
-				return fail("E_NATIVE", ENOMEM, "realloc for the fd snapshot");
+				rc = fail("E_NATIVE", ENOMEM, "realloc for the fd snapshot");
+				break;
 			}
 			c->snap = n;
 			*cap = nc;
@@ -89,23 +91,34 @@ static int snap_proc(struct fdobj_ctx *c, pid_t pid, size_t *cap)
 		memset(e, 0, sizeof(*e));
 		e->pid = pid;
 		e->fd = atoi(de->d_name);
-		char lp[96];
+		char lp[96], t[PATH_MAX + 1];
 		snprintf(lp, sizeof(lp), "/proc/%d/fd/%d", pid, e->fd);
-		struct stat st, lst;
-		ssize_t n = readlink(lp, e->target, sizeof(e->target) - 1);
-		if (n < 0 || stat(lp, &st) || lstat(lp, &lst))
-			continue;   /* closed meanwhile */
-		e->target[n] = 0;
-		e->dev = st.st_dev;
-		e->ino = st.st_ino;
-		/* the link's mode mirrors the file's access mode */
-		bool r = lst.st_mode & S_IRUSR, w = lst.st_mode & S_IWUSR;
-		e->flags = r && w ? O_RDWR : w ? O_WRONLY : O_RDONLY;
+		ssize_t n = readlink(lp, t, PATH_MAX);
+		if (n < 0)
+			continue;   /* closed meanwhile (only possible outside a barrier) */
+		t[n] = 0;
+		if (stat(lp, &e->st)) {
+			e->stat_errno = errno;
+			memset(&e->st, 0, sizeof(e->st));
+		}
+		if (!strncmp(t, "pipe:", 5)) {
+			/* the link's mode mirrors the file's access mode */
+			struct stat lst;
+			if (lstat(lp, &lst))
+				continue;
+			bool r = lst.st_mode & S_IRUSR, w = lst.st_mode & S_IWUSR;
+			e->flags = r && w ? O_RDWR : w ? O_WRONLY : O_RDONLY;
+		}
+		e->target = strdup(t);
+		if (!e->target) {
+			rc = fail("E_NATIVE", ENOMEM, "strdup for the fd snapshot");
+			break;
+		}
 		c->nsnap++;
 	}
 	closedir(d);
 	qsort(c->snap + first, c->nsnap - first, sizeof(*c->snap), cmp_ent);
-	return 0;
+	return rc;
 }
 
 int fdobj_begin(struct fdobj_ctx *c, pid_t pid)
@@ -114,13 +127,19 @@ int fdobj_begin(struct fdobj_ctx *c, pid_t pid)
 	c->pid = pid;
 	c->pidfd = -1;
 	size_t cap = 0;
+	bool own = false;
 	for (size_t i = 0; i < E.nprocs; i++) {
 		if (E.procs[i].dead)
 			continue;
+		own |= E.procs[i].pid == pid;
 		if (snap_proc(c, E.procs[i].pid, &cap)) {
 			fdobj_end(c);
 			return -1;
 		}
+	}
+	if (!own && snap_proc(c, pid, &cap)) {
+		fdobj_end(c);
+		return -1;
 	}
 	return 0;
 }
@@ -130,6 +149,8 @@ void fdobj_end(struct fdobj_ctx *c)
 	if (c->pidfd >= 0)
 		close(c->pidfd);
 	c->pidfd = -1;
+	for (size_t i = 0; i < c->nsnap; i++)
+		free(c->snap[i].target);
 	free(c->snap);
 	c->snap = NULL;
 	c->nsnap = 0;
@@ -147,7 +168,7 @@ int fdobj_ofd_id(struct fdobj_ctx *c, int fd, const struct stat *st, uint64_t *i
 	*id = (uint64_t)c->pid << 32 | (uint32_t)fd;
 	for (size_t i = 0; i < c->nsnap; i++) {
 		const struct fdsnap_ent *e = &c->snap[i];
-		if (e->dev != st->st_dev || e->ino != st->st_ino)
+		if (e->st.st_dev != st->st_dev || e->st.st_ino != st->st_ino || e->stat_errno)
 			continue;
 		if (same_file(c, fd, e)) {
 			*id = (uint64_t)e->pid << 32 | (uint32_t)e->fd;
@@ -260,14 +281,9 @@ static void pipe_mark_verified(uint64_t ino)
 	verified[nverified++] = ino;
 }
 
-static uint32_t fdinfo_flags(pid_t pid, int fd, char **info)
+static uint32_t fdinfo_flags(const char *info)
 {
-	char ip[96];
-	snprintf(ip, sizeof(ip), "/proc/%d/fdinfo/%d", pid, fd);
-	*info = NULL;
-	if (read_file(ip, info) < 0)
-		return 0;
-	char *q = strstr(*info, "flags:");
+	const char *q = strstr(info, "flags:");
 	return q ? strtoul(q + 6, NULL, 8) : 0;
 }
 
@@ -323,12 +339,10 @@ out:
 	return rc;
 }
 
-static int do_pipe(struct fdobj_ctx *c, int fd, const char *target, const struct stat *st, Understudy__V1__Fd *f)
+static int do_pipe(struct fdobj_ctx *c, int fd, const char *target, const struct stat *st, const char *info, Understudy__V1__Fd *f)
 {
 	pid_t pid = c->pid;
-	char *info;
-	uint32_t flags = fdinfo_flags(pid, fd, &info);
-	free(info);
+	uint32_t flags = fdinfo_flags(info);
 	uint64_t ino = st->st_ino;
 	int acc = flags & O_ACCMODE;
 	if (acc == O_RDWR)
@@ -342,7 +356,8 @@ static int do_pipe(struct fdobj_ctx *c, int fd, const char *target, const struct
 	bool other_in_app = false, read_in_app = !write_end;
 	for (size_t i = 0; i < c->nsnap; i++) {
 		const struct fdsnap_ent *e = &c->snap[i];
-		if (e->dev != st->st_dev || e->ino != st->st_ino || (e->pid == pid && e->fd == fd))
+		if (e->st.st_dev != st->st_dev || e->st.st_ino != st->st_ino || e->stat_errno || strncmp(e->target, "pipe:", 5) ||
+		    (e->pid == pid && e->fd == fd))
 			continue;
 		if ((int)e->flags == acc) {
 			if (!same_file(c, fd, e))
@@ -432,14 +447,10 @@ out:
 	return rc;
 }
 
-static int do_eventfd(struct fdobj_ctx *c, int fd, Understudy__V1__Fd *f)
+static int do_eventfd(struct fdobj_ctx *c, int fd, const char *info, Understudy__V1__Fd *f)
 {
-	char *info;
-	fdinfo_flags(c->pid, fd, &info);
-	if (!info)
-		return -1;
 	int rc = 0;
-	char *cnt = strstr(info, "eventfd-count:"), *sem = strstr(info, "eventfd-semaphore:");
+	const char *cnt = strstr(info, "eventfd-count:"), *sem = strstr(info, "eventfd-semaphore:");
 	if (!cnt || !sem) {
 		rc = fail("E_UNSUPPORTED", 0,
 			  "pid %d fd %d is an eventfd whose fdinfo lacks eventfd-count or eventfd-semaphore (kernel too old): cannot capture it", c->pid,
@@ -454,21 +465,16 @@ static int do_eventfd(struct fdobj_ctx *c, int fd, Understudy__V1__Fd *f)
 			f->eventfd = ev;
 		}
 	}
-	free(info);
 	return rc;
 }
 
-static int do_epoll(struct fdobj_ctx *c, int fd, Understudy__V1__Fd *f)
+static int do_epoll(struct fdobj_ctx *c, int fd, const char *info, Understudy__V1__Fd *f)
 {
-	char *info;
-	fdinfo_flags(c->pid, fd, &info);
-	if (!info)
-		return -1;
 	int rc = 0;
 	Understudy__V1__Epoll *ep = f ? ANEW(Understudy__V1__Epoll, understudy__v1__epoll__init) : NULL;
 	if (f && !ep)
 		rc = -1;
-	for (char *l = info; !rc && l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+	for (const char *l = info; !rc && l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
 		if (strncmp(l, "tfd:", 4))
 			continue;
 		int tfd;
@@ -504,19 +510,20 @@ static int do_epoll(struct fdobj_ctx *c, int fd, Understudy__V1__Fd *f)
 	}
 	if (!rc && f)
 		f->epoll = ep;
-	free(info);
 	return rc;
 }
 
-int fdobj_fd(struct fdobj_ctx *c, int fd, const char *target, const struct stat *st, Understudy__V1__Fd *f)
+int fdobj_fd(struct fdobj_ctx *c, int fd, const char *target, const struct stat *st, const char *fdinfo, Understudy__V1__Fd *f)
 {
+	if (!fdinfo)
+		return fail("E_NATIVE", 0, "pid %d fd %d (%s): no fdinfo", c->pid, fd, target);
 	switch (fdobj_kind(target)) {
 	case UNDERSTUDY__V1__FD__KIND__PIPE:
-		return do_pipe(c, fd, target, st, f);
+		return do_pipe(c, fd, target, st, fdinfo, f);
 	case UNDERSTUDY__V1__FD__KIND__EVENTFD:
-		return do_eventfd(c, fd, f);
+		return do_eventfd(c, fd, fdinfo, f);
 	case UNDERSTUDY__V1__FD__KIND__EPOLL:
-		return do_epoll(c, fd, f);
+		return do_epoll(c, fd, fdinfo, f);
 	default:
 		return fail("E_INTERNAL", 0, "pid %d fd %d: %s is not a pipe, eventfd or epoll", c->pid, fd, target);
 	}

@@ -12,14 +12,15 @@
 struct fdsnap_ent {
 	pid_t pid;
 	int fd;
-	dev_t dev;
-	ino_t ino;
-	uint32_t flags;     /* open flags from fdinfo */
-	char target[48];    /* readlink, cut (enough for pipe:[N] and anon_inode:[...]) */
+	int stat_errno;     /* stat() of the fd failed (st is zeroed) */
+	struct stat st;     /* stat() through /proc/PID/fd/N */
+	uint32_t flags;     /* access mode: O_RDONLY, O_WRONLY or O_RDWR (pipes only) */
+	char *target;       /* the link's text */
 };
 
 /* Per process and pass (a barrier's capture, or an attach check): every fd
- * of every live process of the app, read once, and a pidfd of the process. */
+ * of every live process of the app (processes in engine order, fds
+ * ascending), read once, and a pidfd of the process. */
 struct fdobj_ctx {
 	pid_t pid;
 	int pidfd;
@@ -34,7 +35,7 @@ void fdobj_end(struct fdobj_ctx *c);
 Understudy__V1__Fd__Kind fdobj_kind(const char *target);
 /* Checks (and, with f non-NULL, captures) a pipe, eventfd or epoll fd:
  * -1 with g_err when it cannot be checkpointed. */
-int fdobj_fd(struct fdobj_ctx *c, int fd, const char *target, const struct stat *st, Understudy__V1__Fd *f);
+int fdobj_fd(struct fdobj_ctx *c, int fd, const char *target, const struct stat *st, const char *fdinfo, Understudy__V1__Fd *f);
 /* The open file description id of fd (see Fd.ofd_id in image.proto). */
 int fdobj_ofd_id(struct fdobj_ctx *c, int fd, const struct stat *st, uint64_t *id);
 #endif

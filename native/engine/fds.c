@@ -63,36 +63,23 @@ static const char *unsupported_kind(const char *target, const struct stat *st, c
 
 static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 {
-	char dpath[64];
-	snprintf(dpath, sizeof(dpath), "/proc/%d/fd", pid);
-	DIR *d = opendir(dpath);
-	if (!d)
-		return fail(errno == ENOENT ? "E_NO_SUCH_PROCESS" : "E_NATIVE", errno, "opendir(%s)", dpath);
-	struct dirent *de;
-	int rc = 0;
+	/* one read of /proc per fd (link, stat, fdinfo), for every process of
+	 * the app: the other ends of pipes and shared descriptions are there */
 	struct fdobj_ctx oc;
-	if (fdobj_begin(&oc, pid)) {
-		closedir(d);
+	if (fdobj_begin(&oc, pid))
 		return -1;
-	}
-	while ((de = readdir(d))) {
-		if (de->d_name[0] < '0' || de->d_name[0] > '9')
+	int rc = 0;
+	for (size_t i = 0; i < oc.nsnap; i++) {
+		const struct fdsnap_ent *e = &oc.snap[i];
+		if (e->pid != pid)
 			continue;
-		int fd = atoi(de->d_name);
-		char lp[96], target[PATH_MAX + 1], kb[128];
-		snprintf(lp, sizeof(lp), "/proc/%d/fd/%d", pid, fd);
-		ssize_t n = readlink(lp, target, PATH_MAX);
-		if (n < 0)
-			continue;   /* closed meanwhile (only possible outside a barrier) */
-		target[n] = 0;
-		struct stat st;
-		if (stat(lp, &st)) {
-			if (!strncmp(target, "socket:", 7) || !strncmp(target, "pipe:", 5) || !strncmp(target, "anon_inode:", 11))
-				memset(&st, 0, sizeof(st));
-			else {
-				rc = fail("E_NATIVE", errno, "stat(%s -> %s)", lp, target);
-				break;
-			}
+		int fd = e->fd;
+		const char *target = e->target;
+		char kb[128];
+		struct stat st = e->st;
+		if (e->stat_errno && strncmp(target, "socket:", 7) && strncmp(target, "pipe:", 5) && strncmp(target, "anon_inode:", 11)) {
+			rc = fail("E_NATIVE", e->stat_errno, "stat(/proc/%d/fd/%d -> %s)", pid, fd, target);
+			break;
 		}
 		Understudy__V1__Fd__Kind okind = fdobj_kind(target);
 		const char *bad = okind ? NULL : unsupported_kind(target, &st, kb, sizeof(kb));
@@ -101,30 +88,47 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 				  pid, fd, bad, target);
 			break;
 		}
-		if (!pr) {
-			if (okind && fdobj_fd(&oc, fd, target, &st, NULL)) {
-				rc = -1;
-				break;
+		char ip[96], *info = NULL;
+		if (pr || okind) {
+			snprintf(ip, sizeof(ip), "/proc/%d/fdinfo/%d", pid, fd);
+			if (read_file(ip, &info) < 0) {
+				if (okind) {
+					rc = -1;   /* its state is in there */
+					break;
+				}
+				info = NULL;
 			}
+			err_clear();
+		}
+		if (!pr) {
+			rc = okind ? fdobj_fd(&oc, fd, target, &st, info, NULL) : 0;
+			free(info);
+			if (rc)
+				break;
 			continue;
 		}
 		Understudy__V1__Fd *f = ANEW(Understudy__V1__Fd, understudy__v1__fd__init);
 		if (!f) {
+			free(info);
 			rc = -1;
 			break;
 		}
 		f->fd = fd;
 		f->path = astrdup(target);
-		if (fdobj_ofd_id(&oc, fd, &st, &f->ofd_id)) {
-			rc = -1;
-			break;
+		if (info) {
+			char *q = strstr(info, "pos:");
+			if (q)
+				f->pos = strtoull(q + 4, NULL, 10);
+			q = strstr(info, "flags:");
+			if (q) {
+				f->flags = strtoul(q + 6, NULL, 8);
+				f->cloexec = (f->flags & O_CLOEXEC) != 0;
+			}
 		}
+		fdobj_ofd_id(&oc, fd, &st, &f->ofd_id);
 		if (okind) {
 			f->kind = okind;
-			if (fdobj_fd(&oc, fd, target, &st, f)) {
-				rc = -1;
-				break;
-			}
+			rc = fdobj_fd(&oc, fd, target, &st, info, f);
 		} else if (S_ISREG(st.st_mode))
 			f->kind = UNDERSTUDY__V1__FD__KIND__REGULAR;
 		else if (S_ISDIR(st.st_mode))
@@ -135,6 +139,9 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 			f->rdev_major = ma;
 			f->rdev_minor = minor(st.st_rdev);
 		}
+		free(info);
+		if (rc)
+			break;
 		if (!okind) {
 			f->file = ANEW(Understudy__V1__FileId, understudy__v1__file_id__init);
 			if (!f->file) {
@@ -148,27 +155,12 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 			f->file->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
 			f->file->mode = st.st_mode;
 		}
-		char ip[96], *info;
-		snprintf(ip, sizeof(ip), "/proc/%d/fdinfo/%d", pid, fd);
-		if (read_file(ip, &info) >= 0) {
-			char *q = strstr(info, "pos:");
-			if (q)
-				f->pos = strtoull(q + 4, NULL, 10);
-			q = strstr(info, "flags:");
-			if (q) {
-				f->flags = strtoul(q + 6, NULL, 8);
-				f->cloexec = (f->flags & O_CLOEXEC) != 0;
-			}
-			free(info);
-		}
-		err_clear();
 		if (APUSH(pr->fds, pr->n_fds, f)) {
 			rc = -1;
 			break;
 		}
 	}
 	fdobj_end(&oc);
-	closedir(d);
 	return rc;
 }
 
