@@ -4,7 +4,8 @@
 // instances) continuing its output in sequence, and the refusals: a pipe to a
 // process outside the app, an epoll interest that cannot be rebuilt.
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, readlinkSync, truncateSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
@@ -90,6 +91,52 @@ describe('a compacted chain keeps pipes, counters and 64-bit epoll data exact', 
     onCleanup(() => killPids([r.reaper, ...r.pids]));
     expect(r.epoch).toBe(4);
     expect(await verdict(ctl)).toBe('PASS');
+  });
+});
+
+/** Rewrites an epoch's meta.pb (length, message, crc32) after `edit`. */
+function editMeta(epoch: string, edit: (m: understudy.v1.EpochMeta) => void): void {
+  const m = readEpochMeta(epoch);
+  edit(m);
+  const body = Buffer.from(understudy.v1.EpochMeta.encode(m).finish());
+  const hdr = Buffer.alloc(4);
+  hdr.writeUInt32LE(body.length);
+  const tail = Buffer.alloc(4);
+  tail.writeUInt32LE(crc32(body));
+  writeFileSync(join(epoch, 'meta.pb'), Buffer.concat([hdr, body, tail]));
+}
+
+describe('an image whose fd records do not hold together is refused before any process exists', () => {
+  it('an epoll watching an fd its process lacks; a pipe fd without its pipe record', async () => {
+    const ctl = tmp('pipes-bad');
+    const img = join(tmp('pipes-bad-img'), 'image');
+    const fx = await startFixture('rs_pipes', ctl);
+    const d = await dumpAndKill(fx.pid, img, 0);
+    const ep0 = epochDir(img, 0);
+    const orig = readFileSync(join(ep0, 'meta.pb'));
+    let epfd = 0;
+    editMeta(ep0, (m) => {
+      const ep = processesOf(m).find((p) => p.pid === fx.pid)!.fds.find((f) => f.kind === Kind.EPOLL)!;
+      epfd = ep.fd;
+      ep.epoll!.targets![0]!.tfd = 999;
+    });
+    await expect(restore({ imageDir: img })).rejects.toMatchObject({
+      code: 'E_IMAGE_CORRUPT',
+      message: expect.stringContaining(`pid ${fx.pid}: epoll fd ${epfd} watches fd 999, which the process does not have`),
+      killed: [],
+    });
+    writeFileSync(join(ep0, 'meta.pb'), orig);
+    let pfd = 0;
+    editMeta(ep0, (m) => {
+      const f = processesOf(m).find((p) => p.pid === fx.pid)!.fds.find((x) => x.kind === Kind.PIPE)!;
+      pfd = f.fd;
+      f.pipe = null;
+    });
+    await expect(restore({ imageDir: img })).rejects.toMatchObject({
+      code: 'E_IMAGE_CORRUPT',
+      message: expect.stringContaining(`pid ${fx.pid} fd ${pfd} is a pipe without its pipe record`),
+    });
+    for (const p of d.pids) expect(alive(p), `pid ${p} was not created`).toBe(false);
   });
 });
 
