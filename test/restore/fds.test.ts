@@ -117,7 +117,7 @@ describe('an image whose fd records do not hold together is refused before any p
     let epfd = 0;
     editMeta(ep0, (m) => {
       const ep = processesOf(m).find((p) => p.pid === fx.pid)!.fds.find((f) => f.kind === Kind.EPOLL)!;
-      epfd = ep.fd;
+      epfd = ep.fd ?? 0;
       ep.epoll!.targets![0]!.tfd = 999;
     });
     await expect(restore({ imageDir: img })).rejects.toMatchObject({
@@ -129,7 +129,7 @@ describe('an image whose fd records do not hold together is refused before any p
     let pfd = 0;
     editMeta(ep0, (m) => {
       const f = processesOf(m).find((p) => p.pid === fx.pid)!.fds.find((x) => x.kind === Kind.PIPE)!;
-      pfd = f.fd;
+      pfd = f.fd ?? 0;
       f.pipe = null;
     });
     await expect(restore({ imageDir: img })).rejects.toMatchObject({
