@@ -4,15 +4,16 @@
 // instances) continuing its output in sequence, and the refusals: a pipe to a
 // process outside the app, an epoll interest that cannot be rebuilt.
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { join, resolve } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
 import { understudy } from '../../src/gen/proto.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { restore } from '../../src/restore/restore.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
+import { TestCluster } from '../helpers/nodes.js';
 import { alive, dumpAndKill, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
@@ -199,6 +200,46 @@ describe('node: a compute loop with timers continues its output in sequence', ()
   }
 });
 
+describe('node on a second node (own network namespace, own copy of the data folder)', () => {
+  let cluster: TestCluster | undefined;
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  it('epoch 0 + 20 deltas restored on node 2: the output continues in node 2\'s copy', async () => {
+    const scratch = tmp('node-nodes');
+    const dataDir = join(scratch, 'data');
+    mkdirSync(dataDir);
+    cluster = new TestCluster(dataDir, join(scratch, 'roots'));
+    const node2 = await cluster.addNode();
+    const ctl = join(dataDir, 'app');
+    mkdirSync(ctl);
+    const out = join(ctl, 'out');
+    const fx = await startFixture('node', ctl, nodeArgv(out));
+    await waitFor('node output', () => existsSync(out) && readFileSync(out, 'utf8').split('\n').length > 10);
+    const img = join(scratch, 'image');
+    const d = await dumpAndKill(fx.pid, img, 20, 20);
+    const p = processesOf(readEpochMeta(epochDir(img, d.lastEpoch)))[0]!;
+    // node 2's copy of the data folder, as replicated up to the checkpoint
+    cpSync(dataDir, node2.dataRoot, { recursive: true, preserveTimestamps: true });
+    const out2 = join(node2.dataRoot, 'app', 'out');
+    truncateSync(out2, Number(p.fds.find((f) => f.path === out)!.pos));
+    const before = readFileSync(out2, 'utf8').trim().split('\n');
+    const r = await restore({
+      imageDir: img,
+      wrap: (argv) => [
+        'ip', 'netns', 'exec', node2.name, 'unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c',
+        'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'us-node', node2.dataRoot, dataDir, ...argv,
+      ],
+    });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect(readlinkSync(`/proc/${fx.pid}/ns/net`)).not.toBe(readlinkSync('/proc/self/ns/net'));
+    await waitFor('node to write on node 2', () => readFileSync(out2, 'utf8').trim().split('\n').length >= before.length + 20);
+    killPids([r.reaper, ...r.pids]);
+    checkSequence(readFileSync(out2, 'utf8').trim().split('\n'));
+  });
+});
+
 describe('refused at attach', () => {
   it('a pipe whose other end is held by a process outside the app, naming pid, fd and the holder', async () => {
     // a shell pipeline: the fixture's stdout is a pipe to cat, which is not part of the app
@@ -232,6 +273,39 @@ describe('refused at attach', () => {
     // refused, so untouched: running, not traced
     expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
     expect(alive(pid)).toBe(true);
+  });
+
+  it('a pipe both ends of which are in the app, also held by a process outside it', async () => {
+    // python holds both ends; its child (not part of the app: includeChildren false) holds the read end too
+    const code =
+      'import os,subprocess,time\n' +
+      'os.closerange(3, 65536)\n' +
+      'r,w=os.pipe()\n' +
+      'c=subprocess.Popen(["sleep","1000"], pass_fds=[r])\n' +
+      'open("ready","w").write(str(c.pid))\n' +
+      'time.sleep(1000)\n';
+    const ctl = tmp('shared-outside');
+    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: ctl, detached: true });
+    onCleanup(() => {
+      try {
+        process.kill(-p.pid!, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    });
+    await waitFor('python ready', () => existsSync(join(ctl, 'ready')) && readFileSync(join(ctl, 'ready'), 'utf8').length > 0);
+    const sleeper = Number(readFileSync(join(ctl, 'ready'), 'utf8'));
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    try {
+      await expect(engine.attach(p.pid!, { trackDirty: true, includeChildren: false })).rejects.toMatchObject({
+        code: 'E_UNSUPPORTED',
+        message: expect.stringMatching(new RegExp(`pid ${p.pid} fd \\d+ is pipe:\\[\\d+\\], which pid ${sleeper} \\(sleep\\) outside the app also holds`)),
+      });
+    } finally {
+      await engine.close();
+    }
+    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
 
   it('an epoll interest whose fd number now names another file', async () => {
