@@ -256,7 +256,8 @@ static pid_t outside_holder(uint64_t ino, int *hfd, char *comm, size_t clen)
 
 /* pipes already seen without a holder outside the app: a pipe inode number
  * is not reused while the pipe exists, and a pipe end reaches another
- * process only by fork (part of the app) or SCM_RIGHTS (sockets are refused) */
+ * process only by fork (part of the app when children are included: without
+ * them every barrier scans again) or SCM_RIGHTS (sockets are refused) */
 static uint64_t *verified;
 static size_t nverified, capverified;
 
@@ -405,7 +406,7 @@ static int do_pipe(struct fdobj_ctx *c, int fd, const char *target, const struct
 			goto out;
 		}
 	}
-	if (!pipe_verified(ino)) {
+	if (!E.include_children || !pipe_verified(ino)) {
 		int hfd = -1;
 		char comm[64];
 		pid_t h = outside_holder(ino, &hfd, comm, sizeof(comm));
