@@ -34,8 +34,24 @@ static const char *tty_path(int fd, char *buf, size_t len)
 	return "/dev/null";
 }
 
+/* The app's soft RLIMIT_NOFILE before its fds exist (all rlimits are set
+ * again later): fd numbers at or above the skeleton's limit, and the pipe
+ * ends parked above the highest fd, need it. Never above the hard limit. */
+static void nofile_early(struct rproc *p)
+{
+	for (size_t i = 0; i < p->pr->n_rlimits; i++) {
+		Understudy__V1__Rlimit *r = p->pr->rlimits[i];
+		struct rlimit cur;
+		if (r->resource != RLIMIT_NOFILE || prlimit(p->pid, RLIMIT_NOFILE, NULL, &cur) || r->cur <= cur.rlim_cur)
+			continue;
+		struct rlimit want = { r->cur < cur.rlim_max ? r->cur : cur.rlim_max, cur.rlim_max };
+		prlimit(p->pid, RLIMIT_NOFILE, &want, NULL);
+	}
+}
+
 int files_restore(struct rproc *p)
 {
+	nofile_early(p);
 	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	Understudy__V1__Fd **v = malloc((pr->n_fds + 1) * sizeof(*v));
