@@ -192,7 +192,7 @@ static int take_fd(struct fdobj_ctx *c, int fd)
 	return x;
 }
 
-static bool is_app_pid(pid_t pid)
+bool is_app_pid(pid_t pid)
 {
 	for (size_t i = 0; i < E.nprocs; i++)
 		if (!E.procs[i].dead && E.procs[i].pid == pid)
@@ -200,11 +200,10 @@ static bool is_app_pid(pid_t pid)
 	return false;
 }
 
-/* A process outside the app (not this engine) holding pipe:[ino]; 0 if none. */
-static pid_t outside_holder(uint64_t ino, int *hfd, char *comm, size_t clen)
+/* A process (not this engine; outside the app only if asked) with an fd
+ * whose link reads `want`; 0 if none. */
+pid_t fd_holder(const char *want, bool outside_only, int *hfd, char *comm, size_t clen)
 {
-	char want[48];
-	snprintf(want, sizeof(want), "pipe:[%llu]", (unsigned long long)ino);
 	DIR *d = opendir("/proc");
 	if (!d)
 		return 0;
@@ -214,7 +213,7 @@ static pid_t outside_holder(uint64_t ino, int *hfd, char *comm, size_t clen)
 		if (de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
 		pid_t p = atoi(de->d_name);
-		if (p == self || is_app_pid(p))
+		if (p == self || (outside_only && is_app_pid(p)))
 			continue;
 		char dp[64];
 		snprintf(dp, sizeof(dp), "/proc/%d/fd", p);
@@ -280,6 +279,13 @@ static void pipe_mark_verified(uint64_t ino)
 		capverified = nc;
 	}
 	verified[nverified++] = ino;
+}
+
+static pid_t outside_holder(uint64_t ino, int *hfd, char *comm, size_t clen)
+{
+	char want[48];
+	snprintf(want, sizeof(want), "pipe:[%llu]", (unsigned long long)ino);
+	return fd_holder(want, true, hfd, comm, clen);
 }
 
 static uint32_t fdinfo_flags(const char *info)

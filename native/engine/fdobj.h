@@ -38,4 +38,11 @@ Understudy__V1__Fd__Kind fdobj_kind(const char *target);
 int fdobj_fd(struct fdobj_ctx *c, int fd, const char *target, const struct stat *st, const char *fdinfo, Understudy__V1__Fd *f);
 /* The open file description id of fd (see Fd.ofd_id in image.proto). */
 int fdobj_ofd_id(struct fdobj_ctx *c, int fd, const struct stat *st, uint64_t *id);
+/* for refusal messages: a process holding an fd whose link reads `want`
+ * (this engine excluded; app processes too if outside_only) */
+pid_t fd_holder(const char *want, bool outside_only, int *hfd, char *comm, size_t clen);
+bool is_app_pid(pid_t pid);
+/* sockpeer.c: ", connected to pid P (comm) fd N" for a unix socket whose
+ * peer is known, else "" */
+void sock_peer_describe(uint64_t ino, char *out, size_t len);
 #endif

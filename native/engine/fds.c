@@ -84,8 +84,11 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 		Understudy__V1__Fd__Kind okind = fdobj_kind(target);
 		const char *bad = okind ? NULL : unsupported_kind(target, &st, kb, sizeof(kb));
 		if (bad) {
-			rc = fail("E_UNSUPPORTED", 0, "pid %d fd %d is a %s (%s): this resource kind is not supported yet, refusing to checkpoint",
-				  pid, fd, bad, target);
+			char peer[256] = "";
+			if (!strcmp(bad, "socket"))
+				sock_peer_describe(st.st_ino, peer, sizeof(peer));
+			rc = fail("E_UNSUPPORTED", 0, "pid %d fd %d is a %s (%s)%s: this resource kind is not supported yet, refusing to checkpoint",
+				  pid, fd, bad, target, peer);
 			break;
 		}
 		char ip[96], *info = NULL;

@@ -308,6 +308,26 @@ describe('refused at attach', () => {
     expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
 
+  it('a unix socket is still refused, naming the process at its other end', async () => {
+    // node's stdio 'pipe' is a socketpair: the other end is this test process
+    const p = spawn('sleep', ['1000'], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
+    onCleanup(() => killPids([p.pid!]));
+    await waitFor('sleep started', () => existsSync(`/proc/${p.pid}/fd/0`) && readlinkSync(`/proc/${p.pid}/fd/0`).startsWith('socket:'));
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    try {
+      await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
+        code: 'E_UNSUPPORTED',
+        message: expect.stringMatching(
+          new RegExp(`pid ${p.pid} fd 0 is a socket \\(socket:\\[\\d+\\]\\), a unix socket connected to pid ${process.pid} \\([^)]*\\) fd \\d+ outside the app`),
+        ),
+      });
+    } finally {
+      await engine.close();
+    }
+    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+  });
+
   it('an epoll interest whose fd number now names another file', async () => {
     // the read end of pipe A is registered under fd r, kept alive by a dup,
     // then fd r is made to point at pipe B: the interest cannot be re-added
