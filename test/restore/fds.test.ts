@@ -200,6 +200,29 @@ describe('node: a compute loop with timers continues its output in sequence', ()
   }
 });
 
+describe('node restored twice', () => {
+  it('a restored node is checkpointed again (its rebuilt pipes, eventfds, epolls) and restored again, its output still in sequence', async () => {
+    const ctl = tmp('node2x');
+    const out = join(ctl, 'out');
+    const fx = await startFixture('node', ctl, nodeArgv(out));
+    await waitFor('node output', () => existsSync(out) && readFileSync(out, 'utf8').split('\n').length > 10);
+    let lines = 0;
+    for (const round of [1, 2]) {
+      const img = join(tmp(`node2x-img${round}`), 'image');
+      const d = await dumpAndKill(fx.pid, img, 3, 20);
+      expect(d.pids).toEqual([fx.pid]);
+      const p = processesOf(readEpochMeta(epochDir(img, d.lastEpoch)))[0]!;
+      truncateSync(out, Number(p.fds.find((f) => f.path === out)!.pos));
+      lines = readFileSync(out, 'utf8').trim().split('\n').length;
+      const r = await restore({ imageDir: img });
+      onCleanup(() => killPids([r.reaper, ...r.pids]));
+      await waitFor(`node to write after restore ${round}`, () => readFileSync(out, 'utf8').trim().split('\n').length >= lines + 10);
+    }
+    killPids([fx.pid]);
+    checkSequence(readFileSync(out, 'utf8').trim().split('\n'));
+  });
+});
+
 describe('node on a second node (own network namespace, own copy of the data folder)', () => {
   let cluster: TestCluster | undefined;
   afterAll(async () => {
