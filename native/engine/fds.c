@@ -1,6 +1,8 @@
 /* File descriptors: regular files, directories, the common character devices
- * and terminals are recorded (path, flags, offset, identity); every other
- * kind is refused naming pid, fd and kind, before anything is written. */
+ * and terminals are recorded (path, flags, offset, identity); pipes, eventfds
+ * and epoll instances with their state (fdobj.c); every fd with the id of its
+ * open file description (shared by dups, in any process of the app); every
+ * other kind is refused naming pid, fd and kind, before anything is written. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +15,7 @@
 #include <unistd.h>
 #include "arena.h"
 #include "engine.h"
+#include "fdobj.h"
 
 static const char *unsupported_kind(const char *target, const struct stat *st, char *buf, size_t blen)
 {
@@ -60,48 +63,76 @@ static const char *unsupported_kind(const char *target, const struct stat *st, c
 
 static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 {
-	char dpath[64];
-	snprintf(dpath, sizeof(dpath), "/proc/%d/fd", pid);
-	DIR *d = opendir(dpath);
-	if (!d)
-		return fail(errno == ENOENT ? "E_NO_SUCH_PROCESS" : "E_NATIVE", errno, "opendir(%s)", dpath);
-	struct dirent *de;
+	/* one read of /proc per fd (link, stat, fdinfo), for every process of
+	 * the app: the other ends of pipes and shared descriptions are there */
+	struct fdobj_ctx oc;
+	if (fdobj_begin(&oc, pid))
+		return -1;
 	int rc = 0;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] < '0' || de->d_name[0] > '9')
+	for (size_t i = 0; i < oc.nsnap; i++) {
+		const struct fdsnap_ent *e = &oc.snap[i];
+		if (e->pid != pid)
 			continue;
-		int fd = atoi(de->d_name);
-		char lp[96], target[PATH_MAX + 1], kb[128];
-		snprintf(lp, sizeof(lp), "/proc/%d/fd/%d", pid, fd);
-		ssize_t n = readlink(lp, target, PATH_MAX);
-		if (n < 0)
-			continue;   /* closed meanwhile (only possible outside a barrier) */
-		target[n] = 0;
-		struct stat st;
-		if (stat(lp, &st)) {
-			if (!strncmp(target, "socket:", 7) || !strncmp(target, "pipe:", 5) || !strncmp(target, "anon_inode:", 11))
-				memset(&st, 0, sizeof(st));
-			else {
-				rc = fail("E_NATIVE", errno, "stat(%s -> %s)", lp, target);
-				break;
-			}
-		}
-		const char *bad = unsupported_kind(target, &st, kb, sizeof(kb));
-		if (bad) {
-			rc = fail("E_UNSUPPORTED", 0, "pid %d fd %d is a %s (%s): this resource kind is not supported yet, refusing to checkpoint",
-				  pid, fd, bad, target);
+		int fd = e->fd;
+		const char *target = e->target;
+		char kb[128];
+		struct stat st = e->st;
+		if (e->stat_errno && strncmp(target, "socket:", 7) && strncmp(target, "pipe:", 5) && strncmp(target, "anon_inode:", 11)) {
+			rc = fail("E_NATIVE", e->stat_errno, "stat(/proc/%d/fd/%d -> %s)", pid, fd, target);
 			break;
 		}
-		if (!pr)
+		Understudy__V1__Fd__Kind okind = fdobj_kind(target);
+		const char *bad = okind ? NULL : unsupported_kind(target, &st, kb, sizeof(kb));
+		if (bad) {
+			char peer[256] = "";
+			if (!strcmp(bad, "socket"))
+				sock_peer_describe(st.st_ino, peer, sizeof(peer));
+			rc = fail("E_UNSUPPORTED", 0, "pid %d fd %d is a %s (%s)%s: this resource kind is not supported yet, refusing to checkpoint",
+				  pid, fd, bad, target, peer);
+			break;
+		}
+		char ip[96], *info = NULL;
+		if (pr || okind) {
+			snprintf(ip, sizeof(ip), "/proc/%d/fdinfo/%d", pid, fd);
+			if (read_file(ip, &info) < 0) {
+				if (okind) {
+					rc = -1;   /* its state is in there */
+					break;
+				}
+				info = NULL;
+			}
+			err_clear();
+		}
+		if (!pr) {
+			rc = okind ? fdobj_fd(&oc, fd, target, &st, info, NULL) : 0;
+			free(info);
+			if (rc)
+				break;
 			continue;
+		}
 		Understudy__V1__Fd *f = ANEW(Understudy__V1__Fd, understudy__v1__fd__init);
 		if (!f) {
+			free(info);
 			rc = -1;
 			break;
 		}
 		f->fd = fd;
 		f->path = astrdup(target);
-		if (S_ISREG(st.st_mode))
+		if (info) {
+			char *q = strstr(info, "pos:");
+			if (q)
+				f->pos = strtoull(q + 4, NULL, 10);
+			q = strstr(info, "flags:");
+			if (q) {
+				f->flags = strtoul(q + 6, NULL, 8);
+				f->cloexec = (f->flags & O_CLOEXEC) != 0;
+			}
+		}
+		fdobj_ofd_id(&oc, fd, &st, &f->ofd_id);
+		if (okind) {
+			f->kind = okind;
+			rc = fdobj_fd(&oc, fd, target, &st, info, f);
+		} else if (S_ISREG(st.st_mode))
 			f->kind = UNDERSTUDY__V1__FD__KIND__REGULAR;
 		else if (S_ISDIR(st.st_mode))
 			f->kind = UNDERSTUDY__V1__FD__KIND__DIRECTORY;
@@ -111,33 +142,28 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 			f->rdev_major = ma;
 			f->rdev_minor = minor(st.st_rdev);
 		}
-		f->file = ANEW(Understudy__V1__FileId, understudy__v1__file_id__init);
-		f->file->path = f->path;
-		f->file->dev = st.st_dev;
-		f->file->ino = st.st_ino;
-		f->file->size = st.st_size;
-		f->file->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
-		f->file->mode = st.st_mode;
-		char ip[96], *info;
-		snprintf(ip, sizeof(ip), "/proc/%d/fdinfo/%d", pid, fd);
-		if (read_file(ip, &info) >= 0) {
-			char *q = strstr(info, "pos:");
-			if (q)
-				f->pos = strtoull(q + 4, NULL, 10);
-			q = strstr(info, "flags:");
-			if (q) {
-				f->flags = strtoul(q + 6, NULL, 8);
-				f->cloexec = (f->flags & O_CLOEXEC) != 0;
+		free(info);
+		if (rc)
+			break;
+		if (!okind) {
+			f->file = ANEW(Understudy__V1__FileId, understudy__v1__file_id__init);
+			if (!f->file) {
+				rc = -1;
+				break;
 			}
-			free(info);
+			f->file->path = f->path;
+			f->file->dev = st.st_dev;
+			f->file->ino = st.st_ino;
+			f->file->size = st.st_size;
+			f->file->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+			f->file->mode = st.st_mode;
 		}
-		err_clear();
 		if (APUSH(pr->fds, pr->n_fds, f)) {
 			rc = -1;
 			break;
 		}
 	}
-	closedir(d);
+	fdobj_end(&oc);
 	return rc;
 }
 

@@ -1,6 +1,7 @@
 /* File descriptors at their numbers, with their flags and offsets (regular
  * files, directories, /dev/null|zero|full|random|urandom; a terminal becomes
- * /dev/null or, with --tty inherit, the restorer's own terminal), and the
+ * /dev/null or, with --tty inherit, the restorer's own terminal; pipes,
+ * eventfds, epoll and dups of one description through fdobj.c), and the
  * process-wide state that goes with them: cwd, root, umask, rlimits,
  * credentials, personality. */
 #include <errno.h>
@@ -33,8 +34,24 @@ static const char *tty_path(int fd, char *buf, size_t len)
 	return "/dev/null";
 }
 
+/* The app's soft RLIMIT_NOFILE before its fds exist (all rlimits are set
+ * again later): fd numbers at or above the skeleton's limit, and the pipe
+ * ends parked above the highest fd, need it. Never above the hard limit. */
+static void nofile_early(struct rproc *p)
+{
+	for (size_t i = 0; i < p->pr->n_rlimits; i++) {
+		Understudy__V1__Rlimit *r = p->pr->rlimits[i];
+		struct rlimit cur;
+		if (r->resource != RLIMIT_NOFILE || prlimit(p->pid, RLIMIT_NOFILE, NULL, &cur) || r->cur <= cur.rlim_cur)
+			continue;
+		struct rlimit want = { r->cur < cur.rlim_max ? r->cur : cur.rlim_max, cur.rlim_max };
+		prlimit(p->pid, RLIMIT_NOFILE, &want, NULL);
+	}
+}
+
 int files_restore(struct rproc *p)
 {
+	nofile_early(p);
 	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	Understudy__V1__Fd **v = malloc((pr->n_fds + 1) * sizeof(*v));
@@ -42,9 +59,14 @@ int files_restore(struct rproc *p)
 		return fail("E_RESTORE", ENOMEM, "malloc");
 	memcpy(v, pr->fds, pr->n_fds * sizeof(*v));
 	qsort(v, pr->n_fds, sizeof(*v), cmp_fd);
+	/* temporary fds (pipe ends waiting for their holder) go above every fd of the image */
+	int base = pr->n_fds ? v[pr->n_fds - 1]->fd + 1 : 3;
 	int rc = 0;
 	for (size_t i = 0; i < pr->n_fds && !rc; i++) {
 		Understudy__V1__Fd *f = v[i];
+		bool done;
+		if ((rc = fdobj_place(p, f, base, &done)) || done)
+			continue;
 		char tb[256];
 		const char *path = f->path;
 		long flags = f->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC);
@@ -74,9 +96,11 @@ int files_restore(struct rproc *p)
 			snprintf(what, sizeof(what), "lseek(fd %d of %s, %llu)", f->fd, path, (unsigned long long)f->pos);
 			rc = inj_ok(t, what, SYS_lseek, f->fd, f->pos, SEEK_SET, 0, 0, 0, NULL);
 		}
+		if (!rc)
+			fdobj_register(p, f);
 	}
 	free(v);
-	return rc;
+	return rc || fdobj_epolls(p) ? -1 : 0;
 }
 
 int proc_misc_restore(struct rproc *p)

@@ -92,6 +92,8 @@ int main(int argc, char **argv)
 		rc = tree_plan();
 	if (!rc)
 		rc = check_all(&R.im);
+	if (!rc)
+		rc = fdobj_plan();
 	for (size_t i = 0; !rc && i < R.nprocs; i++)
 		rc = image_page_map(&R.im, R.procs[i].pid, &R.procs[i].pages, &R.procs[i].npages);
 	uint64_t t_map = now_ns();
@@ -115,6 +117,8 @@ int main(int argc, char **argv)
 			     signals_restore(p) || threads_create(p) || task_state_restore(p) || signals_queue(p) || creds_restore(p);
 			vlog("pid %d rebuilt (%zu pages)", p->pid, p->npages);
 		}
+		if (!rc)
+			rc = fdobj_finish();
 		ph[4] = now_ns();
 		if (!rc && fail_at && !strcmp(fail_at, "rebuild"))
 			rc = fail("E_RESTORE", 0, "failing on purpose after rebuilding every process (UNDERSTUDY_RESTORE_FAIL_AFTER=rebuild)");

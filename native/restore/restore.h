@@ -10,6 +10,7 @@
  *   mem.c     address space: unmap, [vdso]/[vvar] moves, mmap, page writes,
  *             PR_SET_MM_MAP
  *   files.c   fds, cwd/root, umask, rlimits, creds
+ *   fdobj.c   pipes, eventfds, epoll, fds sharing an open file description
  *   task.c    threads, signals, per-thread state, registers, detach
  *   main.c    command line, order of the phases, JSON report */
 #ifndef UNDERSTUDY_RESTORE_H
@@ -144,6 +145,15 @@ uint64_t mem_pick_stub(void);
 int files_restore(struct rproc *p);
 int proc_misc_restore(struct rproc *p);
 int creds_restore(struct rproc *p);
+
+/* ---- fdobj.c: pipes, eventfds, epoll, shared open file descriptions ---- */
+int fdobj_plan(void);
+/* places f if it is a dup of a description already in place or a pipe,
+ * eventfd or epoll (*done true); else leaves it to files.c (*done false) */
+int fdobj_place(struct rproc *p, const Understudy__V1__Fd *f, int base, bool *done);
+void fdobj_register(struct rproc *p, const Understudy__V1__Fd *f);
+int fdobj_epolls(struct rproc *p);
+int fdobj_finish(void);
 
 /* ---- task.c ---- */
 int signals_reset(struct rproc *p);

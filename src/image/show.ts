@@ -45,6 +45,12 @@ export function epochJson(meta: EpochMeta, withPages: boolean): unknown {
   return obj;
 }
 
+/** A uint64 field (number or Long) in hex, exact beyond 2^53. */
+function hex64(v: unknown): string {
+  if (v === null || v === undefined) return '0';
+  return BigInt(typeof v === 'number' ? v : String(v)).toString(16);
+}
+
 export function showImage(dir: string, opts: { epoch?: number; json: boolean; pages?: boolean }): string {
   const entries = listEpochs(dir).filter((e) => opts.epoch === undefined || e.epoch === opts.epoch);
   const loaded = entries.map((e) => ({ e, m: readEpochMeta(e.path) }));
@@ -92,7 +98,18 @@ export function showImage(dir: string, opts: { epoch?: number; json: boolean; pa
         );
       }
       for (const f of p.fds) {
-        lines.push(`    fd ${f.fd} ${understudy.v1.Fd.Kind[f.kind!]} ${f.path} flags 0${(f.flags ?? 0).toString(8)} pos ${Number(f.pos)}`);
+        const ofd = Number(f.ofdId ?? 0);
+        const shared = ofd && ofd !== p.pid * 2 ** 32 + (f.fd ?? 0) ? ` dup of pid ${Math.floor(ofd / 2 ** 32)} fd ${ofd % 2 ** 32}` : '';
+        let extra = '';
+        if (f.pipe) {
+          extra = ` ${f.pipe.writeEnd ? 'write' : 'read'} end`;
+          if (f.pipe.hasState) extra += ` size ${f.pipe.size} unread ${f.pipe.data?.length ?? 0} B`;
+        } else if (f.eventfd) {
+          extra = ` count ${Number(f.eventfd.count)}${f.eventfd.semaphore ? ' semaphore' : ''}`;
+        } else if (f.epoll) {
+          extra = ` watches ${(f.epoll.targets ?? []).map((t) => `fd ${t.tfd} events 0x${(t.events ?? 0).toString(16)} data 0x${hex64(t.data)}`).join(', ') || 'nothing'}`;
+        }
+        lines.push(`    fd ${f.fd} ${understudy.v1.Fd.Kind[f.kind!]} ${f.path} flags 0${(f.flags ?? 0).toString(8)} pos ${Number(f.pos)}${shared}${extra}`);
       }
     }
   }

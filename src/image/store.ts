@@ -294,6 +294,11 @@ export function compact(dir: string, epoch?: number, opts: { prune?: boolean } =
   try {
     const meta = understudy.v1.EpochMeta.fromObject(understudy.v1.EpochMeta.toObject(r.meta, { longs: Number }));
     meta.full = true;
+    // fds carry uint64s beyond 2^53 (epoll data, description ids): keep them exact
+    const orig = processesOf(r.meta);
+    processesOf(meta).forEach((p, i) => {
+      p.fds = orig[i]!.fds;
+    });
     const chunks: Buffer[] = [];
     let off = 0;
     for (const p of processesOf(meta)) {
