@@ -24,7 +24,7 @@ const char *err_text(int err);
  * the object and errno ("<what>: <strerror> (errno N)"), and errno itself. */
 struct err_value {
 	char code[32];
-	char msg[1024];
+	char msg[2048];
 	int errnum;
 };
 

@@ -1,7 +1,6 @@
 /* Everything refused before a process is created: kernel and CPU features,
  * files behind mappings and the executable, files behind fds, PIDs and TIDs
  * already in use, resource kinds this restorer does not rebuild. */
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,41 +10,8 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 #include <zlib.h>
+#include "elfid.h"
 #include "restore.h"
-
-static void elf_build_id(int fd, uint64_t size, char *out, size_t olen)
-{
-	out[0] = 0;
-	Elf64_Ehdr eh;
-	if (pread(fd, &eh, sizeof(eh), 0) != sizeof(eh) || memcmp(eh.e_ident, ELFMAG, SELFMAG) || eh.e_ident[EI_CLASS] != ELFCLASS64)
-		return;
-	for (int i = 0; i < eh.e_phnum && i < 64; i++) {
-		Elf64_Phdr ph;
-		if (pread(fd, &ph, sizeof(ph), eh.e_phoff + (uint64_t)i * eh.e_phentsize) != sizeof(ph))
-			return;
-		if (ph.p_type != PT_NOTE || ph.p_filesz > 65536 || ph.p_offset + ph.p_filesz > size)
-			continue;
-		static unsigned char nb[65536];
-		if (pread(fd, nb, ph.p_filesz, ph.p_offset) != (ssize_t)ph.p_filesz)
-			return;
-		size_t off = 0;
-		while (off + sizeof(Elf64_Nhdr) <= ph.p_filesz) {
-			Elf64_Nhdr *nh = (Elf64_Nhdr *)(nb + off);
-			size_t name_off = off + sizeof(*nh);
-			size_t desc_off = name_off + ((nh->n_namesz + 3) & ~3u);
-			size_t next = desc_off + ((nh->n_descsz + 3) & ~3u);
-			if (next > ph.p_filesz)
-				break;
-			if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 && !memcmp(nb + name_off, "GNU", 4)) {
-				size_t o = 0;
-				for (size_t k = 0; k < nh->n_descsz && o + 3 < olen; k++)
-					o += snprintf(out + o, olen - o, "%02x", nb[desc_off + k]);
-				return;
-			}
-			off = next;
-		}
-	}
-}
 
 /* identity cache: one check per file however many regions map it */
 struct idc {
@@ -87,7 +53,7 @@ int check_file_id(const Understudy__V1__FileId *id, const char *what, pid_t pid)
 			  (long long)st.st_size, (unsigned long long)id->size);
 	} else if (id->build_id && id->build_id[0]) {
 		char b[80];
-		elf_build_id(fd, st.st_size, b, sizeof(b));
+		elf_gnu_build_id(fd, st.st_size, b, sizeof(b));
 		if (strcmp(b, id->build_id))
 			rc = fail("E_FILE_CHANGED", 0, "pid %d: %s %s changed since the checkpoint: build-id %s, was %s", pid, what, path,
 				  b[0] ? b : "(none)", id->build_id);

@@ -7,21 +7,15 @@
 #include <time.h>
 #include "restore.h"
 
-struct rerror g_err;
+struct err_value g_err;
 bool g_verbose;
 
 int fail(const char *code, int errnum, const char *fmt, ...)
 {
-	if (g_err.code[0])
-		return -1;   /* keep the first (root) cause */
-	snprintf(g_err.code, sizeof(g_err.code), "%s", code);
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(g_err.msg, sizeof(g_err.msg), fmt, ap);
+	err_vset(&g_err, code, errnum, fmt, ap);   /* keeps the first (root) cause */
 	va_end(ap);
-	if (errnum && n > 0 && (size_t)n < sizeof(g_err.msg))
-		snprintf(g_err.msg + n, sizeof(g_err.msg) - n, ": %s (errno %d)", strerror(errnum), errnum);
-	g_err.errnum = errnum;
 	return -1;
 }
 

@@ -249,7 +249,7 @@ struct wjob {
 	int uffd;
 	size_t i0, i1;
 	uint64_t bytes;
-	struct rerror err;
+	struct err_value err;
 	int rc;
 };
 
@@ -330,7 +330,7 @@ static int write_range_v(struct rproc *p, struct page_ref *pv, size_t i0, size_t
 static void *write_part(void *arg)
 {
 	struct wjob *j = arg;
-	struct rerror keep = g_err;
+	struct err_value keep = g_err;
 	memset(&g_err, 0, sizeof(g_err));
 	j->rc = write_range_v(j->p, j->pv, j->i0, j->i1, &j->bytes, j->uffd);
 	j->err = g_err;

@@ -16,6 +16,7 @@
 #ifndef UNDERSTUDY_RESTORE_H
 #define UNDERSTUDY_RESTORE_H
 #pragma GCC diagnostic ignored "-Wformat-truncation"
+#include "errfmt.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,12 +31,7 @@ typedef Understudy__V1__Thread Thr;
 typedef Understudy__V1__Vma Vma;
 
 /* ---- err.c ---- */
-struct rerror {
-	char code[32];
-	char msg[2048];
-	int errnum;
-};
-extern struct rerror g_err;
+extern struct err_value g_err;   /* the first error of this restore (errfmt.h) */
 int fail(const char *code, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 uint64_t now_ns(void);
 extern bool g_verbose;
