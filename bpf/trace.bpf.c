@@ -226,8 +226,11 @@ static __always_inline struct file *fd_file(struct task_struct *t, long fd)
 	if ((unsigned long)fd >= fdt->max_fds)
 		return NULL;
 	struct file **arr = fdt->fd;
-	struct file *f = NULL;
-	bpf_probe_read_kernel(&f, sizeof(f), &arr[fd]);
+	/* arr[fd] as a plain load with a fault fixup rather than a helper call:
+	 * the slot seen through a one-word BTF struct (struct fd { unsigned long
+	 * word; }), whose untrusted cast the verifier lets us read. */
+	struct fd *slot = bpf_rdonly_cast(&arr[fd], bpf_core_type_id_kernel(struct fd));
+	struct file *f = (struct file *)slot->word;
 	if (!f)
 		return NULL;
 	return bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
@@ -378,10 +381,12 @@ int BPF_PROG(btf__sys_exit, struct pt_regs *regs, long ret)
 	__u32 e = sc_table[nr];
 	if (!e)
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_app(id >> 32))
-		return 0;
+	/* One helper call: the ids from the task (plain loads), not a second helper. */
 	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tgid = task->tgid;
+	if (!is_app(tgid))
+		return 0;
+	__u64 id = ((__u64)tgid << 32) | (__u32)task->pid;
 	if (task->thread_info.status & TS_COMPAT)
 		return 0; /* ia32 numbers mean other syscalls; not traced (docs/tracing.md) */
 	__u32 kind = e & 0xff, p0 = (e >> 8) & 7, p1 = (e >> 16) & 7;
