@@ -1,6 +1,8 @@
 // Loading through bpftool: pins per app, inspection, unload, and the cleanup
 // of pins a crashed agent left behind.
 import { existsSync, readdirSync, utimesSync } from 'node:fs';
+import { join } from 'node:path';
+import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BPFFS_ROOT, PinnedTracer } from '../../src/trace/loader.js';
 import { Tracer } from '../../src/trace/tracer.js';
@@ -27,6 +29,17 @@ describe('tracer loader', () => {
     expect(readdirSync(pins.progsDir).some((n) => n.includes('raw_syscalls') || n.includes('sys_enter'))).toBe(false);
     await pins.addTgids([process.pid, 1]);
     expect((await pins.filterTgids()).sort((a, b) => a - b)).toEqual([1, process.pid].sort((a, b) => a - b));
+    // The filter the programs test: one bit per tgid in app_bits (word tgid/64, bit tgid%64).
+    const word = async (k: number) => {
+      const r = await execa('bpftool', ['--json', 'map', 'lookup', 'pinned', join(pins.mapsDir, 'app_bits'), 'key', ...le32(k)]);
+      return BigInt(JSON.parse(r.stdout).formatted.value);
+    };
+    expect(await word(0)).toBe(1n << 1n); // tgid 1 alone in word 0
+    const w = await word(Math.floor(process.pid / 64));
+    expect((w >> BigInt(process.pid % 64)) & 1n).toBe(1n);
+    // out of the kernel's pid range: refused with the tgid named, nothing half-done
+    await expect(pins.addTgids([1 << 22])).rejects.toThrow(/tgid 4194304 out of range/);
+    expect((await pins.filterTgids()).length).toBe(2);
     expect((await pins.counters()).ringbufReserveFailures).toBe(0);
     pins.unload();
     expect(existsSync(pins.dir)).toBe(false);
@@ -53,3 +66,7 @@ describe('tracer loader', () => {
     expect(readdirSync(BPFFS_ROOT)).toContain(`live-${process.pid}`);
   });
 });
+
+function le32(n: number): string[] {
+  return [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff].map(String);
+}
