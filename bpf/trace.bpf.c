@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The app tracer: tracepoints only (this kernel has no kprobes and refuses
- * fentry). Every program checks the app's tgid map first and returns at once
- * for any other task. Syscalls are reported from sys_exit alone: the
+ * fentry). Every program checks the app's filter (one bit per tgid) first and
+ * returns at once for any other task. Syscalls are reported from ONE program
+ * on the BTF raw tracepoint sys_exit: the kernel calls it directly for every
+ * syscall of every task, so its first test is the syscall number against a
+ * read-only table (a load), then the filter (a load and a bit test). The
  * arguments are still in the task's saved user registers (pt_regs), and user
  * memory (paths, sockaddrs, pipe fds) is read after the kernel itself touched
- * it (no EFAULT on non-resident pages). No sys_enter programs: each attached
- * syscall tracepoint costs every task on the machine that calls it.
+ * it (no EFAULT on non-resident pages). No sys_enter program, never
+ * raw_syscalls through perf. Costs measured: docs/tracing.md.
  * Records go to a ring buffer without wake-ups; the reader is woken in batches
  * (every TR_WAKE_EVERY records) and polls on a short timer for the rest. */
 #include "vmlinux.h"
