@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
-/* The floor for bench/trace-overhead: an empty program on the one syscall
- * tracepoint the benchmark watches. What a process pays with it attached is
- * the kernel's own cost of a syscall tracepoint with a BPF program, before the
- * tracer's programs do anything. Same map names as trace.bpf.c, so that
+/* The floor for bench/trace-overhead: an empty program on the BTF raw
+ * tracepoint sys_exit, where the tracer's one syscall program sits. What a
+ * process pays with it attached (for every syscall) is the kernel's own cost
+ * before the tracer's program does anything: the slow syscall path plus the
+ * call of a BPF program. Same map names as trace.bpf.c, so that
  * native/tracer can attach and stream it. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 #include "trace.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -22,8 +24,8 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-SEC("tracepoint/syscalls/sys_exit_pwrite64")
-int tp__syscalls__sys_exit_pwrite64(struct trace_event_raw_sys_exit *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(btf__sys_exit, struct pt_regs *regs, long ret)
 {
 	return 0;
 }

@@ -1,5 +1,7 @@
 /* understudy-tracer --pins DIR [--poll-ms N] [--stats-ms N]
+ * understudy-tracer --pins DIR --add-tgid PID [--add-tgid PID]...
  *
+ * With --add-tgid: puts the tgids in the in-kernel filter (filter.c) and exits.
  * Attaches every program pinned in DIR/progs, then streams DIR/maps/events (the
  * ring buffer) to stdout as length-prefixed frames, each one record of
  * bpf/trace.h. The programs submit without wake-ups, so the buffer is also
@@ -71,7 +73,8 @@ static int emit_stats(int counters_fd)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: understudy-tracer --pins DIR [--poll-ms N] [--stats-ms N]\n");
+	fprintf(stderr, "usage: understudy-tracer --pins DIR [--poll-ms N] [--stats-ms N]\n"
+			"       understudy-tracer --pins DIR --add-tgid PID [--add-tgid PID]...\n");
 	return 2;
 }
 
@@ -79,9 +82,18 @@ int main(int argc, char **argv)
 {
 	const char *pins = NULL;
 	int poll_ms = 10, stats_ms = 1000;
+	static uint32_t add[4096];
+	int n_add = 0;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--pins") == 0 && i + 1 < argc)
 			pins = argv[++i];
+		else if (strcmp(argv[i], "--add-tgid") == 0 && i + 1 < argc && n_add < (int)(sizeof(add) / sizeof(add[0]))) {
+			char *end;
+			unsigned long v = strtoul(argv[++i], &end, 10);
+			if (*end || v == 0 || v > UINT32_MAX)
+				return usage();
+			add[n_add++] = (uint32_t)v;
+		}
 		else if (strcmp(argv[i], "--poll-ms") == 0 && i + 1 < argc)
 			poll_ms = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--stats-ms") == 0 && i + 1 < argc)
@@ -91,6 +103,8 @@ int main(int argc, char **argv)
 	}
 	if (!pins || poll_ms <= 0 || stats_ms <= 0)
 		return usage();
+	if (n_add > 0)
+		return filter_add(pins, add, n_add) < 0 ? 1 : 0;
 	signal(SIGPIPE, SIG_IGN);
 
 	sigset_t mask;

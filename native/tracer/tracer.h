@@ -19,6 +19,10 @@ struct links {
 int attach_all(const char *progs_dir, struct links *out);
 void detach_all(struct links *l);
 
+/* filter.c: adds tgids to the in-kernel filter (app_bits with atomic ors
+ * through mmap, and the app_tgids listing). 0, or -1 with messages. */
+int filter_add(const char *pins, const uint32_t *tgids, int n);
+
 /* out.c: buffered frame output (4-byte little-endian length, then the record). */
 int out_frame(const void *rec, uint32_t len);
 int out_flush(void);

@@ -1,13 +1,12 @@
 // Loading the tracer's eBPF object through bpftool: load and pin under a
 // per-app folder of bpffs, add the app's tgids to the in-kernel filter,
 // inspect, unload. Pins a crashed agent left behind are found and removed.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
-import { bpfObject } from '../util/paths.js';
+import { bpfObject, nativeBinary } from '../util/paths.js';
 import { COUNTER_NAMES } from './records.js';
 
 const log = logger('trace');
@@ -194,18 +193,22 @@ export class PinnedTracer {
     return t;
   }
 
-  /** Adds tgids to the in-kernel filter (one bpftool batch). */
+  /**
+   * Adds tgids to the in-kernel filter. The filter is a bitmap the kernel
+   * changes with atomic operations at fork and exit; bpftool can only rewrite
+   * a whole word (and could erase a bit set at the same moment), so the
+   * native helper sets the bits with atomic ors through mmap (and lists the
+   * tgids in app_tgids).
+   */
   async addTgids(tgids: number[]): Promise<void> {
     if (tgids.length === 0) return;
-    const lines = tgids.map((pid) => `map update pinned ${join(this.mapsDir, 'app_tgids')} key ${le32(pid)} value 1 0 0 0`);
-    // Node's stdio pipes are sockets, which bpftool cannot open as /dev/stdin: use a file.
-    const dir = mkdtempSync(join(tmpdir(), 'understudy-bpftool-'));
-    try {
-      const file = join(dir, 'batch');
-      writeFileSync(file, lines.join('\n') + '\n');
-      await bpftool(['batch', 'file', file]);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
+    const args = ['--pins', this.dir, ...tgids.flatMap((t) => ['--add-tgid', String(t)])];
+    const r = await execa(nativeBinary('tracer'), args, { reject: false, stdin: 'ignore' });
+    if (r.exitCode !== 0) {
+      throw new UnderstudyError(
+        'E_NATIVE',
+        `could not add ${tgids.join(', ')} to the tracer's filter: ${(r.stderr || r.stdout || `exit ${r.exitCode}`).trim()}`,
+      );
     }
   }
 
@@ -259,6 +262,3 @@ export class PinnedTracer {
   }
 }
 
-function le32(n: number): string {
-  return [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff].join(' ');
-}
