@@ -4,7 +4,8 @@ import { demoCommand } from './demo.js';
 import { dumpCommand } from './dump.js';
 import { graphCommand } from './graph.js';
 import { imageCommand } from './image.js';
+import { runCommand } from './run.js';
 import { restoreCommand } from './restore.js';
 import { traceCommand } from './trace.js';
 
-export const COMMANDS: readonly Command[] = [checkCommand, demoCommand, traceCommand, graphCommand, dumpCommand, imageCommand, restoreCommand];
+export const COMMANDS: readonly Command[] = [checkCommand, demoCommand, traceCommand, graphCommand, runCommand, dumpCommand, imageCommand, restoreCommand];
