@@ -54,12 +54,12 @@ async function capture(noIter: boolean): Promise<[Seen, Seen]> {
     const pr = processesOf(readEpochMeta(epochDir))[0]!;
     const handlers: Seen['handlers'] = {};
     for (const s of pr.sigactions)
-      handlers[s.signo] = { handler: String(s.handler), flags: String(s.flags), restorer: String(s.restorer), mask: String(s.mask) };
+      handlers[s.signo ?? 0] = { handler: String(s.handler), flags: String(s.flags), restorer: String(s.restorer), mask: String(s.mask) };
     return {
       handlers,
       brk: String(pr.mm!.brk),
       threads: pr.threads.map((t) => ({
-        comm: t.comm,
+        comm: t.comm ?? '',
         clearTid: String(t.clearTid),
         ss: `${String(t.sigaltstack!.sp)}/${String(t.sigaltstack!.size)}/${t.sigaltstack!.flags}`,
       })),

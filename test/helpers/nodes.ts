@@ -55,21 +55,23 @@ export class TestCluster {
   }
 
   /**
-   * Runs a command inside the node: its network namespace, and a private mount
-   * namespace where `dataDir` is the node's own folder.
+   * The argv that runs `argv` inside the node: its network namespace, and a
+   * private mount namespace where `dataDir` is the node's own folder.
    */
-  exec(node: TestNode, cmd: string, args: string[], opts: Options = {}): ResultPromise {
+  wrap(node: TestNode, argv: string[]): string[] {
     mkdirSync(this.dataDir, { recursive: true });
-    return execa(
-      'ip',
-      [
-        'netns', 'exec', node.name,
-        'unshare', '--mount', '--propagation', 'private', '--',
-        'sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'us-node',
-        node.dataRoot, this.dataDir, cmd, ...args,
-      ],
-      opts,
-    );
+    return [
+      'ip', 'netns', 'exec', node.name,
+      'unshare', '--mount', '--propagation', 'private', '--',
+      'sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'us-node',
+      node.dataRoot, this.dataDir, ...argv,
+    ];
+  }
+
+  /** Runs a command inside the node (see wrap). */
+  exec(node: TestNode, cmd: string, args: string[], opts: Options = {}): ResultPromise {
+    const argv = this.wrap(node, [cmd, ...args]);
+    return execa(argv[0]!, argv.slice(1), opts);
   }
 
   async destroy(): Promise<void> {

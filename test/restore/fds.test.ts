@@ -233,8 +233,9 @@ describe('node on a second node (own network namespace, own copy of the data fol
     const scratch = tmp('node-nodes');
     const dataDir = join(scratch, 'data');
     mkdirSync(dataDir);
-    cluster = new TestCluster(dataDir, join(scratch, 'roots'));
-    const node2 = await cluster.addNode();
+    const nodes = new TestCluster(dataDir, join(scratch, 'roots'));
+    cluster = nodes;
+    const node2 = await nodes.addNode();
     const ctl = join(dataDir, 'app');
     mkdirSync(ctl);
     const out = join(ctl, 'out');
@@ -250,10 +251,7 @@ describe('node on a second node (own network namespace, own copy of the data fol
     const before = readFileSync(out2, 'utf8').trim().split('\n');
     const r = await restore({
       imageDir: img,
-      wrap: (argv) => [
-        'ip', 'netns', 'exec', node2.name, 'unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c',
-        'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'us-node', node2.dataRoot, dataDir, ...argv,
-      ],
+      wrap: (argv) => nodes.wrap(node2, argv),
     });
     onCleanup(() => killPids([r.reaper, ...r.pids]));
     expect(readlinkSync(`/proc/${fx.pid}/ns/net`)).not.toBe(readlinkSync('/proc/self/ns/net'));

@@ -94,11 +94,12 @@ describe('restore on a second node (own network namespace, own copy of the data 
       const scratch = tmp(`${name}-nodes`);
       const dataDir = join(scratch, 'data');
       mkdirSync(dataDir);
-      cluster = new TestCluster(dataDir, join(scratch, 'roots'));
+      const nodes = new TestCluster(dataDir, join(scratch, 'roots'));
+      cluster = nodes;
       onCleanup(async () => {
-        await cluster?.destroy();
+        await nodes.destroy();
       });
-      const node = await cluster.addNode();
+      const node = await nodes.addNode();
       const ctl = join(dataDir, 'app');
       mkdirSync(ctl);
       const fx = await startFixture(name, ctl);
@@ -108,10 +109,7 @@ describe('restore on a second node (own network namespace, own copy of the data 
       cpSync(dataDir, node.dataRoot, { recursive: true, preserveTimestamps: true });
       const r = await restore({
         imageDir: img,
-        wrap: (argv) => [
-          'ip', 'netns', 'exec', node.name, 'unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c',
-          'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'us-node', node.dataRoot, dataDir, ...argv,
-        ],
+        wrap: (argv) => nodes.wrap(node, argv),
       });
       onCleanup(() => killPids([r.reaper, ...r.pids]));
       expect([...r.pids].sort()).toEqual([...d.pids].sort());
