@@ -123,6 +123,8 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
     return await cmd.run(ctx, v, parsed.positionals);
   } catch (e) {
     if (isUnderstudyError(e)) {
+      // --json: the error as data too (stderr, one line), for scripts and monitoring
+      if (argv.includes('--json')) io.err(JSON.stringify({ error: { code: e.code, message: e.message } }));
       io.err(`understudy: ${e.message}`);
       if (debug && e.stack) io.err(e.stack);
       return e.exitCode;

@@ -74,3 +74,13 @@ describe('understudy CLI', () => {
     expect(r3.stderr).toMatch(/cannot read config file .*absent\.json: ENOENT/);
   });
 });
+
+describe('errors with --json', () => {
+  it('also gives the error as a JSON line with its code', async () => {
+    const r = await runCli(['restore', '-D', '/nonexistent/image', '--json']);
+    expect(r.exitCode).toBe(1);
+    const first = JSON.parse(r.stderr.split('\n')[0]!) as { error: { code: string; message: string } };
+    expect(first.error.code).toBe('E_NOT_AN_IMAGE');
+    expect(first.error.message).toContain('/nonexistent/image');
+  });
+});
