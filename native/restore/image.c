@@ -346,7 +346,12 @@ int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n
 				v[c++] = (struct page_ref){ pr->pages[r]->vaddr + p * PAGE_SZ, (uint32_t)k, pr->pages[r]->offset + p * PAGE_SZ,
 						     p < pr->pages[r]->n_crc32 ? pr->pages[r]->crc32[p] : 0 };
 	}
-	qsort(v, c, sizeof(*v), cmp_ref);
+	/* a single full epoch is written in address order: no sort needed then */
+	bool sorted = true;
+	for (size_t i = 1; i < c && sorted; i++)
+		sorted = cmp_ref(&v[i - 1], &v[i]) <= 0;
+	if (!sorted)
+		qsort(v, c, sizeof(*v), cmp_ref);
 	size_t o = 0;
 	bool any_delta = first < (int64_t)im->target;
 	struct voids *vs = calloc(im->nep, sizeof(*vs)), *rg = calloc(im->nep, sizeof(*rg));
