@@ -5,10 +5,12 @@
  * single-steps, and reads rax. A clone3 that creates a task reports a
  * PTRACE_EVENT_{FORK,CLONE} stop first: its pid is taken from the event. */
 #include <errno.h>
+#include <linux/sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ptrace.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include "restore.h"
@@ -154,4 +156,30 @@ uint64_t scratch_str(pid_t pid, size_t off, const char *s)
 	if (poke(pid, STUB_SCRATCH + off, s, n))
 		return 0;
 	return STUB_SCRATCH + off;
+}
+
+/* clone3 injected into task t (of process holder) with set_tid
+ * {ns_id, host_id}: the new process or thread must get exactly host_id, and
+ * is waited for until it stops (auto-attached). what names it in errors. */
+int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, pid_t ns_id, pid_t host_id, const char *what)
+{
+	pid_t tids[2] = { ns_id, host_id };
+	struct clone_args a = { 0 };
+	a.flags = flags;
+	a.exit_signal = (uint64_t)exit_signal;
+	a.set_tid = STUB_SCRATCH + 512;
+	a.set_tid_size = 2;
+	if (poke(holder, STUB_SCRATCH + 512, tids, sizeof(tids)) || poke(holder, STUB_SCRATCH, &a, sizeof(a)))
+		return -1;
+	long ret;
+	pid_t child = 0;
+	if (inj(t, SYS_clone3, STUB_SCRATCH, sizeof(a), 0, 0, 0, 0, &ret, &child))
+		return -1;
+	if (ret < 0)
+		return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(%s, set_tid {%d, %d}) injected into pid %d",
+			    what, ns_id, host_id, holder);
+	if (child != host_id)
+		return fail("E_RESTORE", 0, "clone3(%s) in pid %d created %d, expected %d", what, holder, child, host_id);
+	int st;
+	return wait_stop(child, &st);
 }

@@ -45,24 +45,10 @@ int threads_create(struct rproc *p)
 	struct rtask *lead = &p->tasks[0];
 	for (size_t k = 1; k < p->ntasks; k++) {
 		struct rtask *t = &p->tasks[k];
-		pid_t tids[2] = { t->th->ns_tid ? t->th->ns_tid : t->tid, t->tid };
-		struct clone_args a = { 0 };
-		a.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
-		a.set_tid = STUB_SCRATCH + 512;
-		a.set_tid_size = 2;
-		if (poke(p->pid, STUB_SCRATCH + 512, tids, sizeof(tids)) || poke(p->pid, STUB_SCRATCH, &a, sizeof(a)))
+		uint64_t flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+		if (inj_clone3(lead, p->pid, flags, 0, t->th->ns_tid ? t->th->ns_tid : t->tid, t->tid, "CLONE_THREAD"))
 			return -1;
-		long ret;
-		pid_t child = 0;
-		if (inj(lead, SYS_clone3, STUB_SCRATCH, sizeof(a), 0, 0, 0, 0, &ret, &child))
-			return -1;
-		if (ret < 0)
-			return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(CLONE_THREAD, set_tid {%d, %d}) in pid %d",
-				    tids[0], tids[1], p->pid);
-		if (child != t->tid)
-			return fail("E_RESTORE", 0, "clone3 in pid %d created thread %d, expected %d", p->pid, child, t->tid);
-		int st;
-		if (wait_stop(child, &st) || task_prepare(t))
+		if (task_prepare(t))
 			return -1;
 	}
 	return 0;

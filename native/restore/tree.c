@@ -295,24 +295,7 @@ static int create_child(struct rproc *p)
 {
 	struct rproc *par = &R.procs[p->parent];
 	struct rtask *pt = &par->tasks[0];
-	pid_t tids[2] = { p->pr->ns_pid, p->pid };
-	struct clone_args a = { 0 };
-	a.exit_signal = SIGCHLD;
-	a.set_tid = STUB_SCRATCH + 512;
-	a.set_tid_size = 2;
-	if (poke(par->pid, STUB_SCRATCH + 512, tids, sizeof(tids)) || poke(par->pid, STUB_SCRATCH, &a, sizeof(a)))
-		return -1;
-	long ret;
-	pid_t child = 0;
-	if (inj(pt, SYS_clone3, STUB_SCRATCH, sizeof(a), 0, 0, 0, 0, &ret, &child))
-		return -1;
-	if (ret < 0)
-		return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(set_tid {%d, %d}) injected into pid %d (its parent)",
-			    p->pr->ns_pid, p->pid, par->pid);
-	if (child != p->pid)
-		return fail("E_RESTORE", 0, "clone3 in pid %d created pid %d, expected %d", par->pid, child, p->pid);
-	int st;
-	if (wait_stop(child, &st))
+	if (inj_clone3(pt, par->pid, 0, SIGCHLD, p->pr->ns_pid, p->pid, "a child"))
 		return -1;
 	p->created = true;
 	return task_prepare(&p->tasks[0]);
