@@ -121,6 +121,8 @@ export async function runDemo(dataDir: string, say: (line: string) => void): Pro
     kill([pid]);
     // gone entirely (reaped, not a zombie), so that its pid is free for the restore
     await waitFor('the demo app to die and be reaped', () => !existsSync(`/proc/${pid}`));
+    // its pid is free now and may go to any process: never signal it again unless the restore takes it back
+    toKill.splice(toKill.indexOf(pid), 1);
     const crashedAt = readCount(counter);
     report.crashedAt = crashedAt;
     say(`Killed the app at count ${crashedAt} (a crash, as far as it knows).`);
