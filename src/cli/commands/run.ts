@@ -19,6 +19,8 @@ export function runApp(cmd: string[], output: string): Promise<number> {
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     child.on('error', (e) => reject(new UnderstudyError('E_NATIVE', `cannot start understudy-run: ${e.message}`)));
+    // 'exit' may come before or after stdout ends: wait for both to know
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
     // stdout ends once the app is running (or failed to start)
     child.stdout.on('end', () => {
       const pid = Number(out.trim());
@@ -29,7 +31,7 @@ export function runApp(cmd: string[], output: string): Promise<number> {
         resolvePid(pid);
         return;
       }
-      child.on('exit', () =>
+      void exited.then(() =>
         reject(new UnderstudyError('E_NATIVE', err.trim().replace(/^understudy-run: /, '') || 'the app did not start')),
       );
     });
