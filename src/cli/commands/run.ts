@@ -19,8 +19,8 @@ export function runApp(cmd: string[], output: string): Promise<number> {
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     child.on('error', (e) => reject(new UnderstudyError('E_NATIVE', `cannot start understudy-run: ${e.message}`)));
-    // 'exit' may come before or after stdout ends: wait for both to know
-    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    // 'close': the process exited and all of its stderr has been read
+    const exited = new Promise<void>((r) => child.once('close', () => r()));
     // stdout ends once the app is running (or failed to start)
     child.stdout.on('end', () => {
       const pid = Number(out.trim());
