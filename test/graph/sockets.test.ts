@@ -127,7 +127,8 @@ describe('sockets and external dependencies', () => {
       const sk = est?.type === 'tcp_state' ? est.sk : '?';
       const states = t.events.filter((e) => e.type === 'tcp_state' && e.sk === sk).map((e) => e.type === 'tcp_state' && `${e.oldState}->${e.newState}@${e.tgid}`);
       expect(states).toEqual([`CLOSE->SYN_SENT@${pid}`, `SYN_SENT->ESTABLISHED@${pid}`]);
-      const connect = t.events.find((e) => e.type === 'syscall' && e.name === 'connect' && e.tgid === pid);
+      // (on the connected socket's fd: glibc may first connect to nscd's unix socket where it runs)
+      const connect = t.events.find((e) => e.type === 'syscall' && e.name === 'connect' && e.tgid === pid && e.args[0] === fd);
       expect(connect && connect.type === 'syscall' && connect.sockaddr && sockaddrString(connect.sockaddr)).toBe(`127.0.0.1:${port}`);
       const sock = t.session.graph.processes.get(pid)!.fds.get(fd)!;
       expect(t.session.graph.resources.get(sock)?.attrs).toMatchObject({ state: 'ESTABLISHED', remote: `127.0.0.1:${port}` });
