@@ -240,6 +240,10 @@ int check_all(struct image *im)
 		struct stat st;
 		if (pr->cwd && stat(pr->cwd, &st))
 			return fail("E_FILE_CHANGED", errno, "pid %d: its working directory %s cannot be found on this node", pr->pid, pr->cwd);
+		/* an app adopted in the host's namespace gets its host pids back too;
+		 * one that had a namespace of its own needs only a new namespace */
+		if (R.root_is_init)
+			continue;
 		if (check_pid_free(pr->pid, "pid", pr->pid))
 			return -1;
 		for (size_t t = 0; t < pr->n_threads; t++)

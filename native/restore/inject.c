@@ -159,27 +159,35 @@ uint64_t scratch_str(pid_t pid, size_t off, const char *s)
 }
 
 /* clone3 injected into task t (of process holder) with set_tid
- * {ns_id, host_id}: the new process or thread must get exactly host_id, and
- * is waited for until it stops (auto-attached). what names it in errors. */
-int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, pid_t ns_id, pid_t host_id, const char *what)
+ * {ns_id, host_id}, or {ns_id} alone when host_id is 0 (the host's pid is
+ * then the kernel's choice): the new process or thread is waited for until it
+ * stops (auto-attached) and its host pid or tid is stored in *out. what names
+ * it in errors. */
+int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, pid_t ns_id, pid_t host_id, const char *what, pid_t *out)
 {
 	pid_t tids[2] = { ns_id, host_id };
 	struct clone_args a = { 0 };
 	a.flags = flags;
 	a.exit_signal = (uint64_t)exit_signal;
 	a.set_tid = STUB_SCRATCH + 512;
-	a.set_tid_size = 2;
+	a.set_tid_size = host_id ? 2 : 1;
 	if (poke(holder, STUB_SCRATCH + 512, tids, sizeof(tids)) || poke(holder, STUB_SCRATCH, &a, sizeof(a)))
 		return -1;
 	long ret;
 	pid_t child = 0;
 	if (inj(t, SYS_clone3, STUB_SCRATCH, sizeof(a), 0, 0, 0, 0, &ret, &child))
 		return -1;
-	if (ret < 0)
-		return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(%s, set_tid {%d, %d}) injected into pid %d",
-			    what, ns_id, host_id, holder);
-	if (child != host_id)
-		return fail("E_RESTORE", 0, "clone3(%s) in pid %d created %d, expected %d", what, holder, child, host_id);
+	if (ret < 0) {
+		if (host_id)
+			return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(%s, set_tid {%d, %d}) injected into pid %d",
+				    what, ns_id, host_id, holder);
+		return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(%s, set_tid {%d}) injected into pid %d", what, ns_id,
+			    holder);
+	}
+	if (ret != ns_id || child <= 0 || (host_id && child != host_id))
+		return fail("E_RESTORE", 0, "clone3(%s) in pid %d created %ld (host %d), expected %d (host %d)", what, holder, ret, child, ns_id,
+			    host_id);
+	*out = child;
 	int st;
 	return wait_stop(child, &st);
 }

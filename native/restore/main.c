@@ -95,10 +95,10 @@ int main(int argc, char **argv)
 	if (!rc)
 		rc = fdobj_plan();
 	for (size_t i = 0; !rc && i < R.nprocs; i++)
-		rc = image_page_map(&R.im, R.procs[i].pid, &R.procs[i].pages, &R.procs[i].npages);
+		rc = image_page_map(&R.im, R.procs[i].pr->pid, &R.procs[i].pages, &R.procs[i].npages);
 	uint64_t t_map = now_ns();
 	for (size_t i = 0; !rc && i < R.nprocs; i++)
-		rc = image_verify_refs(&R.im, R.procs[i].pid, R.procs[i].pages, R.procs[i].npages);
+		rc = image_verify_refs(&R.im, R.procs[i].pr->pid, R.procs[i].pages, R.procs[i].npages);
 	ph[1] += now_ns() - t_map;   /* crc time counts as verification */
 	if (!rc && !mem_pick_stub())
 		rc = fail("E_UNSUPPORTED", 0, "no free place for the restorer's stub page in the app's address space");

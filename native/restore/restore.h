@@ -120,7 +120,7 @@ int task_prepare(struct rtask *t);
 int inj(struct rtask *t, long nr, long a0, long a1, long a2, long a3, long a4, long a5, long *ret, pid_t *child);
 int inj_ok(struct rtask *t, const char *what, long nr, long a0, long a1, long a2, long a3, long a4, long a5, long *ret);
 int poke(pid_t pid, uint64_t addr, const void *src, size_t len);
-int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, pid_t ns_id, pid_t host_id, const char *what);
+int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, pid_t ns_id, pid_t host_id, const char *what, pid_t *out);
 int peek(pid_t pid, uint64_t addr, void *dst, size_t len);
 /* copy a string into the scratch page at offset off; returns its address */
 uint64_t scratch_str(pid_t pid, size_t off, const char *s);

@@ -46,8 +46,11 @@ int threads_create(struct rproc *p)
 	for (size_t k = 1; k < p->ntasks; k++) {
 		struct rtask *t = &p->tasks[k];
 		uint64_t flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
-		if (inj_clone3(lead, p->pid, flags, 0, t->th->ns_tid ? t->th->ns_tid : t->tid, t->tid, "CLONE_THREAD"))
+		pid_t got;
+		if (inj_clone3(lead, p->pid, flags, 0, t->th->ns_tid ? t->th->ns_tid : t->th->tid, R.root_is_init ? 0 : t->th->tid, "CLONE_THREAD",
+			       &got))
 			return -1;
+		t->tid = got;
 		if (task_prepare(t))
 			return -1;
 	}
@@ -132,7 +135,7 @@ int signals_queue(struct rproc *p)
 				return -1;
 			char what[64];
 			snprintf(what, sizeof(what), "rt_tgsigqueueinfo(signal %d)", s->signo);
-			if (inj_ok(t, what, SYS_rt_tgsigqueueinfo, pr->ns_pid, t->th->ns_tid ? t->th->ns_tid : t->tid, s->signo, STUB_SCRATCH, 0, 0,
+			if (inj_ok(t, what, SYS_rt_tgsigqueueinfo, pr->ns_pid, t->th->ns_tid ? t->th->ns_tid : t->th->tid, s->signo, STUB_SCRATCH, 0, 0,
 				   NULL))
 				return -1;
 		}

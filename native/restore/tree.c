@@ -1,7 +1,10 @@
 /* The process tree: a new PID namespace whose pid 1 is a minimal reaper (or
  * the app's root itself when it was pid 1 of its own namespace), then every
  * process as a skeleton created by its real parent with an injected clone3
- * and set_tid = {pid in the new namespace, pid on the host}. A skeleton owns
+ * and set_tid = {pid in the new namespace, pid on the host} for an app adopted
+ * in the host's namespace, {pid in the new namespace} alone for an app that
+ * had a namespace of its own (its host pids are whatever this node gives:
+ * rproc.pid and rtask.tid are set to them as each task is created). A skeleton owns
  * only the stub region (a `syscall` instruction and scratch pages) and the
  * kernel's [vvar]/[vdso]. Sessions and process groups are set while the
  * skeletons are created: session leaders first, then group leaders, then
@@ -30,10 +33,11 @@ static int ready_pipe[2] = { -1, -1 };
 static uint64_t stub_cands[16];
 static int nstub;
 
+/* index of the process whose pid in the image is pid */
 static int find_idx(pid_t pid)
 {
 	for (size_t i = 0; i < R.nprocs; i++)
-		if (R.procs[i].pid == pid)
+		if (R.procs[i].pr->pid == pid)
 			return (int)i;
 	return -1;
 }
@@ -63,7 +67,7 @@ int tree_plan(void)
 	for (size_t head = 0; head < R.nprocs; head++) {
 		for (size_t i = 0; i < m->n_processes; i++) {
 			Proc *pr = m->processes[i];
-			if (pr->ppid != R.procs[head].pid || pr == root)
+			if (pr->ppid != R.procs[head].pr->pid || pr == root)
 				continue;
 			struct rproc *c = &R.procs[R.nprocs++];
 			c->pr = pr;
@@ -89,7 +93,7 @@ int tree_plan(void)
 		p->ntasks = 1;
 		for (size_t t = 0; t < p->pr->n_threads; t++) {
 			Thr *th = p->pr->threads[t];
-			if (th->tid == p->pid)
+			if (th->tid == p->pr->pid)
 				p->tasks[0].th = th;
 			else {
 				p->tasks[p->ntasks].tid = th->tid;
@@ -151,6 +155,7 @@ static long clone3_raw(struct clone_args *a)
 	return syscall(SYS_clone3, a, sizeof(*a));
 }
 
+/* (only for an app adopted in the host's namespace: its host pids come back too) */
 static __attribute__((noreturn)) void reaper_main(pid_t root_ns, pid_t root_host)
 {
 	prctl(PR_SET_NAME, "understudy-init", 0, 0, 0);
@@ -237,27 +242,35 @@ static int start_namespace(void)
 		struct clone_args a = { 0 };
 		a.flags = CLONE_NEWPID;
 		a.exit_signal = SIGCHLD;
-		pid_t tids[2] = { 1, root->pid };
+		/* pid 1 of the new namespace is the app's root (its host pid is free) */
+		pid_t tids[1] = { 1 };
 		if (R.root_is_init) {
 			a.set_tid = (uint64_t)(uintptr_t)tids;
-			a.set_tid_size = 2;
+			a.set_tid_size = 1;
 		}
 		fflush(stdout);
 		fflush(stderr);
 		long c = clone3_raw(&a);
 		if (c < 0)
-			return fail(errno == EEXIST ? "E_PID_TAKEN" : "E_RESTORE", errno, "clone3(CLONE_NEWPID%s) for the app's PID namespace",
-				    R.root_is_init ? ", set_tid {1, root pid}" : "");
+			return fail("E_RESTORE", errno, "clone3(CLONE_NEWPID%s) for the app's PID namespace", R.root_is_init ? ", set_tid {1}" : "");
 		if (c == 0) {
 			close(ready_pipe[0]);
 			if (R.root_is_init) {
-				setsid();
+				/* a session of its own if it led one (`understudy run`'s
+				 * apps, daemons); otherwise it stays in the restorer's
+				 * session, which is outside the namespace as its old one
+				 * was: getsid() gives 0 in both cases */
+				if (root->pr->ns_sid == 1)
+					setsid();
 				skeleton_main();
 			}
 			reaper_main(root->pr->ns_pid, root->pid);
 		}
 		R.reaper = c;
-		if (!R.root_is_init && is_app_id(c)) {
+		if (R.root_is_init) {
+			root->pid = (pid_t)c;
+			root->tasks[0].tid = (pid_t)c;
+		} else if (is_app_id(c)) {
 			/* the kernel gave the reaper a pid the app needs: try again */
 			kill(c, SIGKILL);
 			waitpid(c, NULL, 0);
@@ -295,8 +308,11 @@ static int create_child(struct rproc *p)
 {
 	struct rproc *par = &R.procs[p->parent];
 	struct rtask *pt = &par->tasks[0];
-	if (inj_clone3(pt, par->pid, 0, SIGCHLD, p->pr->ns_pid, p->pid, "a child"))
+	pid_t got;
+	if (inj_clone3(pt, par->pid, 0, SIGCHLD, p->pr->ns_pid, R.root_is_init ? 0 : p->pid, "a child", &got))
 		return -1;
+	p->pid = got;
+	p->tasks[0].tid = got;
 	p->created = true;
 	return task_prepare(&p->tasks[0]);
 }
@@ -314,7 +330,7 @@ int tree_create(void)
 		} else if (create_child(p)) {
 			return -1;
 		}
-		if (p->pr->sid == p->pid && !(i == 0 && R.root_is_init) &&
+		if (p->pr->sid == p->pr->pid && !(i == 0 && R.root_is_init) &&
 		    inj_ok(&p->tasks[0], "setsid", SYS_setsid, 0, 0, 0, 0, 0, 0, NULL))
 			return -1;
 	}
@@ -322,9 +338,9 @@ int tree_create(void)
 	for (int pass = 0; pass < 2; pass++)
 		for (size_t i = 0; i < R.nprocs; i++) {
 			struct rproc *p = &R.procs[i];
-			if (p->pr->sid == p->pid)
+			if (p->pr->sid == p->pr->pid)
 				continue;   /* a session leader leads its group */
-			bool leader = p->pr->pgid == p->pid;
+			bool leader = p->pr->pgid == p->pr->pid;
 			if ((pass == 0) != leader)
 				continue;
 			if (!leader && find_idx(p->pr->pgid) < 0)

@@ -33,7 +33,12 @@ export interface RestoreResult {
   epoch: number;
   imageId: string;
   checkOnly: boolean;
-  /** Host pids of the restored processes, root first (the same as checkpointed). */
+  /**
+   * Host pids of the restored processes, root first: the ones checkpointed for
+   * an app adopted in the host's PID namespace, new ones for an app that had a
+   * namespace of its own (its pids inside are the checkpointed ones). With
+   * checkOnly, the image's.
+   */
   pids: number[];
   threads: number;
   /** Host pid of pid 1 of the app's new PID namespace (0 with checkOnly). */

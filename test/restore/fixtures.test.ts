@@ -2,13 +2,14 @@
 // from a full image and from epoch 0 + 20 deltas, on this node and on a
 // second "node" (its own network namespace and its own copy of the app's
 // data folder). Plus python3 continuing its output in sequence.
-import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { EngineClient } from '../../src/engine/client.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { restore } from '../../src/restore/restore.js';
 import { TestCluster } from '../helpers/nodes.js';
-import { alive, dumpAndKill, fixturePython, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import { alive, dumpAndKill, fixturePython, killPids, onCleanup, runCleanups, sleep, startFixture, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -123,40 +124,103 @@ describe('restore on a second node (own network namespace, own copy of the data 
   }
 });
 
+/** Starts build/fixtures/<name> as pid 1 of a new PID namespace (unshare forks it); its host pid. */
+async function startInOwnNamespace(name: string, ctl: string): Promise<number> {
+  await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', join(process.cwd(), 'build/fixtures', name), ctl]);
+  await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+  expect(readFileSync(join(ctl, 'ready'), 'utf8').trim()).toBe('1'); // it sees itself as pid 1
+  // its host pid: the process with the fixture's command line that is pid 1 of its namespace
+  const found = readdirSync('/proc')
+    .filter((n) => /^\d+$/.test(n))
+    .filter((n) => {
+      try {
+        return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`${name} ${ctl}`) &&
+          readFileSync(`/proc/${n}/comm`, 'utf8').trim() === name &&
+          /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8'));
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+  expect(found).toHaveLength(1);
+  const hostPid = found[0]!;
+  onCleanup(() => killPids([hostPid]));
+  expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
+  return hostPid;
+}
+
+/** The ids of pid's threads and its descendants' threads as its PID namespace sees them, sorted. */
+function nsIds(pid: number): string[] {
+  const out: string[] = [];
+  const walk = (p: number): void => {
+    for (const t of readdirSync(`/proc/${p}/task`)) {
+      const st = readFileSync(`/proc/${p}/task/${t}/status`, 'utf8');
+      out.push(`${st.match(/^NSpid:.*\s(\d+)$/m)![1]}/${st.match(/^Tgid:\s+(\d+)/m)![1] === t ? 'leader' : 'thread'}`);
+    }
+    for (const t of readdirSync(`/proc/${p}/task`))
+      for (const c of readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)) walk(Number(c));
+  };
+  walk(pid);
+  return out.sort();
+}
+
 describe('PID namespace rules', () => {
   it('an app that is pid 1 of its own namespace comes back as pid 1 of a new one, without a reaper', async () => {
     const ctl = tmp('init');
-    // unshare forks the fixture as pid 1 of a new PID namespace
-    await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', join(process.cwd(), 'build/fixtures/rs_counter'), ctl]);
-    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
-    expect(readFileSync(join(ctl, 'ready'), 'utf8').trim()).toBe('1'); // it sees itself as pid 1
-    // its host pid: the process whose command line is the fixture's
-    const { readdirSync } = await import('node:fs');
-    const hostPid = Math.max(
-      ...readdirSync('/proc')
-        .filter((n) => /^\d+$/.test(n))
-        .filter((n) => {
-          try {
-            return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`rs_counter ${ctl}`) &&
-              readFileSync(`/proc/${n}/comm`, 'utf8').trim() === 'rs_counter';
-          } catch {
-            return false;
-          }
-        })
-        .map(Number),
-    );
-    onCleanup(() => killPids([hostPid]));
-    expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
+    const hostPid = await startInOwnNamespace('rs_counter', ctl);
     const img = join(tmp('init-img'), 'image');
     await dumpAndKill(hostPid, img, 3);
     const r = await restore({ imageDir: img });
     onCleanup(() => killPids([r.reaper, ...r.pids]));
     expect(r.nsPid1).toBe('root');
-    expect(r.reaper).toBe(hostPid);
-    expect(r.pids).toEqual([hostPid]);
-    expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
+    expect(r.pids).toHaveLength(1);
+    // the app's root is the namespace's pid 1; its host pid is whatever this node gave
+    expect(r.reaper).toBe(r.pids[0]);
+    expect(readFileSync(`/proc/${r.pids[0]}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${r.pids[0]}\\s+1\\n`));
     expect(await verdict(ctl)).toBe('PASS');
   });
+
+  // The failover case: the host pids of an app with a namespace of its own are
+  // still held (here by the original itself) where it is restored.
+  for (const name of ['rs_forktree', 'rs_threads']) {
+    it(`${name} in its own namespace: restored on node 2 while the original still runs, same ids inside`, async () => {
+      const scratch = tmp(`${name}-own-ns`);
+      const dataDir = join(scratch, 'data');
+      mkdirSync(dataDir);
+      const nodes = new TestCluster(dataDir, join(scratch, 'roots'));
+      onCleanup(async () => {
+        await nodes.destroy();
+      });
+      const node = await nodes.addNode();
+      const ctl = join(dataDir, 'app');
+      mkdirSync(ctl);
+      const hostPid = await startInOwnNamespace(name, ctl);
+      await sleep(50); // (let the fork tree or the threads start)
+      const before = nsIds(hostPid);
+      expect(before.length).toBeGreaterThan(1);
+      const img = join(scratch, 'image');
+      const engine = EngineClient.start();
+      onCleanup(() => engine.kill());
+      await engine.attach(hostPid, { trackDirty: true, includeChildren: true });
+      for (let i = 0; i < 3; i++) await engine.checkpoint({ imageDir: img });
+      const original = (await engine.status()).pids;
+      await engine.detach();
+      await engine.close();
+      cpSync(dataDir, node.dataRoot, { recursive: true, preserveTimestamps: true });
+      const r = await restore({ imageDir: img, wrap: (argv) => nodes.wrap(node, argv) });
+      onCleanup(() => killPids([r.reaper, ...r.pids]));
+      expect(r.nsPid1).toBe('root');
+      // both run: the copy has other host pids, the same ids inside its namespace
+      for (const p of original) expect(alive(p), `original pid ${p} still runs`).toBe(true);
+      for (const p of r.pids) expect(original, `restored pid ${p} is a new host pid`).not.toContain(p);
+      expect(nsIds(r.pids[0]!)).toEqual(before);
+      expect(readlinkSync(`/proc/${r.pids[0]}/ns/net`)).not.toBe(readlinkSync('/proc/self/ns/net'));
+      expect(await verdict(join(node.dataRoot, 'app'))).toBe('PASS');
+      expect(existsSync(join(ctl, 'verdict'))).toBe(false);
+      // and the original, told to go in its own folder, passes too: untouched
+      expect(await verdict(ctl)).toBe('PASS');
+    });
+  }
 });
 
 describe('terminals', () => {

@@ -39,10 +39,14 @@ export const restoreCommand: Command = {
     if (ctx.json) {
       ctx.out(JSON.stringify(r, null, 2));
     } else if (r.checkOnly) {
-      ctx.out(`epoch ${r.epoch} of image ${r.imageId} can be restored here: pids ${r.pids.join(' ')} are free, files and kernel match`);
+      const pids =
+        r.nsPid1 === 'root'
+          ? 'it had a PID namespace of its own (its host pids are not needed)'
+          : `pids ${r.pids.join(' ')} are free`;
+      ctx.out(`epoch ${r.epoch} of image ${r.imageId} can be restored here: ${pids}, files and kernel match`);
     } else {
       ctx.out(
-        `restored epoch ${r.epoch} in ${(r.restoreNs / 1e6).toFixed(1)} ms: pids ${r.pids.join(' ')} (${r.threads} threads), ` +
+        `restored epoch ${r.epoch} in ${(r.restoreNs / 1e6).toFixed(1)} ms: host pids ${r.pids.join(' ')} (${r.threads} threads), ` +
           `${(r.bytes / 1048576).toFixed(1)} MiB of pages; pid 1 of its namespace is ${r.nsPid1 === 'root' ? 'the app itself' : `a reaper (host pid ${r.reaper})`}`,
       );
     }
