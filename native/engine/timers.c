@@ -17,7 +17,9 @@
  *
  * Refused (E_UNSUPPORTED, nothing written) rather than restored wrongly: a
  * POSIX timer of glibc's SIGEV_THREAD (its helper thread and internal
- * signal 32), a SIGEV_THREAD_ID target that is not a thread of the process,
+ * signal 32), a timer on the CPU clock of "the calling thread" in a process
+ * of several threads (which thread created it is not visible), a
+ * SIGEV_THREAD_ID target that is not a thread of the process,
  * a timer whose last signal carried overruns (no call can set that count),
  * and an ITIMER_REAL with an interval that expired while SIGALRM was
  * ignored (the kernel dropped the signal and never re-arms it: setitimer
@@ -233,8 +235,17 @@ static int parse_timers(pid_t pid, const char *buf, struct ptimer_line **out, si
 #define GLIBC_SIGTIMER 32
 
 /* what cannot be restored exactly, from /proc alone (attach and barriers) */
-static int check_line(pid_t pid, const struct ptimer_line *t)
+static int check_line(pid_t pid, const struct ptimer_line *t, size_t nthreads)
 {
+	/* a CPU-time clock of "the calling thread" (CLOCK_THREAD_CPUTIME_ID,
+	 * encoded with pid 0 and the per-thread bit): it measures the thread
+	 * that created the timer, which /proc does not say */
+	bool thread_clock = t->clock == CLOCK_THREAD_CPUTIME_ID || (t->clock < 0 && (t->clock & 4) && ~(t->clock >> 3) == 0);
+	if (thread_clock && nthreads > 1)
+		return fail("E_UNSUPPORTED", 0,
+			    "pid %d has POSIX timer %d on the CPU-time clock of the thread that created it (CLOCK_THREAD_CPUTIME_ID), and "
+			    "%zu threads: which one is not visible, refusing to checkpoint",
+			    pid, t->id, nthreads);
 	if ((t->notify & SIGEV_THREAD_ID) && t->signo == GLIBC_SIGTIMER)
 		return fail("E_UNSUPPORTED", 0,
 			    "pid %d has POSIX timer %d with SIGEV_THREAD notification (glibc runs it on a helper thread woken by its internal "
@@ -281,8 +292,13 @@ int check_posix_timers(pid_t pid)
 		return -1;
 	}
 	int rc = 0;
+	size_t nthreads = 1;
+	char th[32];
+	if (n && !proc_status_field(pid, "Threads", th, sizeof(th)))
+		nthreads = (size_t)atoi(th);
+	err_clear();
 	for (size_t i = 0; i < n && !rc; i++)
-		rc = check_line(pid, &v[i]);
+		rc = check_line(pid, &v[i], nthreads);
 	free(v);
 	return rc;
 }
@@ -306,7 +322,7 @@ int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process
 		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", lead_tid);
 	for (size_t i = 0; i < n && !rc; i++) {
 		const struct ptimer_line *t = &v[i];
-		if ((rc = check_line(p->pid, t)))
+		if ((rc = check_line(p->pid, t, pr->n_threads)))
 			break;
 		long ret, a[6] = { t->id, (long)sc, 0, 0, 0, 0 };
 		if ((rc = inject_syscall(p, lead_tid, SYS_timer_gettime, a, &ret)))

@@ -136,6 +136,19 @@ describe('timer states that cannot be restored exactly are refused', () => {
     expect(tracerOf(pid)).toBe(0);
   });
 
+  it('a timer on the CPU clock of the calling thread in a process of two threads: refused at attach', async () => {
+    const { pid, engine } = await refused('threadclock');
+    try {
+      await expect(engine.attach(pid, { trackDirty: true })).rejects.toMatchObject({
+        code: 'E_UNSUPPORTED',
+        message: expect.stringMatching(new RegExp(`pid ${pid} has POSIX timer 0 on the CPU-time clock of the thread that created it .* 2 threads`)),
+      });
+    } finally {
+      await engine.close();
+    }
+    expect(tracerOf(pid)).toBe(0);
+  });
+
   it('a POSIX timer whose last signal carried overruns: refused at the checkpoint, no epoch written', async () => {
     const { pid, engine } = await refused('overrun');
     const dir = join(tmp('tr-img'), 'image');
