@@ -180,6 +180,21 @@ describe('PID namespace rules', () => {
     expect(await verdict(ctl)).toBe('PASS');
   });
 
+  it('rs_timers as pid 1 of its own namespace: a SIGEV_THREAD_ID timer aims at its namespace tid again', async () => {
+    const ctl = tmp('init-timers');
+    const hostPid = await startInOwnNamespace('rs_timers', ctl);
+    const img = join(tmp('init-timers-img'), 'image');
+    await dumpAndKill(hostPid, img, 3);
+    const meta = readEpochMeta(join(img, 'epoch-000003'));
+    const d = processesOf(meta)[0]!.posixTimers.find((t) => t.id === 3)!;
+    // the host tid of the target and its tid inside the namespace (1)
+    expect({ target: d.targetTid, ns: d.nsTargetTid }).toEqual({ target: hostPid, ns: 1 });
+    const r = await restore({ imageDir: img });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect(r.nsPid1).toBe('root');
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+
   // The failover case: the host pids of an app with a namespace of its own are
   // still held (here by the original itself) where it is restored.
   for (const name of ['rs_forktree', 'rs_threads']) {
