@@ -60,7 +60,7 @@ export function timerLines(p: ProcessMeta): string[] {
     const left = Number(it.valueNs ?? 0) === 0 ? 'expired, SIGALRM pending' : `${secs(it.valueNs)} left`;
     out.push(`    itimer ${which}: ${left}, interval ${secs(it.intervalNs)}`);
   }
-  for (const t of p.posixTimers ?? []) {
+  for (const t of [...(p.posixTimers ?? [])].sort((a, b) => (a.id ?? 0) - (b.id ?? 0))) {
     const clock = CLOCKS[t.clockId ?? 0] ?? `clock ${t.clockId}`;
     const n = t.notify ?? 0;
     const notify = n & 4 ? `${NOTIFY[4]} tid ${t.targetTid} (ns ${t.nsTargetTid})` : (NOTIFY[n] ?? `notify ${n}`);
