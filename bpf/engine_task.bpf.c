@@ -15,6 +15,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* the handler table already written in this read (threads share one); the
  * first object of a read (seq_num 0) starts afresh */
 static struct sighand_struct *last_sh;
+/* the same for the process's signal_struct (interval timers) */
+static struct signal_struct *last_sig;
 
 SEC("iter/task")
 int engine_task(struct bpf_iter__task *ctx)
@@ -24,7 +26,7 @@ int engine_task(struct bpf_iter__task *ctx)
 	if (!t)
 		return 0;
 	if (ctx->meta->seq_num == 0)
-		last_sh = 0;
+		last_sh = 0, last_sig = 0;
 	struct et_rec r = {};
 	r.kind = ET_TASK;
 	r.tid = BPF_CORE_READ(t, pid);
@@ -37,6 +39,32 @@ int engine_task(struct bpf_iter__task *ctx)
 	bpf_probe_read_kernel_str(r.comm, sizeof(r.comm), t->comm);
 	bpf_seq_write(seq, &r, sizeof(r));
 	__builtin_memset(r.comm, 0, sizeof(r.comm));
+
+	/* interval timers: process-wide, in signal_struct (kernel/time/itimer.c) */
+	struct signal_struct *sig = BPF_CORE_READ(t, signal);
+	if (sig && sig != last_sig) {
+		last_sig = sig;
+		r.kind = ET_ITREAL;
+		r.a = BPF_CORE_READ(sig, real_timer.node.expires);
+		r.b = BPF_CORE_READ(sig, it_real_incr);
+		r.d = BPF_CORE_READ(sig, real_timer.state) ? ET_RT_ENQUEUED : 0;
+		struct hrtimer_clock_base *cb = BPF_CORE_READ(sig, real_timer.base);
+		if (cb && BPF_CORE_READ(cb, running) == &sig->real_timer)
+			r.d |= ET_RT_RUNNING;
+		r.x = (BPF_CORE_READ(sig, shared_pending.signal.sig[0]) >> (14 - 1)) & 1;   /* SIGALRM */
+		r.c = bpf_ktime_get_ns();
+		bpf_seq_write(seq, &r, sizeof(r));
+		r.kind = ET_ITCPU;
+		r.x = 0;
+		r.a = BPF_CORE_READ(sig, it[0].expires);
+		r.b = BPF_CORE_READ(sig, it[0].incr);
+		r.c = BPF_CORE_READ(sig, it[1].expires);
+		r.d = BPF_CORE_READ(sig, it[1].incr);
+		r.cpu[0] = BPF_CORE_READ(sig, cputimer.cputime_atomic.utime.counter);
+		r.cpu[1] = BPF_CORE_READ(sig, cputimer.cputime_atomic.stime.counter);
+		bpf_seq_write(seq, &r, sizeof(r));
+		r.cpu[0] = r.cpu[1] = 0;
+	}
 
 	struct sighand_struct *sh = BPF_CORE_READ(t, sighand);
 	if (!sh || sh == last_sh)

@@ -14,7 +14,20 @@
 enum et_kind {
 	ET_TASK = 1,   /* a = clear_child_tid, b = sas_ss_sp, c = sas_ss_size, d = mm->brk, x = sas_ss_flags, comm */
 	ET_SIGACT = 2, /* a = handler, b = flags (kernel's, unmasked), c = restorer, d = mask, x = signo */
+	/* once per process (signal_struct), after its first ET_TASK:
+	 * ITIMER_REAL: a = real_timer's expiry (CLOCK_MONOTONIC ns), b = it_real_incr,
+	 * c = bpf_ktime_get_ns() when read, d = ET_RT_* bits, x = SIGALRM pending
+	 * in shared_pending (1/0) */
+	ET_ITREAL = 3,
+	/* ITIMER_PROF (it[0]) and ITIMER_VIRTUAL (it[1]): a = it[0].expires,
+	 * b = it[0].incr, c = it[1].expires, d = it[1].incr (expiries in
+	 * process CPU ns); cpu[0] = cputimer utime, cpu[1] = cputimer stime (ns,
+	 * the samples getitimer compares with) */
+	ET_ITCPU = 4,
 };
+
+#define ET_RT_ENQUEUED 1   /* hrtimer state: queued */
+#define ET_RT_RUNNING 2    /* its callback runs right now (base->running == timer) */
 
 struct et_rec {
 	__u32 kind;
@@ -22,7 +35,10 @@ struct et_rec {
 	__u32 tgid;
 	__u32 x;
 	__u64 a, b, c, d;
-	char comm[16];   /* ET_TASK: the thread's name (TASK_COMM_LEN) */
+	union {
+		char comm[16];   /* ET_TASK: the thread's name (TASK_COMM_LEN) */
+		__u64 cpu[2];    /* ET_ITCPU */
+	};
 };
 
 #endif

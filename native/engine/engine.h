@@ -199,6 +199,13 @@ int taskiter_read(struct proc *p, struct kstate *ks);   /* valid until the next 
 const struct et_rec *kstate_task(const struct kstate *ks, pid_t tid);
 int kstate_sigactions(const struct kstate *ks, struct sa_val out[64]);
 
+/* ---- timers.c: interval timers (task iterator) and POSIX timers ---------- */
+/* after capture_shared_pending (a fired ITIMER_REAL is checked against it);
+ * ks NULL: without the task iterator, getitimer is injected */
+int capture_itimers(struct proc *p, pid_t lead_tid, Understudy__V1__Process *pr, const struct kstate *ks);
+int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process *pr);
+int check_posix_timers(pid_t pid);   /* what /proc/PID/timers shows that cannot be restored */
+
 /* ---- fds.c --------------------------------------------------------------- */
 int capture_fds(pid_t pid, Understudy__V1__Process *pr);
 int check_fds_supported(pid_t pid);

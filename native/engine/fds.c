@@ -167,27 +167,6 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 	return rc;
 }
 
-/* POSIX timers (timer_create) live in the kernel task, not in memory or
- * fds: not captured yet, so refused rather than silently lost. */
-static int check_timers(pid_t pid)
-{
-	char path[64], *buf;
-	snprintf(path, sizeof(path), "/proc/%d/timers", pid);
-	ssize_t n = read_file(path, &buf);
-	if (n < 0) {
-		err_clear();   /* no CONFIG_CHECKPOINT_RESTORE: nothing to say */
-		return 0;
-	}
-	int rc = 0;
-	if (n > 0) {
-		int id = -1;
-		sscanf(buf, "ID: %d", &id);
-		rc = fail("E_UNSUPPORTED", 0, "pid %d has POSIX timer %d (timer_create): this resource kind is not supported yet, refusing to checkpoint", pid, id);
-	}
-	free(buf);
-	return rc;
-}
-
 /* Injected syscalls go through the process's seccomp filter: strict mode
  * kills on anything but read/write/exit, and a filter may kill on
  * userfaultfd or prctl. Never risk the app: refused. */
@@ -208,12 +187,12 @@ static int check_seccomp(pid_t pid)
 
 int capture_fds(pid_t pid, Understudy__V1__Process *pr)
 {
-	return check_timers(pid) || walk_fds(pid, pr) ? -1 : 0;
+	return walk_fds(pid, pr);
 }
 
 int check_fds_supported(pid_t pid)
 {
-	return check_seccomp(pid) || check_timers(pid) || walk_fds(pid, NULL) ? -1 : 0;
+	return check_seccomp(pid) || check_posix_timers(pid) || walk_fds(pid, NULL) ? -1 : 0;
 }
 
 int check_injectable(pid_t pid)

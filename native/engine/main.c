@@ -191,6 +191,9 @@ static int capture_proc_state(struct proc *p, struct proc_capture *pc)
 	if (capture_shared_pending(lead->tid, pr))
 		return -1;
 	prof_mark("state.shared_pending");
+	if (capture_itimers(p, lead->tid, pr, ksp && taskiter_ok() ? ksp : NULL) || capture_posix_timers(p, lead->tid, pr))
+		return -1;
+	prof_mark("state.timers");
 	pr->uffd_features = p->uffd_features;
 	pr->new_process = p->is_new;
 	return 0;

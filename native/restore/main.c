@@ -93,6 +93,8 @@ int main(int argc, char **argv)
 	if (!rc)
 		rc = check_all(&R.im);
 	if (!rc)
+		rc = timers_check();
+	if (!rc)
 		rc = fdobj_plan();
 	for (size_t i = 0; !rc && i < R.nprocs; i++)
 		rc = image_page_map(&R.im, R.procs[i].pr->pid, &R.procs[i].pages, &R.procs[i].npages);
@@ -114,7 +116,7 @@ int main(int argc, char **argv)
 		for (size_t i = 0; !rc && i < R.nprocs; i++) {
 			struct rproc *p = &R.procs[i];
 			rc = mem_specials(p) || mem_restore(p) || mem_mm_map(p) || files_restore(p) || proc_misc_restore(p) ||
-			     signals_restore(p) || threads_create(p) || task_state_restore(p) || signals_queue(p) || creds_restore(p);
+			     signals_restore(p) || threads_create(p) || task_state_restore(p) || signals_queue(p) || timers_create(p) || creds_restore(p);
 			vlog("pid %d rebuilt (%zu pages)", p->pid, p->npages);
 		}
 		if (!rc)

@@ -12,6 +12,7 @@
  *   files.c   fds, cwd/root, umask, rlimits, creds
  *   fdobj.c   pipes, eventfds, epoll, fds sharing an open file description
  *   task.c    threads, signals, per-thread state, registers, detach
+ *   timers.c  POSIX timers with their ids, interval timers
  *   main.c    command line, order of the phases, JSON report */
 #ifndef UNDERSTUDY_RESTORE_H
 #define UNDERSTUDY_RESTORE_H
@@ -160,5 +161,9 @@ int signals_restore(struct rproc *p);
 int signals_queue(struct rproc *p);
 int tasks_finish(struct rproc *p);
 int tasks_detach(void);
+/* ---- timers.c: POSIX timers (same ids) and interval timers ---- */
+int timers_check(void);               /* before any process exists */
+int timers_create(struct rproc *p);   /* before the credentials: created disarmed */
+int timers_arm(struct rproc *p);      /* last, before the registers: the time left starts then */
 
 #endif

@@ -206,6 +206,8 @@ int tasks_finish(struct rproc *p)
 	for (size_t k = 0; k < p->ntasks; k++)
 		if (set_comm(p, &p->tasks[k], p->tasks[k].th->comm))
 			return -1;
+	if (timers_arm(p))
+		return -1;
 	char what[128];
 	snprintf(what, sizeof(what), "munmap of the stub region 0x%llx", (unsigned long long)R.stub);
 	if (inj_ok(&p->tasks[0], what, SYS_munmap, R.stub, STUB_PAGES * PAGE_SZ, 0, 0, 0, 0, NULL))

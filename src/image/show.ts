@@ -45,6 +45,32 @@ export function epochJson(meta: EpochMeta, withPages: boolean): unknown {
   return obj;
 }
 
+function secs(ns: unknown): string {
+  return `${(Number(ns ?? 0) / 1e9).toFixed(6)} s`;
+}
+
+const CLOCKS: Record<number, string> = { 0: 'REALTIME', 1: 'MONOTONIC', 2: 'PROCESS_CPUTIME', 3: 'THREAD_CPUTIME', 7: 'BOOTTIME', 8: 'REALTIME_ALARM', 9: 'BOOTTIME_ALARM', [-6]: 'PROCESS_CPUTIME', [-2]: 'THREAD_CPUTIME' };
+const NOTIFY: Record<number, string> = { 0: 'SIGEV_SIGNAL', 1: 'SIGEV_NONE', 2: 'SIGEV_THREAD', 4: 'SIGEV_THREAD_ID' };
+
+/** The timers of a process, one line each (empty when it has none). */
+export function timerLines(p: ProcessMeta): string[] {
+  const out: string[] = [];
+  for (const it of p.itimers ?? []) {
+    const which = understudy.v1.ITimer.Which[it.which ?? 0];
+    const left = Number(it.valueNs ?? 0) === 0 ? 'expired, SIGALRM pending' : `${secs(it.valueNs)} left`;
+    out.push(`    itimer ${which}: ${left}, interval ${secs(it.intervalNs)}`);
+  }
+  for (const t of [...(p.posixTimers ?? [])].sort((a, b) => (a.id ?? 0) - (b.id ?? 0))) {
+    const clock = CLOCKS[t.clockId ?? 0] ?? `clock ${t.clockId}`;
+    const n = t.notify ?? 0;
+    const notify = n & 4 ? `${NOTIFY[4]} tid ${t.targetTid} (ns ${t.nsTargetTid})` : (NOTIFY[n] ?? `notify ${n}`);
+    const sig = n === 1 ? '' : ` signal ${t.signo} sival 0x${hex64(t.sival)}`;
+    const left = Number(t.valueNs ?? 0) === 0 ? 'disarmed' : `${secs(t.valueNs)} left, interval ${secs(t.intervalNs)}`;
+    out.push(`    posix timer ${t.id}: ${clock} ${notify}${sig}, ${left}, overrun ${t.overrun ?? 0}`);
+  }
+  return out;
+}
+
 /** A uint64 field (number or Long) in hex, exact beyond 2^53. */
 function hex64(v: unknown): string {
   if (v === null || v === undefined) return '0';
@@ -71,9 +97,11 @@ export function showImage(dir: string, opts: { epoch?: number; json: boolean; pa
     );
     for (const p of procs) {
       const changes = p.vmaChanges.length ? `  map changes ${p.vmaChanges.length}` : '';
+      const nt = (p.itimers?.length ?? 0) + (p.posixTimers?.length ?? 0);
+      const timers = nt ? `  timers ${nt}` : '';
       lines.push(
         `  pid ${p.pid} (${p.comm}) ns-pid ${p.nsPid} ppid ${p.ppid} pgid ${p.pgid} sid ${p.sid}  threads ${p.threads.length}  ` +
-          `regions ${p.vmas.length}  fds ${p.fds.length}  pages ${pagesOf(p)}${changes}${p.newProcess ? '  NEW' : ''}`,
+          `regions ${p.vmas.length}  fds ${p.fds.length}${timers}  pages ${pagesOf(p)}${changes}${p.newProcess ? '  NEW' : ''}`,
       );
       if (!detail) continue;
       lines.push(`    exe ${p.exe?.path ?? '?'}  cwd ${p.cwd}  root ${p.root}  umask 0${p.umask.toString(8)}  brk 0x${Number(p.mm?.brk ?? 0).toString(16)}`);
@@ -85,6 +113,7 @@ export function showImage(dir: string, opts: { epoch?: number; json: boolean; pa
             `${t.rseq ? `  rseq 0x${Number(t.rseq.abiPointer).toString(16)}` : ''}${sys}`,
         );
       }
+      lines.push(...timerLines(p));
       for (const s of p.sigactions) {
         const h = Number(s.handler);
         lines.push(`    signal ${s.signo}: ${h === 0 ? 'default' : h === 1 ? 'ignored' : '0x' + h.toString(16)} flags 0x${Number(s.flags).toString(16)}`);

@@ -15,7 +15,7 @@ afterEach(runCleanups);
 
 const FIXTURES = [
   'rs_counter', 'rs_threads', 'rs_malloc', 'rs_sleepers', 'rs_signals', 'rs_files', 'rs_mprotect', 'rs_vdso', 'rs_recursion',
-  'rs_forktree', 'rs_sharedfile', 'rs_pipes',
+  'rs_forktree', 'rs_sharedfile', 'rs_pipes', 'rs_timers', 'rs_timers_pending', 'rs_alarm',
 ];
 
 async function roundTrip(name: string, deltas: number): Promise<void> {
@@ -177,6 +177,21 @@ describe('PID namespace rules', () => {
     // the app's root is the namespace's pid 1; its host pid is whatever this node gave
     expect(r.reaper).toBe(r.pids[0]);
     expect(readFileSync(`/proc/${r.pids[0]}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${r.pids[0]}\\s+1\\n`));
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+
+  it('rs_timers as pid 1 of its own namespace: a SIGEV_THREAD_ID timer aims at its namespace tid again', async () => {
+    const ctl = tmp('init-timers');
+    const hostPid = await startInOwnNamespace('rs_timers', ctl);
+    const img = join(tmp('init-timers-img'), 'image');
+    await dumpAndKill(hostPid, img, 3);
+    const meta = readEpochMeta(join(img, 'epoch-000003'));
+    const d = processesOf(meta)[0]!.posixTimers.find((t) => t.id === 3)!;
+    // the host tid of the target and its tid inside the namespace (1)
+    expect({ target: d.targetTid, ns: d.nsTargetTid }).toEqual({ target: hostPid, ns: 1 });
+    const r = await restore({ imageDir: img });
+    onCleanup(() => killPids([r.reaper, ...r.pids]));
+    expect(r.nsPid1).toBe('root');
     expect(await verdict(ctl)).toBe('PASS');
   });
 
