@@ -218,7 +218,7 @@ static int take(struct rproc *p, int fd, const Understudy__V1__Fd *f, const Lock
 		snprintf(holder, sizeof(holder), ", held by a process outside the app (stat(%s): %s)", lp, strerror(errno));
 	else
 		find_holder(l, st.st_dev, st.st_ino, holder, sizeof(holder));
-	return fail("E_LOCK_HELD", (int)-ret, "%s%s", what, holder);
+	return fail("E_LOCK_HELD", 0, "%s%s", what, holder);
 }
 
 /* the process that took a flock lock, if it holds the description too */

@@ -15,7 +15,7 @@ afterEach(runCleanups);
 
 const FIXTURES = [
   'rs_counter', 'rs_threads', 'rs_malloc', 'rs_sleepers', 'rs_signals', 'rs_files', 'rs_mprotect', 'rs_vdso', 'rs_recursion',
-  'rs_forktree', 'rs_sharedfile', 'rs_pipes',
+  'rs_forktree', 'rs_sharedfile', 'rs_pipes', 'rs_locks',
 ];
 
 async function roundTrip(name: string, deltas: number): Promise<void> {
