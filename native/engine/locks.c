@@ -65,6 +65,12 @@ int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kin
 		char line[256];
 		size_t n = strcspn(l, "\n");
 		snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) - 1 ? n : sizeof(line) - 1), l);
+		/* for the messages: runs of blanks (the kernel aligns columns) as one space */
+		char *w = line;
+		for (const char *r = line; *r; r++)
+			if (!((*r == ' ' || *r == '\t') && w > line && w[-1] == ' '))
+				*w++ = *r == '\t' ? ' ' : *r;
+		*w = 0;
 		char k[16], mode[16], type[16], endtok[32];
 		int id, lpid;
 		unsigned ma, mi;

@@ -35,6 +35,13 @@ const simple = (l: understudy.v1.IFileLock): L => ({
   pid: l.pid ?? 0,
 });
 
+/** dev:ino of a file as the kernel prints it in a "lock:" line (major:minor in hex). */
+function lockDev(path: string): string {
+  const st = statSync(path);
+  const hex = (n: number): string => n.toString(16).padStart(2, '0');
+  return `${hex(Math.floor(st.dev / 256) & 0xfff)}:${hex(st.dev & 0xff)}:${st.ino}`;
+}
+
 /** Starts python3 -c code in dir, detached, killed (with its group) at cleanup. */
 function python(code: string, dir: string): number {
   const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: dir, detached: true });
@@ -215,6 +222,43 @@ describe('refused at capture', () => {
     }
     expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
     expect(alive(pid)).toBe(true);
+  });
+
+  it('a POSIX lock in a file table two processes share (clone CLONE_FILES): its owner cannot be told, refused naming both', async () => {
+    const ctl = tmp('clone-files');
+    // raw clone(CLONE_FILES|SIGCHLD) without CLONE_VM: a process of its own sharing python's fd table
+    const pid = python(
+      'import ctypes,fcntl,os,time\n' +
+        'os.closerange(3, 65536)\n' +
+        'libc=ctypes.CDLL(None, use_errno=True)\n' +
+        'f=open("data","w+")\n' +
+        'kid=libc.syscall(56, 0x400|17, 0, 0, 0, 0)\n' +
+        'if kid==0:\n time.sleep(1000)\n os._exit(0)\n' +
+        'fcntl.lockf(f, fcntl.LOCK_EX, 10, 0)\n' +
+        'open("ready","w").write(str(kid))\n' +
+        'time.sleep(1000)\n',
+      ctl,
+    );
+    await waitFor('python ready', () => existsSync(join(ctl, 'ready')) && readFileSync(join(ctl, 'ready'), 'utf8').length > 0);
+    const kid = Number(readFileSync(join(ctl, 'ready'), 'utf8'));
+    onCleanup(() => killPids([kid]));
+    // the kernel shows the lock in both processes' fdinfo, with the taker's pid
+    expect(readFileSync(`/proc/${kid}/fdinfo/3`, 'utf8')).toMatch(new RegExp(`lock:\\s+1: POSIX\\s+ADVISORY\\s+WRITE ${pid} \\S+ 0 9\\n`));
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    try {
+      await expect(engine.attach(pid, { trackDirty: true, includeChildren: true })).rejects.toMatchObject({
+        code: 'E_UNSUPPORTED',
+        message:
+          `pid ${kid} fd 3 (${join(ctl, 'data')}) shows a POSIX lock taken by pid ${pid} ` +
+          `("lock: 1: POSIX ADVISORY WRITE ${pid} ${lockDev(join(ctl, 'data'))} 0 9"): its file table is shared with another process ` +
+          '(clone CLONE_FILES), the lock\'s owner cannot be determined, refusing to checkpoint',
+      });
+    } finally {
+      await engine.close();
+    }
+    expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+    expect(alive(pid) && alive(kid)).toBe(true);
   });
 
   it('a lease taken after attach: the next checkpoint is refused, nothing written, the app keeps running', async () => {
