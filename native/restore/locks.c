@@ -58,7 +58,7 @@ static void range_str(const Lock *l, char *b, size_t n)
 		snprintf(b, n, "bytes %lld-%lld", (long long)l->start, (long long)l->end);
 }
 
-int locks_plan(void)
+static int locks_validate(void)
 {
 	for (size_t i = 0; i < R.nprocs; i++) {
 		Proc *pr = R.procs[i].pr;
@@ -127,8 +127,9 @@ static bool line_conflicts(const char *line, const Lock *l, dev_t dev, ino_t ino
 	return true;
 }
 
-/* ", held by pid N (comm) fd M outside the app (its POSIX WRITE lock on bytes a-b)" */
-static void find_holder(const Lock *l, dev_t dev, ino_t ino, char *out, size_t olen)
+/* ", held by pid N (comm) fd M outside the app (its POSIX WRITE lock on bytes a-b)";
+ * the restored processes are skipped once they exist (created) */
+static void find_holder(const Lock *l, dev_t dev, ino_t ino, bool created, char *out, size_t olen)
 {
 	snprintf(out, olen, ", held by a process outside the app (not found in /proc)");
 	DIR *d = opendir("/proc");
@@ -140,7 +141,7 @@ static void find_holder(const Lock *l, dev_t dev, ino_t ino, char *out, size_t o
 		if (de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
 		pid_t p = atoi(de->d_name);
-		if (p == getpid() || restored_pid(p))
+		if (p == getpid() || (created && restored_pid(p)))
 			continue;
 		char dp[64];
 		snprintf(dp, sizeof(dp), "/proc/%d/fdinfo", p);
@@ -184,6 +185,76 @@ static void find_holder(const Lock *l, dev_t dev, ino_t ino, char *out, size_t o
 	closedir(d);
 }
 
+static int held(const Proc *pr, int fd, const Understudy__V1__Fd *f, const Lock *l, dev_t dev, ino_t ino, bool created)
+{
+	char rs[64], holder[400];
+	range_str(l, rs, sizeof(rs));
+	find_holder(l, dev, ino, created, holder, sizeof(holder));
+	return fail("E_LOCK_HELD", 0, "pid %d fd %d (%s): cannot take back its %s %s lock on %s%s", pr->ns_pid, fd, f->path, kind_str(l),
+		    l->write ? "write" : "read", rs, holder);
+}
+
+/* Before any process exists: a conflicting lock already on the file (held
+ * outside the app, since none of it runs) refuses the restore up front.
+ * POSIX and OFD ranges are asked with F_OFD_GETLK on a description of the
+ * restorer's own (it holds no lock: every lock conflicts); flocks are looked
+ * for in /proc/locks. A lock taken after this check still fails the restore
+ * when the app's lock is taken (locks_restore). A file that cannot be opened
+ * is left to the checks that name it. */
+static int precheck(const Proc *pr, const Understudy__V1__Fd *f, const Lock *l, char **proclocks)
+{
+	struct stat st;
+	if (l->kind == UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK) {
+		if (stat(f->path, &st))
+			return 0;
+		if (!*proclocks) {
+			int x = open("/proc/locks", O_RDONLY | O_CLOEXEC);
+			if (x < 0)
+				return 0;
+			size_t cap = 1 << 16, n = 0;
+			char *b = malloc(cap);
+			for (ssize_t r; b && (r = read(x, b + n, cap - n - 1)) > 0;) {
+				n += r;
+				if (n + 1 == cap) {
+					char *nb = realloc(b, cap * 2);
+					if (!nb) {
+						free(b);
+						b = NULL;
+						break;
+					}
+					b = nb;
+					cap *= 2;
+				}
+			}
+			close(x);
+			if (!b)
+				return fail("E_RESTORE", ENOMEM, "reading /proc/locks");
+			b[n] = 0;
+			*proclocks = b;
+		}
+		char desc[160];
+		for (char *s = *proclocks; s && *s; s = strchr(s, '\n') ? strchr(s, '\n') + 1 : NULL) {
+			char line[256];
+			snprintf(line, sizeof(line), "%.*s", (int)strcspn(s, "\n"), s);
+			if (!strstr(line, "->") && line_conflicts(line, l, st.st_dev, st.st_ino, desc, sizeof(desc)))
+				return held(pr, f->fd, f, l, st.st_dev, st.st_ino, false);
+		}
+		return 0;
+	}
+	int x = open(f->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (x < 0)
+		return 0;
+	struct flock q = { .l_type = l->write ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = l->start,
+			   .l_len = l->end < 0 ? 0 : l->end - l->start + 1 };
+	int rc = 0;
+	if (fstat(x, &st) || fcntl(x, F_OFD_GETLK, &q))
+		rc = fail("E_RESTORE", errno, "checking the %s lock of pid %d fd %d (%s): fcntl(F_OFD_GETLK)", kind_str(l), pr->ns_pid, f->fd, f->path);
+	else if (q.l_type != F_UNLCK)
+		rc = held(pr, f->fd, f, l, st.st_dev, st.st_ino, false);
+	close(x);
+	return rc;
+}
+
 static int take(struct rproc *p, int fd, const Understudy__V1__Fd *f, const Lock *l)
 {
 	struct rtask *t = &p->tasks[0];
@@ -211,14 +282,12 @@ static int take(struct rproc *p, int fd, const Understudy__V1__Fd *f, const Lock
 	if (ret != -EAGAIN && ret != -EACCES)
 		return fail("E_RESTORE", (int)-ret, "%s: %s", what, l->kind == UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK ? "flock" : "fcntl");
 	/* someone else holds a conflicting lock: name them */
-	char lp[64], holder[400];
+	char lp[64];
 	struct stat st;
 	snprintf(lp, sizeof(lp), "/proc/%d/fd/%d", p->pid, fd);
 	if (stat(lp, &st))
-		snprintf(holder, sizeof(holder), ", held by a process outside the app (stat(%s): %s)", lp, strerror(errno));
-	else
-		find_holder(l, st.st_dev, st.st_ino, holder, sizeof(holder));
-	return fail("E_LOCK_HELD", 0, "%s%s", what, holder);
+		return fail("E_LOCK_HELD", 0, "%s, held by a process outside the app (stat(%s): %s)", what, lp, strerror(errno));
+	return held(p->pr, fd, f, l, st.st_dev, st.st_ino, true);
 }
 
 /* the process that took a flock lock, if it holds the description too */
@@ -260,4 +329,23 @@ int locks_restore(void)
 		}
 	}
 	return 0;
+}
+
+int locks_plan(void)
+{
+	if (locks_validate())
+		return -1;
+	/* test hook: leave conflicts to the moment the locks are taken */
+	if (getenv("UNDERSTUDY_RESTORE_NO_LOCK_PRECHECK"))
+		return 0;
+	char *proclocks = NULL;
+	int rc = 0;
+	for (size_t i = 0; !rc && i < R.nprocs; i++) {
+		Proc *pr = R.procs[i].pr;
+		for (size_t k = 0; !rc && k < pr->n_fds; k++)
+			for (size_t j = 0; !rc && j < pr->fds[k]->n_locks; j++)
+				rc = precheck(pr, pr->fds[k], pr->fds[k]->locks[j], &proclocks);
+	}
+	free(proclocks);
+	return rc;
 }

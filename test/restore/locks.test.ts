@@ -144,54 +144,83 @@ describe('file locks (rs_locks)', () => {
     await waitFor('the restored app to exit', () => r.pids.every((p) => !alive(p)));
   });
 
-  it('a conflicting lock held outside the app fails the restore, naming file, range and holder, and leaves nothing running', async () => {
-    const ctl = tmp('locks-held');
-    const img = join(tmp('locks-held-img'), 'image');
-    const fx = await startFixture('rs_locks', ctl);
-    const d = await dumpAndKill(fx.pid, img, 0);
-    // once the app is gone, another process takes bytes 50-59 of lk-a (inside the app's 0-99)
-    const holder = python(
-      'import fcntl,time\n' +
-        'f=open("lk-a","r+")\n' +
-        'fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10, 50)\n' +
-        'open("held","w").close()\n' +
-        'time.sleep(1000)\n',
-      ctl,
-    );
-    await waitFor('the outside lock', () => existsSync(join(ctl, 'held')));
-    let err: RestoreError | undefined;
-    try {
+  // what python3 does outside the app, once the app is gone, and what the restore must say
+  const cases = [
+    {
+      name: 'a POSIX lock inside the app\'s range, found before anything is created',
+      take: 'f=open("lk-a","r+")\nfcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10, 50)\n',
+      env: {},
+      want: (ctl: string, pid: number, holder: number): string =>
+        `pid ${pid} fd 3 (${join(ctl, 'lk-a')}): cannot take back its POSIX write lock on bytes 0-99, ` +
+        `held by pid ${holder} (python3) fd 3 outside the app (its POSIX WRITE lock on bytes 50-59)`,
+      created: false,
+    },
+    {
+      name: 'a shared flock on the file of the app\'s exclusive one, found before anything is created',
+      take: 'f=open("lk-b","r")\nfcntl.flock(f, fcntl.LOCK_SH|fcntl.LOCK_NB)\n',
+      env: {},
+      want: (ctl: string, pid: number, holder: number): string =>
+        `pid ${pid} fd 4 (${join(ctl, 'lk-b')}): cannot take back its flock write lock on the whole file, ` +
+        `held by pid ${holder} (python3) fd 3 outside the app (its flock LOCK_SH)`,
+      created: false,
+    },
+    {
+      name: 'a POSIX lock taken after the checks (the check skipped): the restore fails when it takes the lock and kills what it created',
+      take: 'f=open("lk-a","r+")\nfcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10, 50)\n',
+      env: { UNDERSTUDY_RESTORE_NO_LOCK_PRECHECK: '1' },
+      want: (ctl: string, pid: number, holder: number): string =>
+        `pid ${pid} fd 3 (${join(ctl, 'lk-a')}): cannot take back its POSIX write lock on bytes 0-99, ` +
+        `held by pid ${holder} (python3) fd 3 outside the app (its POSIX WRITE lock on bytes 50-59)`,
+      created: true,
+    },
+  ];
+  for (const c of cases) {
+    it(`held outside the app: ${c.name}; E_LOCK_HELD naming file, range and holder, nothing left running, then restorable`, async () => {
+      const ctl = tmp('locks-held');
+      const img = join(tmp('locks-held-img'), 'image');
+      const fx = await startFixture('rs_locks', ctl);
+      const d = await dumpAndKill(fx.pid, img, 0);
+      const holder = python('import fcntl,time\n' + c.take + 'open("held","w").close()\ntime.sleep(1000)\n', ctl);
+      await waitFor('the outside lock', () => existsSync(join(ctl, 'held')));
+      let err: RestoreError | undefined;
+      const saved = { ...process.env };
+      Object.assign(process.env, c.env);
+      try {
+        const r = await restore({ imageDir: img });
+        killPids([r.reaper, ...r.pids]);
+      } catch (e) {
+        if (!(e instanceof RestoreError)) throw e;
+        err = e;
+      } finally {
+        process.env = saved;
+      }
+      expect(err, 'the restore failed').toBeDefined();
+      expect(err!.code).toBe('E_LOCK_HELD');
+      if (c.created) {
+        expect(err!.message).toBe(`${c.want(ctl, fx.pid, holder)}; the processes it had created (${err!.killed.join(' ')}) were killed`);
+        // everything it had created (the reaper and both processes) is killed
+        expect(err!.killed).toHaveLength(3);
+        expect([...err!.killed.slice(1)].sort()).toEqual([...d.pids].sort());
+        await waitFor('everything created to be gone', () => err!.killed.every((p) => !alive(p)), 5000);
+      } else {
+        expect(err!.message).toBe(c.want(ctl, fx.pid, holder));
+        expect(err!.killed).toEqual([]); // refused before creating anything
+      }
+      for (const p of d.pids) expect(alive(p)).toBe(false);
+      expect(alive(holder), 'the outside holder is untouched').toBe(true);
+      // it still holds its lock, and no process of the app holds any
+      const locks = readFileSync('/proc/locks', 'utf8');
+      expect(locks).toMatch(new RegExp(`^\\d+: (POSIX|FLOCK)\\s+ADVISORY\\s+(WRITE|READ)\\s+${holder} `, 'm'));
+      expect(locks).not.toMatch(new RegExp(`ADVISORY\\s+(WRITE|READ)\\s+(${d.pids.join('|')}) `));
+      // once the holder is gone the same image restores
+      killPids([holder]);
+      await waitFor('the holder to exit', () => !alive(holder));
+      await waitFor('the pids to be free', () => d.pids.every((p) => !existsSync(`/proc/${p}`)));
       const r = await restore({ imageDir: img });
-      killPids([r.reaper, ...r.pids]);
-    } catch (e) {
-      if (!(e instanceof RestoreError)) throw e;
-      err = e;
-    }
-    expect(err, 'the restore failed').toBeDefined();
-    expect(err!.code).toBe('E_LOCK_HELD');
-    expect(err!.message).toBe(
-      `pid ${fx.pid} fd 3 (${join(ctl, 'lk-a')}): cannot take back its POSIX write lock on bytes 0-99, ` +
-        `held by pid ${holder} (python3) fd 3 outside the app (its POSIX WRITE lock on bytes 50-59); ` +
-        `the processes it had created (${err!.killed.join(' ')}) were killed`,
-    );
-    // everything it had created (the reaper and both processes) is killed
-    expect(err!.killed).toHaveLength(3);
-    expect([...err!.killed.slice(1)].sort()).toEqual([...d.pids].sort());
-    await waitFor('everything created to be gone', () => err!.killed.every((p) => !alive(p)), 5000);
-    for (const p of d.pids) expect(alive(p)).toBe(false);
-    expect(alive(holder), 'the outside holder is untouched').toBe(true);
-    // it still holds its lock, and only it
-    const locks = readFileSync('/proc/locks', 'utf8');
-    expect(locks).toMatch(new RegExp(`POSIX\\s+ADVISORY\\s+WRITE ${holder} \\S+:${statSync(join(ctl, 'lk-a')).ino} 50 59`));
-    expect(locks).not.toMatch(new RegExp(` (${d.pids.join('|')}) `));
-    // once the holder is gone the same image restores
-    killPids([holder]);
-    await waitFor('the holder to exit', () => !alive(holder));
-    await waitFor('the pids to be free', () => d.pids.every((p) => !existsSync(`/proc/${p}`)));
-    const r = await restore({ imageDir: img });
-    onCleanup(() => killPids([r.reaper, ...r.pids]));
-    expect(await verdict(ctl)).toBe('PASS');
-  });
+      onCleanup(() => killPids([r.reaper, ...r.pids]));
+      expect(await verdict(ctl)).toBe('PASS');
+    });
+  }
 });
 
 describe('refused at capture', () => {
