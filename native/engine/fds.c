@@ -97,8 +97,11 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 			 * for every fd, in the attach check too */
 			snprintf(ip, sizeof(ip), "/proc/%d/fdinfo/%d", pid, fd);
 			if (read_file(ip, &info) < 0) {
-				if (okind) {
-					rc = -1;   /* its state is in there */
+				/* its state is in there: the offset, flags and locks of
+				 * every fd (the process is stopped: the fd cannot be gone);
+				 * the attach check runs before the stop and tolerates it */
+				if (okind || pr) {
+					rc = -1;
 					break;
 				}
 				info = NULL;
