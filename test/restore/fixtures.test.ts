@@ -182,7 +182,7 @@ describe('PID namespace rules', () => {
 
   // The failover case: the host pids of an app with a namespace of its own are
   // still held (here by the original itself) where it is restored.
-  for (const name of ['rs_forktree', 'rs_threads']) {
+  for (const name of ['rs_forktree', 'rs_threads', 'rs_locks']) {
     it(`${name} in its own namespace: restored on node 2 while the original still runs, same ids inside`, async () => {
       const scratch = tmp(`${name}-own-ns`);
       const dataDir = join(scratch, 'data');

@@ -5,14 +5,15 @@
 // holder, leaving nothing running), and the capture refusing a lease.
 // fixtures.test.ts runs rs_locks too: full, after 20 deltas, on a second node.
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
 import { understudy } from '../../src/gen/proto.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
 import { RestoreError, restore } from '../../src/restore/restore.js';
+import { buildDir } from '../../src/util/paths.js';
 import { alive, dumpAndKill, killPids, onCleanup, runCleanups, sleep, startFixture, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
@@ -221,6 +222,56 @@ describe('file locks (rs_locks)', () => {
       expect(await verdict(ctl)).toBe('PASS');
     });
   }
+});
+
+describe('restoring beside the original on the same node', () => {
+  it('an app with its own PID namespace restored while the original runs: E_LOCK_HELD naming the original, nothing created', async () => {
+    // (its pids inside are free anywhere, so only its locks stop it here)
+    const ctl = tmp('locks-beside');
+    const img = join(tmp('locks-beside-img'), 'image');
+    await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', resolve(buildDir, 'fixtures', 'rs_locks'), ctl]);
+    await waitFor('rs_locks ready', () => existsSync(join(ctl, 'ready')));
+    const hostPid = readdirSync('/proc')
+      .filter((n) => /^\d+$/.test(n))
+      .map(Number)
+      .find((n) => {
+        try {
+          return (
+            readFileSync(`/proc/${n}/comm`, 'utf8').trim() === 'rs_locks' &&
+            /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8')) &&
+            readFileSync(`/proc/${n}/cmdline`, 'utf8').includes(ctl)
+          );
+        } catch {
+          return false;
+        }
+      })!;
+    expect(hostPid).toBeGreaterThan(0);
+    onCleanup(() => killPids([hostPid]));
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    await engine.attach(hostPid, { trackDirty: true, includeChildren: true });
+    await engine.checkpoint({ imageDir: img });
+    await engine.detach();
+    await engine.close();
+    const err = await restore({ imageDir: img }).then(
+      (r) => {
+        killPids([r.reaper, ...r.pids]);
+        throw new Error('restored beside the original');
+      },
+      (e: unknown) => e as RestoreError,
+    );
+    expect(err).toBeInstanceOf(RestoreError);
+    expect(err.code).toBe('E_LOCK_HELD');
+    // pid 1 is the app's own view; the holder is the original, by its host pid
+    expect(err.message).toBe(
+      `pid 1 fd 3 (${join(ctl, 'lk-a')}): cannot take back its POSIX write lock on bytes 0-99, ` +
+        `held by pid ${hostPid} (rs_locks) fd 3 outside the app (its POSIX WRITE lock on bytes 0-99)`,
+    );
+    expect(err.killed).toEqual([]);
+    expect(alive(hostPid)).toBe(true);
+    // the original is untouched and still holds its locks
+    expect(readFileSync(`/proc/${hostPid}/fdinfo/3`, 'utf8')).toMatch(new RegExp(`POSIX\\s+ADVISORY\\s+WRITE ${hostPid} \\S+ 0 99`));
+  });
 });
 
 describe('refused at capture', () => {
