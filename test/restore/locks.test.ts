@@ -100,10 +100,13 @@ describe('file locks (rs_locks)', () => {
     expect(locksOf(kid, join(ctl, 'lk-b'))).toEqual([]);
     // lk-c: a shared flock on each of two descriptions
     expect(locksOf(par, join(ctl, 'lk-c'))).toEqual([{ fd: 5, locks: [{ kind: 'FLOCK', write: false, start: 0, end: -1, pid: fx.pid }] }]);
-    expect(locksOf(kid, join(ctl, 'lk-c'))).toEqual([{ fd: 9, locks: [{ kind: 'FLOCK', write: false, start: 0, end: -1, pid: child }] }]);
+    expect(locksOf(kid, join(ctl, 'lk-c'))).toEqual([{ fd: 10, locks: [{ kind: 'FLOCK', write: false, start: 0, end: -1, pid: child }] }]);
     // lk-d: the child's flock; the parent's thread blocked in flock(LOCK_EX) holds nothing yet
-    expect(locksOf(kid, join(ctl, 'lk-d'))).toEqual([{ fd: 10, locks: [{ kind: 'FLOCK', write: true, start: 0, end: -1, pid: child }] }]);
+    expect(locksOf(kid, join(ctl, 'lk-d'))).toEqual([{ fd: 11, locks: [{ kind: 'FLOCK', write: true, start: 0, end: -1, pid: child }] }]);
     expect(locksOf(par, join(ctl, 'lk-d'))).toEqual([]);
+    // a directory's flock
+    expect(locksOf(par, join(ctl, 'lk-dir'))).toEqual([{ fd: 9, locks: [{ kind: 'FLOCK', write: true, start: 0, end: -1, pid: fx.pid }] }]);
+    expect(par.fds.find((f) => f.fd === 9)!.kind).toBe(understudy.v1.Fd.Kind.DIRECTORY);
     // the inode and device of each lock are the file's
     const l0 = par.fds.find((f) => f.fd === 3)!.locks![0]!;
     expect(Number(l0.ino)).toBe(ino(a));
@@ -119,7 +122,7 @@ describe('file locks (rs_locks)', () => {
       `      lock POSIX read bytes 200-299 pid ${fx.pid} dev ${devText} ino ${ino(a)}\n`);
     expect(shown).toContain(`      lock OFD write bytes 400-449 pid -1 dev ${devText} ino ${ino(a)}`);
     expect(shown).toContain(`      lock FLOCK LOCK_EX whole file pid ${fx.pid}`);
-    expect(shown.match(/ lock /g)).toHaveLength(9);
+    expect(shown.match(/ lock /g)).toHaveLength(10);
 
     const r = await restore({ imageDir: img });
     onCleanup(() => killPids([r.reaper, ...r.pids]));
@@ -139,8 +142,9 @@ describe('file locks (rs_locks)', () => {
       `POSIX ADVISORY WRITE ${child} ${devHex}:${ino(a)} 600 609`,
     ]);
     expect(fdinfoLocks(child, 4)).toEqual([`FLOCK ADVISORY WRITE ${fx.pid} ${devHex}:${ino(join(ctl, 'lk-b'))} 0 EOF`]);
-    expect(fdinfoLocks(child, 9)).toEqual([`FLOCK ADVISORY READ ${child} ${devHex}:${ino(join(ctl, 'lk-c'))} 0 EOF`]);
-    expect(fdinfoLocks(child, 10)).toEqual([`FLOCK ADVISORY WRITE ${child} ${devHex}:${ino(join(ctl, 'lk-d'))} 0 EOF`]);
+    expect(fdinfoLocks(fx.pid, 9)).toEqual([`FLOCK ADVISORY WRITE ${fx.pid} ${devHex}:${ino(join(ctl, 'lk-dir'))} 0 EOF`]);
+    expect(fdinfoLocks(child, 10)).toEqual([`FLOCK ADVISORY READ ${child} ${devHex}:${ino(join(ctl, 'lk-c'))} 0 EOF`]);
+    expect(fdinfoLocks(child, 11)).toEqual([`FLOCK ADVISORY WRITE ${child} ${devHex}:${ino(join(ctl, 'lk-d'))} 0 EOF`]);
     expect(await verdict(ctl), 'rs_locks verdict').toBe('PASS');
     await waitFor('the restored app to exit', () => r.pids.every((p) => !alive(p)));
   });
