@@ -106,6 +106,8 @@ static bool line_conflicts(const char *line, const Lock *l, dev_t dev, ino_t ino
 		return false;
 	if (makedev(ma, mi) != dev || lino != ino)
 		return false;
+	if (strcmp(k, "POSIX") && strcmp(k, "OFDLCK") && strcmp(k, "FLOCK"))
+		return false;   /* a lease conflicts with opens, not with locks */
 	bool flock_line = !strcmp(k, "FLOCK");
 	if (flock_line != (l->kind == UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK))
 		return false;   /* flock and byte-range locks never conflict */
