@@ -59,35 +59,68 @@ int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kin
 {
 	if (!info)
 		return 0;
-	for (const char *l = strstr(info, "lock:"); l; l = strstr(l + 5, "\nlock:")) {
+	/* "lock:" only at the start of a line (the first match may be inside another key) */
+	for (const char *l = strncmp(info, "lock:", 5) ? strstr(info, "\nlock:") : info; l; l = strstr(l + 5, "\nlock:")) {
 		if (*l == '\n')
 			l++;
 		char line[256];
 		size_t n = strcspn(l, "\n");
-		snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) - 1 ? n : sizeof(line) - 1), l);
+		if (n > sizeof(line) - 1)
+			n = sizeof(line) - 1;
+		memcpy(line, l, n);
+		line[n] = 0;
 		/* for the messages: runs of blanks (the kernel aligns columns) as one space */
 		char *w = line;
 		for (const char *r = line; *r; r++)
 			if (!((*r == ' ' || *r == '\t') && w > line && w[-1] == ' '))
 				*w++ = *r == '\t' ? ' ' : *r;
 		*w = 0;
-		char k[16], mode[16], type[16], endtok[32];
-		int id, lpid;
-		unsigned ma, mi;
-		unsigned long long ino;
-		long long start;
-		int got = sscanf(line, "lock: %d: %15s %15s %15s %d %x:%x:%llu %lld %31s", &id, k, mode, type, &lpid, &ma, &mi, &ino, &start, endtok);
-		if (got >= 2 && (!strcmp(k, "LEASE") || !strcmp(k, "DELEG")))
+		/* fields: "lock:" "N:" kind mode type pid maj:min:ino start end|EOF
+		 * (split by hand: sscanf took twice as long) */
+		char tb[256], *tok[10];
+		int nt = 0;
+		memcpy(tb, line, (size_t)(w - line) + 1);
+		for (char *q = tb; *q && nt < 10;) {
+			tok[nt++] = q;
+			char *sp = strchr(q, ' ');
+			if (!sp)
+				break;
+			*sp = 0;
+			q = sp + 1;
+		}
+		const char *k = nt > 2 ? tok[2] : "", *mode = nt > 3 ? tok[3] : "", *type = nt > 4 ? tok[4] : "";
+		if (!strcmp(k, "LEASE") || !strcmp(k, "DELEG"))
 			return fail("E_UNSUPPORTED", 0,
 				    "pid %d fd %d (%s) holds a %s (\"%s\"): file leases and delegations are not supported, refusing to checkpoint", pid,
 				    fd, target, !strcmp(k, "LEASE") ? "lease (fcntl F_SETLEASE)" : "delegation", line);
-		if (got >= 3 && !strcmp(mode, "MANDATORY"))
+		if (!strcmp(mode, "MANDATORY"))
 			return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s) holds a mandatory lock (\"%s\"): not supported, refusing to checkpoint", pid,
 				    fd, target, line);
-		if (got != 10)
+		char *e1 = NULL, *e2 = NULL, *e3 = NULL, *e4 = NULL, *e5 = NULL;
+		long lpid = 0;
+		unsigned long ma = 0, mi = 0;
+		unsigned long long ino = 0;
+		long long start = 0;
+		bool ok = nt == 9 && !strcmp(tok[0], "lock:");
+		if (ok) {
+			lpid = strtol(tok[5], &e1, 10);
+			ma = strtoul(tok[6], &e2, 16);
+			ok = !*e1 && *e2 == ':';
+		}
+		if (ok) {
+			mi = strtoul(e2 + 1, &e3, 16);
+			ok = *e3 == ':';
+		}
+		if (ok) {
+			ino = strtoull(e3 + 1, &e4, 10);
+			start = strtoll(tok[7], &e5, 10);
+			ok = !*e4 && !*e5 && e4 != e3 + 1 && e5 != tok[7];
+		}
+		if (!ok)
 			return fail("E_UNSUPPORTED", 0,
 				    "pid %d fd %d (%s): cannot tell the owner of the lock \"%s\" in /proc/%d/fdinfo/%d, refusing to checkpoint", pid, fd,
 				    target, line, pid, fd);
+		const char *endtok = tok[8];
 		Understudy__V1__FileLock__Kind lk;
 		if (!strcmp(k, "POSIX"))
 			lk = UNDERSTUDY__V1__FILE_LOCK__KIND__POSIX;
@@ -114,9 +147,9 @@ int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kin
 		}
 		if (start < 0)
 			return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s): cannot parse the lock \"%s\", refusing to checkpoint", pid, fd, target, line);
-		if (lk == UNDERSTUDY__V1__FILE_LOCK__KIND__POSIX && lpid != pid)
+		if (lk == UNDERSTUDY__V1__FILE_LOCK__KIND__POSIX && lpid != (long)pid)
 			return fail("E_UNSUPPORTED", 0,
-				    "pid %d fd %d (%s) shows a POSIX lock taken by pid %d (\"%s\"): its file table is shared with another process "
+				    "pid %d fd %d (%s) shows a POSIX lock taken by pid %ld (\"%s\"): its file table is shared with another process "
 				    "(clone CLONE_FILES), the lock's owner cannot be determined, refusing to checkpoint",
 				    pid, fd, target, lpid, line);
 		if (kind != UNDERSTUDY__V1__FD__KIND__REGULAR && kind != UNDERSTUDY__V1__FD__KIND__DIRECTORY)
