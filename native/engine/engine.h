@@ -209,6 +209,11 @@ int check_posix_timers(pid_t pid);   /* what /proc/PID/timers shows that cannot 
 /* ---- fds.c --------------------------------------------------------------- */
 int capture_fds(pid_t pid, Understudy__V1__Process *pr);
 int check_fds_supported(pid_t pid);
+/* ---- locks.c: file locks from the fdinfo text the fd walk read ----------
+ * Refuses what cannot be restored; with f, records the fd's share of the
+ * locks (each lock once in the image). pr: the fds recorded so far. */
+int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kind kind, const char *info, Understudy__V1__Process *pr,
+		  Understudy__V1__Fd *f);
 int check_injectable(pid_t pid);   /* no seccomp that could kill an injected syscall */
 
 /* ---- mem.c: regions, page capture ---------------------------------------- */

@@ -92,11 +92,16 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 			break;
 		}
 		char ip[96], *info = NULL;
-		if (pr || okind) {
+		{
+			/* its "lock:" lines are the fd's file locks (locks.c): read
+			 * for every fd, in the attach check too */
 			snprintf(ip, sizeof(ip), "/proc/%d/fdinfo/%d", pid, fd);
 			if (read_file(ip, &info) < 0) {
-				if (okind) {
-					rc = -1;   /* its state is in there */
+				/* its state is in there: the offset, flags and locks of
+				 * every fd (the process is stopped: the fd cannot be gone);
+				 * the attach check runs before the stop and tolerates it */
+				if (okind || pr) {
+					rc = -1;
 					break;
 				}
 				info = NULL;
@@ -105,6 +110,11 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 		}
 		if (!pr) {
 			rc = okind ? fdobj_fd(&oc, fd, target, &st, info, NULL) : 0;
+			if (!rc)
+				rc = locks_capture(pid, fd, target, okind ? okind : S_ISREG(st.st_mode) ? UNDERSTUDY__V1__FD__KIND__REGULAR
+								     : S_ISDIR(st.st_mode)   ? UNDERSTUDY__V1__FD__KIND__DIRECTORY
+											     : UNDERSTUDY__V1__FD__KIND__CHARDEV,
+						   info, NULL, NULL);
 			free(info);
 			if (rc)
 				break;
@@ -142,6 +152,8 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 			f->rdev_major = ma;
 			f->rdev_minor = minor(st.st_rdev);
 		}
+		if (!rc)
+			rc = locks_capture(pid, fd, target, f->kind, info, pr, f);
 		free(info);
 		if (rc)
 			break;

@@ -96,6 +96,8 @@ int main(int argc, char **argv)
 		rc = timers_check();
 	if (!rc)
 		rc = fdobj_plan();
+	if (!rc)
+		rc = locks_plan();
 	for (size_t i = 0; !rc && i < R.nprocs; i++)
 		rc = image_page_map(&R.im, R.procs[i].pr->pid, &R.procs[i].pages, &R.procs[i].npages);
 	uint64_t t_map = now_ns();
@@ -121,6 +123,10 @@ int main(int argc, char **argv)
 		}
 		if (!rc)
 			rc = fdobj_finish();
+		/* locks last: a POSIX lock does not survive a close of any fd on
+		 * its file by its process, and the fd rebuild closes temporaries */
+		if (!rc)
+			rc = locks_restore();
 		ph[4] = now_ns();
 		if (!rc && fail_at && !strcmp(fail_at, "rebuild"))
 			rc = fail("E_RESTORE", 0, "failing on purpose after rebuilding every process (UNDERSTUDY_RESTORE_FAIL_AFTER=rebuild)");

@@ -11,6 +11,7 @@
  *             PR_SET_MM_MAP
  *   files.c   fds, cwd/root, umask, rlimits, creds
  *   fdobj.c   pipes, eventfds, epoll, fds sharing an open file description
+ *   locks.c   file locks (POSIX, OFD, flock), after every fd is in place
  *   task.c    threads, signals, per-thread state, registers, detach
  *   timers.c  POSIX timers with their ids, interval timers
  *   main.c    command line, order of the phases, JSON report */
@@ -152,6 +153,10 @@ int fdobj_place(struct rproc *p, const Understudy__V1__Fd *f, int base, bool *do
 void fdobj_register(struct rproc *p, const Understudy__V1__Fd *f);
 int fdobj_epolls(struct rproc *p);
 int fdobj_finish(void);
+
+/* ---- locks.c: file locks, taken again once every fd is in place ---- */
+int locks_plan(void);
+int locks_restore(void);
 
 /* ---- task.c ---- */
 int signals_reset(struct rproc *p);

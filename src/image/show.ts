@@ -77,6 +77,20 @@ function hex64(v: unknown): string {
   return BigInt(typeof v === 'number' ? v : String(v)).toString(16);
 }
 
+/** One file lock as `understudy image show` prints it, e.g. "POSIX write bytes 0-99 pid 812 dev 254:0 ino 4711". */
+export function lockText(l: understudy.v1.IFileLock): string {
+  const kind = understudy.v1.FileLock.Kind[l.kind ?? 0] ?? String(l.kind);
+  const flock = l.kind === understudy.v1.FileLock.Kind.FLOCK;
+  const mode = flock ? (l.write ? 'LOCK_EX' : 'LOCK_SH') : l.write ? 'write' : 'read';
+  const end = Number(l.end ?? 0);
+  const range = flock ? 'whole file' : `bytes ${Number(l.start ?? 0)}-${end < 0 ? 'EOF' : end}`;
+  const dev = BigInt(String(l.dev ?? 0));
+  // glibc's makedev: major in bits 8-19 and 32-43, minor in bits 0-7 and 20-31
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & 0xfffff000n);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & 0xfff00n);
+  return `${kind} ${mode} ${range} pid ${l.pid ?? 0} dev ${major}:${minor} ino ${Number(l.ino ?? 0)}`;
+}
+
 export function showImage(dir: string, opts: { epoch?: number; json: boolean; pages?: boolean }): string {
   const entries = listEpochs(dir).filter((e) => opts.epoch === undefined || e.epoch === opts.epoch);
   const loaded = entries.map((e) => ({ e, m: readEpochMeta(e.path) }));
@@ -139,6 +153,7 @@ export function showImage(dir: string, opts: { epoch?: number; json: boolean; pa
           extra = ` watches ${(f.epoll.targets ?? []).map((t) => `fd ${t.tfd} events 0x${(t.events ?? 0).toString(16)} data 0x${hex64(t.data)}`).join(', ') || 'nothing'}`;
         }
         lines.push(`    fd ${f.fd} ${understudy.v1.Fd.Kind[f.kind!]} ${f.path} flags 0${(f.flags ?? 0).toString(8)} pos ${Number(f.pos)}${shared}${extra}`);
+        for (const l of f.locks ?? []) lines.push(`      lock ${lockText(l)}`);
       }
     }
   }

@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'E_PID_TAKEN'
   | 'E_KERNEL_MISMATCH'
   | 'E_RESTORE'
+  | 'E_LOCK_HELD'
   | 'E_NOT_AN_IMAGE'
   | 'E_IMAGE_EXISTS'
   | 'E_IMAGE_WRITE'

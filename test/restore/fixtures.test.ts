@@ -15,7 +15,7 @@ afterEach(runCleanups);
 
 const FIXTURES = [
   'rs_counter', 'rs_threads', 'rs_malloc', 'rs_sleepers', 'rs_signals', 'rs_files', 'rs_mprotect', 'rs_vdso', 'rs_recursion',
-  'rs_forktree', 'rs_sharedfile', 'rs_pipes', 'rs_timers', 'rs_timers_pending', 'rs_alarm',
+  'rs_forktree', 'rs_sharedfile', 'rs_pipes', 'rs_timers', 'rs_timers_pending', 'rs_alarm', 'rs_locks',
 ];
 
 async function roundTrip(name: string, deltas: number): Promise<void> {
@@ -197,7 +197,7 @@ describe('PID namespace rules', () => {
 
   // The failover case: the host pids of an app with a namespace of its own are
   // still held (here by the original itself) where it is restored.
-  for (const name of ['rs_forktree', 'rs_threads']) {
+  for (const name of ['rs_forktree', 'rs_threads', 'rs_locks']) {
     it(`${name} in its own namespace: restored on node 2 while the original still runs, same ids inside`, async () => {
       const scratch = tmp(`${name}-own-ns`);
       const dataDir = join(scratch, 'data');
