@@ -120,11 +120,17 @@ export class EngineClient {
   }
 
   /** Starts an engine process. */
-  static start(opts: { binary?: string; timeoutMs?: number } = {}): EngineClient {
+  /** `env`: variables set (a string) or removed (undefined) for the engine only. */
+  static start(opts: { binary?: string; timeoutMs?: number; env?: Record<string, string | undefined> } = {}): EngineClient {
     const bin = opts.binary ?? nativeBinary('engine');
+    const env = { ...process.env };
+    for (const [k, v] of Object.entries(opts.env ?? {})) {
+      if (v === undefined) delete env[k];
+      else env[k] = v;
+    }
     // its own session: a Ctrl-C at the agent's terminal is for the agent,
     // which finishes its epoch and then tells the engine what to do
-    const child = spawn(bin, [], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    const child = spawn(bin, [], { stdio: ['pipe', 'pipe', 'pipe'], detached: true, env });
     log.debug({ pid: child.pid }, 'engine started');
     return new EngineClient(child, opts.timeoutMs ?? 60_000);
   }

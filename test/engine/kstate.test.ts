@@ -43,12 +43,7 @@ async function capture(noIter: boolean): Promise<[Seen, Seen]> {
   const p = spawn('python3', ['-c', script(ctl)], { stdio: ['ignore', 'ignore', 'ignore'] });
   onCleanup(() => p.kill('SIGKILL'));
   await waitFor(() => existsSync(join(ctl, 'ready')) || undefined, 10_000, 'python ready');
-  const before = process.env.UNDERSTUDY_ENGINE_NO_TASKITER;
-  if (noIter) process.env.UNDERSTUDY_ENGINE_NO_TASKITER = '1';
-  else delete process.env.UNDERSTUDY_ENGINE_NO_TASKITER;
-  const engine = EngineClient.start();
-  if (before === undefined) delete process.env.UNDERSTUDY_ENGINE_NO_TASKITER;
-  else process.env.UNDERSTUDY_ENGINE_NO_TASKITER = before;
+  const engine = EngineClient.start({ env: { UNDERSTUDY_ENGINE_NO_TASKITER: noIter ? '1' : undefined } });
   const dir = join(tmp('img'), 'k');
   const seen = (epochDir: string): Seen => {
     const pr = processesOf(readEpochMeta(epochDir))[0]!;

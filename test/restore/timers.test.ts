@@ -22,12 +22,7 @@ const SIGRTMIN = 34; // glibc's
 async function captureTimers(noIter: boolean): Promise<{ pid: number; dir: string; proc: ReturnType<typeof processesOf>[number] }> {
   const ctl = tmp('tm');
   const fx = await startFixture('rs_timers', ctl);
-  const before = process.env.UNDERSTUDY_ENGINE_NO_TASKITER;
-  if (noIter) process.env.UNDERSTUDY_ENGINE_NO_TASKITER = '1';
-  else delete process.env.UNDERSTUDY_ENGINE_NO_TASKITER;
-  const engine = EngineClient.start();
-  if (before === undefined) delete process.env.UNDERSTUDY_ENGINE_NO_TASKITER;
-  else process.env.UNDERSTUDY_ENGINE_NO_TASKITER = before;
+  const engine = EngineClient.start({ env: { UNDERSTUDY_ENGINE_NO_TASKITER: noIter ? '1' : undefined } });
   onCleanup(() => engine.kill());
   const dir = join(tmp('tm-img'), 'image');
   try {
