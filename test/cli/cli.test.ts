@@ -1,7 +1,7 @@
-import { mkdtempSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { packageRoot } from '../../src/util/paths.js';
 import { runCli } from '../helpers/cli.js';
 
@@ -59,6 +59,7 @@ describe('understudy CLI', () => {
 
   it('refuses a bad config file, naming the key', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'us-cfg-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     chmodSync(dir, 0o755);
     const bad = join(dir, 'bad.json');
     writeFileSync(bad, JSON.stringify({ dataDir: '/tmp/x', replicas: 3 }));

@@ -124,9 +124,12 @@ describe('restore on a second node (own network namespace, own copy of the data 
   }
 });
 
-/** Starts build/fixtures/<name> as pid 1 of a new PID namespace (unshare forks it); its host pid. */
+/**
+ * Starts build/fixtures/<name> as pid 1 of a new PID namespace (unshare forks
+ * it; killing unshare, as the cleanup does, kills the namespace); its host pid.
+ */
 async function startInOwnNamespace(name: string, ctl: string): Promise<number> {
-  await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', join(process.cwd(), 'build/fixtures', name), ctl]);
+  await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', '--kill-child', join(process.cwd(), 'build/fixtures', name), ctl]);
   await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
   expect(readFileSync(join(ctl, 'ready'), 'utf8').trim()).toBe('1'); // it sees itself as pid 1
   // its host pid: the process with the fixture's command line that is pid 1 of its namespace
