@@ -51,15 +51,19 @@ export function listEpochs(dir: string): EpochEntry[] {
   return out;
 }
 
-/** Reads and verifies `meta.pb` of one epoch directory. */
-export function readEpochMeta(epochDir: string): EpochMeta {
-  const file = join(epochDir, 'meta.pb');
-  let buf: Buffer;
+/** A file of an epoch, whole; one that cannot be read makes the image corrupt. */
+function readImageFile(file: string): Buffer {
   try {
-    buf = readFileSync(file);
+    return readFileSync(file);
   } catch (e) {
     throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: missing or unreadable (${(e as Error).message})`);
   }
+}
+
+/** Reads and verifies `meta.pb` of one epoch directory. */
+export function readEpochMeta(epochDir: string): EpochMeta {
+  const file = join(epochDir, 'meta.pb');
+  const buf = readImageFile(file);
   if (buf.length < 8) throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: truncated (${buf.length} bytes, a header needs 4 + 4)`);
   const len = buf.readUInt32LE(0);
   if (buf.length !== 4 + len + 4) {
@@ -114,12 +118,7 @@ export type PageMap = Map<number, Buffer>;
 /** Reads pages.bin of an epoch, verifying its size and every page's crc32. */
 export function readEpochPages(epochDir: string, meta: EpochMeta): Map<number, PageMap> {
   const file = join(epochDir, 'pages.bin');
-  let data: Buffer;
-  try {
-    data = readFileSync(file);
-  } catch (e) {
-    throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: missing or unreadable (${(e as Error).message})`);
-  }
+  const data = readImageFile(file);
   const want = Number(meta.pagesBytes);
   if (data.length !== want) {
     throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: ${data.length} bytes but the metadata says ${want} (truncated or overwritten)`);
