@@ -1,31 +1,21 @@
 // The image store: every page hash verified on read, truncated or corrupted
 // entries refused naming the exact entry, deltas applied over the nearest full
 // epoch, compaction folding them into a new base; and `understudy image`.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { crc32 } from 'node:zlib';
 import { EngineClient } from '../../src/engine/client.js';
 import { understudy } from '../../src/gen/proto.js';
 import { compact, listEpochs, memoryDigest, readEpochMeta, reconstruct } from '../../src/image/store.js';
-import { cliBin, runCleanups, startFixture, tmp } from '../engine/helpers.js';
+import { runCleanups, startFixture, tmp } from '../engine/helpers.js';
+import { runCli as cli } from '../helpers/cli.js';
 
 afterAll(runCleanups);
 
 let image = '';
 let pid = 0;
-
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await promisify(execFile)('node', [cliBin, ...args], { encoding: 'utf8' });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
 
 function copyImage(): string {
   const d = join(tmp('copy'), 'img');
@@ -133,7 +123,7 @@ describe('image store', () => {
 describe('understudy image', () => {
   it('show: a summary per epoch, details and registers for one epoch, JSON', async () => {
     let r = await cli(['image', 'show', image]);
-    expect(r.code).toBe(0);
+    expect(r.exitCode).toBe(0);
     expect(r.stdout).toMatch(/epoch-000000 {2}full /);
     expect(r.stdout).toMatch(/epoch-000003 {2}delta over 2 /);
     r = await cli(['image', 'show', image, '--epoch', '0']);
@@ -149,7 +139,7 @@ describe('understudy image', () => {
 
   it('verify passes on a good image and names the entry on a bad one', async () => {
     let r = await cli(['image', 'verify', image]);
-    expect(r.code).toBe(0);
+    expect(r.exitCode).toBe(0);
     expect(r.stdout).toMatch(/ok: 4 epoch\(s\)/);
     const d = copyImage();
     const f = join(d, 'epoch-000003', 'pages.bin');
@@ -157,7 +147,7 @@ describe('understudy image', () => {
     b[7] ^= 0x10;
     writeFileSync(f, b);
     r = await cli(['image', 'verify', d]);
-    expect(r.code).toBe(1);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/epoch-000003\/pages\.bin: page 0x[0-9a-f]+ .* fails its crc32/);
   });
 
@@ -166,14 +156,14 @@ describe('understudy image', () => {
     writeFileSync(join(d, 'hello.txt'), 'hi');
     mkdirSync(join(d, 'epochs'));
     const r = await cli(['image', 'show', d]);
-    expect(r.code).toBe(1);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/is not an Understudy image: it has no epoch-NNNNNN/);
     expect(readdirSync(d).sort()).toEqual(['epochs', 'hello.txt']);
     const r2 = await cli(['image', 'show', join(d, 'missing')]);
-    expect(r2.code).toBe(1);
+    expect(r2.exitCode).toBe(1);
     expect(r2.stderr).toMatch(/cannot read it as an image directory/);
     const r3 = await cli(['image', 'compact', d]);
-    expect(r3.code).toBe(1);
+    expect(r3.exitCode).toBe(1);
     expect(readdirSync(d).sort()).toEqual(['epochs', 'hello.txt']);
   });
 });
