@@ -333,16 +333,7 @@ export function compact(dir: string, epoch?: number, opts: { prune?: boolean } =
     fsyncDir(tmp);
     renameSync(tmp, final);
     fsyncDir(dir);
-    const pruned: string[] = [];
-    if (opts.prune) {
-      for (const e of listEpochs(dir)) {
-        if (e.epoch < r.epoch || (e.epoch === r.epoch && e.kind === 'epoch')) {
-          rmSync(e.path, { recursive: true, force: true });
-          pruned.push(e.name);
-        }
-      }
-      fsyncDir(dir);
-    }
+    const pruned = opts.prune ? prune(dir, r.epoch) : [];
     return { base: final, pages: off / PAGE_SIZE, pruned };
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
@@ -350,6 +341,32 @@ export function compact(dir: string, epoch?: number, opts: { prune?: boolean } =
     throw new UnderstudyError('E_IMAGE_WRITE', `compacting ${dir} into ${name}: ${(e as Error).message}`, { cause: e });
   }
 }
+
+/**
+ * Removes the epochs and bases that base-`upTo` replaces. Each leaves the
+ * chain by one rename to a hidden name (never listed), newest first, and only
+ * then is deleted: an interrupted prune leaves no half-deleted epoch-N/ that
+ * would make the image unreadable, and what stays listed is a whole chain
+ * 0..k. Hidden leftovers of an earlier interrupted prune are deleted too.
+ */
+function prune(dir: string, upTo: number): string[] {
+  const replaced = listEpochs(dir)
+    .filter((e) => e.epoch < upTo || (e.epoch === upTo && e.kind === 'epoch'))
+    .reverse();
+  removePruned(dir); // first: a leftover may hold the hidden name an epoch now needs
+  for (const e of replaced) renameSync(e.path, join(dir, `${PRUNED_PREFIX}${e.name}`));
+  fsyncDir(dir);
+  removePruned(dir);
+  return replaced.map((e) => e.name).reverse();
+}
+
+function removePruned(dir: string): void {
+  for (const name of readdirSync(dir)) {
+    if (name.startsWith(PRUNED_PREFIX)) rmSync(join(dir, name), { recursive: true, force: true });
+  }
+}
+
+const PRUNED_PREFIX = '.pruned-';
 
 function writeDurable(file: string, chunks: Buffer[]): void {
   const fd = openSync(file, 'wx', 0o600);

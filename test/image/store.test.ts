@@ -118,6 +118,28 @@ describe('image store', () => {
     expect(readdirSync(d2).sort()).toEqual(['base-000002', 'epoch-000003']);
     expect(memoryDigest(reconstruct(d2).memory.get(pid)!)).toBe(before3);
   });
+
+  it('a prune stopped midway leaves only whole epochs, each still rebuilt', () => {
+    const d = copyImage();
+    const before1 = memoryDigest(reconstruct(d, 1).memory.get(pid)!);
+    // epoch-000001 cannot be moved or emptied (immutable): the prune fails there
+    const stuck = join(d, 'epoch-000001');
+    execFileSync('chattr', ['+i', stuck]);
+    try {
+      expect(() => compact(d, 2, { prune: true })).toThrow();
+    } finally {
+      execFileSync('chattr', ['-i', stuck]);
+    }
+    // newest first: epoch-000002 left the chain, 0 and 1 are whole and still rebuild
+    expect(readdirSync(d).filter((n) => !n.startsWith('.')).sort()).toEqual(['base-000002', 'epoch-000000', 'epoch-000001', 'epoch-000003']);
+    expect(memoryDigest(reconstruct(d, 1).memory.get(pid)!)).toBe(before1);
+    expect(reconstruct(d).used).toEqual(['base-000002', 'epoch-000003']);
+    // the next prune finishes the job and leaves no hidden leftover
+    mkdirSync(join(d, '.pruned-epoch-000001'));
+    writeFileSync(join(d, '.pruned-epoch-000001', 'meta.pb'), 'leftover of an interrupted prune');
+    compact(d, 3, { prune: true });
+    expect(readdirSync(d).sort()).toEqual(['base-000003']);
+  });
 });
 
 describe('understudy image', () => {
