@@ -120,7 +120,15 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
       );
     }
     const ctx: CliContext = { config, json: v.json === true, debug, out: io.out };
-    return await cmd.run(ctx, v, parsed.positionals);
+    try {
+      return await cmd.run(ctx, v, parsed.positionals);
+    } catch (e) {
+      // a command's own usage error points at its --help, the same way for every command
+      if (isUnderstudyError(e) && e.code === 'E_USAGE' && !e.message.includes('--help')) {
+        throw new UnderstudyError('E_USAGE', `${e.message} (see \`understudy ${cmd.name} --help\`)`, { cause: e });
+      }
+      throw e;
+    }
   } catch (e) {
     if (isUnderstudyError(e)) {
       // --json: the error as data too (stderr, one line), for scripts and monitoring
