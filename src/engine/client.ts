@@ -9,7 +9,7 @@ import { understudy } from '../gen/proto.js';
 import { UnderstudyError, type ErrorCode } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { nativeBinary } from '../util/paths.js';
-import { encodeFrame, FrameDecoder, requireVersion } from './frames.js';
+import { DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, requireVersion } from './frames.js';
 
 const log = logger('engine');
 export const ENGINE_VERSION = 1;
@@ -85,7 +85,7 @@ function toCode(c: string): ErrorCode {
 export class EngineClient {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
-  private readonly decoder = new FrameDecoder(64 * 1024 * 1024, 'engine stdout');
+  private readonly decoder = new FrameDecoder(DEFAULT_MAX_FRAME, 'engine stdout');
   private exited = false;
   private exitInfo = '';
   private stderrTail = '';
