@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { loadConfig } from '../config/config.js';
+import { loadConfig, LOG_LEVELS, type LogLevel } from '../config/config.js';
 import { isUnderstudyError, UnderstudyError } from '../util/errors.js';
 import { configureLogging } from '../util/log.js';
 import { packageRoot } from '../util/paths.js';
@@ -120,7 +120,15 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
       );
     }
     const ctx: CliContext = { config, json: v.json === true, debug, out: io.out };
-    return await cmd.run(ctx, v, parsed.positionals);
+    try {
+      return await cmd.run(ctx, v, parsed.positionals);
+    } catch (e) {
+      // a command's own usage error points at its --help, the same way for every command
+      if (isUnderstudyError(e) && e.code === 'E_USAGE' && !e.message.includes('--help')) {
+        throw new UnderstudyError('E_USAGE', `${e.message} (see \`understudy ${cmd.name} --help\`)`, { cause: e });
+      }
+      throw e;
+    }
   } catch (e) {
     if (isUnderstudyError(e)) {
       // --json: the error as data too (stderr, one line), for scripts and monitoring
@@ -149,10 +157,9 @@ function findCommand(argv: string[]): number {
   return -1;
 }
 
-function loadConfigLevel(level: string): ReturnType<typeof loadConfig>['logLevel'] {
-  const levels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
-  if (!(levels as readonly string[]).includes(level)) {
-    throw new UnderstudyError('E_USAGE', `--log-level must be one of ${levels.join(', ')}, got "${level}"`);
+function loadConfigLevel(level: string): LogLevel {
+  if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+    throw new UnderstudyError('E_USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
   }
-  return level as (typeof levels)[number];
+  return level as LogLevel;
 }

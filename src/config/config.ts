@@ -4,11 +4,15 @@
 import { readFileSync } from 'node:fs';
 import { UnderstudyError } from '../util/errors.js';
 
+/** pino's levels, the ones a config file or --log-level may name. */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
 export interface Config {
   /** Where images, logs and state live. */
   dataDir: string;
   /** pino level for the agent's log. */
-  logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+  logLevel: LogLevel;
   /** Log file; absent means stderr. */
   logFile?: string;
 }
@@ -18,7 +22,6 @@ export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
   logLevel: 'info',
 });
 
-const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
 
 export function parseConfig(text: string, source: string): Config {
   let raw: unknown;
@@ -41,10 +44,10 @@ export function parseConfig(text: string, source: string): Config {
         cfg[key] = value;
         break;
       case 'logLevel':
-        if (typeof value !== 'string' || !(LEVELS as readonly string[]).includes(value)) {
-          throw new UnderstudyError('E_CONFIG', `${source}: "logLevel" must be one of ${LEVELS.join(', ')}, got ${JSON.stringify(value)}`);
+        if (typeof value !== 'string' || !(LOG_LEVELS as readonly string[]).includes(value)) {
+          throw new UnderstudyError('E_CONFIG', `${source}: "logLevel" must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(value)}`);
         }
-        cfg.logLevel = value as Config['logLevel'];
+        cfg.logLevel = value as LogLevel;
         break;
       default:
         throw new UnderstudyError('E_CONFIG', `${source}: unknown key "${key}" (known: dataDir, logLevel, logFile)`);

@@ -57,6 +57,8 @@ async function waitFor(what: string, ok: () => boolean, ms = 10_000): Promise<vo
 
 function kill(pids: number[]): void {
   for (const p of pids) {
+    // 0 or -1 would signal our own process group or every process
+    if (!(p > 1)) continue;
     try {
       process.kill(p, 'SIGKILL');
     } catch {
@@ -78,6 +80,17 @@ export async function runDemo(dataDir: string, say: (line: string) => void): Pro
   const counter = join(work, 'count');
   const imageDir = join(work, 'image');
   const toKill: number[] = [];
+  // Ctrl-C or SIGTERM would end the agent without running the finally below,
+  // leaving the demo app (its own process group, so not signalled with us)
+  // counting for ever: kill what we started, then die of the signal as usual.
+  const onSignal = (sig: NodeJS.Signals): void => {
+    kill(toKill);
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    process.kill(process.pid, sig);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     const child = spawn('python3', ['-c', DEMO_APP, counter], { stdio: 'ignore', detached: true, cwd: work });
     const pid = child.pid;
@@ -141,6 +154,8 @@ export async function runDemo(dataDir: string, say: (line: string) => void): Pro
     );
     if (!existsSync(counter)) throw new UnderstudyError('E_INTERNAL', 'demo: the restored app did not write its count');
   } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
     kill(toKill);
   }
   say('Stopped the restored app. The image stays in ' + imageDir + ' (try: understudy image show ' + imageDir + ').');

@@ -9,7 +9,7 @@ import { understudy } from '../gen/proto.js';
 import { UnderstudyError, type ErrorCode } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { nativeBinary } from '../util/paths.js';
-import { encodeFrame, FrameDecoder, requireVersion } from './frames.js';
+import { DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, requireVersion } from './frames.js';
 
 const log = logger('engine');
 export const ENGINE_VERSION = 1;
@@ -85,7 +85,7 @@ function toCode(c: string): ErrorCode {
 export class EngineClient {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
-  private readonly decoder = new FrameDecoder(64 * 1024 * 1024, 'engine stdout');
+  private readonly decoder = new FrameDecoder(DEFAULT_MAX_FRAME, 'engine stdout');
   private exited = false;
   private exitInfo = '';
   private stderrTail = '';
@@ -101,13 +101,14 @@ export class EngineClient {
     });
     child.stdin.on('error', () => undefined);
     this.exitPromise = new Promise((resolve) => {
-      child.on('exit', (code, signal) => {
+      const gone = (info: string, released: boolean): void => {
+        if (this.exited) return;
         this.exited = true;
-        this.exitInfo = signal ? `killed by ${signal}` : `exited with status ${code}`;
+        this.exitInfo = info;
         const err = new UnderstudyError(
           'E_ENGINE_DIED',
-          `the checkpoint engine (pid ${child.pid}) ${this.exitInfo}${this.stderrTail ? `: ${this.stderrTail.trim()}` : ''}; ` +
-            'the app was released by the kernel and keeps running',
+          `the checkpoint engine (pid ${child.pid ?? 'none'}) ${info}${this.stderrTail ? `: ${this.stderrTail.trim()}` : ''}; ` +
+            (released ? 'the app was released by the kernel and keeps running' : 'the app was never touched'),
         );
         for (const [, p] of this.pending) {
           clearTimeout(p.timer);
@@ -115,6 +116,14 @@ export class EngineClient {
         }
         this.pending.clear();
         resolve();
+      };
+      child.on('exit', (code, signal) => gone(signal ? `killed by ${signal}` : `exited with status ${code}`, true));
+      // spawn itself failed (ENOENT, EACCES, EAGAIN, ENOMEM): no process and no
+      // 'exit' event; unhandled, this 'error' would crash the agent, and the
+      // request already sent would wait for its whole timeout
+      child.on('error', (e) => {
+        if (child.pid === undefined) gone(`could not be started (${e.message})`, false);
+        else log.warn({ err: e, pid: child.pid }, 'engine process error');
       });
     });
   }
@@ -153,7 +162,15 @@ export class EngineClient {
       return;
     }
     for (const f of frames) {
-      const rep = understudy.v1.EngineReply.decode(f);
+      let rep: understudy.v1.EngineReply;
+      try {
+        rep = understudy.v1.EngineReply.decode(f);
+      } catch (e) {
+        // a reply that does not decode: the engine is not to be trusted further
+        log.error({ err: e }, 'undecodable reply from engine; killing it');
+        this.child.kill('SIGKILL');
+        return;
+      }
       const p = this.pending.get(Number(rep.id));
       if (!p) {
         log.warn({ id: Number(rep.id) }, 'engine reply for no pending request');

@@ -51,15 +51,19 @@ export function listEpochs(dir: string): EpochEntry[] {
   return out;
 }
 
-/** Reads and verifies `meta.pb` of one epoch directory. */
-export function readEpochMeta(epochDir: string): EpochMeta {
-  const file = join(epochDir, 'meta.pb');
-  let buf: Buffer;
+/** A file of an epoch, whole; one that cannot be read makes the image corrupt. */
+function readImageFile(file: string): Buffer {
   try {
-    buf = readFileSync(file);
+    return readFileSync(file);
   } catch (e) {
     throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: missing or unreadable (${(e as Error).message})`);
   }
+}
+
+/** Reads and verifies `meta.pb` of one epoch directory. */
+export function readEpochMeta(epochDir: string): EpochMeta {
+  const file = join(epochDir, 'meta.pb');
+  const buf = readImageFile(file);
   if (buf.length < 8) throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: truncated (${buf.length} bytes, a header needs 4 + 4)`);
   const len = buf.readUInt32LE(0);
   if (buf.length !== 4 + len + 4) {
@@ -114,12 +118,7 @@ export type PageMap = Map<number, Buffer>;
 /** Reads pages.bin of an epoch, verifying its size and every page's crc32. */
 export function readEpochPages(epochDir: string, meta: EpochMeta): Map<number, PageMap> {
   const file = join(epochDir, 'pages.bin');
-  let data: Buffer;
-  try {
-    data = readFileSync(file);
-  } catch (e) {
-    throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: missing or unreadable (${(e as Error).message})`);
-  }
+  const data = readImageFile(file);
   const want = Number(meta.pagesBytes);
   if (data.length !== want) {
     throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: ${data.length} bytes but the metadata says ${want} (truncated or overwritten)`);
@@ -334,16 +333,7 @@ export function compact(dir: string, epoch?: number, opts: { prune?: boolean } =
     fsyncDir(tmp);
     renameSync(tmp, final);
     fsyncDir(dir);
-    const pruned: string[] = [];
-    if (opts.prune) {
-      for (const e of listEpochs(dir)) {
-        if (e.epoch < r.epoch || (e.epoch === r.epoch && e.kind === 'epoch')) {
-          rmSync(e.path, { recursive: true, force: true });
-          pruned.push(e.name);
-        }
-      }
-      fsyncDir(dir);
-    }
+    const pruned = opts.prune ? prune(dir, r.epoch) : [];
     return { base: final, pages: off / PAGE_SIZE, pruned };
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
@@ -351,6 +341,32 @@ export function compact(dir: string, epoch?: number, opts: { prune?: boolean } =
     throw new UnderstudyError('E_IMAGE_WRITE', `compacting ${dir} into ${name}: ${(e as Error).message}`, { cause: e });
   }
 }
+
+/**
+ * Removes the epochs and bases that base-`upTo` replaces. Each leaves the
+ * chain by one rename to a hidden name (never listed), newest first, and only
+ * then is deleted: an interrupted prune leaves no half-deleted epoch-N/ that
+ * would make the image unreadable, and what stays listed is a whole chain
+ * 0..k. Hidden leftovers of an earlier interrupted prune are deleted too.
+ */
+function prune(dir: string, upTo: number): string[] {
+  const replaced = listEpochs(dir)
+    .filter((e) => e.epoch < upTo || (e.epoch === upTo && e.kind === 'epoch'))
+    .reverse();
+  removePruned(dir); // first: a leftover may hold the hidden name an epoch now needs
+  for (const e of replaced) renameSync(e.path, join(dir, `${PRUNED_PREFIX}${e.name}`));
+  fsyncDir(dir);
+  removePruned(dir);
+  return replaced.map((e) => e.name).reverse();
+}
+
+function removePruned(dir: string): void {
+  for (const name of readdirSync(dir)) {
+    if (name.startsWith(PRUNED_PREFIX)) rmSync(join(dir, name), { recursive: true, force: true });
+  }
+}
+
+const PRUNED_PREFIX = '.pruned-';
 
 function writeDurable(file: string, chunks: Buffer[]): void {
   const fd = openSync(file, 'wx', 0o600);

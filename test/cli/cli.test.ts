@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
@@ -45,6 +45,31 @@ describe('understudy CLI', () => {
     const r = await runCli(['check', '--timeout-ms', 'soon']);
     expect(r.exitCode).toBe(2);
     expect(r.stderr).toMatch(/--timeout-ms must be an integer/);
+  });
+
+  it('reads number flags one way in every command: decimal digits in range, else exit 2 naming the flag', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'us-flags-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    // Number('1e3') is 1000: a pid written so must not reach the engine as another process
+    const d = await runCli(['dump', '--pid', '1e3', '-D', join(dir, 'img')]);
+    expect(d.exitCode).toBe(2);
+    expect(d.stderr).toContain('--pid must be an integer from 1 to 4194304, got "1e3" (see `understudy dump --help`)');
+    expect(readdirSync(dir)).toEqual([]);
+    const g = await runCli(['graph', '--pid', '0x10']);
+    expect(g.exitCode).toBe(2);
+    expect(g.stderr).toContain('--pid must be an integer from 1 to 4194304, got "0x10"');
+    const g2 = await runCli(['graph']);
+    expect(g2.exitCode).toBe(2);
+    expect(g2.stderr).toContain('--pid PID is required (see `understudy graph --help`)');
+    const r = await runCli(['restore', '-D', join(dir, 'img'), '--epoch', '1.5']);
+    expect(r.exitCode).toBe(2);
+    expect(r.stderr).toContain('--epoch must be an integer from 0 to 999999, got "1.5"');
+    const i = await runCli(['image', 'show', dir, '--epoch', '1000000']);
+    expect(i.exitCode).toBe(2);
+    expect(i.stderr).toContain('--epoch must be an integer from 0 to 999999, got "1000000"');
+    const t = await runCli(['trace', '--pid', ' 7']);
+    expect(t.exitCode).toBe(2);
+    expect(t.stderr).toContain('--pid must be an integer from 1 to 4194304, got " 7"');
   });
 
   it('refuses to run a kernel command without root, saying why', async () => {

@@ -1,7 +1,8 @@
+import { execa } from 'execa';
 import { existsSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { PROBES } from '../../src/check/probes.js';
-import { runCli } from '../helpers/cli.js';
+import { CLI, runCli } from '../helpers/cli.js';
 
 interface DemoJson {
   check: { ok: boolean };
@@ -45,4 +46,33 @@ describe('understudy demo (the quick start main job)', () => {
     expect(r.stdout).toMatch(/Restored epoch 5 in [\d.]+ ms with the same pid \d+/);
     expect(r.stdout).toContain('Configuration: embedded default (data in /var/lib/understudy)');
   });
+
+  it('interrupted (Ctrl-C), it still leaves nothing running', async () => {
+    const cli = execa(process.execPath, [CLI, 'demo'], { reject: false, stdin: 'ignore' });
+    let appPid = 0;
+    onTestFinished(() => {
+      cli.kill('SIGKILL');
+      if (appPid > 1 && existsSync(`/proc/${appPid}`)) process.kill(appPid, 'SIGKILL');
+    });
+    let out = '';
+    await new Promise<void>((resolve, reject) => {
+      cli.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        const m = /Started a demo app \(python3, pid (\d+)\)/.exec(out);
+        if (m) {
+          appPid = Number(m[1]);
+          resolve();
+        }
+      });
+      void cli.then(() => reject(new Error(`demo ended before starting its app: ${out}`)));
+    });
+    expect(existsSync(`/proc/${appPid}`)).toBe(true);
+    cli.kill('SIGINT');
+    const r = await cli;
+    expect(r.signal).toBe('SIGINT');
+    // the app was killed by the demo; once reaped (the demo was its parent) it is gone
+    const until = Date.now() + 5_000;
+    while (existsSync(`/proc/${appPid}`) && Date.now() < until) await new Promise((res) => setTimeout(res, 50));
+    expect(existsSync(`/proc/${appPid}`)).toBe(false);
+  }, 60_000);
 });

@@ -1,31 +1,21 @@
 // The image store: every page hash verified on read, truncated or corrupted
 // entries refused naming the exact entry, deltas applied over the nearest full
 // epoch, compaction folding them into a new base; and `understudy image`.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { crc32 } from 'node:zlib';
 import { EngineClient } from '../../src/engine/client.js';
 import { understudy } from '../../src/gen/proto.js';
 import { compact, listEpochs, memoryDigest, readEpochMeta, reconstruct } from '../../src/image/store.js';
-import { cliBin, runCleanups, startFixture, tmp } from '../engine/helpers.js';
+import { runCleanups, startFixture, tmp } from '../engine/helpers.js';
+import { runCli as cli } from '../helpers/cli.js';
 
 afterAll(runCleanups);
 
 let image = '';
 let pid = 0;
-
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await promisify(execFile)('node', [cliBin, ...args], { encoding: 'utf8' });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
 
 function copyImage(): string {
   const d = join(tmp('copy'), 'img');
@@ -128,12 +118,34 @@ describe('image store', () => {
     expect(readdirSync(d2).sort()).toEqual(['base-000002', 'epoch-000003']);
     expect(memoryDigest(reconstruct(d2).memory.get(pid)!)).toBe(before3);
   });
+
+  it('a prune stopped midway leaves only whole epochs, each still rebuilt', () => {
+    const d = copyImage();
+    const before1 = memoryDigest(reconstruct(d, 1).memory.get(pid)!);
+    // epoch-000001 is a mount point, which rename(2) refuses (EBUSY): the prune stops there
+    const stuck = join(d, 'epoch-000001');
+    execFileSync('mount', ['--bind', stuck, stuck]);
+    try {
+      expect(() => compact(d, 2, { prune: true })).toThrow(/compacting .* into base-000002: .*EBUSY/);
+    } finally {
+      execFileSync('umount', [stuck]);
+    }
+    // newest first: epoch-000002 left the chain, 0 and 1 are whole and still rebuild
+    expect(readdirSync(d).filter((n) => !n.startsWith('.')).sort()).toEqual(['base-000002', 'epoch-000000', 'epoch-000001', 'epoch-000003']);
+    expect(memoryDigest(reconstruct(d, 1).memory.get(pid)!)).toBe(before1);
+    expect(reconstruct(d).used).toEqual(['base-000002', 'epoch-000003']);
+    // the next prune finishes the job and leaves no hidden leftover
+    mkdirSync(join(d, '.pruned-epoch-000001'));
+    writeFileSync(join(d, '.pruned-epoch-000001', 'meta.pb'), 'leftover of an interrupted prune');
+    compact(d, 3, { prune: true });
+    expect(readdirSync(d).sort()).toEqual(['base-000003']);
+  });
 });
 
 describe('understudy image', () => {
   it('show: a summary per epoch, details and registers for one epoch, JSON', async () => {
     let r = await cli(['image', 'show', image]);
-    expect(r.code).toBe(0);
+    expect(r.exitCode).toBe(0);
     expect(r.stdout).toMatch(/epoch-000000 {2}full /);
     expect(r.stdout).toMatch(/epoch-000003 {2}delta over 2 /);
     r = await cli(['image', 'show', image, '--epoch', '0']);
@@ -149,7 +161,7 @@ describe('understudy image', () => {
 
   it('verify passes on a good image and names the entry on a bad one', async () => {
     let r = await cli(['image', 'verify', image]);
-    expect(r.code).toBe(0);
+    expect(r.exitCode).toBe(0);
     expect(r.stdout).toMatch(/ok: 4 epoch\(s\)/);
     const d = copyImage();
     const f = join(d, 'epoch-000003', 'pages.bin');
@@ -157,7 +169,7 @@ describe('understudy image', () => {
     b[7] ^= 0x10;
     writeFileSync(f, b);
     r = await cli(['image', 'verify', d]);
-    expect(r.code).toBe(1);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/epoch-000003\/pages\.bin: page 0x[0-9a-f]+ .* fails its crc32/);
   });
 
@@ -166,14 +178,14 @@ describe('understudy image', () => {
     writeFileSync(join(d, 'hello.txt'), 'hi');
     mkdirSync(join(d, 'epochs'));
     const r = await cli(['image', 'show', d]);
-    expect(r.code).toBe(1);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/is not an Understudy image: it has no epoch-NNNNNN/);
     expect(readdirSync(d).sort()).toEqual(['epochs', 'hello.txt']);
     const r2 = await cli(['image', 'show', join(d, 'missing')]);
-    expect(r2.code).toBe(1);
+    expect(r2.exitCode).toBe(1);
     expect(r2.stderr).toMatch(/cannot read it as an image directory/);
     const r3 = await cli(['image', 'compact', d]);
-    expect(r3.code).toBe(1);
+    expect(r3.exitCode).toBe(1);
     expect(readdirSync(d).sort()).toEqual(['epochs', 'hello.txt']);
   });
 });

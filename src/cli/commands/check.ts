@@ -1,6 +1,5 @@
 import { formatCheck, runCheck } from '../../check/check.js';
-import { UnderstudyError } from '../../util/errors.js';
-import type { Command } from '../command.js';
+import { intFlag, type Command } from '../command.js';
 
 export const checkCommand: Command = {
   name: 'check',
@@ -18,13 +17,7 @@ export const checkCommand: Command = {
   needsRoot: true,
   async run(ctx, values) {
     const only = typeof values.only === 'string' ? values.only.split(',').filter((s) => s !== '') : undefined;
-    let timeoutMs: number | undefined;
-    if (values['timeout-ms'] !== undefined) {
-      timeoutMs = Number(values['timeout-ms']);
-      if (!Number.isInteger(timeoutMs) || timeoutMs < 100 || timeoutMs > 600_000) {
-        throw new UnderstudyError('E_USAGE', `--timeout-ms must be an integer from 100 to 600000, got ${String(values['timeout-ms'])}`);
-      }
-    }
+    const timeoutMs = intFlag(values, 'timeout-ms', 100, 600_000);
     const report = await runCheck({ only, timeoutMs });
     ctx.out(ctx.json ? JSON.stringify(report, null, 2) : formatCheck(report, values.verbose === true));
     return report.ok ? 0 : 1;

@@ -4,17 +4,7 @@
 // live engine between epochs). Like CRIU, the app is killed after a
 // successful dump unless --leave-running.
 import { EngineClient, type CheckpointResult } from '../../engine/client.js';
-import { UnderstudyError } from '../../util/errors.js';
-import type { Command } from '../command.js';
-
-function intOpt(v: unknown, name: string, min: number, max: number): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    throw new UnderstudyError('E_USAGE', `--${name} must be an integer from ${min} to ${max}, got ${String(v)}`);
-  }
-  return n;
-}
+import { intFlag, missingFlag, PID_MAX, stringFlag, type Command } from '../command.js';
 
 function line(r: CheckpointResult): string {
   return (
@@ -47,12 +37,10 @@ export const dumpCommand: Command = {
   },
   needsRoot: true,
   async run(ctx, values) {
-    if (values.pid === undefined) throw new UnderstudyError('E_USAGE', '--pid is required');
-    const pid = intOpt(values.pid, 'pid', 1, 2 ** 22)!;
-    const dir = values.dir;
-    if (typeof dir !== 'string' || dir === '') throw new UnderstudyError('E_USAGE', '-D/--dir is required');
-    const epochs = intOpt(values.epochs, 'epochs', 0, 1_000_000);
-    const intervalMs = intOpt(values['interval-ms'], 'interval-ms', 1, 3_600_000) ?? 1000;
+    const pid = intFlag(values, 'pid', 1, PID_MAX) ?? missingFlag('--pid');
+    const dir = stringFlag(values, 'dir', '-D/--dir');
+    const epochs = intFlag(values, 'epochs', 0, 1_000_000);
+    const intervalMs = intFlag(values, 'interval-ms', 1, 3_600_000) ?? 1000;
     const incremental = values.incremental === true || epochs !== undefined;
     const leaveRunning = values['leave-running'] === true;
 

@@ -5,7 +5,7 @@ import { snapshot } from '../../graph/sockets.js';
 import { requireProcess } from '../../trace/session.js';
 import { descendantsOf } from '../../trace/tracer.js';
 import { UnderstudyError } from '../../util/errors.js';
-import type { Command } from '../command.js';
+import { intFlag, missingFlag, PID_MAX, type Command } from '../command.js';
 
 export const graphCommand: Command = {
   name: 'graph',
@@ -24,11 +24,9 @@ export const graphCommand: Command = {
   },
   needsRoot: true,
   async run(ctx, values) {
-    if (typeof values.pid !== 'string') throw new UnderstudyError('E_USAGE', '--pid PID is required (see `understudy graph --help`)');
-    if (!/^\d+$/.test(values.pid)) throw new UnderstudyError('E_USAGE', `--pid must be a positive integer, got "${values.pid}"`);
+    const pid = intFlag(values, 'pid', 1, PID_MAX) ?? missingFlag('--pid PID');
     const format = typeof values.format === 'string' ? values.format : ctx.json ? 'json' : 'dot';
     if (!['json', 'dot', 'svg'].includes(format)) throw new UnderstudyError('E_USAGE', `--format must be json, dot or svg, got "${format}"`);
-    const pid = Number(values.pid);
     requireProcess(pid);
     const graph = new AppGraph();
     graph.seedFromProc(descendantsOf([pid]));

@@ -3,7 +3,7 @@
 import { compact, listEpochs, readEpochMeta, readEpochPages, reconstruct } from '../../image/store.js';
 import { showImage } from '../../image/show.js';
 import { UnderstudyError } from '../../util/errors.js';
-import type { Command } from '../command.js';
+import { EPOCH_MAX, intFlag, type Command } from '../command.js';
 
 export const imageCommand: Command = {
   name: 'image',
@@ -25,11 +25,7 @@ export const imageCommand: Command = {
   async run(ctx, values, positionals) {
     const [sub, dir, ...rest] = positionals;
     if (!sub || !dir || rest.length) throw new UnderstudyError('E_USAGE', 'usage: understudy image show|verify|compact DIR');
-    let epoch: number | undefined;
-    if (values.epoch !== undefined) {
-      epoch = Number(values.epoch);
-      if (!Number.isInteger(epoch) || epoch < 0) throw new UnderstudyError('E_USAGE', `--epoch must be a non-negative integer, got ${String(values.epoch)}`);
-    }
+    const epoch = intFlag(values, 'epoch', 0, EPOCH_MAX);
     switch (sub) {
       case 'show': {
         if (epoch !== undefined && !listEpochs(dir).some((e) => e.epoch === epoch)) {

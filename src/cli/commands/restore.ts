@@ -4,7 +4,7 @@
 // changed file, PID in use, other kernel) name what is wrong.
 import { restore, type TtyMode } from '../../restore/restore.js';
 import { UnderstudyError } from '../../util/errors.js';
-import type { Command } from '../command.js';
+import { EPOCH_MAX, intFlag, stringFlag, type Command } from '../command.js';
 
 export const restoreCommand: Command = {
   name: 'restore',
@@ -24,15 +24,8 @@ export const restoreCommand: Command = {
   },
   needsRoot: true,
   async run(ctx, values) {
-    const dir = values.dir;
-    if (typeof dir !== 'string' || dir === '') throw new UnderstudyError('E_USAGE', '-D/--dir is required');
-    let epoch: number | undefined;
-    if (values.epoch !== undefined) {
-      epoch = Number(values.epoch);
-      if (!Number.isInteger(epoch) || epoch < 0) {
-        throw new UnderstudyError('E_USAGE', `--epoch must be a non-negative integer, got ${String(values.epoch)}`);
-      }
-    }
+    const dir = stringFlag(values, 'dir', '-D/--dir');
+    const epoch = intFlag(values, 'epoch', 0, EPOCH_MAX);
     const tty = values.tty ?? 'null';
     if (tty !== 'null' && tty !== 'inherit') throw new UnderstudyError('E_USAGE', `--tty must be null or inherit, got ${String(tty)}`);
     const r = await restore({ imageDir: dir, epoch, tty: tty as TtyMode, checkOnly: values.check === true });

@@ -1,7 +1,7 @@
 import { eventJson, eventLine } from '../../trace/format.js';
 import { TraceSession } from '../../trace/session.js';
 import { UnderstudyError } from '../../util/errors.js';
-import type { Command } from '../command.js';
+import { intFlag, PID_MAX, type Command } from '../command.js';
 
 export const traceCommand: Command = {
   name: 'trace',
@@ -21,16 +21,12 @@ export const traceCommand: Command = {
   async run(ctx, values, positionals) {
     const pidArg = values.pid;
     if (pidArg === undefined && positionals.length === 0) {
-      throw new UnderstudyError('E_USAGE', 'give a command after `--` or --pid PID (see `understudy trace --help`)');
+      throw new UnderstudyError('E_USAGE', 'give a command after `--` or --pid PID');
     }
     if (pidArg !== undefined && positionals.length > 0) {
       throw new UnderstudyError('E_USAGE', 'give either a command or --pid PID, not both');
     }
-    let pid: number | undefined;
-    if (pidArg !== undefined) {
-      pid = Number(pidArg);
-      if (!/^\d+$/.test(String(pidArg)) || pid <= 0) throw new UnderstudyError('E_USAGE', `--pid must be a positive integer, got "${String(pidArg)}"`);
-    }
+    const pid = intFlag(values, 'pid', 1, PID_MAX);
     let signalled = false;
     let stopNow: () => void = () => {};
     const stopped = new Promise<void>((res) => (stopNow = res));
