@@ -263,6 +263,9 @@ static int check_line(pid_t pid, const struct ptimer_line *t, size_t nthreads)
 	return 0;
 }
 
+/* The POSIX timers /proc lists for pid; none when the file does not exist
+ * (a kernel without CONFIG_CHECKPOINT_RESTORE cannot list them). Any other
+ * failure to read it fails: timers that exist must not be dropped silently. */
 static int read_timers(pid_t pid, struct ptimer_line **v, size_t *n)
 {
 	char path[64], *buf;
@@ -271,9 +274,11 @@ static int read_timers(pid_t pid, struct ptimer_line **v, size_t *n)
 	snprintf(path, sizeof(path), "/proc/%d/timers", pid);
 	ssize_t len = read_file(path, &buf);
 	if (len < 0) {
-		/* no CONFIG_CHECKPOINT_RESTORE: timers cannot be listed; if the
-		 * process has none, nothing is lost */
-		return fail("E_KERNEL_FEATURE", g_err.errnum, "pid %d: cannot read %s to capture its POSIX timers", pid, path);
+		if (g_err.errnum == ENOENT) {
+			err_clear();
+			return 0;
+		}
+		return fail("E_NATIVE", g_err.errnum, "pid %d: cannot read %s to capture its POSIX timers", pid, path);
 	}
 	int rc = len > 0 ? parse_timers(pid, buf, v, n) : 0;
 	free(buf);
@@ -284,13 +289,8 @@ int check_posix_timers(pid_t pid)
 {
 	struct ptimer_line *v;
 	size_t n;
-	if (read_timers(pid, &v, &n)) {
-		if (!strcmp(g_err.code, "E_KERNEL_FEATURE")) {
-			err_clear();
-			return 0;
-		}
+	if (read_timers(pid, &v, &n))
 		return -1;
-	}
 	int rc = 0;
 	size_t nthreads = 1;
 	char th[32];
@@ -307,13 +307,8 @@ int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process
 {
 	struct ptimer_line *v;
 	size_t n;
-	if (read_timers(p->pid, &v, &n)) {
-		if (!strcmp(g_err.code, "E_KERNEL_FEATURE")) {
-			err_clear();
-			return 0;
-		}
+	if (read_timers(p->pid, &v, &n))
 		return -1;
-	}
 	if (!n)
 		return 0;
 	int rc = 0;
