@@ -312,15 +312,23 @@ int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process
 	if (!n)
 		return 0;
 	int rc = 0;
-	uint64_t sc = scratch_addr(lead_tid);
-	if (!sc)
+	/* what /proc alone refuses, before anything is injected */
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = check_line(p->pid, &v[i], pr->n_threads);
+	/* every timer's two calls in one injection session: one return to the
+	 * interrupt stop per barrier, not one per call */
+	uint64_t sc = rc ? 0 : scratch_addr(lead_tid);
+	if (!rc && !sc)
 		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", lead_tid);
+	struct inject_session is;
+	if (!rc && inject_begin(&is, p, lead_tid)) {
+		free(v);
+		return -1;
+	}
 	for (size_t i = 0; i < n && !rc; i++) {
 		const struct ptimer_line *t = &v[i];
-		if ((rc = check_line(p->pid, t, pr->n_threads)))
-			break;
 		long ret, a[6] = { t->id, (long)sc, 0, 0, 0, 0 };
-		if ((rc = inject_syscall(p, lead_tid, SYS_timer_gettime, a, &ret)))
+		if ((rc = inject_call(&is, SYS_timer_gettime, a, &ret)))
 			break;
 		if (ret < 0) {
 			rc = fail("E_NATIVE", (int)-ret, "timer_gettime(%d) injected into pid %d", t->id, p->pid);
@@ -330,7 +338,7 @@ int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process
 		if ((rc = peek_mem(p->pid, sc, &its, sizeof(its))))
 			break;
 		long b[6] = { t->id, 0, 0, 0, 0, 0 };
-		if ((rc = inject_syscall(p, lead_tid, SYS_timer_getoverrun, b, &ret)))
+		if ((rc = inject_call(&is, SYS_timer_getoverrun, b, &ret)))
 			break;
 		if (ret < 0) {
 			rc = fail("E_NATIVE", (int)-ret, "timer_getoverrun(%d) injected into pid %d", t->id, p->pid);
@@ -363,6 +371,10 @@ int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process
 		pt->overrun = (int32_t)ret;
 		rc = APUSH(pr->posix_timers, pr->n_posix_timers, pt);
 	}
+	/* the thread back as it was, whatever happened above (a failure to put
+	 * it back is the error reported) */
+	if (sc && inject_end(&is))
+		rc = -1;
 	free(v);
 	return rc;
 }
