@@ -116,23 +116,30 @@ static int itimers_injected(struct proc *p, pid_t tid, Understudy__V1__Process *
 	if (!sc)
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", tid);
 	static const int order[3] = { ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF };
-	for (int k = 0; k < 3; k++) {
+	struct inject_session is;
+	if (inject_begin(&is, p, tid))
+		return -1;
+	int rc = 0;
+	for (int k = 0; k < 3 && !rc; k++) {
 		long ret, a[6] = { order[k], (long)sc, 0, 0, 0, 0 };
-		if (inject_syscall(p, tid, SYS_getitimer, a, &ret))
-			return -1;
-		if (ret < 0)
-			return fail("E_NATIVE", (int)-ret, "getitimer(%d) injected into pid %d", order[k], p->pid);
+		if ((rc = inject_call(&is, SYS_getitimer, a, &ret)))
+			break;
+		if (ret < 0) {
+			rc = fail("E_NATIVE", (int)-ret, "getitimer(%d) injected into pid %d", order[k], p->pid);
+			break;
+		}
 		struct timeval tv[2];   /* it_interval, it_value */
-		if (peek_mem(p->pid, sc, tv, sizeof(tv)))
-			return -1;
+		if ((rc = peek_mem(p->pid, sc, tv, sizeof(tv))))
+			break;
 		uint64_t iv = (uint64_t)tv[0].tv_sec * NS + (uint64_t)tv[0].tv_usec * 1000;
 		uint64_t val = (uint64_t)tv[1].tv_sec * NS + (uint64_t)tv[1].tv_usec * 1000;
-		if (order[k] == ITIMER_REAL && !val && iv && check_real_fired(p->pid, pr, iv))
-			return -1;
-		if (push_itimer(pr, order[k], val, iv))
-			return -1;
+		if (order[k] == ITIMER_REAL && !val && iv && (rc = check_real_fired(p->pid, pr, iv)))
+			break;
+		rc = push_itimer(pr, order[k], val, iv);
 	}
-	return 0;
+	if (inject_end(&is))
+		rc = -1;
+	return rc;
 }
 
 int capture_itimers(struct proc *p, pid_t lead_tid, Understudy__V1__Process *pr, const struct kstate *ks)
