@@ -255,7 +255,7 @@ int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
 int buf_reserve(struct page_buf *buf, size_t want);
 extern int g_state_done;   /* set by the tracer when its injections of this barrier are over */
 int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, void (*progress)(const char *));
-int fill_vmas(struct proc *p, Understudy__V1__Process *pr, bool full);
+int fill_vmas(struct proc *p, Understudy__V1__Process *pr);
 
 /* ---- image.c: atomic epoch writing --------------------------------------- */
 struct epoch_out {

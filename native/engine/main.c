@@ -463,7 +463,7 @@ release:;
 	}
 	/* ---- after the release: nothing below stops the app ---- */
 	for (size_t i = 0; i < np; i++) {
-		if (fill_vmas(pcs[i].p, pcs[i].meta, full)) {
+		if (fill_vmas(pcs[i].p, pcs[i].meta)) {
 			rc = -1;
 			break;
 		}
