@@ -142,6 +142,24 @@ size_t live_threads(void);
 
 /* ---- inject.c: syscall injection into a stopped thread ------------------- */
 int inject_syscall(struct proc *p, pid_t tid, long nr, const long args[6], long *ret);
+/* Several syscalls into one thread in a row: registers and signal mask saved
+ * once, each call stepped from the previous one's trap stop, and one return
+ * to the interrupt stop at inject_end (which also ends a session whose call
+ * failed, and reports that failure). Between calls the thread sits in its
+ * trap stop: its memory may be read, nothing else of it touched. */
+struct inject_session {
+	struct proc *p;
+	pid_t tid;
+	struct user_regs_struct saved;
+	uint64_t mask;
+	long last_nr;
+	bool open;     /* registers and mask to put back */
+	bool failed;   /* a call failed: inject_end returns -1 */
+	bool gone;     /* the thread died: nothing to put back */
+};
+int inject_begin(struct inject_session *s, struct proc *p, pid_t tid);
+int inject_call(struct inject_session *s, long nr, const long args[6], long *ret);
+int inject_end(struct inject_session *s);
 int find_syscall_insn(struct proc *p);
 uint64_t scratch_addr(pid_t tid);
 
@@ -237,7 +255,7 @@ int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
 int buf_reserve(struct page_buf *buf, size_t want);
 extern int g_state_done;   /* set by the tracer when its injections of this barrier are over */
 int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, void (*progress)(const char *));
-int fill_vmas(struct proc *p, Understudy__V1__Process *pr, bool full);
+int fill_vmas(struct proc *p, Understudy__V1__Process *pr);
 
 /* ---- image.c: atomic epoch writing --------------------------------------- */
 struct epoch_out {

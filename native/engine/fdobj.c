@@ -122,11 +122,41 @@ static int snap_proc(struct fdobj_ctx *c, pid_t pid, size_t *cap)
 	return rc;
 }
 
+/* Inside a pause the app's fds cannot change: the snapshot of all its
+ * processes is taken by the first walk and shared by the walks of the
+ * others, instead of every process's walk reading every process's fds. */
+static struct {
+	bool on;
+	struct fdsnap_ent *snap;   /* NULL: not taken yet in this pause */
+	size_t nsnap;
+} pause_snap;
+
+static void snap_free(struct fdsnap_ent *snap, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(snap[i].target);
+	free(snap);
+}
+
+void fdobj_pause_snapshot(bool on)
+{
+	snap_free(pause_snap.snap, pause_snap.nsnap);
+	pause_snap.snap = NULL;
+	pause_snap.nsnap = 0;
+	pause_snap.on = on;
+}
+
 int fdobj_begin(struct fdobj_ctx *c, pid_t pid)
 {
 	memset(c, 0, sizeof(*c));
 	c->pid = pid;
 	c->pidfd = -1;
+	if (pause_snap.on && pause_snap.snap) {
+		c->snap = pause_snap.snap;
+		c->nsnap = pause_snap.nsnap;
+		c->shared = true;
+		return 0;
+	}
 	size_t cap = 0;
 	bool own = false;
 	for (size_t i = 0; i < E.nprocs; i++) {
@@ -142,6 +172,11 @@ int fdobj_begin(struct fdobj_ctx *c, pid_t pid)
 		fdobj_end(c);
 		return -1;
 	}
+	if (pause_snap.on && own && c->snap) {
+		pause_snap.snap = c->snap;
+		pause_snap.nsnap = c->nsnap;
+		c->shared = true;
+	}
 	return 0;
 }
 
@@ -150,11 +185,11 @@ void fdobj_end(struct fdobj_ctx *c)
 	if (c->pidfd >= 0)
 		close(c->pidfd);
 	c->pidfd = -1;
-	for (size_t i = 0; i < c->nsnap; i++)
-		free(c->snap[i].target);
-	free(c->snap);
+	if (!c->shared)
+		snap_free(c->snap, c->nsnap);
 	c->snap = NULL;
 	c->nsnap = 0;
+	c->shared = false;
 }
 
 /* offset and status flags (close-on-exec is per fd, not per description) */

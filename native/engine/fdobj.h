@@ -26,8 +26,12 @@ struct fdobj_ctx {
 	int pidfd;
 	struct fdsnap_ent *snap;
 	size_t nsnap;
+	bool shared;        /* snap is the pause's snapshot (fdobj_pause_snapshot) */
 };
 
+/* on: from the barrier, the first fdobj_begin's snapshot serves every
+ * process until off (the release), which frees it */
+void fdobj_pause_snapshot(bool on);
 int fdobj_begin(struct fdobj_ctx *c, pid_t pid);
 void fdobj_end(struct fdobj_ctx *c);
 /* UNDERSTUDY__V1__FD__KIND__PIPE/EVENTFD/EPOLL for the kinds of this file,

@@ -64,7 +64,8 @@ static const char *unsupported_kind(const char *target, const struct stat *st, c
 static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 {
 	/* one read of /proc per fd (link, stat, fdinfo), for every process of
-	 * the app: the other ends of pipes and shared descriptions are there */
+	 * the app: the other ends of pipes and shared descriptions are there
+	 * (inside a pause, read once for all the processes' walks) */
 	struct fdobj_ctx oc;
 	if (fdobj_begin(&oc, pid))
 		return -1;

@@ -99,22 +99,34 @@ static int back_to_event_stop(pid_t tid, long nr)
 	}
 }
 
-int inject_syscall(struct proc *p, pid_t tid, long nr, const long a[6], long *ret)
+int inject_begin(struct inject_session *s, struct proc *p, pid_t tid)
 {
+	memset(s, 0, sizeof(*s));
+	s->p = p;
+	s->tid = tid;
 	if (!p->syscall_insn && find_syscall_insn(p))
 		return -1;
-	struct user_regs_struct saved, r;
-	uint64_t mask, all = ~0ULL;
-	if (ptrace(PTRACE_GETREGS, tid, 0, &saved))
+	uint64_t all = ~0ULL;
+	if (ptrace(PTRACE_GETREGS, tid, 0, &s->saved))
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", tid);
-	if (ptrace(PTRACE_GETSIGMASK, tid, (void *)8, &mask))
+	if (ptrace(PTRACE_GETSIGMASK, tid, (void *)8, &s->mask))
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_GETSIGMASK, tid %d)", tid);
 	if (ptrace(PTRACE_SETSIGMASK, tid, (void *)8, &all))
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_SETSIGMASK, tid %d)", tid);
-	r = saved;
+	s->open = true;
+	return 0;
+}
+
+int inject_call(struct inject_session *s, long nr, const long a[6], long *ret)
+{
+	if (!s->open || s->failed)
+		return -1;
+	pid_t tid = s->tid;
+	s->last_nr = nr;
+	struct user_regs_struct r = s->saved;
 	r.rax = nr;
 	r.orig_rax = -1;   /* no syscall restart logic on this step */
-	r.rip = p->syscall_insn;
+	r.rip = s->p->syscall_insn;
 	r.rdi = a[0];
 	r.rsi = a[1];
 	r.rdx = a[2];
@@ -122,56 +134,70 @@ int inject_syscall(struct proc *p, pid_t tid, long nr, const long a[6], long *re
 	r.r8 = a[4];
 	r.r9 = a[5];
 	r.eflags &= ~0x100ULL;
-	int rc = 0;
-	if (ptrace(PTRACE_SETREGS, tid, 0, &r)) {
-		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_SETREGS, tid %d) to inject syscall %ld", tid, nr);
-		goto restore;
-	}
-	if (ptrace(PTRACE_SINGLESTEP, tid, 0, 0)) {
-		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_SINGLESTEP, tid %d) for syscall %ld", tid, nr);
-		goto restore;
-	}
+	s->failed = true;
+	if (ptrace(PTRACE_SETREGS, tid, 0, &r))
+		return fail("E_NATIVE", errno, "ptrace(PTRACE_SETREGS, tid %d) to inject syscall %ld", tid, nr);
+	/* from the interrupt stop, or from the previous call's trap stop (no
+	 * signal given: the SIGTRAP of that step is dropped) */
+	if (ptrace(PTRACE_SINGLESTEP, tid, 0, 0))
+		return fail("E_NATIVE", errno, "ptrace(PTRACE_SINGLESTEP, tid %d) for syscall %ld", tid, nr);
 	for (;;) {
 		int st;
 		if (wait_tid(tid, &st, "during injected syscall", nr)) {
-			if (task_find(tid))
-				goto restore;   /* waitpid failed: the thread is there, put it back */
+			if (!task_find(tid))
+				s->gone = true;   /* else waitpid failed: the thread is there, put it back */
 			return -1;
 		}
 		if (WIFSTOPPED(st) && WSTOPSIG(st) == SIGTRAP && (st >> 16) == 0)
 			break;   /* the single-step trap */
 		if (WIFSTOPPED(st) && (st >> 16) == PTRACE_EVENT_STOP) {
 			/* a pending interrupt reported first: step again */
-			if (ptrace(PTRACE_SINGLESTEP, tid, 0, 0)) {
-				rc = fail("E_NATIVE", errno, "ptrace(PTRACE_SINGLESTEP, tid %d)", tid);
-				goto restore;
-			}
+			if (ptrace(PTRACE_SINGLESTEP, tid, 0, 0))
+				return fail("E_NATIVE", errno, "ptrace(PTRACE_SINGLESTEP, tid %d)", tid);
 			continue;
 		}
-		rc = fail("E_NATIVE", 0, "tid %d: unexpected stop 0x%x while injecting syscall %ld", tid, st, nr);
-		goto restore;
+		return fail("E_NATIVE", 0, "tid %d: unexpected stop 0x%x while injecting syscall %ld", tid, st, nr);
 	}
-	if (ptrace(PTRACE_GETREGS, tid, 0, &r)) {
-		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d) after syscall %ld", tid, nr);
-		goto restore;
-	}
-	if (r.rip != p->syscall_insn + 2) {
-		rc = fail("E_NATIVE", 0, "tid %d: injected syscall %ld ended at rip 0x%llx, not after the syscall instruction", tid, nr,
-			  (unsigned long long)r.rip);
-		goto restore;
-	}
+	if (ptrace(PTRACE_GETREGS, tid, 0, &r))
+		return fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d) after syscall %ld", tid, nr);
+	if (r.rip != s->p->syscall_insn + 2)
+		return fail("E_NATIVE", 0, "tid %d: injected syscall %ld ended at rip 0x%llx, not after the syscall instruction", tid, nr,
+			    (unsigned long long)r.rip);
 	*ret = (long)r.rax;
-restore:
-	if (ptrace(PTRACE_SETREGS, tid, 0, &saved))
+	s->failed = false;
+	return 0;
+}
+
+int inject_end(struct inject_session *s)
+{
+	if (!s->open)
+		return -1;
+	s->open = false;
+	if (s->gone)
+		return -1;
+	pid_t tid = s->tid;
+	int rc = s->failed ? -1 : 0;
+	if (ptrace(PTRACE_SETREGS, tid, 0, &s->saved))
 		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_SETREGS, tid %d) restoring registers", tid);
-	if (ptrace(PTRACE_SETSIGMASK, tid, (void *)8, &mask))
+	if (ptrace(PTRACE_SETSIGMASK, tid, (void *)8, &s->mask))
 		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_SETSIGMASK, tid %d) restoring the mask", tid);
 	/* The step left the thread in a SIGTRAP signal-delivery-stop: if the
 	 * engine died now, the kernel would deliver that SIGTRAP and kill the
 	 * app. Put it back into an interrupt (PTRACE_EVENT_STOP) stop, which a
 	 * dying tracer simply resumes: interrupt, continue with no signal, and
 	 * the pending trap stops it again before it reaches user space. */
-	if (back_to_event_stop(tid, nr))
+	if (back_to_event_stop(tid, s->last_nr))
+		rc = -1;
+	return rc;
+}
+
+int inject_syscall(struct proc *p, pid_t tid, long nr, const long a[6], long *ret)
+{
+	struct inject_session s;
+	if (inject_begin(&s, p, tid))
+		return -1;
+	int rc = inject_call(&s, nr, a, ret);
+	if (inject_end(&s))
 		rc = -1;
 	return rc;
 }

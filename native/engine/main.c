@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include "arena.h"
 #include "engine.h"
+#include "fdobj.h"
 
 __thread struct err_value g_err;
 
@@ -348,6 +349,7 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	uint64_t t_bar = now_ns();
 	prof_mark("barrier");
 	status_cache(true);
+	fdobj_pause_snapshot(true);
 	size_t np = 0;
 	struct proc_capture *pcs = calloc(E.nprocs + 1, sizeof(*pcs)), *vpcs = calloc(E.nprocs + 1, sizeof(*vpcs));
 	int rc = 0;
@@ -443,6 +445,7 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 		t_state = now_ns();
 release:;
 	status_cache(false);
+	fdobj_pause_snapshot(false);
 	release_all();
 	uint64_t t_rel = now_ns();
 	prof_mark("release");
@@ -460,7 +463,7 @@ release:;
 	}
 	/* ---- after the release: nothing below stops the app ---- */
 	for (size_t i = 0; i < np; i++) {
-		if (fill_vmas(pcs[i].p, pcs[i].meta, full)) {
+		if (fill_vmas(pcs[i].p, pcs[i].meta)) {
 			rc = -1;
 			break;
 		}

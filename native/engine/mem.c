@@ -428,9 +428,8 @@ int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, v
 	return 0;
 }
 
-int fill_vmas(struct proc *p, Understudy__V1__Process *pr, bool full)
+int fill_vmas(struct proc *p, Understudy__V1__Process *pr)
 {
-	(void)full;
 	for (size_t i = 0; i < p->nmaps; i++) {
 		struct region *r = &p->maps[i];
 		Understudy__V1__Vma *v = ANEW(Understudy__V1__Vma, understudy__v1__vma__init);

@@ -68,22 +68,26 @@ static int first_info(struct proc *p, struct task *t)
 	uint64_t sc = scratch_addr(t->tid);
 	if (!sc)
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", t->tid);
+	struct inject_session is;
+	if (inject_begin(&is, p, t->tid))
+		return -1;
 	long ret, a[6] = { PR_GET_TID_ADDRESS, (long)sc, 0, 0, 0, 0 };
-	if (inject_syscall(p, t->tid, SYS_prctl, a, &ret))
-		return -1;
-	if (ret == 0 && peek(p->pid, sc, &t->clear_tid, 8))
-		return -1;
+	int rc = inject_call(&is, SYS_prctl, a, &ret);
+	if (!rc && ret == 0)
+		rc = peek(p->pid, sc, &t->clear_tid, 8);
 	long b[6] = { 0, (long)sc, 0, 0, 0, 0 };
-	if (inject_syscall(p, t->tid, SYS_sigaltstack, b, &ret))
-		return -1;
-	if (ret == 0) {
+	if (!rc)
+		rc = inject_call(&is, SYS_sigaltstack, b, &ret);
+	if (!rc && ret == 0) {
 		stack_t ss;
-		if (peek(p->pid, sc, &ss, sizeof(ss)))
-			return -1;
-		t->ss_sp = (uint64_t)ss.ss_sp;
-		t->ss_size = ss.ss_size;
-		t->ss_flags = ss.ss_flags;
+		if (!(rc = peek(p->pid, sc, &ss, sizeof(ss)))) {
+			t->ss_sp = (uint64_t)ss.ss_sp;
+			t->ss_size = ss.ss_size;
+			t->ss_flags = ss.ss_flags;
+		}
 	}
+	if (inject_end(&is) || rc)
+		return -1;
 	t->need_first_info = false;
 	return 0;
 }
@@ -228,31 +232,40 @@ static int sigactions_inject(struct proc *p, pid_t tid, struct sa_val out[64])
 		ign = strtoull(v, NULL, 16);
 	err_clear();
 	uint64_t sc = 0;
-	for (int sig = 1; sig <= 64; sig++) {
+	struct inject_session is = { 0 };
+	int rc = 0;
+	for (int sig = 1; sig <= 64 && !rc; sig++) {
 		uint64_t bit = 1ULL << (sig - 1);
 		if (!(cgt & bit) && !(ign & bit))
 			continue;
 		struct sa_val *sa = &out[sig - 1];
-		if (cgt & bit) {
-			if (!sc && !(sc = scratch_addr(tid)))
+		if (!(cgt & bit)) {
+			sa->handler = 1;   /* SIG_IGN */
+			continue;
+		}
+		if (!sc) {
+			/* every caught signal's rt_sigaction in one injection session */
+			if (!(sc = scratch_addr(tid)))
 				return fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", tid);
-			long ret, a[6] = { sig, 0, (long)sc, 8, 0, 0 };
-			if (inject_syscall(p, tid, SYS_rt_sigaction, a, &ret))
+			if (inject_begin(&is, p, tid))
 				return -1;
-			if (ret != 0)
-				return fail("E_NATIVE", (int)-ret, "rt_sigaction(%d) injected into pid %d", sig, p->pid);
-			uint64_t k[4];
-			if (peek(p->pid, sc, k, sizeof(k)))
-				return -1;
+		}
+		long ret, a[6] = { sig, 0, (long)sc, 8, 0, 0 };
+		uint64_t k[4];
+		if ((rc = inject_call(&is, SYS_rt_sigaction, a, &ret)))
+			break;
+		if (ret != 0)
+			rc = fail("E_NATIVE", (int)-ret, "rt_sigaction(%d) injected into pid %d", sig, p->pid);
+		else if (!(rc = peek(p->pid, sc, k, sizeof(k)))) {
 			sa->handler = k[0];
 			sa->flags = k[1];
 			sa->restorer = k[2];
 			sa->mask = k[3];
-		} else {
-			sa->handler = 1;   /* SIG_IGN */
 		}
 	}
-	return 0;
+	if (is.open && inject_end(&is))
+		rc = -1;
+	return rc;
 }
 
 /* Signal handlers: from the task iterator (ks) when there is one, compared

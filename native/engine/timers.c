@@ -116,23 +116,30 @@ static int itimers_injected(struct proc *p, pid_t tid, Understudy__V1__Process *
 	if (!sc)
 		return fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", tid);
 	static const int order[3] = { ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF };
-	for (int k = 0; k < 3; k++) {
+	struct inject_session is;
+	if (inject_begin(&is, p, tid))
+		return -1;
+	int rc = 0;
+	for (int k = 0; k < 3 && !rc; k++) {
 		long ret, a[6] = { order[k], (long)sc, 0, 0, 0, 0 };
-		if (inject_syscall(p, tid, SYS_getitimer, a, &ret))
-			return -1;
-		if (ret < 0)
-			return fail("E_NATIVE", (int)-ret, "getitimer(%d) injected into pid %d", order[k], p->pid);
+		if ((rc = inject_call(&is, SYS_getitimer, a, &ret)))
+			break;
+		if (ret < 0) {
+			rc = fail("E_NATIVE", (int)-ret, "getitimer(%d) injected into pid %d", order[k], p->pid);
+			break;
+		}
 		struct timeval tv[2];   /* it_interval, it_value */
-		if (peek_mem(p->pid, sc, tv, sizeof(tv)))
-			return -1;
+		if ((rc = peek_mem(p->pid, sc, tv, sizeof(tv))))
+			break;
 		uint64_t iv = (uint64_t)tv[0].tv_sec * NS + (uint64_t)tv[0].tv_usec * 1000;
 		uint64_t val = (uint64_t)tv[1].tv_sec * NS + (uint64_t)tv[1].tv_usec * 1000;
-		if (order[k] == ITIMER_REAL && !val && iv && check_real_fired(p->pid, pr, iv))
-			return -1;
-		if (push_itimer(pr, order[k], val, iv))
-			return -1;
+		if (order[k] == ITIMER_REAL && !val && iv && (rc = check_real_fired(p->pid, pr, iv)))
+			break;
+		rc = push_itimer(pr, order[k], val, iv);
 	}
-	return 0;
+	if (inject_end(&is))
+		rc = -1;
+	return rc;
 }
 
 int capture_itimers(struct proc *p, pid_t lead_tid, Understudy__V1__Process *pr, const struct kstate *ks)
@@ -263,6 +270,9 @@ static int check_line(pid_t pid, const struct ptimer_line *t, size_t nthreads)
 	return 0;
 }
 
+/* The POSIX timers /proc lists for pid; none when the file does not exist
+ * (a kernel without CONFIG_CHECKPOINT_RESTORE cannot list them). Any other
+ * failure to read it fails: timers that exist must not be dropped silently. */
 static int read_timers(pid_t pid, struct ptimer_line **v, size_t *n)
 {
 	char path[64], *buf;
@@ -271,9 +281,11 @@ static int read_timers(pid_t pid, struct ptimer_line **v, size_t *n)
 	snprintf(path, sizeof(path), "/proc/%d/timers", pid);
 	ssize_t len = read_file(path, &buf);
 	if (len < 0) {
-		/* no CONFIG_CHECKPOINT_RESTORE: timers cannot be listed; if the
-		 * process has none, nothing is lost */
-		return fail("E_KERNEL_FEATURE", g_err.errnum, "pid %d: cannot read %s to capture its POSIX timers", pid, path);
+		if (g_err.errnum == ENOENT) {
+			err_clear();
+			return 0;
+		}
+		return fail("E_NATIVE", g_err.errnum, "pid %d: cannot read %s to capture its POSIX timers", pid, path);
 	}
 	int rc = len > 0 ? parse_timers(pid, buf, v, n) : 0;
 	free(buf);
@@ -284,13 +296,8 @@ int check_posix_timers(pid_t pid)
 {
 	struct ptimer_line *v;
 	size_t n;
-	if (read_timers(pid, &v, &n)) {
-		if (!strcmp(g_err.code, "E_KERNEL_FEATURE")) {
-			err_clear();
-			return 0;
-		}
+	if (read_timers(pid, &v, &n))
 		return -1;
-	}
 	int rc = 0;
 	size_t nthreads = 1;
 	char th[32];
@@ -307,25 +314,28 @@ int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process
 {
 	struct ptimer_line *v;
 	size_t n;
-	if (read_timers(p->pid, &v, &n)) {
-		if (!strcmp(g_err.code, "E_KERNEL_FEATURE")) {
-			err_clear();
-			return 0;
-		}
+	if (read_timers(p->pid, &v, &n))
 		return -1;
-	}
 	if (!n)
 		return 0;
 	int rc = 0;
-	uint64_t sc = scratch_addr(lead_tid);
-	if (!sc)
+	/* what /proc alone refuses, before anything is injected */
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = check_line(p->pid, &v[i], pr->n_threads);
+	/* every timer's two calls in one injection session: one return to the
+	 * interrupt stop per barrier, not one per call */
+	uint64_t sc = rc ? 0 : scratch_addr(lead_tid);
+	if (!rc && !sc)
 		rc = fail("E_NATIVE", errno, "ptrace(PTRACE_GETREGS, tid %d)", lead_tid);
+	struct inject_session is;
+	if (!rc && inject_begin(&is, p, lead_tid)) {
+		free(v);
+		return -1;
+	}
 	for (size_t i = 0; i < n && !rc; i++) {
 		const struct ptimer_line *t = &v[i];
-		if ((rc = check_line(p->pid, t, pr->n_threads)))
-			break;
 		long ret, a[6] = { t->id, (long)sc, 0, 0, 0, 0 };
-		if ((rc = inject_syscall(p, lead_tid, SYS_timer_gettime, a, &ret)))
+		if ((rc = inject_call(&is, SYS_timer_gettime, a, &ret)))
 			break;
 		if (ret < 0) {
 			rc = fail("E_NATIVE", (int)-ret, "timer_gettime(%d) injected into pid %d", t->id, p->pid);
@@ -335,7 +345,7 @@ int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process
 		if ((rc = peek_mem(p->pid, sc, &its, sizeof(its))))
 			break;
 		long b[6] = { t->id, 0, 0, 0, 0, 0 };
-		if ((rc = inject_syscall(p, lead_tid, SYS_timer_getoverrun, b, &ret)))
+		if ((rc = inject_call(&is, SYS_timer_getoverrun, b, &ret)))
 			break;
 		if (ret < 0) {
 			rc = fail("E_NATIVE", (int)-ret, "timer_getoverrun(%d) injected into pid %d", t->id, p->pid);
@@ -368,6 +378,10 @@ int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process
 		pt->overrun = (int32_t)ret;
 		rc = APUSH(pr->posix_timers, pr->n_posix_timers, pt);
 	}
+	/* the thread back as it was, whatever happened above (a failure to put
+	 * it back is the error reported) */
+	if (sc && inject_end(&is))
+		rc = -1;
 	free(v);
 	return rc;
 }

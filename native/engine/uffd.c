@@ -63,12 +63,21 @@ int uffd_init(struct proc *p, pid_t tid)
 	uffd_close(p);
 	if (open_pagemap(p))
 		return -1;
+	/* userfaultfd, taken, closed: one injection session */
+	struct inject_session is;
+	if (inject_begin(&is, p, tid))
+		return -1;
 	long a[6] = { UFFD_USER_MODE_ONLY | O_CLOEXEC | O_NONBLOCK, 0, 0, 0, 0, 0 };
 	long fd_in_app = -1;
-	if (inject_syscall(p, tid, SYS_userfaultfd, a, &fd_in_app))
+	if (inject_call(&is, SYS_userfaultfd, a, &fd_in_app)) {
+		inject_end(&is);
 		return -1;
-	if (fd_in_app < 0)
-		return fail("E_NATIVE", (int)-fd_in_app, "userfaultfd() injected into pid %d", p->pid);
+	}
+	if (fd_in_app < 0) {
+		int e = (int)-fd_in_app;
+		inject_end(&is);
+		return fail("E_NATIVE", e, "userfaultfd() injected into pid %d", p->pid);
+	}
 	int rc = 0;
 	int pidfd = kabi_pidfd_open(p->pid, 0);
 	if (pidfd < 0) {
@@ -81,8 +90,10 @@ int uffd_init(struct proc *p, pid_t tid)
 	}
 	/* never leave the injected fd in the app, whatever happened above */
 	long c[6] = { fd_in_app, 0, 0, 0, 0, 0 }, cret = 0;
-	if (inject_syscall(p, tid, SYS_close, c, &cret) || cret != 0)
+	if (inject_call(&is, SYS_close, c, &cret) || cret != 0)
 		rc = fail("E_NATIVE", cret < 0 ? (int)-cret : 0, "close(fd %ld) injected into pid %d", fd_in_app, p->pid);
+	if (inject_end(&is))
+		rc = -1;
 	if (rc) {
 		uffd_close(p);
 		return -1;
