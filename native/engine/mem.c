@@ -461,6 +461,8 @@ int fill_vmas(struct proc *p, Understudy__V1__Process *pr)
 			snprintf(path, sizeof(path), "/proc/%d/map_files/%llx-%llx", p->pid, (unsigned long long)r->start,
 				 (unsigned long long)r->end);
 			v->file = ANEW(Understudy__V1__FileId, understudy__v1__file_id__init);
+			if (!v->file)
+				return -1;   /* amalloc named the failure; the capture fails and the app is released */
 			v->file->path = astrdup(r->name);
 			if (file_identity(path, -1, v->file)) {
 				err_clear();
