@@ -231,6 +231,13 @@ export class AppGraph {
     return seeded;
   }
 
+  /** A process that is gone: its fds are closed with it. */
+  private removeProcess(p: ProcessState): void {
+    for (const [fd, r] of p.fds) this.log({ k: 'fd', pid: p.pid, fd, change: 'closed', resource: r });
+    this.processes.delete(p.pid);
+    this.log({ k: 'process', pid: p.pid, change: 'exited' });
+  }
+
   apply(ev: TraceEvent): void {
     switch (ev.type) {
       case 'fork':
@@ -259,11 +266,8 @@ export class AppGraph {
       case 'exit': {
         const p = this.processes.get(ev.tgid);
         if (!p) return;
-        if (ev.groupDead) {
-          for (const [fd, r] of p.fds) this.log({ k: 'fd', pid: p.pid, fd, change: 'closed', resource: r });
-          this.processes.delete(ev.tgid);
-          this.log({ k: 'process', pid: ev.tgid, change: 'exited' });
-        } else if (p.threads.delete(ev.tid)) {
+        if (ev.groupDead) this.removeProcess(p);
+        else if (p.threads.delete(ev.tid)) {
           this.log({ k: 'thread', pid: ev.tgid, tid: ev.tid, change: 'exited' });
         }
         return;
@@ -791,26 +795,14 @@ export class AppGraph {
   /** Compares with /proc and repairs drift; returns what was repaired this time. */
   reconcile(): ReconcileReport {
     const rep: ReconcileReport = { processes: 0, threads: 0, fds: 0, regions: 0, total: 0 };
-    // processes: known ones that are gone, and children of app processes we never saw
-    for (const pid of [...this.processes.keys()]) {
-      const st = readStat(pid);
-      if (!st || st.state === 'Z' || st.state === 'X') {
-        this.processes.delete(pid);
-        this.log({ k: 'process', pid, change: 'exited' });
-        rep.processes++;
-      }
-    }
-    for (const pid of this.unseenChildren()) {
-      const p = this.readProcess(pid);
-      if (p) {
-        this.processes.set(pid, p);
-        this.log({ k: 'process', pid, change: 'created' });
-        rep.processes++;
-      }
-    }
-    for (const p of this.processes.values()) {
+    // Known processes: one read of /proc each, which also says whether it is gone.
+    for (const p of [...this.processes.values()]) {
       const fresh = this.readProcess(p.pid);
-      if (!fresh) continue;
+      if (!fresh) {
+        this.removeProcess(p);
+        rep.processes++;
+        continue;
+      }
       // threads
       for (const t of fresh.threads) if (!p.threads.has(t)) rep.threads++;
       for (const t of p.threads) if (!fresh.threads.has(t)) rep.threads++;
@@ -841,6 +833,15 @@ export class AppGraph {
         p.regions = fresh.regions;
       }
     }
+    // Children of app processes never seen (found from the threads just read): read fresh, nothing to compare.
+    for (const pid of this.unseenChildren()) {
+      const p = this.readProcess(pid);
+      if (p) {
+        this.processes.set(pid, p);
+        this.log({ k: 'process', pid, change: 'created' });
+        rep.processes++;
+      }
+    }
     rep.total = rep.processes + rep.threads + rep.fds + rep.regions;
     for (const k of ['processes', 'threads', 'fds', 'regions', 'total'] as const) this.repairs[k] += rep[k];
     if (rep.total > 0) log.info({ repaired: rep }, 'reconciliation repaired drift from /proc');
@@ -850,13 +851,8 @@ export class AppGraph {
   private unseenChildren(): number[] {
     const out: number[] = [];
     for (const p of this.processes.values()) {
-      let kids: string;
-      try {
-        // children of every thread
-        kids = [...p.threads].map((t) => readChildren(p.pid, t)).join(' ');
-      } catch {
-        continue;
-      }
+      // children of every thread (readChildren gives '' for a thread that is gone)
+      const kids = [...p.threads].map((t) => readChildren(p.pid, t)).join(' ');
       for (const k of kids.split(/\s+/).filter((s) => s !== '').map(Number)) if (!this.processes.has(k)) out.push(k);
     }
     return out;
