@@ -76,7 +76,12 @@ export class Tracer {
     let ready: () => void = () => {};
     const readyP = new Promise<void>((res) => (ready = res));
     child.stdout.on('data', (chunk: Buffer) => {
-      for (const ev of this.stream.push(chunk)) {
+      const wasCorrupt = this.stream.corrupt;
+      const events = this.stream.push(chunk);
+      if (this.stream.corrupt && !wasCorrupt) {
+        log.error({ refused: this.stream.refused }, 'the streamer sent an impossible frame length: no record after it is decoded');
+      }
+      for (const ev of events) {
         if (ev.type === 'stats') {
           const first = this.lastStats === undefined;
           this.lastStats = ev;
