@@ -91,7 +91,7 @@ const ANON_BY_SYSCALL: Record<string, string> = {
 export class AppGraph {
   readonly processes = new Map<number, ProcessState>();
   readonly resources = new Map<string, Resource>();
-  /** Processes of the app that were created by a traced fork (not seeded). */
+  /** Seeded processes whose parent is not in the app (the tops of its trees), in seeding order. */
   private readonly roots: number[] = [];
   /** Last completed barrier; changes from now on belong to epoch + 1. */
   private epochNo = 0;
@@ -100,8 +100,6 @@ export class AppGraph {
   /** TCP states of socks not yet tied to a socket node (the last one per sock). */
   private readonly skEarly = new Map<string, TcpStateEvent>();
   private readonly faultBaseline = new Map<string, number>();
-  /** Events about a task the graph did not know (seeded late from /proc). */
-  lateSeeds = 0;
   readonly repairs: ReconcileReport = { processes: 0, threads: 0, fds: 0, regions: 0, total: 0 };
 
   get epoch(): number {
@@ -224,10 +222,7 @@ export class AppGraph {
     const p = this.processes.get(tgid);
     if (p) return p;
     const seeded = this.readProcess(tgid);
-    if (seeded) {
-      this.processes.set(tgid, seeded);
-      this.lateSeeds++;
-    }
+    if (seeded) this.processes.set(tgid, seeded);
     return seeded;
   }
 
