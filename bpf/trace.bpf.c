@@ -48,18 +48,9 @@ struct {
 	__type(value, __u64); /* bit tgid % 64 */
 } app_bits SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 * 1024 * 1024);
-} events SEC(".maps");
-
-/* Per-CPU: no atomic on a shared cache line in the hot path; readers sum. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, TR_CTR_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
+/* events (16 MiB) and counters, per-CPU: no atomic on a shared cache line in
+ * the hot path; readers sum. */
+TR_STREAM_MAPS(16 * 1024 * 1024);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
