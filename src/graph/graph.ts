@@ -3,7 +3,6 @@
 // Seeded from /proc, kept current by tracer events, repaired by a periodic
 // reconciliation with /proc that counts what it repaired. Every change is
 // logged with the epoch it belongs to, which is what dirtySince(N) reads.
-import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { logger } from '../util/log.js';
 import type { SyscallEvent, TcpStateEvent, TraceEvent } from '../trace/records.js';
@@ -11,6 +10,7 @@ import { sockaddrString } from '../trace/records.js';
 import type { WriteFaultCount } from '../trace/loader.js';
 import {
   kernelDevToUser,
+  readChildren,
   readCwd,
   readExe,
   readFds,
@@ -851,14 +851,6 @@ export class AppGraph {
       for (const k of kids.split(/\s+/).filter((s) => s !== '').map(Number)) if (!this.processes.has(k)) out.push(k);
     }
     return out;
-  }
-}
-
-function readChildren(pid: number, tid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
-  } catch {
-    return '';
   }
 }
 
