@@ -29,6 +29,11 @@ describe('understudy trace / graph', () => {
     expect(readFileSync(f, 'utf8')).toBe('abc');
   });
 
+  it('trace -- CMD exits 128+N when the command dies of signal N', async () => {
+    const r = await run(['trace', '--', '/bin/sh', '-c', 'kill -USR1 $$']);
+    expect(r.exitCode).toBe(128 + 10); // SIGUSR1
+  });
+
   it('trace --pid follows a running process and stops when it exits', async () => {
     const dir = tempDir('cli');
     const f = join(dir, 'tick');
