@@ -48,18 +48,9 @@ struct {
 	__type(value, __u64); /* bit tgid % 64 */
 } app_bits SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 * 1024 * 1024);
-} events SEC(".maps");
-
-/* Per-CPU: no atomic on a shared cache line in the hot path; readers sum. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, TR_CTR_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
+/* events (16 MiB) and counters, per-CPU: no atomic on a shared cache line in
+ * the hot path; readers sum. */
+TR_STREAM_MAPS(16 * 1024 * 1024);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -504,17 +495,21 @@ static long vma_start_cb(struct task_struct *task, struct vm_area_struct *vma, v
 	return 0;
 }
 
+/* Every user page fault of every task on the machine runs this: the write
+ * bit first (a load from the context), so that read faults skip even the
+ * filter; then the filter, with the tgid from the task the VMA lookup needs
+ * anyway (one helper, not two). */
 SEC("tracepoint/exceptions/page_fault_user")
 int tp__exceptions__page_fault_user(struct pf_ctx *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_app(id >> 32))
+	if (!(ctx->error_code & 2 /* X86_PF_WRITE */))
 		return 0;
-	if (!(ctx->error_code & 2))
-		return 0;
-	struct tr_fault_key k = {.tgid = id >> 32};
-	__u64 start = 0;
 	struct task_struct *t = bpf_get_current_task_btf();
+	__u32 tgid = t->tgid;
+	if (!is_app(tgid))
+		return 0;
+	struct tr_fault_key k = {.tgid = tgid};
+	__u64 start = 0;
 	if (bpf_find_vma(t, ctx->address, vma_start_cb, &start, 0) == 0 && start)
 		k.vm_start = start;
 	else
@@ -546,7 +541,8 @@ int tp__sock__inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ct
 	__u64 sk = (__u64)ctx->skaddr;
 	__u32 *owner = bpf_map_lookup_elem(&app_socks, &sk);
 	__u32 tgid = id >> 32;
-	if (is_app(tgid)) {
+	int app = is_app(tgid);
+	if (app) {
 		if (!owner)
 			track_sock(sk, tgid);
 	} else if (!owner) {
@@ -555,7 +551,7 @@ int tp__sock__inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ct
 	struct tr_tcp_state *r = reserve(sizeof(*r));
 	if (r) {
 		fill_hdr(&r->hdr, TR_TCP_STATE, sizeof(*r), id);
-		if (owner && !is_app(tgid)) {
+		if (!app) {
 			r->hdr.tgid = *owner; /* the app process that holds the socket */
 			r->hdr.tid = 0;
 		}

@@ -108,6 +108,23 @@ enum tr_counter {
 	TR_CTR_MAX = 8,
 };
 
+#ifdef __VMLINUX_H__
+/* The two maps native/tracer opens by name in every object it attaches and
+ * streams (bpf/trace.bpf.c and the bench floors): the ring buffer of records,
+ * of rb_bytes, and the per-CPU counters above (readers sum the CPUs). */
+#define TR_STREAM_MAPS(rb_bytes)                                   \
+	struct {                                                   \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);                \
+		__uint(max_entries, rb_bytes);                     \
+	} events SEC(".maps");                                     \
+	struct {                                                   \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);           \
+		__uint(max_entries, TR_CTR_MAX);                   \
+		__type(key, __u32);                                \
+		__type(value, __u64);                              \
+	} counters SEC(".maps")
+#endif
+
 /* Written by native/tracer once a second and at exit. */
 struct tr_stats {
 	struct tr_hdr hdr;

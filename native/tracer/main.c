@@ -44,6 +44,10 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
+/* One u64 per possible CPU: what a lookup in the per-CPU counters writes. */
+static uint64_t *cpu_vals;
+static int n_cpus;
+
 static int emit_stats(int counters_fd)
 {
 	struct tr_stats s;
@@ -56,15 +60,11 @@ static int emit_stats(int counters_fd)
 	s.hdr.tid = getpid();
 	s.delivered = delivered;
 	/* A per-CPU array: one value per possible CPU, summed. */
-	static uint64_t vals[1024];
-	int ncpu = libbpf_num_possible_cpus();
-	if (ncpu <= 0 || ncpu > 1024)
-		ncpu = 1024;
 	for (uint32_t i = 0; i < TR_CTR_MAX; i++) {
-		if (bpf_map_lookup_elem(counters_fd, &i, vals) != 0)
+		if (bpf_map_lookup_elem(counters_fd, &i, cpu_vals) != 0)
 			continue;
-		for (int c = 0; c < ncpu; c++)
-			s.counters[i] += vals[c];
+		for (int c = 0; c < n_cpus; c++)
+			s.counters[i] += cpu_vals[c];
 	}
 	if (out_frame(&s, sizeof(s)) < 0)
 		return -1;
@@ -132,6 +132,18 @@ int main(int argc, char **argv)
 	int ctr_fd = bpf_obj_get(path);
 	if (ctr_fd < 0) {
 		fprintf(stderr, "understudy-tracer: bpf_obj_get(%s): %s\n", path, strerror(errno));
+		return 1;
+	}
+	/* Sized by the kernel's count, not a fixed array: a per-CPU lookup writes
+	 * one value for every possible CPU, however many there are. */
+	n_cpus = libbpf_num_possible_cpus();
+	if (n_cpus <= 0) {
+		fprintf(stderr, "understudy-tracer: libbpf_num_possible_cpus: %s\n", strerror(-n_cpus));
+		return 1;
+	}
+	cpu_vals = calloc((size_t)n_cpus, sizeof(*cpu_vals));
+	if (!cpu_vals) {
+		fprintf(stderr, "understudy-tracer: calloc(%d per-CPU counter values): %s\n", n_cpus, strerror(errno));
 		return 1;
 	}
 	struct ring_buffer *rb = ring_buffer__new(rb_fd, on_record, NULL, NULL);
@@ -219,5 +231,6 @@ int main(int argc, char **argv)
 	close(1);
 	detach_all(&links);
 	ring_buffer__free(rb);
+	free(cpu_vals);
 	return rc;
 }

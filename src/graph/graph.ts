@@ -3,7 +3,6 @@
 // Seeded from /proc, kept current by tracer events, repaired by a periodic
 // reconciliation with /proc that counts what it repaired. Every change is
 // logged with the epoch it belongs to, which is what dirtySince(N) reads.
-import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { logger } from '../util/log.js';
 import type { SyscallEvent, TcpStateEvent, TraceEvent } from '../trace/records.js';
@@ -11,6 +10,7 @@ import { sockaddrString } from '../trace/records.js';
 import type { WriteFaultCount } from '../trace/loader.js';
 import {
   kernelDevToUser,
+  readChildren,
   readCwd,
   readExe,
   readFds,
@@ -91,7 +91,7 @@ const ANON_BY_SYSCALL: Record<string, string> = {
 export class AppGraph {
   readonly processes = new Map<number, ProcessState>();
   readonly resources = new Map<string, Resource>();
-  /** Processes of the app that were created by a traced fork (not seeded). */
+  /** Seeded processes whose parent is not in the app (the tops of its trees), in seeding order. */
   private readonly roots: number[] = [];
   /** Last completed barrier; changes from now on belong to epoch + 1. */
   private epochNo = 0;
@@ -100,8 +100,6 @@ export class AppGraph {
   /** TCP states of socks not yet tied to a socket node (the last one per sock). */
   private readonly skEarly = new Map<string, TcpStateEvent>();
   private readonly faultBaseline = new Map<string, number>();
-  /** Events about a task the graph did not know (seeded late from /proc). */
-  lateSeeds = 0;
   readonly repairs: ReconcileReport = { processes: 0, threads: 0, fds: 0, regions: 0, total: 0 };
 
   get epoch(): number {
@@ -224,11 +222,15 @@ export class AppGraph {
     const p = this.processes.get(tgid);
     if (p) return p;
     const seeded = this.readProcess(tgid);
-    if (seeded) {
-      this.processes.set(tgid, seeded);
-      this.lateSeeds++;
-    }
+    if (seeded) this.processes.set(tgid, seeded);
     return seeded;
+  }
+
+  /** A process that is gone: its fds are closed with it. */
+  private removeProcess(p: ProcessState): void {
+    for (const [fd, r] of p.fds) this.log({ k: 'fd', pid: p.pid, fd, change: 'closed', resource: r });
+    this.processes.delete(p.pid);
+    this.log({ k: 'process', pid: p.pid, change: 'exited' });
   }
 
   apply(ev: TraceEvent): void {
@@ -259,11 +261,8 @@ export class AppGraph {
       case 'exit': {
         const p = this.processes.get(ev.tgid);
         if (!p) return;
-        if (ev.groupDead) {
-          for (const [fd, r] of p.fds) this.log({ k: 'fd', pid: p.pid, fd, change: 'closed', resource: r });
-          this.processes.delete(ev.tgid);
-          this.log({ k: 'process', pid: ev.tgid, change: 'exited' });
-        } else if (p.threads.delete(ev.tid)) {
+        if (ev.groupDead) this.removeProcess(p);
+        else if (p.threads.delete(ev.tid)) {
           this.log({ k: 'thread', pid: ev.tgid, tid: ev.tid, change: 'exited' });
         }
         return;
@@ -791,26 +790,14 @@ export class AppGraph {
   /** Compares with /proc and repairs drift; returns what was repaired this time. */
   reconcile(): ReconcileReport {
     const rep: ReconcileReport = { processes: 0, threads: 0, fds: 0, regions: 0, total: 0 };
-    // processes: known ones that are gone, and children of app processes we never saw
-    for (const pid of [...this.processes.keys()]) {
-      const st = readStat(pid);
-      if (!st || st.state === 'Z' || st.state === 'X') {
-        this.processes.delete(pid);
-        this.log({ k: 'process', pid, change: 'exited' });
-        rep.processes++;
-      }
-    }
-    for (const pid of this.unseenChildren()) {
-      const p = this.readProcess(pid);
-      if (p) {
-        this.processes.set(pid, p);
-        this.log({ k: 'process', pid, change: 'created' });
-        rep.processes++;
-      }
-    }
-    for (const p of this.processes.values()) {
+    // Known processes: one read of /proc each, which also says whether it is gone.
+    for (const p of [...this.processes.values()]) {
       const fresh = this.readProcess(p.pid);
-      if (!fresh) continue;
+      if (!fresh) {
+        this.removeProcess(p);
+        rep.processes++;
+        continue;
+      }
       // threads
       for (const t of fresh.threads) if (!p.threads.has(t)) rep.threads++;
       for (const t of p.threads) if (!fresh.threads.has(t)) rep.threads++;
@@ -841,6 +828,15 @@ export class AppGraph {
         p.regions = fresh.regions;
       }
     }
+    // Children of app processes never seen (found from the threads just read): read fresh, nothing to compare.
+    for (const pid of this.unseenChildren()) {
+      const p = this.readProcess(pid);
+      if (p) {
+        this.processes.set(pid, p);
+        this.log({ k: 'process', pid, change: 'created' });
+        rep.processes++;
+      }
+    }
     rep.total = rep.processes + rep.threads + rep.fds + rep.regions;
     for (const k of ['processes', 'threads', 'fds', 'regions', 'total'] as const) this.repairs[k] += rep[k];
     if (rep.total > 0) log.info({ repaired: rep }, 'reconciliation repaired drift from /proc');
@@ -850,24 +846,11 @@ export class AppGraph {
   private unseenChildren(): number[] {
     const out: number[] = [];
     for (const p of this.processes.values()) {
-      let kids: string;
-      try {
-        // children of every thread
-        kids = [...p.threads].map((t) => readChildren(p.pid, t)).join(' ');
-      } catch {
-        continue;
-      }
+      // children of every thread (readChildren gives '' for a thread that is gone)
+      const kids = [...p.threads].map((t) => readChildren(p.pid, t)).join(' ');
       for (const k of kids.split(/\s+/).filter((s) => s !== '').map(Number)) if (!this.processes.has(k)) out.push(k);
     }
     return out;
-  }
-}
-
-function readChildren(pid: number, tid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
-  } catch {
-    return '';
   }
 }
 

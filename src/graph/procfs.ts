@@ -42,6 +42,11 @@ export function readThreads(pid: number): number[] {
   }
 }
 
+/** The children of one thread (/proc/PID/task/TID/children), or '' when it is gone. */
+export function readChildren(pid: number, tid: number): string {
+  return read(`/proc/${pid}/task/${tid}/children`) ?? '';
+}
+
 export function readExe(pid: number): string | undefined {
   try {
     return readlinkSync(`/proc/${pid}/exe`);

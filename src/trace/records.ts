@@ -241,11 +241,15 @@ export function decodeRecord(rec: Buffer): TraceEvent | keyof RefusalCounts {
 export class RecordStream {
   readonly refused: RefusalCounts = { badVersion: 0, unknownType: 0, badSize: 0, badFrame: 0 };
   decoded = 0;
+  /** Set at a frame length no record can have: where the next frame starts is unknown from there on. */
+  corrupt = false;
   private pending: Buffer = Buffer.alloc(0);
   static readonly MAX_FRAME = 64 * 1024;
 
   /** Feeds bytes; returns the events completed by them. */
   push(chunk: Buffer): TraceEvent[] {
+    // Past a corrupt length, any bytes taken as a frame would be a guess: none is decoded.
+    if (this.corrupt) return [];
     this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
     const out: TraceEvent[] = [];
     let off = 0;
@@ -254,6 +258,7 @@ export class RecordStream {
       if (len > RecordStream.MAX_FRAME) {
         // A length no record can have: the stream is corrupt beyond this point.
         this.refused.badFrame++;
+        this.corrupt = true;
         off = this.pending.length;
         break;
       }

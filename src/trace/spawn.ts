@@ -2,6 +2,7 @@
 // shim waits on fd 3 until the tracer has put its pid in the kernel filter,
 // then execs the command in place (same pid).
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { constants } from 'node:os';
 import type { Writable } from 'node:stream';
 import { UnderstudyError } from '../util/errors.js';
 
@@ -22,7 +23,7 @@ export function spawnHeld(argv: string[], stdio: 'inherit' | 'ignore' | 'pipe' =
   const gate = child.stdio[3] as Writable;
   gate.on('error', () => {});
   const exited = new Promise<number>((res) => {
-    child.on('exit', (code, sig) => res(code ?? 128 + (sig ? signalNumber(sig) : 0)));
+    child.on('exit', (code, sig) => res(code ?? 128 + (sig ? constants.signals[sig] ?? 0 : 0)));
     child.on('error', () => res(127));
   });
   return {
@@ -31,9 +32,4 @@ export function spawnHeld(argv: string[], stdio: 'inherit' | 'ignore' | 'pipe' =
     release: () => gate.end('go\n'),
     exited,
   };
-}
-
-function signalNumber(sig: NodeJS.Signals): number {
-  const map: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15, SIGSEGV: 11, SIGABRT: 6, SIGPIPE: 13 };
-  return map[sig] ?? 0;
 }

@@ -1,9 +1,9 @@
 // A running tracer for one app: the pinned programs (loader.ts), the native
 // streamer that attaches them and reads the ring buffer (native/tracer), and
 // the decoder. Events reach the listener in the order the kernel produced them.
-import { readdirSync, readFileSync } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
+import { listPids, readStat } from '../graph/procfs.js';
 import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { nativeBinary } from '../util/paths.js';
@@ -76,7 +76,12 @@ export class Tracer {
     let ready: () => void = () => {};
     const readyP = new Promise<void>((res) => (ready = res));
     child.stdout.on('data', (chunk: Buffer) => {
-      for (const ev of this.stream.push(chunk)) {
+      const wasCorrupt = this.stream.corrupt;
+      const events = this.stream.push(chunk);
+      if (this.stream.corrupt && !wasCorrupt) {
+        log.error({ refused: this.stream.refused }, 'the streamer sent an impossible frame length: no record after it is decoded');
+      }
+      for (const ev of events) {
         if (ev.type === 'stats') {
           const first = this.lastStats === undefined;
           this.lastStats = ev;
@@ -189,18 +194,12 @@ export class Tracer {
 /** pids and all their descendants, from /proc. */
 export function descendantsOf(roots: number[]): number[] {
   const children = new Map<number, number[]>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-    } catch {
-      continue;
-    }
-    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    const list = children.get(ppid) ?? [];
-    list.push(Number(d));
-    children.set(ppid, list);
+  for (const pid of listPids()) {
+    const st = readStat(pid);
+    if (!st) continue; // gone meanwhile
+    const list = children.get(st.ppid) ?? [];
+    list.push(pid);
+    children.set(st.ppid, list);
   }
   const out: number[] = [];
   const todo = [...roots];

@@ -1,19 +1,14 @@
 // Writes at known offsets: the dirty set has exactly those byte ranges.
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cleanupAll, fixture, settle, traceCommand } from '../trace/helpers.js';
+import { cleanupAll, fixture, settle, tempDir, traceCommand } from '../trace/helpers.js';
 
 describe('file writes in the dirty set', () => {
-  let dir = '';
-  afterEach(async () => {
-    await cleanupAll();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterEach(cleanupAll);
 
   it('reports exactly the written ranges of write, pwrite64, pwritev, writev and O_APPEND', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'understudy-files-'));
+    const dir = tempDir('files');
     const file = join(dir, 'data.bin');
     const t = await traceCommand([fixture('trace_write_offsets'), file]);
     await t.out.waitFor(/^ready$/);

@@ -1,8 +1,9 @@
 // A program that maps, protects and unmaps memory: the graph's regions and the
 // dirty set follow the exact page ranges, and write faults are counted per region.
 import { afterEach, describe, expect, it } from 'vitest';
+import { AppGraph } from '../../src/graph/graph.js';
 import { readMaps } from '../../src/graph/procfs.js';
-import { cleanupAll, fixture, settle, traceCommand } from '../trace/helpers.js';
+import { cleanupAll, fixture, settle, spawnOutside, traceCommand } from '../trace/helpers.js';
 
 const PG = 4096;
 
@@ -67,6 +68,25 @@ describe('memory regions from mmap/mprotect/munmap events', () => {
     expect(p.regions.find((r) => r.start === a + 4 * PG)?.perms).toBe('r--p');
     expect(g.repairs.total).toBeGreaterThanOrEqual(3);
     expect(g.reconcile().total).toBe(0);
+  });
+
+  it('reconciliation removes a process whose exit it never saw, with its fds closed as an exit event would', async () => {
+    const { child } = spawnOutside(['sleep', '30']);
+    const pid = child.pid!;
+    await new Promise((r) => setTimeout(r, 100)); // exec'd
+    const g = new AppGraph(); // no tracer: the exit event never comes
+    g.seedFromProc([pid]);
+    const fds = [...g.processes.get(pid)!.fds.keys()].sort((x, y) => x - y);
+    expect(fds.slice(0, 3)).toEqual([0, 1, 2]);
+    const gone = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    await gone;
+    const rep = g.reconcile();
+    expect(rep).toMatchObject({ processes: 1, threads: 0, fds: 0, regions: 0, total: 1 });
+    expect(g.processes.has(pid)).toBe(false);
+    const ds = g.dirtySince(0);
+    expect(ds.processes).toEqual([{ pid, change: 'exited' }]);
+    expect(ds.fds.filter((f) => f.pid === pid && f.change === 'closed').map((f) => f.fd).sort((x, y) => x - y)).toEqual(fds);
   });
 
   it('a session reconciles periodically on its own', async () => {

@@ -1,20 +1,15 @@
 // A shell pipeline: processes, parent-of edges, the pipe both ends own, and
 // the file the pipeline wrote in the dirty set.
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cleanupAll, settle, traceCommand } from '../trace/helpers.js';
+import { cleanupAll, settle, tempDir, traceCommand } from '../trace/helpers.js';
 
 describe('shell pipeline', () => {
-  let dir = '';
-  afterEach(async () => {
-    await cleanupAll();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterEach(cleanupAll);
 
   it('shows sh -> sleep | cat joined by one pipe, and the written file', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'understudy-pipe-'));
+    const dir = tempDir('pipe');
     const out = join(dir, 'out.txt');
     const t = await traceCommand(['/bin/sh', '-c', `printf hello > ${out}; sleep 30 | cat; true`]);
     const g = t.session.graph;

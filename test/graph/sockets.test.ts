@@ -1,14 +1,12 @@
 // A server in the app and a client outside it, over TCP and over a unix
 // socket: the client shows as an external dependency, named precisely.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer, type AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { sockaddrString } from '../../src/trace/records.js';
 import { snapshot } from '../../src/graph/sockets.js';
 import { toDot } from '../../src/graph/render.js';
-import { cleanupAll, settle, spawnOutside, traceCommand } from '../trace/helpers.js';
+import { cleanupAll, settle, spawnOutside, tempDir, traceCommand } from '../trace/helpers.js';
 
 const SERVER = `
 import socket, sys
@@ -47,11 +45,7 @@ sys.stdin.read()
 `;
 
 describe('sockets and external dependencies', () => {
-  let dir = '';
-  afterEach(async () => {
-    await cleanupAll();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterEach(cleanupAll);
 
   it('TCP: a client outside the app is an external dependency of the accepted socket', async () => {
     const t = await traceCommand(['python3', '-c', SERVER, 'tcp']);
@@ -90,7 +84,7 @@ describe('sockets and external dependencies', () => {
   });
 
   it('unix socket: the client outside the app is named with the socket path', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'understudy-sock-'));
+    const dir = tempDir('sock');
     const path = join(dir, 'db.sock');
     const t = await traceCommand(['python3', '-c', SERVER, 'unix', path]);
     await t.out.waitFor(/^listening/);

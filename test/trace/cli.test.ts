@@ -1,26 +1,18 @@
 // The trace and graph commands, run as a user runs them.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { execa } from 'execa';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { packageRoot } from '../../src/util/paths.js';
-import { cleanupAll, spawnOutside } from './helpers.js';
+import { CLI as cli, runCli } from '../helpers/cli.js';
+import { cleanupAll, spawnOutside, tempDir } from './helpers.js';
 
-const cli = resolve(packageRoot, 'bin', 'understudy.js');
-const run = (args: string[], env: Record<string, string> = {}) =>
-  execa('node', [cli, ...args], { reject: false, env: { ...process.env, ...env }, timeout: 30_000, stdin: 'ignore' });
+const run = (args: string[], env: Record<string, string> = {}) => runCli(args, { env, timeout: 30_000 });
 
 describe('understudy trace / graph', () => {
-  let dir = '';
-  afterEach(async () => {
-    await cleanupAll();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterEach(cleanupAll);
 
   it('trace --json -- CMD prints one JSON event per line and exits with the command', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'understudy-cli-'));
+    const dir = tempDir('cli');
     const f = join(dir, 'f.txt');
     const r = await run(['trace', '--json', '--', '/bin/sh', '-c', `printf abc > ${f}; exit 3`]);
     expect(r.exitCode).toBe(3);
@@ -37,12 +29,17 @@ describe('understudy trace / graph', () => {
     expect(readFileSync(f, 'utf8')).toBe('abc');
   });
 
+  it('trace -- CMD exits 128+N when the command dies of signal N', async () => {
+    const r = await run(['trace', '--', '/bin/sh', '-c', 'kill -USR1 $$']);
+    expect(r.exitCode).toBe(128 + 10); // SIGUSR1
+  });
+
   it('trace --pid follows a running process and stops when it exits', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'understudy-cli-'));
+    const dir = tempDir('cli');
     const f = join(dir, 'tick');
     const app = spawnOutside(['python3', '-c', `import time,sys\nprint('up',flush=True)\nsys.stdin.readline()\nfor i in range(5):\n  open('${f}','w').close(); time.sleep(0.1)\n`]);
     await app.out.waitFor(/^up$/);
-    const tracer = execa('node', [cli, 'trace', '--pid', String(app.child.pid)], { reject: false, timeout: 30_000, stdin: 'ignore' });
+    const tracer = run(['trace', '--pid', String(app.child.pid)]);
     await new Promise((r) => setTimeout(r, 1500)); // attached
     app.child.stdin!.write('go\n');
     const r = await tracer;
@@ -68,7 +65,7 @@ describe('understudy trace / graph', () => {
   });
 
   it('graph --format svg draws the processes and highlights external dependencies', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'understudy-cli-'));
+    const dir = tempDir('cli');
     const app = spawnOutside(['/bin/sh', '-c', 'sleep 30 | cat']);
     await new Promise((r) => setTimeout(r, 300));
     const svg = join(dir, 'g.svg');

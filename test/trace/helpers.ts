@@ -1,7 +1,9 @@
 // Shared by the trace and graph suites: run a real program under the tracer,
 // read its stdout line by line, and always clean up (kill, unpin).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { resolve } from 'node:path';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { TraceSession } from '../../src/trace/session.js';
 import type { TraceEvent } from '../../src/trace/records.js';
@@ -67,6 +69,13 @@ export function spawnOutside(argv: string[]): { child: ChildProcess; out: Lines 
     }
   });
   return { child, out: new Lines(child.stdout!) };
+}
+
+/** A fresh folder under the system's temporary directory, removed by cleanupAll (after what was started later). */
+export function tempDir(name: string): string {
+  const dir = mkdtempSync(join(tmpdir(), `understudy-${name}-`));
+  cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
 
 export async function cleanupAll(): Promise<void> {

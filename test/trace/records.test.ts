@@ -66,6 +66,12 @@ describe('record decoder', () => {
     bad.writeUInt32LE(1 << 30, 0);
     expect(s.push(bad)).toEqual([]);
     expect(s.refused.badFrame).toBe(1);
+    expect(s.corrupt).toBe(true);
+    // where the next frame starts is unknown: later bytes are not read as frames, even well-formed ones
+    expect(s.push(frame(record(RecordType.exit, RECORD_SIZES[RecordType.exit]!)))).toEqual([]);
+    expect(s.decoded).toBe(0);
+    expect(s.refused.badFrame).toBe(1);
+    expect(s.leftover).toBe(0);
   });
 
   it('names socket addresses', () => {
