@@ -9,7 +9,20 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { restore } from '../../src/restore/restore.js';
 import { TestCluster } from '../helpers/nodes.js';
-import { alive, dumpAndKill, fixturePython, killPids, onCleanup, runCleanups, sleep, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import {
+  alive,
+  dumpAndKill,
+  fixturePython,
+  killPids,
+  onCleanup,
+  runCleanups,
+  sleep,
+  startFixture,
+  startInOwnNamespace,
+  tmp,
+  verdict,
+  waitFor,
+} from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -123,34 +136,6 @@ describe('restore on a second node (own network namespace, own copy of the data 
     });
   }
 });
-
-/**
- * Starts build/fixtures/<name> as pid 1 of a new PID namespace (unshare forks
- * it; killing unshare, as the cleanup does, kills the namespace); its host pid.
- */
-async function startInOwnNamespace(name: string, ctl: string): Promise<number> {
-  await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', '--kill-child', join(process.cwd(), 'build/fixtures', name), ctl]);
-  await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
-  expect(readFileSync(join(ctl, 'ready'), 'utf8').trim()).toBe('1'); // it sees itself as pid 1
-  // its host pid: the process with the fixture's command line that is pid 1 of its namespace
-  const found = readdirSync('/proc')
-    .filter((n) => /^\d+$/.test(n))
-    .filter((n) => {
-      try {
-        return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`${name} ${ctl}`) &&
-          readFileSync(`/proc/${n}/comm`, 'utf8').trim() === name &&
-          /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8'));
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-  expect(found).toHaveLength(1);
-  const hostPid = found[0]!;
-  onCleanup(() => killPids([hostPid]));
-  expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
-  return hostPid;
-}
 
 /** The ids of pid's threads and its descendants' threads as its PID namespace sees them, sorted. */
 function nsIds(pid: number): string[] {

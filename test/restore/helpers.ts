@@ -4,7 +4,7 @@
 // read its verdict. Every process started here is registered for cleanup,
 // which runs even when a test fails.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { EngineClient } from '../../src/engine/client.js';
@@ -126,6 +126,36 @@ export async function verdict(ctl: string, ms = 15_000): Promise<string> {
   writeFileSync(join(ctl, 'go'), '');
   await waitFor(`a verdict in ${ctl}`, () => existsSync(v), ms);
   return readFileSync(v, 'utf8').trim();
+}
+
+/**
+ * Starts build/fixtures/<name> as pid 1 of a new PID namespace (unshare forks
+ * it; killing unshare, as the cleanup does, kills the namespace); its host pid.
+ */
+export async function startInOwnNamespace(name: string, ctl: string): Promise<number> {
+  await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', '--kill-child', resolve(buildDir, 'fixtures', name), ctl]);
+  await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+  const seen = readFileSync(join(ctl, 'ready'), 'utf8').trim();
+  if (seen !== '1') throw new Error(`${name} sees itself as pid ${seen}, not 1 of its namespace`);
+  // its host pid: the process with the fixture's command line that is pid 1 of its namespace
+  const found = readdirSync('/proc')
+    .filter((n) => /^\d+$/.test(n))
+    .filter((n) => {
+      try {
+        return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`${name} ${ctl}`) &&
+          readFileSync(`/proc/${n}/comm`, 'utf8').trim() === name &&
+          /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8'));
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+  if (found.length !== 1) throw new Error(`${found.length} processes look like ${name} as pid 1 of its namespace, not 1`);
+  const hostPid = found[0]!;
+  onCleanup(() => killPids([hostPid]));
+  if (!new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`).test(readFileSync(`/proc/${hostPid}/status`, 'utf8')))
+    throw new Error(`pid ${hostPid} is not pid 1 of its namespace`);
+  return hostPid;
 }
 
 export const fixturePython = join(packageRoot, 'test', 'fixtures', 'rs_python.py');

@@ -5,16 +5,15 @@
 // holder, leaving nothing running), and the capture refusing a lease.
 // fixtures.test.ts runs rs_locks too: full, after 20 deltas, on a second node.
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
 import { understudy } from '../../src/gen/proto.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
 import { RestoreError, restore } from '../../src/restore/restore.js';
-import { buildDir } from '../../src/util/paths.js';
-import { alive, dumpAndKill, killPids, onCleanup, runCleanups, sleep, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import { alive, dumpAndKill, killPids, onCleanup, runCleanups, sleep, startFixture, startInOwnNamespace, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -233,24 +232,7 @@ describe('restoring beside the original on the same node', () => {
     // (its pids inside are free anywhere, so only its locks stop it here)
     const ctl = tmp('locks-beside');
     const img = join(tmp('locks-beside-img'), 'image');
-    await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', resolve(buildDir, 'fixtures', 'rs_locks'), ctl]);
-    await waitFor('rs_locks ready', () => existsSync(join(ctl, 'ready')));
-    const hostPid = readdirSync('/proc')
-      .filter((n) => /^\d+$/.test(n))
-      .map(Number)
-      .find((n) => {
-        try {
-          return (
-            readFileSync(`/proc/${n}/comm`, 'utf8').trim() === 'rs_locks' &&
-            /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8')) &&
-            readFileSync(`/proc/${n}/cmdline`, 'utf8').includes(ctl)
-          );
-        } catch {
-          return false;
-        }
-      })!;
-    expect(hostPid).toBeGreaterThan(0);
-    onCleanup(() => killPids([hostPid]));
+    const hostPid = await startInOwnNamespace('rs_locks', ctl);
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     await engine.attach(hostPid, { trackDirty: true, includeChildren: true });
