@@ -141,7 +141,7 @@ int main(int argc, char **argv)
 			if (R.reaper)
 				created[created_n++] = R.reaper;
 			for (size_t i = 0; i < R.nprocs && created_n < 64; i++)
-				if (R.procs[i].created)
+				if (R.procs[i].created && R.procs[i].pid != R.reaper)   /* the root is the reaper when it was pid 1 */
 					created[created_n++] = R.procs[i].pid;
 			tree_kill();
 		}

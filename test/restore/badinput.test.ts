@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RestoreError, restore } from '../../src/restore/restore.js';
 import { readEpochMeta, processesOf } from '../../src/image/store.js';
-import { alive, dumpAndKill, killPids, onCleanup, runCleanups, startFixture, tmp, waitFor } from './helpers.js';
+import { EngineClient } from '../../src/engine/client.js';
+import { alive, dumpAndKill, killPids, onCleanup, runCleanups, sleep, startFixture, startInOwnNamespace, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -134,7 +135,6 @@ describe('restore refuses bad input', () => {
     const ctl = tmp('taken');
     const img = join(tmp('taken-img'), 'image');
     const fx = await startFixture('rs_counter', ctl);
-    const { EngineClient } = await import('../../src/engine/client.js');
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     await engine.attach(fx.pid, { trackDirty: true });
@@ -168,6 +168,33 @@ describe('restore refuses bad input', () => {
       expect([...r.pids].sort()).toEqual([...d.pids].sort());
     });
   }
+
+  // An app with its own PID namespace gets new host pids: its image's host
+  // pids are the original's, still running here. The cleanup must kill what
+  // the restore created, by the pids it got, and nothing else.
+  it('a failure after the rebuild of an app with its own namespace kills the copy it created, never the running original', async () => {
+    const ctl = tmp('mid-own-ns');
+    const img = join(tmp('mid-own-ns-img'), 'image');
+    const hostPid = await startInOwnNamespace('rs_forktree', ctl);
+    await sleep(50); // (let the fork tree start)
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    await engine.attach(hostPid, { trackDirty: true, includeChildren: true });
+    await engine.checkpoint({ imageDir: img });
+    const original = (await engine.status()).pids;
+    await engine.close(); // detaches: the original keeps running with its pids
+    expect(original).toHaveLength(3);
+    const err = await refused(img, { UNDERSTUDY_RESTORE_FAIL_AFTER: 'rebuild' });
+    expect(err.code).toBe('E_RESTORE');
+    expect(err.message).toContain('UNDERSTUDY_RESTORE_FAIL_AFTER=rebuild');
+    // the copy's root was pid 1 of its namespace (no reaper of its own): three processes, each named once
+    expect(err.killed).toHaveLength(3);
+    expect(new Set(err.killed).size).toBe(3);
+    for (const p of err.killed) expect(original, `killed pid ${p} is one the restore created`).not.toContain(p);
+    await waitFor('the copy to be gone', () => err.killed.every((p) => !alive(p)), 5000);
+    for (const p of original) expect(alive(p), `original pid ${p} still runs`).toBe(true);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
 
   it('an epoch that does not exist and a directory that is not an image are refused clearly', async () => {
     const empty = tmp('empty');
