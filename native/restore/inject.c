@@ -161,8 +161,9 @@ uint64_t scratch_str(pid_t pid, size_t off, const char *s)
 /* clone3 injected into task t (of process holder) with set_tid
  * {ns_id, host_id}, or {ns_id} alone when host_id is 0 (the host's pid is
  * then the kernel's choice): the new process or thread is waited for until it
- * stops (auto-attached) and its host pid or tid is stored in *out. what names
- * it in errors. */
+ * stops (auto-attached). Its host pid or tid is stored in *out as soon as it
+ * exists, also when an error follows (*out untouched if none was created).
+ * what names it in errors. */
 int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, pid_t ns_id, pid_t host_id, const char *what, pid_t *out)
 {
 	pid_t tids[2] = { ns_id, host_id };
@@ -184,10 +185,11 @@ int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, p
 		return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(%s, set_tid {%d}) injected into pid %d", what, ns_id,
 			    holder);
 	}
+	if (child > 0)
+		*out = child;   /* it exists: the caller records it for the cleanup, whatever follows */
 	if (ret != ns_id || child <= 0 || (host_id && child != host_id))
 		return fail("E_RESTORE", 0, "clone3(%s) in pid %d created %ld (host %d), expected %d (host %d)", what, holder, ret, child, ns_id,
 			    host_id);
-	*out = child;
 	int st;
 	return wait_stop(child, &st);
 }

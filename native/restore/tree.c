@@ -308,13 +308,15 @@ static int create_child(struct rproc *p)
 {
 	struct rproc *par = &R.procs[p->parent];
 	struct rtask *pt = &par->tasks[0];
-	pid_t got;
-	if (inj_clone3(pt, par->pid, 0, SIGCHLD, p->pr->ns_pid, R.root_is_init ? 0 : p->pid, "a child", &got))
-		return -1;
-	p->pid = got;
-	p->tasks[0].tid = got;
-	p->created = true;
-	return task_prepare(&p->tasks[0]);
+	pid_t got = 0;
+	int rc = inj_clone3(pt, par->pid, 0, SIGCHLD, p->pr->ns_pid, R.root_is_init ? 0 : p->pid, "a child", &got);
+	if (got > 0) {
+		/* from here on the cleanup kills it by this pid (never by the image's) */
+		p->pid = got;
+		p->tasks[0].tid = got;
+		p->created = true;
+	}
+	return rc || task_prepare(&p->tasks[0]) ? -1 : 0;
 }
 
 int tree_create(void)
