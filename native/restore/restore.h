@@ -32,6 +32,12 @@ typedef Understudy__V1__Process Proc;
 typedef Understudy__V1__Thread Thr;
 typedef Understudy__V1__Vma Vma;
 
+/* a thread's id in its PID namespace (images without ns_tid: its host tid) */
+static inline pid_t thr_ns_tid(const Thr *th)
+{
+	return th->ns_tid ? th->ns_tid : th->tid;
+}
+
 /* ---- err.c ---- */
 extern struct err_value g_err;   /* the first error of this restore (errfmt.h) */
 int fail(const char *code, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -34,7 +34,7 @@
 static bool has_thread(const Proc *pr, int ns_tid)
 {
 	for (size_t k = 0; k < pr->n_threads; k++)
-		if ((pr->threads[k]->ns_tid ? pr->threads[k]->ns_tid : pr->threads[k]->tid) == ns_tid)
+		if (thr_ns_tid(pr->threads[k]) == ns_tid)
 			return true;
 	return false;
 }
