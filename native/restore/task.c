@@ -47,7 +47,7 @@ int threads_create(struct rproc *p)
 		struct rtask *t = &p->tasks[k];
 		uint64_t flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
 		pid_t got;
-		if (inj_clone3(lead, p->pid, flags, 0, t->th->ns_tid ? t->th->ns_tid : t->th->tid, R.root_is_init ? 0 : t->th->tid, "CLONE_THREAD",
+		if (inj_clone3(lead, p->pid, flags, 0, thr_ns_tid(t->th), R.root_is_init ? 0 : t->th->tid, "CLONE_THREAD",
 			       &got))
 			return -1;
 		t->tid = got;
@@ -112,34 +112,31 @@ int signals_restore(struct rproc *p)
 	return 0;
 }
 
+/* one pending signal queued again by the thread that received it (a signal
+ * pending for the whole process, by the leader): its own siginfo, any si_code */
+static int queue_one(struct rproc *p, struct rtask *t, const Understudy__V1__SigInfo *s, bool per_thread)
+{
+	if (s->raw.len != 128)
+		return fail("E_IMAGE_CORRUPT", 0, "%s %d: pending signal %d has a %zu-byte siginfo", per_thread ? "tid" : "pid",
+			    per_thread ? t->tid : p->pid, s->signo, s->raw.len);
+	if (poke(p->pid, STUB_SCRATCH, s->raw.data, 128))
+		return -1;
+	char what[64];
+	snprintf(what, sizeof(what), "%s(signal %d)", per_thread ? "rt_tgsigqueueinfo" : "rt_sigqueueinfo", s->signo);
+	if (per_thread)
+		return inj_ok(t, what, SYS_rt_tgsigqueueinfo, p->pr->ns_pid, thr_ns_tid(t->th), s->signo, STUB_SCRATCH, 0, 0, NULL);
+	return inj_ok(t, what, SYS_rt_sigqueueinfo, p->pr->ns_pid, s->signo, STUB_SCRATCH, 0, 0, 0, NULL);
+}
+
 int signals_queue(struct rproc *p)
 {
-	Proc *pr = p->pr;
-	struct rtask *lead = &p->tasks[0];
-	for (size_t i = 0; i < pr->n_shared_pending; i++) {
-		Understudy__V1__SigInfo *s = pr->shared_pending[i];
-		if (s->raw.len != 128 || poke(p->pid, STUB_SCRATCH, s->raw.data, 128))
-			return s->raw.len != 128 ? fail("E_IMAGE_CORRUPT", 0, "pid %d: pending signal %d has a %zu-byte siginfo", p->pid, s->signo, s->raw.len) : -1;
-		char what[64];
-		snprintf(what, sizeof(what), "rt_sigqueueinfo(signal %d)", s->signo);
-		if (inj_ok(lead, what, SYS_rt_sigqueueinfo, pr->ns_pid, s->signo, STUB_SCRATCH, 0, 0, 0, NULL))
+	for (size_t i = 0; i < p->pr->n_shared_pending; i++)
+		if (queue_one(p, &p->tasks[0], p->pr->shared_pending[i], false))
 			return -1;
-	}
-	for (size_t k = 0; k < p->ntasks; k++) {
-		struct rtask *t = &p->tasks[k];
-		for (size_t i = 0; i < t->th->n_pending; i++) {
-			Understudy__V1__SigInfo *s = t->th->pending[i];
-			if (s->raw.len != 128)
-				return fail("E_IMAGE_CORRUPT", 0, "tid %d: pending signal %d has a %zu-byte siginfo", t->tid, s->signo, s->raw.len);
-			if (poke(p->pid, STUB_SCRATCH, s->raw.data, 128))
+	for (size_t k = 0; k < p->ntasks; k++)
+		for (size_t i = 0; i < p->tasks[k].th->n_pending; i++)
+			if (queue_one(p, &p->tasks[k], p->tasks[k].th->pending[i], true))
 				return -1;
-			char what[64];
-			snprintf(what, sizeof(what), "rt_tgsigqueueinfo(signal %d)", s->signo);
-			if (inj_ok(t, what, SYS_rt_tgsigqueueinfo, pr->ns_pid, t->th->ns_tid ? t->th->ns_tid : t->th->tid, s->signo, STUB_SCRATCH, 0, 0,
-				   NULL))
-				return -1;
-		}
-	}
 	return 0;
 }
 
