@@ -23,6 +23,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "fdio.h"
 #include "restore.h"
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -109,20 +110,6 @@ int tree_plan(void)
 
 /* ---- code that runs in the new namespace (copies of the restorer) ---- */
 
-static void write_full(int fd, const void *b, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, b, n);
-		if (w <= 0) {
-			if (w < 0 && errno == EINTR)
-				continue;
-			return;
-		}
-		b = (const char *)b + w;
-		n -= w;
-	}
-}
-
 static __attribute__((noreturn)) void skeleton_main(void)
 {
 	uint64_t got = 0;
@@ -143,7 +130,7 @@ static __attribute__((noreturn)) void skeleton_main(void)
 			_exit(121);
 		got = (uint64_t)a;
 	}
-	write_full(ready_pipe[1], &got, sizeof(got));
+	fd_write_all(ready_pipe[1], &got, sizeof(got));   /* the restorer times out if it fails */
 	if (!got)
 		_exit(122);
 	for (;;)
@@ -171,8 +158,8 @@ static __attribute__((noreturn)) void reaper_main(pid_t root_ns, pid_t root_host
 	if (c < 0) {
 		uint64_t zero = 0;
 		int e = errno;
-		write_full(ready_pipe[1], &zero, sizeof(zero));
-		write_full(ready_pipe[1], &e, sizeof(e));
+		fd_write_all(ready_pipe[1], &zero, sizeof(zero));
+		fd_write_all(ready_pipe[1], &e, sizeof(e));
 		_exit(123);
 	}
 	/* pid 1 of the app's namespace: reap until the app is gone. It is a copy
