@@ -116,13 +116,22 @@ int inj(struct rtask *t, long nr, long a0, long a1, long a2, long a3, long a4, l
 	return 0;
 }
 
+/* the host pid of the process task t belongs to (for error messages) */
+static pid_t pid_of(const struct rtask *t)
+{
+	for (size_t i = 0; i < R.nprocs; i++)
+		if (t >= R.procs[i].tasks && t < R.procs[i].tasks + R.procs[i].ntasks)
+			return R.procs[i].pid;
+	return t->tid;
+}
+
 int inj_ok(struct rtask *t, const char *what, long nr, long a0, long a1, long a2, long a3, long a4, long a5, long *ret)
 {
 	long r;
 	if (inj(t, nr, a0, a1, a2, a3, a4, a5, &r, NULL))
 		return -1;
 	if (r < 0 && r > -4096)
-		return fail("E_RESTORE", (int)-r, "%s in pid %d (tid %d)", what, t->tid, t->tid);
+		return fail("E_RESTORE", (int)-r, "%s in pid %d (tid %d)", what, pid_of(t), t->tid);
 	if (ret)
 		*ret = r;
 	return 0;
