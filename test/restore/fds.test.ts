@@ -14,7 +14,7 @@ import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { restore } from '../../src/restore/restore.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
 import { TestCluster } from '../helpers/nodes.js';
-import { alive, dumpAndKill, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import { alive, dumpAndKill, killPids, onCleanup, python, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -306,47 +306,41 @@ describe('refused at attach', () => {
       'open("ready","w").write(str(c.pid))\n' +
       'time.sleep(1000)\n';
     const ctl = tmp('shared-outside');
-    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: ctl, detached: true });
-    onCleanup(() => {
-      try {
-        process.kill(-p.pid!, 'SIGKILL');
-      } catch {
-        // gone
-      }
-    });
+    const pid = python(code, ctl);
     await waitFor('python ready', () => existsSync(join(ctl, 'ready')) && readFileSync(join(ctl, 'ready'), 'utf8').length > 0);
     const sleeper = Number(readFileSync(join(ctl, 'ready'), 'utf8'));
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     try {
-      await expect(engine.attach(p.pid!, { trackDirty: true, includeChildren: false })).rejects.toMatchObject({
+      await expect(engine.attach(pid, { trackDirty: true, includeChildren: false })).rejects.toMatchObject({
         code: 'E_UNSUPPORTED',
-        message: expect.stringMatching(new RegExp(`pid ${p.pid} fd \\d+ is pipe:\\[\\d+\\], which pid ${sleeper} \\(sleep\\) outside the app also holds`)),
+        message: expect.stringMatching(new RegExp(`pid ${pid} fd \\d+ is pipe:\\[\\d+\\], which pid ${sleeper} \\(sleep\\) outside the app also holds`)),
       });
     } finally {
       await engine.close();
     }
-    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+    expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
 
   it('a unix socket is still refused, naming the process at its other end', async () => {
     // node's stdio 'pipe' is a socketpair: the other end is this test process
     const p = spawn('sleep', ['1000'], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
-    onCleanup(() => killPids([p.pid!]));
-    await waitFor('sleep started', () => existsSync(`/proc/${p.pid}/fd/0`) && readlinkSync(`/proc/${p.pid}/fd/0`).startsWith('socket:'));
+    const pid = p.pid!;
+    onCleanup(() => killPids([pid]));
+    await waitFor('sleep started', () => existsSync(`/proc/${pid}/fd/0`) && readlinkSync(`/proc/${pid}/fd/0`).startsWith('socket:'));
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     try {
-      await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
+      await expect(engine.attach(pid, { trackDirty: true })).rejects.toMatchObject({
         code: 'E_UNSUPPORTED',
         message: expect.stringMatching(
-          new RegExp(`pid ${p.pid} fd 0 is a socket \\(socket:\\[\\d+\\]\\), a unix socket connected to pid ${process.pid} \\([^)]*\\) fd \\d+ outside the app`),
+          new RegExp(`pid ${pid} fd 0 is a socket \\(socket:\\[\\d+\\]\\), a unix socket connected to pid ${process.pid} \\([^)]*\\) fd \\d+ outside the app`),
         ),
       });
     } finally {
       await engine.close();
     }
-    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+    expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
 
   it('an epoll interest whose fd number now names another file', async () => {
@@ -364,19 +358,18 @@ describe('refused at attach', () => {
       'open("/proc/self/cwd/ready","w").close()\n' +
       'time.sleep(1000)\n';
     const ctl = tmp('epoll');
-    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: ctl, detached: true });
-    onCleanup(() => killPids([p.pid!]));
+    const pid = python(code, ctl);
     await waitFor('python ready', () => existsSync(join(ctl, 'ready')));
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     try {
-      await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
+      await expect(engine.attach(pid, { trackDirty: true })).rejects.toMatchObject({
         code: 'E_UNSUPPORTED',
-        message: expect.stringMatching(new RegExp(`pid ${p.pid}: epoll fd \\d+ watches, under fd number \\d+, a file that is not the one open at fd`)),
+        message: expect.stringMatching(new RegExp(`pid ${pid}: epoll fd \\d+ watches, under fd number \\d+, a file that is not the one open at fd`)),
       });
     } finally {
       await engine.close();
     }
-    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+    expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
 });

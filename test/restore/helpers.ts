@@ -64,6 +64,19 @@ export async function waitFor(what: string, cond: () => boolean, ms = 10_000): P
   }
 }
 
+/** Starts python3 -c code in dir, detached, killed (with its group) at cleanup; its pid. */
+export function python(code: string, dir: string): number {
+  const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: dir, detached: true });
+  onCleanup(() => {
+    try {
+      process.kill(-p.pid!, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  });
+  return p.pid!;
+}
+
 export interface Fixture {
   name: string;
   ctl: string;

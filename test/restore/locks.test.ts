@@ -4,7 +4,6 @@
 // process outside the app holds a conflicting lock (naming file, range and
 // holder, leaving nothing running), and the capture refusing a lease.
 // fixtures.test.ts runs rs_locks too: full, after 20 deltas, on a second node.
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -13,7 +12,7 @@ import { understudy } from '../../src/gen/proto.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
 import { RestoreError, restore } from '../../src/restore/restore.js';
-import { alive, dumpAndKill, killPids, onCleanup, runCleanups, sleep, startFixture, startInOwnNamespace, tmp, verdict, waitFor } from './helpers.js';
+import { alive, dumpAndKill, killPids, onCleanup, python, runCleanups, sleep, startFixture, startInOwnNamespace, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -40,19 +39,6 @@ function lockDev(path: string): string {
   const st = statSync(path);
   const hex = (n: number): string => n.toString(16).padStart(2, '0');
   return `${hex(Math.floor(st.dev / 256) & 0xfff)}:${hex(st.dev & 0xff)}:${st.ino}`;
-}
-
-/** Starts python3 -c code in dir, detached, killed (with its group) at cleanup. */
-function python(code: string, dir: string): number {
-  const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: dir, detached: true });
-  onCleanup(() => {
-    try {
-      process.kill(-p.pid!, 'SIGKILL');
-    } catch {
-      // gone
-    }
-  });
-  return p.pid!;
 }
 
 describe('file locks (rs_locks)', () => {
