@@ -4,7 +4,7 @@
 // instances) continuing its output in sequence, and the refusals: a pipe to a
 // process outside the app, an epoll interest that cannot be rebuilt.
 import { spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -14,13 +14,25 @@ import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { restore } from '../../src/restore/restore.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
 import { TestCluster } from '../helpers/nodes.js';
-import { alive, dumpAndKill, killPids, onCleanup, python, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import {
+  alive,
+  cutToCheckpoint,
+  dumpAndKill,
+  epochDir,
+  killPids,
+  onCleanup,
+  python,
+  runCleanups,
+  startFixture,
+  tmp,
+  verdict,
+  waitFor,
+} from './helpers.js';
 
 afterEach(runCleanups);
 
 const Kind = understudy.v1.Fd.Kind;
 const big = (v: unknown): bigint => BigInt(String(v ?? 0));
-const epochDir = (img: string, n: number): string => join(img, `epoch-${String(n).padStart(6, '0')}`);
 
 describe('pipes, eventfds, epoll, shared descriptions (rs_pipes)', () => {
   // (fixtures.test.ts runs rs_pipes from a full image, 20 deltas and on a second node too)
@@ -179,12 +191,7 @@ describe('node: a compute loop with timers continues its output in sequence', ()
       expect(p.threads.length, 'node is multi-threaded').toBeGreaterThan(1);
       const kinds = new Set(p.fds.map((f) => f.kind));
       for (const k of [Kind.PIPE, Kind.EVENTFD, Kind.EPOLL]) expect(kinds.has(k), `node holds a ${Kind[k]}`).toBe(true);
-      // lines written after the checkpoint are not in the image: cut the file
-      // back to its fd's offset, as a data folder replicated with the epochs would be
-      const fd = p.fds.find((f) => f.path === out);
-      expect(fd, 'the output file is an fd of the image').toBeDefined();
-      truncateSync(out, Number(fd!.pos));
-      const before = readFileSync(out, 'utf8').trim().split('\n');
+      const before = cutToCheckpoint(p, out);
       const r = await restore({ imageDir: img });
       onCleanup(() => killPids([r.reaper, ...r.pids]));
       expect(r.pids).toEqual([fx.pid]);
@@ -212,8 +219,7 @@ describe('node restored twice', () => {
       const d = await dumpAndKill(fx.pid, img, 3, 20);
       expect(d.pids).toEqual([fx.pid]);
       const p = processesOf(readEpochMeta(epochDir(img, d.lastEpoch)))[0]!;
-      truncateSync(out, Number(p.fds.find((f) => f.path === out)!.pos));
-      lines = readFileSync(out, 'utf8').trim().split('\n').length;
+      lines = cutToCheckpoint(p, out).length;
       const r = await restore({ imageDir: img });
       onCleanup(() => killPids([r.reaper, ...r.pids]));
       await waitFor(`node to write after restore ${round}`, () => readFileSync(out, 'utf8').trim().split('\n').length >= lines + 10);
@@ -247,8 +253,7 @@ describe('node on a second node (own network namespace, own copy of the data fol
     // node 2's copy of the data folder, as replicated up to the checkpoint
     cpSync(dataDir, node2.dataRoot, { recursive: true, preserveTimestamps: true });
     const out2 = join(node2.dataRoot, 'app', 'out');
-    truncateSync(out2, Number(p.fds.find((f) => f.path === out)!.pos));
-    const before = readFileSync(out2, 'utf8').trim().split('\n');
+    const before = cutToCheckpoint(p, out2, out);
     const r = await restore({
       imageDir: img,
       wrap: (argv) => nodes.wrap(node2, argv),

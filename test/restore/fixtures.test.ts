@@ -2,7 +2,7 @@
 // from a full image and from epoch 0 + 20 deltas, on this node and on a
 // second "node" (its own network namespace and its own copy of the app's
 // data folder). Plus python3 continuing its output in sequence.
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { EngineClient } from '../../src/engine/client.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { join } from 'node:path';
@@ -11,7 +11,9 @@ import { restore } from '../../src/restore/restore.js';
 import { TestCluster } from '../helpers/nodes.js';
 import {
   alive,
+  cutToCheckpoint,
   dumpAndKill,
+  epochDir,
   fixturePython,
   killPids,
   onCleanup,
@@ -67,14 +69,7 @@ describe('restore fixtures, same node', () => {
     await waitFor('python output', () => existsSync(out) && readFileSync(out, 'utf8').split('\n').length > 10);
     const img = join(tmp('py-img'), 'image');
     const d = await dumpAndKill(fx.pid, img, 20, 20);
-    // Lines the original wrote after the last checkpoint are not part of the
-    // image: cut the file back to where its fd was at the checkpoint, as a
-    // data folder replicated with the epochs would be.
-    const meta = readEpochMeta(join(img, `epoch-${String(d.lastEpoch).padStart(6, '0')}`));
-    const fd = processesOf(meta)[0]!.fds.find((f) => f.path === out);
-    expect(fd, 'the output file is an fd of the image').toBeDefined();
-    truncateSync(out, Number(fd!.pos));
-    const before = readFileSync(out, 'utf8').trim().split('\n');
+    const before = cutToCheckpoint(processesOf(readEpochMeta(epochDir(img, d.lastEpoch)))[0]!, out);
     const r = await restore({ imageDir: img });
     onCleanup(() => killPids([r.reaper, ...r.pids]));
     expect(r.pids).toEqual([fx.pid]);

@@ -4,10 +4,12 @@
 // read its verdict. Every process started here is registered for cleanup,
 // which runs even when a test fails.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { expect } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
+import type { ProcessMeta } from '../../src/image/store.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
 
 const cleanups: (() => void | Promise<void>)[] = [];
@@ -169,6 +171,22 @@ export async function startInOwnNamespace(name: string, ctl: string): Promise<nu
   if (!new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`).test(readFileSync(`/proc/${hostPid}/status`, 'utf8')))
     throw new Error(`pid ${hostPid} is not pid 1 of its namespace`);
   return hostPid;
+}
+
+/** An epoch's directory in an image. */
+export const epochDir = (img: string, n: number): string => join(img, `epoch-${String(n).padStart(6, '0')}`);
+
+/**
+ * Lines the original wrote after the checkpoint are not part of the image:
+ * cuts `file` back to where proc's fd on `path` (the name the image knows it
+ * by; default `file`) was at the checkpoint, as a data folder replicated with
+ * the epochs would be. Returns the lines it then holds.
+ */
+export function cutToCheckpoint(proc: ProcessMeta, file: string, path = file): string[] {
+  const fd = proc.fds.find((f) => f.path === path);
+  expect(fd, 'the output file is an fd of the image').toBeDefined();
+  truncateSync(file, Number(fd!.pos));
+  return readFileSync(file, 'utf8').trim().split('\n');
 }
 
 export const fixturePython = join(packageRoot, 'test', 'fixtures', 'rs_python.py');

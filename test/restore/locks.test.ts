@@ -12,12 +12,11 @@ import { understudy } from '../../src/gen/proto.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
 import { RestoreError, restore } from '../../src/restore/restore.js';
-import { alive, dumpAndKill, killPids, onCleanup, python, runCleanups, sleep, startFixture, startInOwnNamespace, tmp, verdict, waitFor } from './helpers.js';
+import { alive, dumpAndKill, epochDir, killPids, onCleanup, python, runCleanups, sleep, startFixture, startInOwnNamespace, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
 const K = understudy.v1.FileLock.Kind;
-const epochDir = (img: string, n: number): string => join(img, `epoch-${String(n).padStart(6, '0')}`);
 
 interface L {
   kind: string;
