@@ -5,10 +5,11 @@
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { EngineClient } from '../../src/engine/client.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { restore } from '../../src/restore/restore.js';
 import { TestCluster } from '../helpers/nodes.js';
+import { buildDir } from '../../src/util/paths.js';
 import {
   alive,
   cutToCheckpoint,
@@ -221,14 +222,19 @@ describe('PID namespace rules', () => {
   }
 });
 
+/** rs_counter under script(1), which gives it a pseudo-terminal as fds 0, 1, 2; its pid (killed at cleanup). */
+async function startOnTerminal(ctl: string): Promise<number> {
+  await startFixture('script', ctl, ['script', '-qfc', `${resolve(buildDir, 'fixtures', 'rs_counter')} ${ctl}`, '/dev/null']);
+  await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+  const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
+  onCleanup(() => killPids([pid]));
+  return pid;
+}
+
 describe('terminals', () => {
   it('a terminal the app had open becomes /dev/null (--tty null, the default), same fd numbers and access mode', async () => {
     const ctl = tmp('tty');
-    // script(1) gives the fixture a pseudo-terminal as fds 0, 1, 2
-    await startFixture('script', ctl, ['script', '-qfc', `${join(process.cwd(), 'build/fixtures/rs_counter')} ${ctl}`, '/dev/null']);
-    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
-    const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
-    onCleanup(() => killPids([pid]));
+    const pid = await startOnTerminal(ctl);
     expect(readlinkSync(`/proc/${pid}/fd/1`)).toMatch(/^\/dev\/pts\/\d+$/);
     const img = join(tmp('tty-img'), 'image');
     await dumpAndKill(pid, img, 0);
@@ -245,10 +251,7 @@ describe('terminals', () => {
 describe('terminals, inherited', () => {
   it('--tty inherit gives the app the terminal the restorer runs on', async () => {
     const ctl = tmp('ttyi');
-    await startFixture('script', ctl, ['script', '-qfc', `${join(process.cwd(), 'build/fixtures/rs_counter')} ${ctl}`, '/dev/null']);
-    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
-    const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
-    onCleanup(() => killPids([pid]));
+    const pid = await startOnTerminal(ctl);
     const img = join(tmp('ttyi-img'), 'image');
     await dumpAndKill(pid, img, 0);
     // the restorer itself on a pseudo-terminal (script), asked to pass it on
