@@ -74,7 +74,7 @@ int files_restore(struct rproc *p)
 			path = tty_path(f->fd, tb, sizeof(tb));
 			flags = (f->flags & (O_ACCMODE | O_APPEND | O_NONBLOCK)) | O_NOCTTY;
 		}
-		uint64_t sp = scratch_str(p->pid, 4096, path);
+		uint64_t sp = scratch_str(p->pid, path);
 		if (!sp) {
 			rc = -1;
 			break;
@@ -109,13 +109,13 @@ int proc_misc_restore(struct rproc *p)
 	Proc *pr = p->pr;
 	char what[600];
 	if (pr->cwd && pr->cwd[0]) {
-		uint64_t sp = scratch_str(p->pid, 4096, pr->cwd);
+		uint64_t sp = scratch_str(p->pid, pr->cwd);
 		snprintf(what, sizeof(what), "chdir(%s)", pr->cwd);
 		if (!sp || inj_ok(t, what, SYS_chdir, sp, 0, 0, 0, 0, 0, NULL))
 			return -1;
 	}
 	if (pr->root && pr->root[0] && strcmp(pr->root, "/")) {
-		uint64_t sp = scratch_str(p->pid, 4096, pr->root);
+		uint64_t sp = scratch_str(p->pid, pr->root);
 		snprintf(what, sizeof(what), "chroot(%s)", pr->root);
 		if (!sp || inj_ok(t, what, SYS_chroot, sp, 0, 0, 0, 0, 0, NULL))
 			return -1;
@@ -160,9 +160,9 @@ int creds_restore(struct rproc *p)
 			if (!root || c->n_groups) {
 				if (c->n_groups > 1024)
 					return fail("E_IMAGE_CORRUPT", 0, "pid %d has %zu supplementary groups", p->pid, c->n_groups);
-				if (c->n_groups && poke(p->pid, STUB_SCRATCH + 8192, c->groups, c->n_groups * 4))
+				if (c->n_groups && poke(p->pid, SCR_TABLE, c->groups, c->n_groups * 4))
 					return -1;
-				if (inj_ok(t, "setgroups", SYS_setgroups, c->n_groups, STUB_SCRATCH + 8192, 0, 0, 0, 0, NULL))
+				if (inj_ok(t, "setgroups", SYS_setgroups, c->n_groups, SCR_TABLE, 0, 0, 0, 0, NULL))
 					return -1;
 			}
 			if (!root) {

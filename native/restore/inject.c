@@ -155,16 +155,16 @@ int peek(pid_t pid, uint64_t addr, void *dst, size_t len)
 	return 0;
 }
 
-uint64_t scratch_str(pid_t pid, size_t off, const char *s)
+uint64_t scratch_str(pid_t pid, const char *s)
 {
 	size_t n = strlen(s) + 1;
-	if (off + n > STUB_SCRATCH_LEN) {
+	if (n > SCR_PATH_LEN) {
 		fail("E_RESTORE", ENAMETOOLONG, "path of %zu bytes does not fit the stub scratch area", n);
 		return 0;
 	}
-	if (poke(pid, STUB_SCRATCH + off, s, n))
+	if (poke(pid, SCR_PATH, s, n))
 		return 0;
-	return STUB_SCRATCH + off;
+	return SCR_PATH;
 }
 
 /* clone3 injected into task t (of process holder) with set_tid
@@ -179,13 +179,13 @@ int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, p
 	struct clone_args a = { 0 };
 	a.flags = flags;
 	a.exit_signal = (uint64_t)exit_signal;
-	a.set_tid = STUB_SCRATCH + 512;
+	a.set_tid = SCR_SET_TID;
 	a.set_tid_size = host_id ? 2 : 1;
-	if (poke(holder, STUB_SCRATCH + 512, tids, sizeof(tids)) || poke(holder, STUB_SCRATCH, &a, sizeof(a)))
+	if (poke(holder, SCR_SET_TID, tids, sizeof(tids)) || poke(holder, SCR_ARGS, &a, sizeof(a)))
 		return -1;
 	long ret;
 	pid_t child = 0;
-	if (inj(t, SYS_clone3, STUB_SCRATCH, sizeof(a), 0, 0, 0, 0, &ret, &child))
+	if (inj(t, SYS_clone3, SCR_ARGS, sizeof(a), 0, 0, 0, 0, &ret, &child))
 		return -1;
 	if (ret < 0) {
 		if (host_id)
