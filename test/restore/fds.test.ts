@@ -23,6 +23,7 @@ import {
   onCleanup,
   python,
   runCleanups,
+  startAndDump,
   startFixture,
   tmp,
   verdict,
@@ -38,10 +39,7 @@ describe('pipes, eventfds, epoll, shared descriptions (rs_pipes)', () => {
   // (fixtures.test.ts runs rs_pipes from a full image, 20 deltas and on a second node too)
   for (const deltas of [20]) {
     it(`epoch 0 + ${deltas} deltas -> kill -> restore -> PASS, the last epoch holding what the fixture set up`, async () => {
-      const ctl = tmp('pipes');
-      const img = join(tmp('pipes-img'), 'image');
-      const fx = await startFixture('rs_pipes', ctl);
-      const d = await dumpAndKill(fx.pid, img, deltas);
+      const { ctl, img, fx, d } = await startAndDump('rs_pipes', 'pipes', deltas);
       expect(d.pids).toHaveLength(2);
       const child = d.pids.find((p) => p !== fx.pid)!;
 
@@ -91,10 +89,7 @@ describe('pipes, eventfds, epoll, shared descriptions (rs_pipes)', () => {
 
 describe('a compacted chain keeps pipes, counters and 64-bit epoll data exact', () => {
   it('rs_pipes: base-2 (pruned) + 2 deltas -> restore -> PASS', async () => {
-    const ctl = tmp('pipes-compact');
-    const img = join(tmp('pipes-compact-img'), 'image');
-    const fx = await startFixture('rs_pipes', ctl);
-    await dumpAndKill(fx.pid, img, 4);
+    const { ctl, img, fx } = await startAndDump('rs_pipes', 'pipes-compact', 4);
     compact(img, 2, { prune: true });
     expect(existsSync(epochDir(img, 0))).toBe(false);
     const base = processesOf(readEpochMeta(join(img, 'base-000002')));
@@ -121,10 +116,7 @@ function editMeta(epoch: string, edit: (m: understudy.v1.EpochMeta) => void): vo
 
 describe('an image whose fd records do not hold together is refused before any process exists', () => {
   it('an epoll watching an fd its process lacks; a pipe fd without its pipe record', async () => {
-    const ctl = tmp('pipes-bad');
-    const img = join(tmp('pipes-bad-img'), 'image');
-    const fx = await startFixture('rs_pipes', ctl);
-    const d = await dumpAndKill(fx.pid, img, 0);
+    const { ctl, img, fx, d } = await startAndDump('rs_pipes', 'pipes-bad', 0);
     const ep0 = epochDir(img, 0);
     const orig = readFileSync(join(ep0, 'meta.pb'));
     let epfd = 0;

@@ -20,6 +20,7 @@ import {
   onCleanup,
   runCleanups,
   sleep,
+  startAndDump,
   startFixture,
   startInOwnNamespace,
   tmp,
@@ -288,10 +289,7 @@ describe('a restored app is an ordinary process', () => {
 
 describe('compacted chains', () => {
   it('restores from a base-N folded by `compact` (epochs below it pruned) plus the deltas after it', async () => {
-    const ctl = tmp('compact');
-    const img = join(tmp('compact-img'), 'image');
-    const fx = await startFixture('rs_malloc', ctl);
-    await dumpAndKill(fx.pid, img, 6);
+    const { ctl, img, fx } = await startAndDump('rs_malloc', 'compact', 6);
     const c = compact(img, 3, { prune: true });
     expect(c.base).toContain('base-000003');
     expect(existsSync(join(img, 'epoch-000000'))).toBe(false);

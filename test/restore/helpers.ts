@@ -136,6 +136,22 @@ export async function dumpAndKill(
   return { pids, lastEpoch: last };
 }
 
+/**
+ * Starts fixture `name` in a control dir tmp(prefix), then dumpAndKill into
+ * an image dir under tmp(`${prefix}-img`) with `deltas` incremental epochs.
+ */
+export async function startAndDump(
+  name: string,
+  prefix: string,
+  deltas = 0,
+): Promise<{ ctl: string; img: string; fx: Fixture; d: Dumped }> {
+  const ctl = tmp(prefix);
+  const img = join(tmp(`${prefix}-img`), 'image');
+  const fx = await startFixture(name, ctl);
+  const d = await dumpAndKill(fx.pid, img, deltas);
+  return { ctl, img, fx, d };
+}
+
 export async function verdict(ctl: string, ms = 15_000): Promise<string> {
   const v = join(ctl, 'verdict');
   writeFileSync(join(ctl, 'go'), '');

@@ -12,7 +12,20 @@ import { understudy } from '../../src/gen/proto.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
 import { RestoreError, restore } from '../../src/restore/restore.js';
-import { alive, dumpAndKill, epochDir, killPids, onCleanup, python, runCleanups, sleep, startFixture, startInOwnNamespace, tmp, verdict, waitFor } from './helpers.js';
+import {
+  alive,
+  epochDir,
+  killPids,
+  onCleanup,
+  python,
+  runCleanups,
+  sleep,
+  startAndDump,
+  startInOwnNamespace,
+  tmp,
+  verdict,
+  waitFor,
+} from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -42,10 +55,7 @@ function lockDev(path: string): string {
 
 describe('file locks (rs_locks)', () => {
   it('epoch 0 + 3 deltas: each lock recorded once with kind, range and owner; image show lists them; restore -> PASS', async () => {
-    const ctl = tmp('locks');
-    const img = join(tmp('locks-img'), 'image');
-    const fx = await startFixture('rs_locks', ctl);
-    const d = await dumpAndKill(fx.pid, img, 3);
+    const { ctl, img, fx, d } = await startAndDump('rs_locks', 'locks', 3);
     expect(d.pids).toHaveLength(2);
     const child = d.pids.find((p) => p !== fx.pid)!;
     const procs = processesOf(readEpochMeta(epochDir(img, 3)));
@@ -165,10 +175,7 @@ describe('file locks (rs_locks)', () => {
   ];
   for (const c of cases) {
     it(`held outside the app: ${c.name}; E_LOCK_HELD naming file, range and holder, nothing left running, then restorable`, async () => {
-      const ctl = tmp('locks-held');
-      const img = join(tmp('locks-held-img'), 'image');
-      const fx = await startFixture('rs_locks', ctl);
-      const d = await dumpAndKill(fx.pid, img, 0);
+      const { ctl, img, fx, d } = await startAndDump('rs_locks', 'locks-held', 0);
       const holder = python('import fcntl,time\n' + c.take + 'open("held","w").close()\ntime.sleep(1000)\n', ctl);
       await waitFor('the outside lock', () => existsSync(join(ctl, 'held')));
       let err: RestoreError | undefined;
