@@ -37,21 +37,29 @@ static const char *tty_path(int fd, char *buf, size_t len)
 /* The app's soft RLIMIT_NOFILE before its fds exist (all rlimits are set
  * again later): fd numbers at or above the skeleton's limit, and the pipe
  * ends parked above the highest fd, need it. Never above the hard limit. */
-static void nofile_early(struct rproc *p)
+static int nofile_early(struct rproc *p)
 {
 	for (size_t i = 0; i < p->pr->n_rlimits; i++) {
 		Understudy__V1__Rlimit *r = p->pr->rlimits[i];
 		struct rlimit cur;
-		if (r->resource != RLIMIT_NOFILE || prlimit(p->pid, RLIMIT_NOFILE, NULL, &cur) || r->cur <= cur.rlim_cur)
+		if (r->resource != RLIMIT_NOFILE)
+			continue;
+		if (prlimit(p->pid, RLIMIT_NOFILE, NULL, &cur))
+			return fail("E_RESTORE", errno, "prlimit(pid %d, RLIMIT_NOFILE)", p->pid);
+		if (r->cur <= cur.rlim_cur)
 			continue;
 		struct rlimit want = { r->cur < cur.rlim_max ? r->cur : cur.rlim_max, cur.rlim_max };
-		prlimit(p->pid, RLIMIT_NOFILE, &want, NULL);
+		if (prlimit(p->pid, RLIMIT_NOFILE, &want, NULL))
+			return fail("E_RESTORE", errno, "prlimit(pid %d, RLIMIT_NOFILE, %llu/%llu) before its fds", p->pid,
+				    (unsigned long long)want.rlim_cur, (unsigned long long)want.rlim_max);
 	}
+	return 0;
 }
 
 int files_restore(struct rproc *p)
 {
-	nofile_early(p);
+	if (nofile_early(p))
+		return -1;
 	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	Understudy__V1__Fd **v = malloc((pr->n_fds + 1) * sizeof(*v));
@@ -135,7 +143,9 @@ int proc_misc_restore(struct rproc *p)
 			if (errno == EPERM) {
 				/* raising a hard limit needs CAP_SYS_RESOURCE: keep the highest allowed */
 				struct rlimit lim = { want.rlim_cur < cur.rlim_max ? want.rlim_cur : cur.rlim_max, cur.rlim_max };
-				prlimit(p->pid, r->resource, &lim, NULL);
+				if (prlimit(p->pid, r->resource, &lim, NULL))
+					return fail("E_RESTORE", errno, "prlimit(pid %d, resource %d, %llu/%llu)", p->pid, r->resource,
+						    (unsigned long long)lim.rlim_cur, (unsigned long long)lim.rlim_max);
 				fprintf(stderr, "understudy-restore: warning: pid %d rlimit %d: hard limit %llu cannot be raised from %llu here\n",
 					p->pid, r->resource, (unsigned long long)want.rlim_max, (unsigned long long)cur.rlim_max);
 				continue;
