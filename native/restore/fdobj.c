@@ -167,7 +167,7 @@ static int share_from(struct rproc *p, struct rproc *q, int qfd, int n, bool clo
 	snprintf(what, sizeof(what), "pidfd_open(pid %d) to share its fd %d as fd %d", q->pr->ns_pid, qfd, n);
 	if (inj_ok(t, what, SYS_pidfd_open, q->pr->ns_pid, 0, 0, 0, 0, 0, &pidfd))
 		return -1;
-	snprintf(what, sizeof(what), "pidfd_getfd(pid %d, fd %d) for fd %d", q->pid, qfd, n);
+	snprintf(what, sizeof(what), "pidfd_getfd(pid %d, fd %d) for fd %d", q->pr->ns_pid, qfd, n);
 	int rc = inj_ok(t, what, SYS_pidfd_getfd, pidfd, qfd, 0, 0, 0, 0, &x);
 	if (inj_ok(t, "close(pidfd)", SYS_close, pidfd, 0, 0, 0, 0, 0, NULL) || rc)
 		return -1;
