@@ -77,7 +77,7 @@ int timers_create(struct rproc *p)
 		return 0;
 	struct rtask *lead = &p->tasks[0];
 	char what[200];
-	snprintf(what, sizeof(what), "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON) in pid %d", p->pid);
+	snprintf(what, sizeof(what), "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON)");
 	if (inj_ok(lead, what, SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0, 0, NULL))
 		return -1;
 	for (size_t k = 0; k < pr->n_posix_timers; k++) {
@@ -98,17 +98,17 @@ int timers_create(struct rproc *p)
 		int32_t id = t->id;
 		if (poke(p->pid, SCR_TIMER, &sev, sizeof(sev)) || poke(p->pid, SCR_TIMER + sizeof(sev), &id, sizeof(id)))
 			return -1;
-		snprintf(what, sizeof(what), "timer_create(clock %d, signal %d, notify %d, id %d) in pid %d", t->clock_id, t->signo, t->notify,
-			 t->id, p->pid);
+		snprintf(what, sizeof(what), "timer_create(clock %d, signal %d, notify %d, id %d)", t->clock_id, t->signo, t->notify,
+			 t->id);
 		if (inj_ok(lead, what, SYS_timer_create, t->clock_id, SCR_TIMER, SCR_TIMER + sizeof(sev), 0, 0, 0, NULL))
 			return -1;
 		int32_t got = -1;
 		if (peek(p->pid, SCR_TIMER + sizeof(sev), &got, sizeof(got)))
 			return -1;
 		if (got != t->id)
-			return fail("E_RESTORE", 0, "%s gave timer id %d", what, got);
+			return fail("E_RESTORE", 0, "%s in pid %d gave timer id %d", what, p->pid, got);
 	}
-	snprintf(what, sizeof(what), "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF) in pid %d", p->pid);
+	snprintf(what, sizeof(what), "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)");
 	return inj_ok(lead, what, SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0, 0, NULL);
 }
 
@@ -132,8 +132,8 @@ int timers_arm(struct rproc *p)
 					  { (time_t)(t->value_ns / NS), (long)(t->value_ns % NS) } };
 		if (poke(p->pid, SCR_TIMER, &its, sizeof(its)))
 			return -1;
-		snprintf(what, sizeof(what), "timer_settime(%d, %llu ns, interval %llu ns) in pid %d", t->id, (unsigned long long)t->value_ns,
-			 (unsigned long long)t->interval_ns, p->pid);
+		snprintf(what, sizeof(what), "timer_settime(%d, %llu ns, interval %llu ns)", t->id, (unsigned long long)t->value_ns,
+			 (unsigned long long)t->interval_ns);
 		if (inj_ok(lead, what, SYS_timer_settime, t->id, 0, SCR_TIMER, 0, 0, 0, NULL))
 			return -1;
 	}
@@ -147,8 +147,8 @@ int timers_arm(struct rproc *p)
 		struct timeval v[2] = { to_tv(it->interval_ns), to_tv(fired ? 1000 : it->value_ns) };   /* it_interval, it_value */
 		if (poke(p->pid, SCR_TIMER, v, sizeof(v)))
 			return -1;
-		snprintf(what, sizeof(what), "setitimer(%d, %llu ns, interval %llu ns) in pid %d", it->which, (unsigned long long)it->value_ns,
-			 (unsigned long long)it->interval_ns, p->pid);
+		snprintf(what, sizeof(what), "setitimer(%d, %llu ns, interval %llu ns)", it->which, (unsigned long long)it->value_ns,
+			 (unsigned long long)it->interval_ns);
 		if (inj_ok(lead, what, SYS_setitimer, it->which, SCR_TIMER, 0, 0, 0, 0, NULL))
 			return -1;
 		for (int n = 0; fired; n++) {
