@@ -225,6 +225,12 @@ static int start_namespace(void)
 	struct rproc *root = &R.procs[0];
 	if (pipe2(ready_pipe, O_CLOEXEC))
 		return fail("E_RESTORE", errno, "pipe2");
+	/* the app's root as pid 1 is this process's child, untraced until it is
+	 * seized: it dies with this process (PR_SET_PDEATHSIG) until then, and
+	 * looks at this pidfd for a death before its prctl took effect */
+	int self = R.root_is_init ? (int)syscall(SYS_pidfd_open, getpid(), 0) : -1;
+	if (R.root_is_init && self < 0)
+		return fail("E_RESTORE", errno, "pidfd_open(pid %d) of the restorer", getpid());
 	for (int attempt = 0; attempt < 8; attempt++) {
 		struct clone_args a = { 0 };
 		a.flags = CLONE_NEWPID;
@@ -238,11 +244,18 @@ static int start_namespace(void)
 		fflush(stdout);
 		fflush(stderr);
 		long c = clone3_raw(&a);
-		if (c < 0)
-			return fail("E_RESTORE", errno, "clone3(CLONE_NEWPID%s) for the app's PID namespace", R.root_is_init ? ", set_tid {1}" : "");
+		if (c < 0) {
+			int e = errno;
+			if (self >= 0)
+				close(self);
+			return fail("E_RESTORE", e, "clone3(CLONE_NEWPID%s) for the app's PID namespace", R.root_is_init ? ", set_tid {1}" : "");
+		}
 		if (c == 0) {
 			close(ready_pipe[0]);
 			if (R.root_is_init) {
+				struct pollfd gone = { self, POLLIN, 0 };
+				if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) || poll(&gone, 1, 0) != 0)
+					_exit(124);
 				/* a session of its own if it led one (`understudy run`'s
 				 * apps, daemons); otherwise it stays in the restorer's
 				 * session, which is outside the namespace as its old one
@@ -266,12 +279,14 @@ static int start_namespace(void)
 		}
 		break;
 	}
+	if (self >= 0)
+		close(self);
 	if (!R.reaper)
 		return fail("E_PID_TAKEN", 0, "could not start the namespace's reaper on a pid the app does not need");
 	close(ready_pipe[1]);
 	ready_pipe[1] = -1;
-	uint64_t stub;
-	int cerr;
+	uint64_t stub = 0;
+	int cerr = 0;
 	if (read_ready(&stub, &cerr))
 		return -1;
 	if (!stub) {
@@ -284,10 +299,19 @@ static int start_namespace(void)
 	close(ready_pipe[0]);
 	ready_pipe[0] = -1;
 	vlog("namespace up: reaper %d, root %d, stub 0x%llx", R.reaper, root->pid, (unsigned long long)stub);
+	/* test hook: die before the root is seized, as a restorer killed just
+	 * then would */
+	const char *die = getenv("UNDERSTUDY_RESTORE_DIE_BEFORE_SEIZE");
+	if (die && R.root_is_init)
+		_exit(99);
 	struct rtask *t = &root->tasks[0];
 	if (seize_task(t->tid, true) || task_prepare(t))
 		return -1;
 	root->created = true;
+	/* traced with PTRACE_O_EXITKILL from here on; and the app must outlive
+	 * this process once restored */
+	if (R.root_is_init && inj_ok(t, "prctl(PR_SET_PDEATHSIG, 0)", SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0, 0, NULL))
+		return -1;
 	return 0;
 }
 

@@ -2,9 +2,11 @@
 // behind a mapping, a PID already in use, a failure half way. Each is refused
 // with an error naming it, and nothing of the app is left running.
 import { copyFileSync, cpSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RestoreError, restore } from '../../src/restore/restore.js';
+import { nativeBinary } from '../../src/util/paths.js';
 import { readEpochMeta, processesOf } from '../../src/image/store.js';
 import { EngineClient } from '../../src/engine/client.js';
 import {
@@ -198,6 +200,33 @@ describe('restore refuses bad input', () => {
     await waitFor('the copy to be gone', () => err.killed.every((p) => !alive(p)), 5000);
     for (const p of original) expect(alive(p), `original pid ${p} still runs`).toBe(true);
     expect(await verdict(ctl)).toBe('PASS');
+  });
+
+  it('a restorer killed before it seized the root it started as pid 1 leaves nothing behind', async () => {
+    const ctl = tmp('die-early');
+    const img = join(tmp('die-early-img'), 'image');
+    await dumpAndKill(await startInOwnNamespace('rs_counter', ctl), img, 0);
+    // the hook makes the restorer _exit(99) right before PTRACE_SEIZE of the root
+    const r = spawnSync(nativeBinary('restore'), ['-D', img], {
+      env: { ...process.env, UNDERSTUDY_RESTORE_DIE_BEFORE_SEIZE: '1' },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(r.status).toBe(99);
+    // the root is a copy of the restorer (same command line) as pid 1 of a new namespace
+    const leftovers = (): number[] =>
+      readdirSync('/proc')
+        .filter((n) => /^\d+$/.test(n))
+        .map(Number)
+        .filter((n) => {
+          try {
+            return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').includes(img) && alive(n);
+          } catch {
+            return false;
+          }
+        });
+    onCleanup(() => killPids(leftovers()));
+    await waitFor('the root it had started to be gone', () => leftovers().length === 0, 3000);
   });
 
   it('an epoch that does not exist and a directory that is not an image are refused clearly', async () => {
