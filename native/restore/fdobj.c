@@ -27,11 +27,10 @@
 #ifndef F_SETPIPE_SZ
 #define F_SETPIPE_SZ 1031
 #endif
-#define FDOBJ_SCRATCH (STUB_SCRATCH + 16384)   /* 64 bytes: an epoll_event, an eventfd count */
 /* pipe data goes through the rest of the scratch pages (STUB_TMP is only
  * staging for the [vdso] moves and is unmapped after them) */
-#define FDOBJ_BUF (STUB_SCRATCH + 20480)
-#define FDOBJ_BUF_LEN (STUB_SCRATCH_LEN - 20480)
+#define FDOBJ_BUF (STUB_SCRATCH + SCR_BUF_OFF)
+#define FDOBJ_BUF_LEN (STUB_SCRATCH_LEN - SCR_BUF_OFF)
 
 typedef Understudy__V1__Fd Fd;
 
@@ -168,7 +167,7 @@ static int share_from(struct rproc *p, struct rproc *q, int qfd, int n, bool clo
 	snprintf(what, sizeof(what), "pidfd_open(pid %d) to share its fd %d as fd %d", q->pr->ns_pid, qfd, n);
 	if (inj_ok(t, what, SYS_pidfd_open, q->pr->ns_pid, 0, 0, 0, 0, 0, &pidfd))
 		return -1;
-	snprintf(what, sizeof(what), "pidfd_getfd(pid %d, fd %d) for fd %d", q->pid, qfd, n);
+	snprintf(what, sizeof(what), "pidfd_getfd(pid %d, fd %d) for fd %d", q->pr->ns_pid, qfd, n);
 	int rc = inj_ok(t, what, SYS_pidfd_getfd, pidfd, qfd, 0, 0, 0, 0, &x);
 	if (inj_ok(t, "close(pidfd)", SYS_close, pidfd, 0, 0, 0, 0, 0, NULL) || rc)
 		return -1;
@@ -187,10 +186,10 @@ static int pipe_create(struct rproc *p, struct rpipe *rp, int base)
 {
 	struct rtask *t = &p->tasks[0];
 	char what[160];
-	if (inj_ok(t, "pipe2", SYS_pipe2, FDOBJ_SCRATCH, O_CLOEXEC | O_NONBLOCK, 0, 0, 0, 0, NULL))
+	if (inj_ok(t, "pipe2", SYS_pipe2, SCR_FDOBJ, O_CLOEXEC | O_NONBLOCK, 0, 0, 0, 0, NULL))
 		return -1;
 	int ends[2];
-	if (peek(p->pid, FDOBJ_SCRATCH, ends, sizeof(ends)))
+	if (peek(p->pid, SCR_FDOBJ, ends, sizeof(ends)))
 		return -1;
 	for (int e = 0; e < 2; e++) {
 		long x;
@@ -267,10 +266,10 @@ int fdobj_place(struct rproc *p, const Fd *f, int base, bool *done)
 		if (f->eventfd->count) {
 			uint64_t c = f->eventfd->count;
 			long w;
-			if (poke(p->pid, FDOBJ_SCRATCH, &c, sizeof(c)))
+			if (poke(p->pid, SCR_FDOBJ, &c, sizeof(c)))
 				return -1;
 			snprintf(what, sizeof(what), "write of count %llu into the eventfd for fd %d", (unsigned long long)c, f->fd);
-			if (inj_ok(t, what, SYS_write, x, FDOBJ_SCRATCH, 8, 0, 0, 0, &w))
+			if (inj_ok(t, what, SYS_write, x, SCR_FDOBJ, 8, 0, 0, 0, &w))
 				return -1;
 		}
 		if (move_fd(p, x, f->fd, f->cloexec) || set_status_flags(p, f))
@@ -309,11 +308,11 @@ int fdobj_epolls(struct rproc *p)
 				uint32_t events;
 				uint64_t data;
 			} ev = { tg->events, tg->data };
-			if (poke(p->pid, FDOBJ_SCRATCH, &ev, sizeof(ev)))
+			if (poke(p->pid, SCR_FDOBJ, &ev, sizeof(ev)))
 				return -1;
 			char what[160];
 			snprintf(what, sizeof(what), "epoll_ctl(epoll fd %d, ADD, fd %d, events 0x%x)", f->fd, tg->tfd, tg->events);
-			if (inj_ok(&p->tasks[0], what, SYS_epoll_ctl, f->fd, EPOLL_CTL_ADD, tg->tfd, FDOBJ_SCRATCH, 0, 0, NULL))
+			if (inj_ok(&p->tasks[0], what, SYS_epoll_ctl, f->fd, EPOLL_CTL_ADD, tg->tfd, SCR_FDOBJ, 0, 0, NULL))
 				return -1;
 		}
 	}

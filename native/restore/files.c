@@ -37,21 +37,29 @@ static const char *tty_path(int fd, char *buf, size_t len)
 /* The app's soft RLIMIT_NOFILE before its fds exist (all rlimits are set
  * again later): fd numbers at or above the skeleton's limit, and the pipe
  * ends parked above the highest fd, need it. Never above the hard limit. */
-static void nofile_early(struct rproc *p)
+static int nofile_early(struct rproc *p)
 {
 	for (size_t i = 0; i < p->pr->n_rlimits; i++) {
 		Understudy__V1__Rlimit *r = p->pr->rlimits[i];
 		struct rlimit cur;
-		if (r->resource != RLIMIT_NOFILE || prlimit(p->pid, RLIMIT_NOFILE, NULL, &cur) || r->cur <= cur.rlim_cur)
+		if (r->resource != RLIMIT_NOFILE)
+			continue;
+		if (prlimit(p->pid, RLIMIT_NOFILE, NULL, &cur))
+			return fail("E_RESTORE", errno, "prlimit(pid %d, RLIMIT_NOFILE)", p->pid);
+		if (r->cur <= cur.rlim_cur)
 			continue;
 		struct rlimit want = { r->cur < cur.rlim_max ? r->cur : cur.rlim_max, cur.rlim_max };
-		prlimit(p->pid, RLIMIT_NOFILE, &want, NULL);
+		if (prlimit(p->pid, RLIMIT_NOFILE, &want, NULL))
+			return fail("E_RESTORE", errno, "prlimit(pid %d, RLIMIT_NOFILE, %llu/%llu) before its fds", p->pid,
+				    (unsigned long long)want.rlim_cur, (unsigned long long)want.rlim_max);
 	}
+	return 0;
 }
 
 int files_restore(struct rproc *p)
 {
-	nofile_early(p);
+	if (nofile_early(p))
+		return -1;
 	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	Understudy__V1__Fd **v = malloc((pr->n_fds + 1) * sizeof(*v));
@@ -74,7 +82,7 @@ int files_restore(struct rproc *p)
 			path = tty_path(f->fd, tb, sizeof(tb));
 			flags = (f->flags & (O_ACCMODE | O_APPEND | O_NONBLOCK)) | O_NOCTTY;
 		}
-		uint64_t sp = scratch_str(p->pid, 4096, path);
+		uint64_t sp = scratch_str(p->pid, path);
 		if (!sp) {
 			rc = -1;
 			break;
@@ -109,13 +117,13 @@ int proc_misc_restore(struct rproc *p)
 	Proc *pr = p->pr;
 	char what[600];
 	if (pr->cwd && pr->cwd[0]) {
-		uint64_t sp = scratch_str(p->pid, 4096, pr->cwd);
+		uint64_t sp = scratch_str(p->pid, pr->cwd);
 		snprintf(what, sizeof(what), "chdir(%s)", pr->cwd);
 		if (!sp || inj_ok(t, what, SYS_chdir, sp, 0, 0, 0, 0, 0, NULL))
 			return -1;
 	}
 	if (pr->root && pr->root[0] && strcmp(pr->root, "/")) {
-		uint64_t sp = scratch_str(p->pid, 4096, pr->root);
+		uint64_t sp = scratch_str(p->pid, pr->root);
 		snprintf(what, sizeof(what), "chroot(%s)", pr->root);
 		if (!sp || inj_ok(t, what, SYS_chroot, sp, 0, 0, 0, 0, 0, NULL))
 			return -1;
@@ -135,7 +143,9 @@ int proc_misc_restore(struct rproc *p)
 			if (errno == EPERM) {
 				/* raising a hard limit needs CAP_SYS_RESOURCE: keep the highest allowed */
 				struct rlimit lim = { want.rlim_cur < cur.rlim_max ? want.rlim_cur : cur.rlim_max, cur.rlim_max };
-				prlimit(p->pid, r->resource, &lim, NULL);
+				if (prlimit(p->pid, r->resource, &lim, NULL))
+					return fail("E_RESTORE", errno, "prlimit(pid %d, resource %d, %llu/%llu)", p->pid, r->resource,
+						    (unsigned long long)lim.rlim_cur, (unsigned long long)lim.rlim_max);
 				fprintf(stderr, "understudy-restore: warning: pid %d rlimit %d: hard limit %llu cannot be raised from %llu here\n",
 					p->pid, r->resource, (unsigned long long)want.rlim_max, (unsigned long long)cur.rlim_max);
 				continue;
@@ -160,9 +170,9 @@ int creds_restore(struct rproc *p)
 			if (!root || c->n_groups) {
 				if (c->n_groups > 1024)
 					return fail("E_IMAGE_CORRUPT", 0, "pid %d has %zu supplementary groups", p->pid, c->n_groups);
-				if (c->n_groups && poke(p->pid, STUB_SCRATCH + 8192, c->groups, c->n_groups * 4))
+				if (c->n_groups && poke(p->pid, SCR_TABLE, c->groups, c->n_groups * 4))
 					return -1;
-				if (inj_ok(t, "setgroups", SYS_setgroups, c->n_groups, STUB_SCRATCH + 8192, 0, 0, 0, 0, NULL))
+				if (inj_ok(t, "setgroups", SYS_setgroups, c->n_groups, SCR_TABLE, 0, 0, 0, 0, NULL))
 					return -1;
 			}
 			if (!root) {

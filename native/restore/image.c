@@ -14,39 +14,48 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+#include "fdio.h"
 #include "restore.h"
+
+/* opens <epoch dir>/name and fstats it; -1 (error set) if either fails.
+ * A missing file is missing_code, anything else E_IMAGE_CORRUPT. */
+static int open_epoch_file(const struct epoch_img *e, const char *name, const char *missing_code, char *path, size_t plen,
+			   struct stat *st)
+{
+	snprintf(path, plen, "%s/%s", e->dir, name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail(errno == ENOENT ? missing_code : "E_IMAGE_CORRUPT", errno, "open(%s)", path);
+	if (fstat(fd, st)) {
+		int e2 = errno;
+		close(fd);
+		return fail("E_IMAGE_CORRUPT", e2, "fstat(%s)", path);
+	}
+	return fd;
+}
 
 static int read_meta(struct epoch_img *e)
 {
 	char path[4300];
-	snprintf(path, sizeof(path), "%s/meta.pb", e->dir);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return fail(errno == ENOENT ? "E_NOT_AN_IMAGE" : "E_IMAGE_CORRUPT", errno, "open(%s)", path);
 	struct stat st;
-	if (fstat(fd, &st)) {
-		close(fd);
-		return fail("E_IMAGE_CORRUPT", errno, "fstat(%s)", path);
-	}
+	int fd = open_epoch_file(e, "meta.pb", "E_NOT_AN_IMAGE", path, sizeof(path), &st);
+	if (fd < 0)
+		return -1;
 	size_t len = st.st_size;
 	uint8_t *b = malloc(len ? len : 1);
 	if (!b) {
 		close(fd);
 		return fail("E_RESTORE", ENOMEM, "malloc(%zu) for %s", len, path);
 	}
-	size_t got = 0;
-	while (got < len) {
-		ssize_t r = read(fd, b + got, len - got);
-		if (r <= 0) {
-			if (r < 0 && errno == EINTR)
-				continue;
-			free(b);
-			close(fd);
-			return fail("E_IMAGE_CORRUPT", r < 0 ? errno : 0, "read(%s): short read at %zu of %zu bytes", path, got, len);
-		}
-		got += r;
-	}
+	ssize_t got = fd_read_full(fd, b, len);
+	int rerr = errno;
 	close(fd);
+	if (got != (ssize_t)len) {
+		free(b);
+		if (got < 0)
+			return fail("E_IMAGE_CORRUPT", rerr, "read(%s)", path);
+		return fail("E_IMAGE_CORRUPT", 0, "read(%s): short read at %zd of %zu bytes", path, got, len);
+	}
 	if (len < 8) {
 		free(b);
 		return fail("E_IMAGE_CORRUPT", 0, "%s is %zu bytes long, too short for a frame", path, len);
@@ -80,15 +89,10 @@ static int read_meta(struct epoch_img *e)
 static int map_pages(struct epoch_img *e)
 {
 	char path[4300];
-	snprintf(path, sizeof(path), "%s/pages.bin", e->dir);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return fail(errno == ENOENT ? "E_IMAGE_CHAIN" : "E_IMAGE_CORRUPT", errno, "open(%s)", path);
 	struct stat st;
-	if (fstat(fd, &st)) {
-		close(fd);
-		return fail("E_IMAGE_CORRUPT", errno, "fstat(%s)", path);
-	}
+	int fd = open_epoch_file(e, "pages.bin", "E_IMAGE_CHAIN", path, sizeof(path), &st);
+	if (fd < 0)
+		return -1;
 	if ((uint64_t)st.st_size != e->meta->pages_bytes) {
 		close(fd);
 		return fail("E_IMAGE_CORRUPT", 0, "%s is %lld bytes, its epoch %u metadata says %llu (truncated or overwritten)", path,

@@ -116,13 +116,22 @@ int inj(struct rtask *t, long nr, long a0, long a1, long a2, long a3, long a4, l
 	return 0;
 }
 
+/* the host pid of the process task t belongs to (for error messages) */
+static pid_t pid_of(const struct rtask *t)
+{
+	for (size_t i = 0; i < R.nprocs; i++)
+		if (t >= R.procs[i].tasks && t < R.procs[i].tasks + R.procs[i].ntasks)
+			return R.procs[i].pid;
+	return t->tid;
+}
+
 int inj_ok(struct rtask *t, const char *what, long nr, long a0, long a1, long a2, long a3, long a4, long a5, long *ret)
 {
 	long r;
 	if (inj(t, nr, a0, a1, a2, a3, a4, a5, &r, NULL))
 		return -1;
 	if (r < 0 && r > -4096)
-		return fail("E_RESTORE", (int)-r, "%s in pid %d (tid %d)", what, t->tid, t->tid);
+		return fail("E_RESTORE", (int)-r, "%s in pid %d (tid %d)", what, pid_of(t), t->tid);
 	if (ret)
 		*ret = r;
 	return 0;
@@ -146,36 +155,37 @@ int peek(pid_t pid, uint64_t addr, void *dst, size_t len)
 	return 0;
 }
 
-uint64_t scratch_str(pid_t pid, size_t off, const char *s)
+uint64_t scratch_str(pid_t pid, const char *s)
 {
 	size_t n = strlen(s) + 1;
-	if (off + n > STUB_SCRATCH_LEN) {
+	if (n > SCR_PATH_LEN) {
 		fail("E_RESTORE", ENAMETOOLONG, "path of %zu bytes does not fit the stub scratch area", n);
 		return 0;
 	}
-	if (poke(pid, STUB_SCRATCH + off, s, n))
+	if (poke(pid, SCR_PATH, s, n))
 		return 0;
-	return STUB_SCRATCH + off;
+	return SCR_PATH;
 }
 
 /* clone3 injected into task t (of process holder) with set_tid
  * {ns_id, host_id}, or {ns_id} alone when host_id is 0 (the host's pid is
  * then the kernel's choice): the new process or thread is waited for until it
- * stops (auto-attached) and its host pid or tid is stored in *out. what names
- * it in errors. */
+ * stops (auto-attached). Its host pid or tid is stored in *out as soon as it
+ * exists, also when an error follows (*out untouched if none was created).
+ * what names it in errors. */
 int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, pid_t ns_id, pid_t host_id, const char *what, pid_t *out)
 {
 	pid_t tids[2] = { ns_id, host_id };
 	struct clone_args a = { 0 };
 	a.flags = flags;
 	a.exit_signal = (uint64_t)exit_signal;
-	a.set_tid = STUB_SCRATCH + 512;
+	a.set_tid = SCR_SET_TID;
 	a.set_tid_size = host_id ? 2 : 1;
-	if (poke(holder, STUB_SCRATCH + 512, tids, sizeof(tids)) || poke(holder, STUB_SCRATCH, &a, sizeof(a)))
+	if (poke(holder, SCR_SET_TID, tids, sizeof(tids)) || poke(holder, SCR_ARGS, &a, sizeof(a)))
 		return -1;
 	long ret;
 	pid_t child = 0;
-	if (inj(t, SYS_clone3, STUB_SCRATCH, sizeof(a), 0, 0, 0, 0, &ret, &child))
+	if (inj(t, SYS_clone3, SCR_ARGS, sizeof(a), 0, 0, 0, 0, &ret, &child))
 		return -1;
 	if (ret < 0) {
 		if (host_id)
@@ -184,10 +194,11 @@ int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, p
 		return fail(ret == -EEXIST ? "E_PID_TAKEN" : "E_RESTORE", (int)-ret, "clone3(%s, set_tid {%d}) injected into pid %d", what, ns_id,
 			    holder);
 	}
+	if (child > 0)
+		*out = child;   /* it exists: the caller records it for the cleanup, whatever follows */
 	if (ret != ns_id || child <= 0 || (host_id && child != host_id))
 		return fail("E_RESTORE", 0, "clone3(%s) in pid %d created %ld (host %d), expected %d (host %d)", what, holder, ret, child, ns_id,
 			    host_id);
-	*out = child;
 	int st;
 	return wait_stop(child, &st);
 }

@@ -30,7 +30,6 @@
 #ifndef F_OFD_SETLK
 #define F_OFD_SETLK 37
 #endif
-#define LOCK_SCRATCH (STUB_SCRATCH + 16384 + 128)   /* a struct flock, after fdobj.c's 64 bytes */
 
 typedef Understudy__V1__FileLock Lock;
 
@@ -269,10 +268,10 @@ static int take(struct rproc *p, int fd, const Understudy__V1__Fd *f, const Lock
 	} else {
 		struct flock fl = { .l_type = l->write ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = l->start,
 				    .l_len = l->end < 0 ? 0 : l->end - l->start + 1 };
-		if (poke(p->pid, LOCK_SCRATCH, &fl, sizeof(fl)))
+		if (poke(p->pid, SCR_LOCK, &fl, sizeof(fl)))
 			return -1;
 		int cmd = l->kind == UNDERSTUDY__V1__FILE_LOCK__KIND__OFD ? F_OFD_SETLK : F_SETLK;
-		if (inj(t, SYS_fcntl, fd, cmd, LOCK_SCRATCH, 0, 0, 0, &ret, NULL))
+		if (inj(t, SYS_fcntl, fd, cmd, SCR_LOCK, 0, 0, 0, &ret, NULL))
 			return -1;
 	}
 	if (ret == 0) {

@@ -81,8 +81,7 @@ int main(int argc, char **argv)
 	crc_init();
 	vlog("crc32: %s", crc_fast() ? "pclmul" : "zlib");
 	uint64_t ph[8] = { 0 };
-	pid_t created[64];
-	int created_n = 0;
+	pid_t killed_reaper = 0;   /* for the report: the reaper, if a failure killed it */
 	int rc = image_open(&R.im, dir, epoch);
 	ph[0] = now_ns();
 	if (!rc)
@@ -136,13 +135,7 @@ int main(int argc, char **argv)
 			rc = tasks_detach();
 		ph[5] = now_ns();
 		if (rc) {
-			/* what existed, for the report: all of it is killed now */
-			created_n = 0;
-			if (R.reaper)
-				created[created_n++] = R.reaper;
-			for (size_t i = 0; i < R.nprocs && created_n < 64; i++)
-				if (R.procs[i].created)
-					created[created_n++] = R.procs[i].pid;
+			killed_reaper = R.reaper;
 			tree_kill();
 		}
 	}
@@ -153,9 +146,20 @@ int main(int argc, char **argv)
 		json_str(stdout, g_err.code);
 		printf(",\"message\":");
 		json_str(stdout, g_err.msg);
+		/* what had been created (all killed now): the reaper, then every
+		 * process by the host pid it got (the root is the reaper when it
+		 * was pid 1) */
 		printf(",\"errno\":%d,\"killed\":[", g_err.errnum);
-		for (int i = 0; i < created_n; i++)
-			printf("%s%d", i ? "," : "", created[i]);
+		const char *sep = "";
+		if (killed_reaper) {
+			printf("%d", killed_reaper);
+			sep = ",";
+		}
+		for (size_t i = 0; i < R.nprocs; i++)
+			if (R.procs[i].created && R.procs[i].pid != killed_reaper) {
+				printf("%s%d", sep, R.procs[i].pid);
+				sep = ",";
+			}
 		printf("]}\n");
 		fprintf(stderr, "understudy-restore: %s: %s\n", g_err.code, g_err.msg);
 		return 1;

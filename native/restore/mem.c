@@ -510,7 +510,7 @@ int mem_restore(struct rproc *p)
 			if (!rc && nl > 7 && nl < 90 && !strncmp(v->name, "[anon:", 6) && v->name[nl - 1] == ']') {
 				char nm[96];
 				snprintf(nm, sizeof(nm), "%.*s", (int)(nl - 7), v->name + 6);
-				uint64_t sp = scratch_str(p->pid, 4096, nm);
+				uint64_t sp = scratch_str(p->pid, nm);
 				rc = sp ? inj_ok(t, "prctl(PR_SET_VMA_ANON_NAME)", SYS_prctl, 0x53564d41 /* PR_SET_VMA */, 0, v->start, len, sp, 0, NULL) : -1;
 			}
 			continue;
@@ -521,7 +521,7 @@ int mem_restore(struct rproc *p)
 		if (fd < 0 || strcmp(fd_path, path) || fd_rw != rw) {
 			if (fd >= 0)
 				inj_ok(t, "close", SYS_close, fd, 0, 0, 0, 0, 0, NULL);
-			uint64_t sp = scratch_str(p->pid, 4096, path);
+			uint64_t sp = scratch_str(p->pid, path);
 			if (!sp) {
 				rc = -1;
 				break;
@@ -560,7 +560,7 @@ int mem_mm_map(struct rproc *p)
 	Proc *pr = p->pr;
 	if (!pr->mm)
 		return fail("E_IMAGE_CORRUPT", 0, "pid %d has no mm fields in the image", p->pid);
-	if (pr->auxv.len > 8192)
+	if (pr->auxv.len > SCR_TABLE_LEN)
 		return fail("E_IMAGE_CORRUPT", 0, "pid %d: auxv of %zu bytes is too long", p->pid, pr->auxv.len);
 	struct prctl_mm_map mm = { 0 };
 	mm.start_code = pr->mm->start_code;
@@ -574,9 +574,9 @@ int mem_mm_map(struct rproc *p)
 	mm.arg_end = pr->mm->arg_end;
 	mm.env_start = pr->mm->env_start;
 	mm.env_end = pr->mm->env_end;
-	mm.auxv = (__u64 *)(uintptr_t)(STUB_SCRATCH + 8192);
+	mm.auxv = (__u64 *)(uintptr_t)(SCR_TABLE);
 	mm.auxv_size = pr->auxv.len;
-	uint64_t sp = scratch_str(p->pid, 4096, pr->exe->path);
+	uint64_t sp = scratch_str(p->pid, pr->exe->path);
 	if (!sp)
 		return -1;
 	long exe;
@@ -585,9 +585,9 @@ int mem_mm_map(struct rproc *p)
 	if (inj_ok(t, what, SYS_openat, AT_FDCWD, sp, O_RDONLY | O_CLOEXEC, 0, 0, 0, &exe))
 		return -1;
 	mm.exe_fd = exe;
-	if (poke(p->pid, STUB_SCRATCH + 8192, pr->auxv.data, pr->auxv.len) || poke(p->pid, STUB_SCRATCH, &mm, sizeof(mm)))
+	if (poke(p->pid, SCR_TABLE, pr->auxv.data, pr->auxv.len) || poke(p->pid, SCR_ARGS, &mm, sizeof(mm)))
 		return -1;
-	if (inj_ok(t, "prctl(PR_SET_MM, PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, STUB_SCRATCH, sizeof(mm), 0, 0, NULL))
+	if (inj_ok(t, "prctl(PR_SET_MM, PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, SCR_ARGS, sizeof(mm), 0, 0, NULL))
 		return -1;
 	return inj_ok(t, "close(exe fd)", SYS_close, exe, 0, 0, 0, 0, 0, NULL);
 }

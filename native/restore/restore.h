@@ -32,6 +32,12 @@ typedef Understudy__V1__Process Proc;
 typedef Understudy__V1__Thread Thr;
 typedef Understudy__V1__Vma Vma;
 
+/* a thread's id in its PID namespace (images without ns_tid: its host tid) */
+static inline pid_t thr_ns_tid(const Thr *th)
+{
+	return th->ns_tid ? th->ns_tid : th->tid;
+}
+
 /* ---- err.c ---- */
 extern struct err_value g_err;   /* the first error of this restore (errfmt.h) */
 int fail(const char *code, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -113,6 +119,20 @@ extern struct restore R;
 #define STUB_SCRATCH_LEN (15 * PAGE_SZ)
 #define STUB_TMP (R.stub + 16 * PAGE_SZ)
 #define STUB_TMP_LEN (48 * PAGE_SZ)
+/* The scratch pages, where injected calls find their arguments: one layout
+ * for every file, so that no two uses overlap. */
+#define SCR_ARGS (STUB_SCRATCH + 0)           /* 512: clone_args, k_sigaction, siginfo, prctl_mm_map */
+#define SCR_SET_TID (STUB_SCRATCH + 512)      /* 512: clone3's set_tid array */
+#define SCR_ALTSTACK (STUB_SCRATCH + 1024)    /* 1024: a stack_t */
+#define SCR_COMM (STUB_SCRATCH + 2048)        /* 1024: a comm */
+#define SCR_TIMER (STUB_SCRATCH + 3072)       /* 1024: itimerspec / sigevent + timer id / 2 timevals */
+#define SCR_PATH (STUB_SCRATCH + 4096)       /* 4096: a path (scratch_str) */
+#define SCR_PATH_LEN 4096
+#define SCR_TABLE (STUB_SCRATCH + 8192)       /* 8192: supplementary groups, auxv */
+#define SCR_TABLE_LEN 8192
+#define SCR_FDOBJ (STUB_SCRATCH + 16384)      /* 64: pipe2's fds, an epoll_event, an eventfd count */
+#define SCR_LOCK (STUB_SCRATCH + 16384 + 128) /* 64: a struct flock */
+#define SCR_BUF_OFF 20480                     /* to the end: pipe data */
 
 /* ---- inject.c ---- */
 int seize_task(pid_t tid, bool interrupt);
@@ -124,8 +144,8 @@ int inj_ok(struct rtask *t, const char *what, long nr, long a0, long a1, long a2
 int poke(pid_t pid, uint64_t addr, const void *src, size_t len);
 int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, pid_t ns_id, pid_t host_id, const char *what, pid_t *out);
 int peek(pid_t pid, uint64_t addr, void *dst, size_t len);
-/* copy a string into the scratch page at offset off; returns its address */
-uint64_t scratch_str(pid_t pid, size_t off, const char *s);
+/* copy a path into its place in the scratch pages; returns its address (0: error set) */
+uint64_t scratch_str(pid_t pid, const char *s);
 
 /* ---- tree.c ---- */
 int tree_plan(void);

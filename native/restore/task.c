@@ -28,13 +28,13 @@
 int signals_reset(struct rproc *p)
 {
 	uint64_t ksa[4] = { 0, 0, 0, 0 };   /* SIG_DFL */
-	if (poke(p->pid, STUB_SCRATCH, ksa, sizeof(ksa)))
+	if (poke(p->pid, SCR_ARGS, ksa, sizeof(ksa)))
 		return -1;
 	for (int sig = 1; sig <= 64; sig++) {
 		if (sig == SIGKILL || sig == SIGSTOP)
 			continue;
 		long ret;
-		if (inj(&p->tasks[0], SYS_rt_sigaction, sig, STUB_SCRATCH, 0, 8, 0, 0, &ret, NULL))
+		if (inj(&p->tasks[0], SYS_rt_sigaction, sig, SCR_ARGS, 0, 8, 0, 0, &ret, NULL))
 			return -1;
 	}
 	return 0;
@@ -47,7 +47,7 @@ int threads_create(struct rproc *p)
 		struct rtask *t = &p->tasks[k];
 		uint64_t flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
 		pid_t got;
-		if (inj_clone3(lead, p->pid, flags, 0, t->th->ns_tid ? t->th->ns_tid : t->th->tid, R.root_is_init ? 0 : t->th->tid, "CLONE_THREAD",
+		if (inj_clone3(lead, p->pid, flags, 0, thr_ns_tid(t->th), R.root_is_init ? 0 : t->th->tid, "CLONE_THREAD",
 			       &got))
 			return -1;
 		t->tid = got;
@@ -82,11 +82,11 @@ int task_state_restore(struct rproc *p)
 				int32_t flags, pad;
 				uint64_t size;
 			} ss = { th->sigaltstack->sp, th->sigaltstack->flags & ~SS_ONSTACK, 0, th->sigaltstack->size };
-			if (poke(p->pid, STUB_SCRATCH + 1024, &ss, sizeof(ss)))
+			if (poke(p->pid, SCR_ALTSTACK, &ss, sizeof(ss)))
 				return -1;
 			snprintf(what, sizeof(what), "sigaltstack(0x%llx, %llu) in tid %d", (unsigned long long)ss.sp, (unsigned long long)ss.size,
 				 t->tid);
-			if (inj_ok(t, what, SYS_sigaltstack, STUB_SCRATCH + 1024, 0, 0, 0, 0, 0, NULL))
+			if (inj_ok(t, what, SYS_sigaltstack, SCR_ALTSTACK, 0, 0, 0, 0, 0, NULL))
 				return -1;
 		}
 	}
@@ -102,44 +102,41 @@ int signals_restore(struct rproc *p)
 		if (sa->signo == SIGKILL || sa->signo == SIGSTOP)
 			continue;
 		uint64_t k[4] = { sa->handler, sa->flags, sa->restorer, sa->mask };
-		if (poke(p->pid, STUB_SCRATCH, k, sizeof(k)))
+		if (poke(p->pid, SCR_ARGS, k, sizeof(k)))
 			return -1;
 		char what[64];
 		snprintf(what, sizeof(what), "rt_sigaction(%d)", sa->signo);
-		if (inj_ok(lead, what, SYS_rt_sigaction, sa->signo, STUB_SCRATCH, 0, 8, 0, 0, NULL))
+		if (inj_ok(lead, what, SYS_rt_sigaction, sa->signo, SCR_ARGS, 0, 8, 0, 0, NULL))
 			return -1;
 	}
 	return 0;
 }
 
+/* one pending signal queued again by the thread that received it (a signal
+ * pending for the whole process, by the leader): its own siginfo, any si_code */
+static int queue_one(struct rproc *p, struct rtask *t, const Understudy__V1__SigInfo *s, bool per_thread)
+{
+	if (s->raw.len != 128)
+		return fail("E_IMAGE_CORRUPT", 0, "%s %d: pending signal %d has a %zu-byte siginfo", per_thread ? "tid" : "pid",
+			    per_thread ? t->tid : p->pid, s->signo, s->raw.len);
+	if (poke(p->pid, SCR_ARGS, s->raw.data, 128))
+		return -1;
+	char what[64];
+	snprintf(what, sizeof(what), "%s(signal %d)", per_thread ? "rt_tgsigqueueinfo" : "rt_sigqueueinfo", s->signo);
+	if (per_thread)
+		return inj_ok(t, what, SYS_rt_tgsigqueueinfo, p->pr->ns_pid, thr_ns_tid(t->th), s->signo, SCR_ARGS, 0, 0, NULL);
+	return inj_ok(t, what, SYS_rt_sigqueueinfo, p->pr->ns_pid, s->signo, SCR_ARGS, 0, 0, 0, NULL);
+}
+
 int signals_queue(struct rproc *p)
 {
-	Proc *pr = p->pr;
-	struct rtask *lead = &p->tasks[0];
-	for (size_t i = 0; i < pr->n_shared_pending; i++) {
-		Understudy__V1__SigInfo *s = pr->shared_pending[i];
-		if (s->raw.len != 128 || poke(p->pid, STUB_SCRATCH, s->raw.data, 128))
-			return s->raw.len != 128 ? fail("E_IMAGE_CORRUPT", 0, "pid %d: pending signal %d has a %zu-byte siginfo", p->pid, s->signo, s->raw.len) : -1;
-		char what[64];
-		snprintf(what, sizeof(what), "rt_sigqueueinfo(signal %d)", s->signo);
-		if (inj_ok(lead, what, SYS_rt_sigqueueinfo, pr->ns_pid, s->signo, STUB_SCRATCH, 0, 0, 0, NULL))
+	for (size_t i = 0; i < p->pr->n_shared_pending; i++)
+		if (queue_one(p, &p->tasks[0], p->pr->shared_pending[i], false))
 			return -1;
-	}
-	for (size_t k = 0; k < p->ntasks; k++) {
-		struct rtask *t = &p->tasks[k];
-		for (size_t i = 0; i < t->th->n_pending; i++) {
-			Understudy__V1__SigInfo *s = t->th->pending[i];
-			if (s->raw.len != 128)
-				return fail("E_IMAGE_CORRUPT", 0, "tid %d: pending signal %d has a %zu-byte siginfo", t->tid, s->signo, s->raw.len);
-			if (poke(p->pid, STUB_SCRATCH, s->raw.data, 128))
+	for (size_t k = 0; k < p->ntasks; k++)
+		for (size_t i = 0; i < p->tasks[k].th->n_pending; i++)
+			if (queue_one(p, &p->tasks[k], p->tasks[k].th->pending[i], true))
 				return -1;
-			char what[64];
-			snprintf(what, sizeof(what), "rt_tgsigqueueinfo(signal %d)", s->signo);
-			if (inj_ok(t, what, SYS_rt_tgsigqueueinfo, pr->ns_pid, t->th->ns_tid ? t->th->ns_tid : t->th->tid, s->signo, STUB_SCRATCH, 0, 0,
-				   NULL))
-				return -1;
-		}
-	}
 	return 0;
 }
 
@@ -196,9 +193,9 @@ static int set_comm(struct rproc *p, struct rtask *t, const char *comm)
 		return 0;
 	char b[16] = { 0 };
 	snprintf(b, sizeof(b), "%s", comm);
-	if (poke(p->pid, STUB_SCRATCH + 2048, b, sizeof(b)))
+	if (poke(p->pid, SCR_COMM, b, sizeof(b)))
 		return -1;
-	return inj_ok(t, "prctl(PR_SET_NAME)", SYS_prctl, 15 /* PR_SET_NAME */, STUB_SCRATCH + 2048, 0, 0, 0, 0, NULL);
+	return inj_ok(t, "prctl(PR_SET_NAME)", SYS_prctl, 15 /* PR_SET_NAME */, SCR_COMM, 0, 0, 0, 0, NULL);
 }
 
 int tasks_finish(struct rproc *p)

@@ -29,12 +29,11 @@
 #endif
 
 #define NS 1000000000ULL
-#define TIMER_SCRATCH (STUB_SCRATCH + 3072)
 
 static bool has_thread(const Proc *pr, int ns_tid)
 {
 	for (size_t k = 0; k < pr->n_threads; k++)
-		if ((pr->threads[k]->ns_tid ? pr->threads[k]->ns_tid : pr->threads[k]->tid) == ns_tid)
+		if (thr_ns_tid(pr->threads[k]) == ns_tid)
 			return true;
 	return false;
 }
@@ -78,7 +77,7 @@ int timers_create(struct rproc *p)
 		return 0;
 	struct rtask *lead = &p->tasks[0];
 	char what[200];
-	snprintf(what, sizeof(what), "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON) in pid %d", p->pid);
+	snprintf(what, sizeof(what), "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON)");
 	if (inj_ok(lead, what, SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0, 0, NULL))
 		return -1;
 	for (size_t k = 0; k < pr->n_posix_timers; k++) {
@@ -97,19 +96,19 @@ int timers_create(struct rproc *p)
 		if (t->notify & SIGEV_THREAD_ID)
 			sev.tid = t->ns_target_tid;
 		int32_t id = t->id;
-		if (poke(p->pid, TIMER_SCRATCH, &sev, sizeof(sev)) || poke(p->pid, TIMER_SCRATCH + sizeof(sev), &id, sizeof(id)))
+		if (poke(p->pid, SCR_TIMER, &sev, sizeof(sev)) || poke(p->pid, SCR_TIMER + sizeof(sev), &id, sizeof(id)))
 			return -1;
-		snprintf(what, sizeof(what), "timer_create(clock %d, signal %d, notify %d, id %d) in pid %d", t->clock_id, t->signo, t->notify,
-			 t->id, p->pid);
-		if (inj_ok(lead, what, SYS_timer_create, t->clock_id, TIMER_SCRATCH, TIMER_SCRATCH + sizeof(sev), 0, 0, 0, NULL))
+		snprintf(what, sizeof(what), "timer_create(clock %d, signal %d, notify %d, id %d)", t->clock_id, t->signo, t->notify,
+			 t->id);
+		if (inj_ok(lead, what, SYS_timer_create, t->clock_id, SCR_TIMER, SCR_TIMER + sizeof(sev), 0, 0, 0, NULL))
 			return -1;
 		int32_t got = -1;
-		if (peek(p->pid, TIMER_SCRATCH + sizeof(sev), &got, sizeof(got)))
+		if (peek(p->pid, SCR_TIMER + sizeof(sev), &got, sizeof(got)))
 			return -1;
 		if (got != t->id)
-			return fail("E_RESTORE", 0, "%s gave timer id %d", what, got);
+			return fail("E_RESTORE", 0, "%s in pid %d gave timer id %d", what, p->pid, got);
 	}
-	snprintf(what, sizeof(what), "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF) in pid %d", p->pid);
+	snprintf(what, sizeof(what), "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)");
 	return inj_ok(lead, what, SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0, 0, NULL);
 }
 
@@ -131,11 +130,11 @@ int timers_arm(struct rproc *p)
 			continue;   /* created disarmed */
 		struct itimerspec its = { { (time_t)(t->interval_ns / NS), (long)(t->interval_ns % NS) },
 					  { (time_t)(t->value_ns / NS), (long)(t->value_ns % NS) } };
-		if (poke(p->pid, TIMER_SCRATCH, &its, sizeof(its)))
+		if (poke(p->pid, SCR_TIMER, &its, sizeof(its)))
 			return -1;
-		snprintf(what, sizeof(what), "timer_settime(%d, %llu ns, interval %llu ns) in pid %d", t->id, (unsigned long long)t->value_ns,
-			 (unsigned long long)t->interval_ns, p->pid);
-		if (inj_ok(lead, what, SYS_timer_settime, t->id, 0, TIMER_SCRATCH, 0, 0, 0, NULL))
+		snprintf(what, sizeof(what), "timer_settime(%d, %llu ns, interval %llu ns)", t->id, (unsigned long long)t->value_ns,
+			 (unsigned long long)t->interval_ns);
+		if (inj_ok(lead, what, SYS_timer_settime, t->id, 0, SCR_TIMER, 0, 0, 0, NULL))
 			return -1;
 	}
 	for (size_t k = 0; k < pr->n_itimers; k++) {
@@ -146,17 +145,17 @@ int timers_arm(struct rproc *p)
 		 * is re-armed by the kernel when the app takes the signal */
 		bool fired = it->which == UNDERSTUDY__V1__ITIMER__WHICH__REAL && !it->value_ns;
 		struct timeval v[2] = { to_tv(it->interval_ns), to_tv(fired ? 1000 : it->value_ns) };   /* it_interval, it_value */
-		if (poke(p->pid, TIMER_SCRATCH, v, sizeof(v)))
+		if (poke(p->pid, SCR_TIMER, v, sizeof(v)))
 			return -1;
-		snprintf(what, sizeof(what), "setitimer(%d, %llu ns, interval %llu ns) in pid %d", it->which, (unsigned long long)it->value_ns,
-			 (unsigned long long)it->interval_ns, p->pid);
-		if (inj_ok(lead, what, SYS_setitimer, it->which, TIMER_SCRATCH, 0, 0, 0, 0, NULL))
+		snprintf(what, sizeof(what), "setitimer(%d, %llu ns, interval %llu ns)", it->which, (unsigned long long)it->value_ns,
+			 (unsigned long long)it->interval_ns);
+		if (inj_ok(lead, what, SYS_setitimer, it->which, SCR_TIMER, 0, 0, 0, 0, NULL))
 			return -1;
 		for (int n = 0; fired; n++) {
 			if (n == 1000)
 				return fail("E_RESTORE", 0, "pid %d: the 1 us ITIMER_REAL armed to stand for an expired one did not fire in 1 s", p->pid);
-			if (inj_ok(lead, "getitimer(ITIMER_REAL)", SYS_getitimer, ITIMER_REAL, TIMER_SCRATCH, 0, 0, 0, 0, NULL) ||
-			    peek(p->pid, TIMER_SCRATCH, v, sizeof(v)))
+			if (inj_ok(lead, "getitimer(ITIMER_REAL)", SYS_getitimer, ITIMER_REAL, SCR_TIMER, 0, 0, 0, 0, NULL) ||
+			    peek(p->pid, SCR_TIMER, v, sizeof(v)))
 				return -1;
 			if (!v[1].tv_sec && !v[1].tv_usec)
 				break;

@@ -23,6 +23,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "fdio.h"
 #include "restore.h"
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -109,20 +110,6 @@ int tree_plan(void)
 
 /* ---- code that runs in the new namespace (copies of the restorer) ---- */
 
-static void write_full(int fd, const void *b, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, b, n);
-		if (w <= 0) {
-			if (w < 0 && errno == EINTR)
-				continue;
-			return;
-		}
-		b = (const char *)b + w;
-		n -= w;
-	}
-}
-
 static __attribute__((noreturn)) void skeleton_main(void)
 {
 	uint64_t got = 0;
@@ -143,7 +130,7 @@ static __attribute__((noreturn)) void skeleton_main(void)
 			_exit(121);
 		got = (uint64_t)a;
 	}
-	write_full(ready_pipe[1], &got, sizeof(got));
+	fd_write_all(ready_pipe[1], &got, sizeof(got));   /* the restorer times out if it fails */
 	if (!got)
 		_exit(122);
 	for (;;)
@@ -171,8 +158,8 @@ static __attribute__((noreturn)) void reaper_main(pid_t root_ns, pid_t root_host
 	if (c < 0) {
 		uint64_t zero = 0;
 		int e = errno;
-		write_full(ready_pipe[1], &zero, sizeof(zero));
-		write_full(ready_pipe[1], &e, sizeof(e));
+		fd_write_all(ready_pipe[1], &zero, sizeof(zero));
+		fd_write_all(ready_pipe[1], &e, sizeof(e));
 		_exit(123);
 	}
 	/* pid 1 of the app's namespace: reap until the app is gone. It is a copy
@@ -238,6 +225,12 @@ static int start_namespace(void)
 	struct rproc *root = &R.procs[0];
 	if (pipe2(ready_pipe, O_CLOEXEC))
 		return fail("E_RESTORE", errno, "pipe2");
+	/* the app's root as pid 1 is this process's child, untraced until it is
+	 * seized: it dies with this process (PR_SET_PDEATHSIG) until then, and
+	 * looks at this pidfd for a death before its prctl took effect */
+	int self = R.root_is_init ? (int)syscall(SYS_pidfd_open, getpid(), 0) : -1;
+	if (R.root_is_init && self < 0)
+		return fail("E_RESTORE", errno, "pidfd_open(pid %d) of the restorer", getpid());
 	for (int attempt = 0; attempt < 8; attempt++) {
 		struct clone_args a = { 0 };
 		a.flags = CLONE_NEWPID;
@@ -251,11 +244,18 @@ static int start_namespace(void)
 		fflush(stdout);
 		fflush(stderr);
 		long c = clone3_raw(&a);
-		if (c < 0)
-			return fail("E_RESTORE", errno, "clone3(CLONE_NEWPID%s) for the app's PID namespace", R.root_is_init ? ", set_tid {1}" : "");
+		if (c < 0) {
+			int e = errno;
+			if (self >= 0)
+				close(self);
+			return fail("E_RESTORE", e, "clone3(CLONE_NEWPID%s) for the app's PID namespace", R.root_is_init ? ", set_tid {1}" : "");
+		}
 		if (c == 0) {
 			close(ready_pipe[0]);
 			if (R.root_is_init) {
+				struct pollfd gone = { self, POLLIN, 0 };
+				if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) || poll(&gone, 1, 0) != 0)
+					_exit(124);
 				/* a session of its own if it led one (`understudy run`'s
 				 * apps, daemons); otherwise it stays in the restorer's
 				 * session, which is outside the namespace as its old one
@@ -279,12 +279,14 @@ static int start_namespace(void)
 		}
 		break;
 	}
+	if (self >= 0)
+		close(self);
 	if (!R.reaper)
 		return fail("E_PID_TAKEN", 0, "could not start the namespace's reaper on a pid the app does not need");
 	close(ready_pipe[1]);
 	ready_pipe[1] = -1;
-	uint64_t stub;
-	int cerr;
+	uint64_t stub = 0;
+	int cerr = 0;
 	if (read_ready(&stub, &cerr))
 		return -1;
 	if (!stub) {
@@ -297,10 +299,19 @@ static int start_namespace(void)
 	close(ready_pipe[0]);
 	ready_pipe[0] = -1;
 	vlog("namespace up: reaper %d, root %d, stub 0x%llx", R.reaper, root->pid, (unsigned long long)stub);
+	/* test hook: die before the root is seized, as a restorer killed just
+	 * then would */
+	const char *die = getenv("UNDERSTUDY_RESTORE_DIE_BEFORE_SEIZE");
+	if (die && R.root_is_init)
+		_exit(99);
 	struct rtask *t = &root->tasks[0];
 	if (seize_task(t->tid, true) || task_prepare(t))
 		return -1;
 	root->created = true;
+	/* traced with PTRACE_O_EXITKILL from here on; and the app must outlive
+	 * this process once restored */
+	if (R.root_is_init && inj_ok(t, "prctl(PR_SET_PDEATHSIG, 0)", SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0, 0, NULL))
+		return -1;
 	return 0;
 }
 
@@ -308,13 +319,15 @@ static int create_child(struct rproc *p)
 {
 	struct rproc *par = &R.procs[p->parent];
 	struct rtask *pt = &par->tasks[0];
-	pid_t got;
-	if (inj_clone3(pt, par->pid, 0, SIGCHLD, p->pr->ns_pid, R.root_is_init ? 0 : p->pid, "a child", &got))
-		return -1;
-	p->pid = got;
-	p->tasks[0].tid = got;
-	p->created = true;
-	return task_prepare(&p->tasks[0]);
+	pid_t got = 0;
+	int rc = inj_clone3(pt, par->pid, 0, SIGCHLD, p->pr->ns_pid, R.root_is_init ? 0 : p->pid, "a child", &got);
+	if (got > 0) {
+		/* from here on the cleanup kills it by this pid (never by the image's) */
+		p->pid = got;
+		p->tasks[0].tid = got;
+		p->created = true;
+	}
+	return rc || task_prepare(&p->tasks[0]) ? -1 : 0;
 }
 
 int tree_create(void)

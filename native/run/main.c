@@ -45,6 +45,19 @@ int main(int argc, char **argv)
 	const char *output = argv[1];
 	char **cmd = argv + 3;
 
+	/* fds 0-2 the caller left closed are held by /dev/null first: else the
+	 * fds below would take their numbers, a dup2 onto the same number would
+	 * keep close-on-exec (the app would start without stdin or stdout) and
+	 * the pid line would go into the app's output */
+	for (;;) {
+		int z = open("/dev/null", O_RDWR);
+		if (z < 0)
+			return die("open(/dev/null)", errno);
+		if (z > 2) {
+			close(z);
+			break;
+		}
+	}
 	int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (in < 0)
 		return die("open(/dev/null)", errno);

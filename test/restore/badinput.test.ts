@@ -2,11 +2,27 @@
 // behind a mapping, a PID already in use, a failure half way. Each is refused
 // with an error naming it, and nothing of the app is left running.
 import { copyFileSync, cpSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RestoreError, restore } from '../../src/restore/restore.js';
+import { nativeBinary } from '../../src/util/paths.js';
 import { readEpochMeta, processesOf } from '../../src/image/store.js';
-import { alive, dumpAndKill, killPids, onCleanup, runCleanups, startFixture, tmp, waitFor } from './helpers.js';
+import { EngineClient } from '../../src/engine/client.js';
+import {
+  alive,
+  dumpAndKill,
+  killPids,
+  onCleanup,
+  runCleanups,
+  sleep,
+  startAndDump,
+  startFixture,
+  startInOwnNamespace,
+  tmp,
+  verdict,
+  waitFor,
+} from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -41,10 +57,7 @@ function flipByte(path: string, offset: number): void {
 
 describe('restore refuses bad input', () => {
   it('a corrupted page (one byte flipped in pages.bin): E_IMAGE_CORRUPT naming epoch, pid and address', async () => {
-    const ctl = tmp('corrupt');
-    const img = join(tmp('corrupt-img'), 'image');
-    const fx = await startFixture('rs_counter', ctl);
-    const d = await dumpAndKill(fx.pid, img, 0);
+    const { ctl, img, fx, d } = await startAndDump('rs_counter', 'corrupt', 0);
     const e0 = join(img, 'epoch-000000');
     const meta = readEpochMeta(e0);
     const run = processesOf(meta)[0]!.pages[2]!;
@@ -59,10 +72,7 @@ describe('restore refuses bad input', () => {
   });
 
   it('a missing delta: E_IMAGE_CHAIN naming the missing epoch', async () => {
-    const ctl = tmp('chain');
-    const img = join(tmp('chain-img'), 'image');
-    const fx = await startFixture('rs_counter', ctl);
-    const d = await dumpAndKill(fx.pid, img, 5);
+    const { ctl, img, fx, d } = await startAndDump('rs_counter', 'chain', 5);
     rmSync(join(img, 'epoch-000003'), { recursive: true });
     const err = await refused(img);
     expect(err.code).toBe('E_IMAGE_CHAIN');
@@ -134,7 +144,6 @@ describe('restore refuses bad input', () => {
     const ctl = tmp('taken');
     const img = join(tmp('taken-img'), 'image');
     const fx = await startFixture('rs_counter', ctl);
-    const { EngineClient } = await import('../../src/engine/client.js');
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     await engine.attach(fx.pid, { trackDirty: true });
@@ -150,10 +159,7 @@ describe('restore refuses bad input', () => {
 
   for (const phase of ['tree', 'rebuild']) {
     it(`a failure after the ${phase} phase kills everything the restore created`, async () => {
-      const ctl = tmp(`mid-${phase}`);
-      const img = join(tmp(`mid-${phase}-img`), 'image');
-      const fx = await startFixture('rs_forktree', ctl);
-      const d = await dumpAndKill(fx.pid, img, 0);
+      const { ctl, img, fx, d } = await startAndDump('rs_forktree', `mid-${phase}`, 0);
       const err = await refused(img, { UNDERSTUDY_RESTORE_FAIL_AFTER: phase });
       expect(err.code).toBe('E_RESTORE');
       expect(err.message).toContain(`UNDERSTUDY_RESTORE_FAIL_AFTER=${phase}`);
@@ -169,13 +175,64 @@ describe('restore refuses bad input', () => {
     });
   }
 
+  // An app with its own PID namespace gets new host pids: its image's host
+  // pids are the original's, still running here. The cleanup must kill what
+  // the restore created, by the pids it got, and nothing else.
+  it('a failure after the rebuild of an app with its own namespace kills the copy it created, never the running original', async () => {
+    const ctl = tmp('mid-own-ns');
+    const img = join(tmp('mid-own-ns-img'), 'image');
+    const hostPid = await startInOwnNamespace('rs_forktree', ctl);
+    await sleep(50); // (let the fork tree start)
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    await engine.attach(hostPid, { trackDirty: true, includeChildren: true });
+    await engine.checkpoint({ imageDir: img });
+    const original = (await engine.status()).pids;
+    await engine.close(); // detaches: the original keeps running with its pids
+    expect(original).toHaveLength(3);
+    const err = await refused(img, { UNDERSTUDY_RESTORE_FAIL_AFTER: 'rebuild' });
+    expect(err.code).toBe('E_RESTORE');
+    expect(err.message).toContain('UNDERSTUDY_RESTORE_FAIL_AFTER=rebuild');
+    // the copy's root was pid 1 of its namespace (no reaper of its own): three processes, each named once
+    expect(err.killed).toHaveLength(3);
+    expect(new Set(err.killed).size).toBe(3);
+    for (const p of err.killed) expect(original, `killed pid ${p} is one the restore created`).not.toContain(p);
+    await waitFor('the copy to be gone', () => err.killed.every((p) => !alive(p)), 5000);
+    for (const p of original) expect(alive(p), `original pid ${p} still runs`).toBe(true);
+    expect(await verdict(ctl)).toBe('PASS');
+  });
+
+  it('a restorer killed before it seized the root it started as pid 1 leaves nothing behind', async () => {
+    const ctl = tmp('die-early');
+    const img = join(tmp('die-early-img'), 'image');
+    await dumpAndKill(await startInOwnNamespace('rs_counter', ctl), img, 0);
+    // the hook makes the restorer _exit(99) right before PTRACE_SEIZE of the root
+    const r = spawnSync(nativeBinary('restore'), ['-D', img], {
+      env: { ...process.env, UNDERSTUDY_RESTORE_DIE_BEFORE_SEIZE: '1' },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(r.status).toBe(99);
+    // the root is a copy of the restorer (same command line) as pid 1 of a new namespace
+    const leftovers = (): number[] =>
+      readdirSync('/proc')
+        .filter((n) => /^\d+$/.test(n))
+        .map(Number)
+        .filter((n) => {
+          try {
+            return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').includes(img) && alive(n);
+          } catch {
+            return false;
+          }
+        });
+    onCleanup(() => killPids(leftovers()));
+    await waitFor('the root it had started to be gone', () => leftovers().length === 0, 3000);
+  });
+
   it('an epoch that does not exist and a directory that is not an image are refused clearly', async () => {
     const empty = tmp('empty');
     await expect(restore({ imageDir: empty })).rejects.toMatchObject({ code: 'E_NOT_AN_IMAGE' });
-    const ctl = tmp('noepoch');
-    const img = join(tmp('noepoch-img'), 'image');
-    const fx = await startFixture('rs_counter', ctl);
-    await dumpAndKill(fx.pid, img, 1);
+    const { ctl, img, fx } = await startAndDump('rs_counter', 'noepoch', 1);
     await expect(restore({ imageDir: img, epoch: 7 })).rejects.toMatchObject({ code: 'E_IMAGE_CHAIN' });
     expect(readdirSync(img).filter((n) => n.startsWith('epoch-'))).toHaveLength(2);
   });

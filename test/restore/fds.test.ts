@@ -4,7 +4,7 @@
 // instances) continuing its output in sequence, and the refusals: a pipe to a
 // process outside the app, an epoll interest that cannot be rebuilt.
 import { spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -14,22 +14,32 @@ import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { restore } from '../../src/restore/restore.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
 import { TestCluster } from '../helpers/nodes.js';
-import { alive, dumpAndKill, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import {
+  alive,
+  cutToCheckpoint,
+  dumpAndKill,
+  epochDir,
+  killPids,
+  onCleanup,
+  python,
+  runCleanups,
+  startAndDump,
+  startFixture,
+  tmp,
+  verdict,
+  waitFor,
+} from './helpers.js';
 
 afterEach(runCleanups);
 
 const Kind = understudy.v1.Fd.Kind;
 const big = (v: unknown): bigint => BigInt(String(v ?? 0));
-const epochDir = (img: string, n: number): string => join(img, `epoch-${String(n).padStart(6, '0')}`);
 
 describe('pipes, eventfds, epoll, shared descriptions (rs_pipes)', () => {
   // (fixtures.test.ts runs rs_pipes from a full image, 20 deltas and on a second node too)
   for (const deltas of [20]) {
     it(`epoch 0 + ${deltas} deltas -> kill -> restore -> PASS, the last epoch holding what the fixture set up`, async () => {
-      const ctl = tmp('pipes');
-      const img = join(tmp('pipes-img'), 'image');
-      const fx = await startFixture('rs_pipes', ctl);
-      const d = await dumpAndKill(fx.pid, img, deltas);
+      const { ctl, img, fx, d } = await startAndDump('rs_pipes', 'pipes', deltas);
       expect(d.pids).toHaveLength(2);
       const child = d.pids.find((p) => p !== fx.pid)!;
 
@@ -79,10 +89,7 @@ describe('pipes, eventfds, epoll, shared descriptions (rs_pipes)', () => {
 
 describe('a compacted chain keeps pipes, counters and 64-bit epoll data exact', () => {
   it('rs_pipes: base-2 (pruned) + 2 deltas -> restore -> PASS', async () => {
-    const ctl = tmp('pipes-compact');
-    const img = join(tmp('pipes-compact-img'), 'image');
-    const fx = await startFixture('rs_pipes', ctl);
-    await dumpAndKill(fx.pid, img, 4);
+    const { ctl, img, fx } = await startAndDump('rs_pipes', 'pipes-compact', 4);
     compact(img, 2, { prune: true });
     expect(existsSync(epochDir(img, 0))).toBe(false);
     const base = processesOf(readEpochMeta(join(img, 'base-000002')));
@@ -109,10 +116,7 @@ function editMeta(epoch: string, edit: (m: understudy.v1.EpochMeta) => void): vo
 
 describe('an image whose fd records do not hold together is refused before any process exists', () => {
   it('an epoll watching an fd its process lacks; a pipe fd without its pipe record', async () => {
-    const ctl = tmp('pipes-bad');
-    const img = join(tmp('pipes-bad-img'), 'image');
-    const fx = await startFixture('rs_pipes', ctl);
-    const d = await dumpAndKill(fx.pid, img, 0);
+    const { ctl, img, fx, d } = await startAndDump('rs_pipes', 'pipes-bad', 0);
     const ep0 = epochDir(img, 0);
     const orig = readFileSync(join(ep0, 'meta.pb'));
     let epfd = 0;
@@ -179,12 +183,7 @@ describe('node: a compute loop with timers continues its output in sequence', ()
       expect(p.threads.length, 'node is multi-threaded').toBeGreaterThan(1);
       const kinds = new Set(p.fds.map((f) => f.kind));
       for (const k of [Kind.PIPE, Kind.EVENTFD, Kind.EPOLL]) expect(kinds.has(k), `node holds a ${Kind[k]}`).toBe(true);
-      // lines written after the checkpoint are not in the image: cut the file
-      // back to its fd's offset, as a data folder replicated with the epochs would be
-      const fd = p.fds.find((f) => f.path === out);
-      expect(fd, 'the output file is an fd of the image').toBeDefined();
-      truncateSync(out, Number(fd!.pos));
-      const before = readFileSync(out, 'utf8').trim().split('\n');
+      const before = cutToCheckpoint(p, out);
       const r = await restore({ imageDir: img });
       onCleanup(() => killPids([r.reaper, ...r.pids]));
       expect(r.pids).toEqual([fx.pid]);
@@ -212,8 +211,7 @@ describe('node restored twice', () => {
       const d = await dumpAndKill(fx.pid, img, 3, 20);
       expect(d.pids).toEqual([fx.pid]);
       const p = processesOf(readEpochMeta(epochDir(img, d.lastEpoch)))[0]!;
-      truncateSync(out, Number(p.fds.find((f) => f.path === out)!.pos));
-      lines = readFileSync(out, 'utf8').trim().split('\n').length;
+      lines = cutToCheckpoint(p, out).length;
       const r = await restore({ imageDir: img });
       onCleanup(() => killPids([r.reaper, ...r.pids]));
       await waitFor(`node to write after restore ${round}`, () => readFileSync(out, 'utf8').trim().split('\n').length >= lines + 10);
@@ -247,8 +245,7 @@ describe('node on a second node (own network namespace, own copy of the data fol
     // node 2's copy of the data folder, as replicated up to the checkpoint
     cpSync(dataDir, node2.dataRoot, { recursive: true, preserveTimestamps: true });
     const out2 = join(node2.dataRoot, 'app', 'out');
-    truncateSync(out2, Number(p.fds.find((f) => f.path === out)!.pos));
-    const before = readFileSync(out2, 'utf8').trim().split('\n');
+    const before = cutToCheckpoint(p, out2, out);
     const r = await restore({
       imageDir: img,
       wrap: (argv) => nodes.wrap(node2, argv),
@@ -306,47 +303,41 @@ describe('refused at attach', () => {
       'open("ready","w").write(str(c.pid))\n' +
       'time.sleep(1000)\n';
     const ctl = tmp('shared-outside');
-    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: ctl, detached: true });
-    onCleanup(() => {
-      try {
-        process.kill(-p.pid!, 'SIGKILL');
-      } catch {
-        // gone
-      }
-    });
+    const pid = python(code, ctl);
     await waitFor('python ready', () => existsSync(join(ctl, 'ready')) && readFileSync(join(ctl, 'ready'), 'utf8').length > 0);
     const sleeper = Number(readFileSync(join(ctl, 'ready'), 'utf8'));
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     try {
-      await expect(engine.attach(p.pid!, { trackDirty: true, includeChildren: false })).rejects.toMatchObject({
+      await expect(engine.attach(pid, { trackDirty: true, includeChildren: false })).rejects.toMatchObject({
         code: 'E_UNSUPPORTED',
-        message: expect.stringMatching(new RegExp(`pid ${p.pid} fd \\d+ is pipe:\\[\\d+\\], which pid ${sleeper} \\(sleep\\) outside the app also holds`)),
+        message: expect.stringMatching(new RegExp(`pid ${pid} fd \\d+ is pipe:\\[\\d+\\], which pid ${sleeper} \\(sleep\\) outside the app also holds`)),
       });
     } finally {
       await engine.close();
     }
-    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+    expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
 
   it('a unix socket is still refused, naming the process at its other end', async () => {
     // node's stdio 'pipe' is a socketpair: the other end is this test process
     const p = spawn('sleep', ['1000'], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
-    onCleanup(() => killPids([p.pid!]));
-    await waitFor('sleep started', () => existsSync(`/proc/${p.pid}/fd/0`) && readlinkSync(`/proc/${p.pid}/fd/0`).startsWith('socket:'));
+    const pid = p.pid!;
+    onCleanup(() => killPids([pid]));
+    await waitFor('sleep started', () => existsSync(`/proc/${pid}/fd/0`) && readlinkSync(`/proc/${pid}/fd/0`).startsWith('socket:'));
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     try {
-      await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
+      await expect(engine.attach(pid, { trackDirty: true })).rejects.toMatchObject({
         code: 'E_UNSUPPORTED',
         message: expect.stringMatching(
-          new RegExp(`pid ${p.pid} fd 0 is a socket \\(socket:\\[\\d+\\]\\), a unix socket connected to pid ${process.pid} \\([^)]*\\) fd \\d+ outside the app`),
+          new RegExp(`pid ${pid} fd 0 is a socket \\(socket:\\[\\d+\\]\\), a unix socket connected to pid ${process.pid} \\([^)]*\\) fd \\d+ outside the app`),
         ),
       });
     } finally {
       await engine.close();
     }
-    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+    expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
 
   it('an epoll interest whose fd number now names another file', async () => {
@@ -364,19 +355,18 @@ describe('refused at attach', () => {
       'open("/proc/self/cwd/ready","w").close()\n' +
       'time.sleep(1000)\n';
     const ctl = tmp('epoll');
-    const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: ctl, detached: true });
-    onCleanup(() => killPids([p.pid!]));
+    const pid = python(code, ctl);
     await waitFor('python ready', () => existsSync(join(ctl, 'ready')));
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     try {
-      await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
+      await expect(engine.attach(pid, { trackDirty: true })).rejects.toMatchObject({
         code: 'E_UNSUPPORTED',
-        message: expect.stringMatching(new RegExp(`pid ${p.pid}: epoll fd \\d+ watches, under fd number \\d+, a file that is not the one open at fd`)),
+        message: expect.stringMatching(new RegExp(`pid ${pid}: epoll fd \\d+ watches, under fd number \\d+, a file that is not the one open at fd`)),
       });
     } finally {
       await engine.close();
     }
-    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+    expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
 });

@@ -2,14 +2,31 @@
 // from a full image and from epoch 0 + 20 deltas, on this node and on a
 // second "node" (its own network namespace and its own copy of the app's
 // data folder). Plus python3 continuing its output in sequence.
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { EngineClient } from '../../src/engine/client.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { restore } from '../../src/restore/restore.js';
 import { TestCluster } from '../helpers/nodes.js';
-import { alive, dumpAndKill, fixturePython, killPids, onCleanup, runCleanups, sleep, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import { buildDir } from '../../src/util/paths.js';
+import {
+  alive,
+  cutToCheckpoint,
+  dumpAndKill,
+  epochDir,
+  fixturePython,
+  killPids,
+  onCleanup,
+  runCleanups,
+  sleep,
+  startAndDump,
+  startFixture,
+  startInOwnNamespace,
+  tmp,
+  verdict,
+  waitFor,
+} from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -54,14 +71,7 @@ describe('restore fixtures, same node', () => {
     await waitFor('python output', () => existsSync(out) && readFileSync(out, 'utf8').split('\n').length > 10);
     const img = join(tmp('py-img'), 'image');
     const d = await dumpAndKill(fx.pid, img, 20, 20);
-    // Lines the original wrote after the last checkpoint are not part of the
-    // image: cut the file back to where its fd was at the checkpoint, as a
-    // data folder replicated with the epochs would be.
-    const meta = readEpochMeta(join(img, `epoch-${String(d.lastEpoch).padStart(6, '0')}`));
-    const fd = processesOf(meta)[0]!.fds.find((f) => f.path === out);
-    expect(fd, 'the output file is an fd of the image').toBeDefined();
-    truncateSync(out, Number(fd!.pos));
-    const before = readFileSync(out, 'utf8').trim().split('\n');
+    const before = cutToCheckpoint(processesOf(readEpochMeta(epochDir(img, d.lastEpoch)))[0]!, out);
     const r = await restore({ imageDir: img });
     onCleanup(() => killPids([r.reaper, ...r.pids]));
     expect(r.pids).toEqual([fx.pid]);
@@ -123,34 +133,6 @@ describe('restore on a second node (own network namespace, own copy of the data 
     });
   }
 });
-
-/**
- * Starts build/fixtures/<name> as pid 1 of a new PID namespace (unshare forks
- * it; killing unshare, as the cleanup does, kills the namespace); its host pid.
- */
-async function startInOwnNamespace(name: string, ctl: string): Promise<number> {
-  await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', '--kill-child', join(process.cwd(), 'build/fixtures', name), ctl]);
-  await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
-  expect(readFileSync(join(ctl, 'ready'), 'utf8').trim()).toBe('1'); // it sees itself as pid 1
-  // its host pid: the process with the fixture's command line that is pid 1 of its namespace
-  const found = readdirSync('/proc')
-    .filter((n) => /^\d+$/.test(n))
-    .filter((n) => {
-      try {
-        return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`${name} ${ctl}`) &&
-          readFileSync(`/proc/${n}/comm`, 'utf8').trim() === name &&
-          /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8'));
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-  expect(found).toHaveLength(1);
-  const hostPid = found[0]!;
-  onCleanup(() => killPids([hostPid]));
-  expect(readFileSync(`/proc/${hostPid}/status`, 'utf8')).toMatch(new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`));
-  return hostPid;
-}
 
 /** The ids of pid's threads and its descendants' threads as its PID namespace sees them, sorted. */
 function nsIds(pid: number): string[] {
@@ -241,14 +223,19 @@ describe('PID namespace rules', () => {
   }
 });
 
+/** rs_counter under script(1), which gives it a pseudo-terminal as fds 0, 1, 2; its pid (killed at cleanup). */
+async function startOnTerminal(ctl: string): Promise<number> {
+  await startFixture('script', ctl, ['script', '-qfc', `${resolve(buildDir, 'fixtures', 'rs_counter')} ${ctl}`, '/dev/null']);
+  await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+  const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
+  onCleanup(() => killPids([pid]));
+  return pid;
+}
+
 describe('terminals', () => {
   it('a terminal the app had open becomes /dev/null (--tty null, the default), same fd numbers and access mode', async () => {
     const ctl = tmp('tty');
-    // script(1) gives the fixture a pseudo-terminal as fds 0, 1, 2
-    await startFixture('script', ctl, ['script', '-qfc', `${join(process.cwd(), 'build/fixtures/rs_counter')} ${ctl}`, '/dev/null']);
-    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
-    const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
-    onCleanup(() => killPids([pid]));
+    const pid = await startOnTerminal(ctl);
     expect(readlinkSync(`/proc/${pid}/fd/1`)).toMatch(/^\/dev\/pts\/\d+$/);
     const img = join(tmp('tty-img'), 'image');
     await dumpAndKill(pid, img, 0);
@@ -265,10 +252,7 @@ describe('terminals', () => {
 describe('terminals, inherited', () => {
   it('--tty inherit gives the app the terminal the restorer runs on', async () => {
     const ctl = tmp('ttyi');
-    await startFixture('script', ctl, ['script', '-qfc', `${join(process.cwd(), 'build/fixtures/rs_counter')} ${ctl}`, '/dev/null']);
-    await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
-    const pid = Number(readFileSync(join(ctl, 'ready'), 'utf8').trim());
-    onCleanup(() => killPids([pid]));
+    const pid = await startOnTerminal(ctl);
     const img = join(tmp('ttyi-img'), 'image');
     await dumpAndKill(pid, img, 0);
     // the restorer itself on a pseudo-terminal (script), asked to pass it on
@@ -305,10 +289,7 @@ describe('a restored app is an ordinary process', () => {
 
 describe('compacted chains', () => {
   it('restores from a base-N folded by `compact` (epochs below it pruned) plus the deltas after it', async () => {
-    const ctl = tmp('compact');
-    const img = join(tmp('compact-img'), 'image');
-    const fx = await startFixture('rs_malloc', ctl);
-    await dumpAndKill(fx.pid, img, 6);
+    const { ctl, img, fx } = await startAndDump('rs_malloc', 'compact', 6);
     const c = compact(img, 3, { prune: true });
     expect(c.base).toContain('base-000003');
     expect(existsSync(join(img, 'epoch-000000'))).toBe(false);

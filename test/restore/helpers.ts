@@ -4,10 +4,12 @@
 // read its verdict. Every process started here is registered for cleanup,
 // which runs even when a test fails.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { expect } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
+import type { ProcessMeta } from '../../src/image/store.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
 
 const cleanups: (() => void | Promise<void>)[] = [];
@@ -62,6 +64,19 @@ export async function waitFor(what: string, cond: () => boolean, ms = 10_000): P
     if (Date.now() > until) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await sleep(5);
   }
+}
+
+/** Starts python3 -c code in dir, detached, killed (with its group) at cleanup; its pid. */
+export function python(code: string, dir: string): number {
+  const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: dir, detached: true });
+  onCleanup(() => {
+    try {
+      process.kill(-p.pid!, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  });
+  return p.pid!;
 }
 
 export interface Fixture {
@@ -121,11 +136,73 @@ export async function dumpAndKill(
   return { pids, lastEpoch: last };
 }
 
+/**
+ * Starts fixture `name` in a control dir tmp(prefix), then dumpAndKill into
+ * an image dir under tmp(`${prefix}-img`) with `deltas` incremental epochs.
+ */
+export async function startAndDump(
+  name: string,
+  prefix: string,
+  deltas = 0,
+): Promise<{ ctl: string; img: string; fx: Fixture; d: Dumped }> {
+  const ctl = tmp(prefix);
+  const img = join(tmp(`${prefix}-img`), 'image');
+  const fx = await startFixture(name, ctl);
+  const d = await dumpAndKill(fx.pid, img, deltas);
+  return { ctl, img, fx, d };
+}
+
 export async function verdict(ctl: string, ms = 15_000): Promise<string> {
   const v = join(ctl, 'verdict');
   writeFileSync(join(ctl, 'go'), '');
   await waitFor(`a verdict in ${ctl}`, () => existsSync(v), ms);
   return readFileSync(v, 'utf8').trim();
+}
+
+/**
+ * Starts build/fixtures/<name> as pid 1 of a new PID namespace (unshare forks
+ * it; killing unshare, as the cleanup does, kills the namespace); its host pid.
+ */
+export async function startInOwnNamespace(name: string, ctl: string): Promise<number> {
+  await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', '--kill-child', resolve(buildDir, 'fixtures', name), ctl]);
+  await waitFor('the fixture to be ready', () => existsSync(join(ctl, 'ready')));
+  const seen = readFileSync(join(ctl, 'ready'), 'utf8').trim();
+  if (seen !== '1') throw new Error(`${name} sees itself as pid ${seen}, not 1 of its namespace`);
+  // its host pid: the process with the fixture's command line that is pid 1 of its namespace
+  const found = readdirSync('/proc')
+    .filter((n) => /^\d+$/.test(n))
+    .filter((n) => {
+      try {
+        return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`${name} ${ctl}`) &&
+          readFileSync(`/proc/${n}/comm`, 'utf8').trim() === name &&
+          /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8'));
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+  if (found.length !== 1) throw new Error(`${found.length} processes look like ${name} as pid 1 of its namespace, not 1`);
+  const hostPid = found[0]!;
+  onCleanup(() => killPids([hostPid]));
+  if (!new RegExp(`NSpid:\\s+${hostPid}\\s+1\\n`).test(readFileSync(`/proc/${hostPid}/status`, 'utf8')))
+    throw new Error(`pid ${hostPid} is not pid 1 of its namespace`);
+  return hostPid;
+}
+
+/** An epoch's directory in an image. */
+export const epochDir = (img: string, n: number): string => join(img, `epoch-${String(n).padStart(6, '0')}`);
+
+/**
+ * Lines the original wrote after the checkpoint are not part of the image:
+ * cuts `file` back to where proc's fd on `path` (the name the image knows it
+ * by; default `file`) was at the checkpoint, as a data folder replicated with
+ * the epochs would be. Returns the lines it then holds.
+ */
+export function cutToCheckpoint(proc: ProcessMeta, file: string, path = file): string[] {
+  const fd = proc.fds.find((f) => f.path === path);
+  expect(fd, 'the output file is an fd of the image').toBeDefined();
+  truncateSync(file, Number(fd!.pos));
+  return readFileSync(file, 'utf8').trim().split('\n');
 }
 
 export const fixturePython = join(packageRoot, 'test', 'fixtures', 'rs_python.py');

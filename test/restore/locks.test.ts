@@ -4,22 +4,32 @@
 // process outside the app holds a conflicting lock (naming file, range and
 // holder, leaving nothing running), and the capture refusing a lease.
 // fixtures.test.ts runs rs_locks too: full, after 20 deltas, on a second node.
-import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
 import { understudy } from '../../src/gen/proto.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
 import { RestoreError, restore } from '../../src/restore/restore.js';
-import { buildDir } from '../../src/util/paths.js';
-import { alive, dumpAndKill, killPids, onCleanup, runCleanups, sleep, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import {
+  alive,
+  epochDir,
+  killPids,
+  onCleanup,
+  python,
+  runCleanups,
+  sleep,
+  startAndDump,
+  startInOwnNamespace,
+  tmp,
+  verdict,
+  waitFor,
+} from './helpers.js';
 
 afterEach(runCleanups);
 
 const K = understudy.v1.FileLock.Kind;
-const epochDir = (img: string, n: number): string => join(img, `epoch-${String(n).padStart(6, '0')}`);
 
 interface L {
   kind: string;
@@ -43,25 +53,9 @@ function lockDev(path: string): string {
   return `${hex(Math.floor(st.dev / 256) & 0xfff)}:${hex(st.dev & 0xff)}:${st.ino}`;
 }
 
-/** Starts python3 -c code in dir, detached, killed (with its group) at cleanup. */
-function python(code: string, dir: string): number {
-  const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'], cwd: dir, detached: true });
-  onCleanup(() => {
-    try {
-      process.kill(-p.pid!, 'SIGKILL');
-    } catch {
-      // gone
-    }
-  });
-  return p.pid!;
-}
-
 describe('file locks (rs_locks)', () => {
   it('epoch 0 + 3 deltas: each lock recorded once with kind, range and owner; image show lists them; restore -> PASS', async () => {
-    const ctl = tmp('locks');
-    const img = join(tmp('locks-img'), 'image');
-    const fx = await startFixture('rs_locks', ctl);
-    const d = await dumpAndKill(fx.pid, img, 3);
+    const { ctl, img, fx, d } = await startAndDump('rs_locks', 'locks', 3);
     expect(d.pids).toHaveLength(2);
     const child = d.pids.find((p) => p !== fx.pid)!;
     const procs = processesOf(readEpochMeta(epochDir(img, 3)));
@@ -181,10 +175,7 @@ describe('file locks (rs_locks)', () => {
   ];
   for (const c of cases) {
     it(`held outside the app: ${c.name}; E_LOCK_HELD naming file, range and holder, nothing left running, then restorable`, async () => {
-      const ctl = tmp('locks-held');
-      const img = join(tmp('locks-held-img'), 'image');
-      const fx = await startFixture('rs_locks', ctl);
-      const d = await dumpAndKill(fx.pid, img, 0);
+      const { ctl, img, fx, d } = await startAndDump('rs_locks', 'locks-held', 0);
       const holder = python('import fcntl,time\n' + c.take + 'open("held","w").close()\ntime.sleep(1000)\n', ctl);
       await waitFor('the outside lock', () => existsSync(join(ctl, 'held')));
       let err: RestoreError | undefined;
@@ -233,24 +224,7 @@ describe('restoring beside the original on the same node', () => {
     // (its pids inside are free anywhere, so only its locks stop it here)
     const ctl = tmp('locks-beside');
     const img = join(tmp('locks-beside-img'), 'image');
-    await startFixture('unshare', ctl, ['unshare', '--pid', '--fork', resolve(buildDir, 'fixtures', 'rs_locks'), ctl]);
-    await waitFor('rs_locks ready', () => existsSync(join(ctl, 'ready')));
-    const hostPid = readdirSync('/proc')
-      .filter((n) => /^\d+$/.test(n))
-      .map(Number)
-      .find((n) => {
-        try {
-          return (
-            readFileSync(`/proc/${n}/comm`, 'utf8').trim() === 'rs_locks' &&
-            /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8')) &&
-            readFileSync(`/proc/${n}/cmdline`, 'utf8').includes(ctl)
-          );
-        } catch {
-          return false;
-        }
-      })!;
-    expect(hostPid).toBeGreaterThan(0);
-    onCleanup(() => killPids([hostPid]));
+    const hostPid = await startInOwnNamespace('rs_locks', ctl);
     const engine = EngineClient.start();
     onCleanup(() => engine.kill());
     await engine.attach(hostPid, { trackDirty: true, includeChildren: true });

@@ -117,6 +117,23 @@ function tracerOf(pid: number): number {
   return Number(/TracerPid:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 }
 
+/** Attach succeeds, the checkpoint is refused with E_UNSUPPORTED and `message(pid)`, no epoch is written, and the app is let go. */
+async function refusedAtCheckpoint(mode: string, message: (pid: number) => string): Promise<void> {
+  const { pid, engine } = await refused(mode);
+  const dir = join(tmp('tr-img'), 'image');
+  try {
+    await engine.attach(pid, { trackDirty: true });
+    await expect(engine.checkpoint({ imageDir: dir })).rejects.toMatchObject({
+      code: 'E_UNSUPPORTED',
+      message: expect.stringMatching(new RegExp(message(pid))),
+    });
+    expect(existsSync(join(dir, 'epoch-000000'))).toBe(false);
+  } finally {
+    await engine.close();
+  }
+  expect(tracerOf(pid)).toBe(0);
+}
+
 describe('timer states that cannot be restored exactly are refused', () => {
   it('a glibc SIGEV_THREAD POSIX timer: refused at attach, naming pid, timer and why', async () => {
     const { pid, engine } = await refused('thread');
@@ -145,34 +162,10 @@ describe('timer states that cannot be restored exactly are refused', () => {
   });
 
   it('a POSIX timer whose last signal carried overruns: refused at the checkpoint, no epoch written', async () => {
-    const { pid, engine } = await refused('overrun');
-    const dir = join(tmp('tr-img'), 'image');
-    try {
-      await engine.attach(pid, { trackDirty: true });
-      await expect(engine.checkpoint({ imageDir: dir })).rejects.toMatchObject({
-        code: 'E_UNSUPPORTED',
-        message: expect.stringMatching(new RegExp(`pid ${pid}: POSIX timer 0's last signal carried \\d+ overruns`)),
-      });
-      expect(existsSync(join(dir, 'epoch-000000'))).toBe(false);
-    } finally {
-      await engine.close();
-    }
-    expect(tracerOf(pid)).toBe(0);
+    await refusedAtCheckpoint('overrun', (pid) => `pid ${pid}: POSIX timer 0's last signal carried \\d+ overruns`);
   });
 
   it('an ITIMER_REAL that expired while SIGALRM was ignored (never re-armed): refused at the checkpoint', async () => {
-    const { pid, engine } = await refused('ignored');
-    const dir = join(tmp('tr-img'), 'image');
-    try {
-      await engine.attach(pid, { trackDirty: true });
-      await expect(engine.checkpoint({ imageDir: dir })).rejects.toMatchObject({
-        code: 'E_UNSUPPORTED',
-        message: expect.stringMatching(new RegExp(`pid ${pid}: its ITIMER_REAL \\(interval 1000000000 ns\\) expired while SIGALRM was ignored`)),
-      });
-      expect(existsSync(join(dir, 'epoch-000000'))).toBe(false);
-    } finally {
-      await engine.close();
-    }
-    expect(tracerOf(pid)).toBe(0);
+    await refusedAtCheckpoint('ignored', (pid) => `pid ${pid}: its ITIMER_REAL \\(interval 1000000000 ns\\) expired while SIGALRM was ignored`);
   });
 });
