@@ -1,64 +1,55 @@
 // Bad input to `understudy dump` and the engine: a PID that does not exist or
 // is not ours, an app holding a resource kind the engine does not handle yet.
 // Clear errors, non-zero exit, nothing changed (no image, app untraced).
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
-import { cliBin, onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from './helpers.js';
+import { runCli } from '../helpers/cli.js';
+import { onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from './helpers.js';
 
 afterAll(runCleanups);
 
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await promisify(execFile)('node', [cliBin, ...args], { encoding: 'utf8' });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
-  }
-}
 
 describe('dump refuses what is not an app of ours', () => {
   it('a pid that does not exist', async () => {
     const dir = join(tmp('img'), 'x');
-    const r = await cli(['dump', '--pid', '4000000', '-D', dir]);
-    expect(r.code).toBe(1);
+    const r = await runCli(['dump', '--pid', '4000000', '-D', dir]);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/no process with pid 4000000/);
     expect(existsSync(dir)).toBe(false);
   });
 
   it('pid 1, a kernel thread, and the agent itself', async () => {
     const dir = join(tmp('img'), 'x');
-    let r = await cli(['dump', '--pid', '1', '-D', dir]);
-    expect(r.code).toBe(1);
+    let r = await runCli(['dump', '--pid', '1', '-D', dir]);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/pid 1 is the init process/);
-    r = await cli(['dump', '--pid', '2', '-D', dir]);
-    expect(r.code).toBe(1);
+    r = await runCli(['dump', '--pid', '2', '-D', dir]);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/pid 2 is a kernel thread/);
     // this test process is an ancestor of the engine the CLI starts
-    r = await cli(['dump', '--pid', String(process.pid), '-D', dir]);
-    expect(r.code).toBe(1);
+    r = await runCli(['dump', '--pid', String(process.pid), '-D', dir]);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(new RegExp(`pid ${process.pid} is the agent or one of its ancestors`));
     expect(existsSync(dir)).toBe(false);
     expect(procState(process.pid).tracer).toBe(0);
   });
 
   it('usage errors exit 2', async () => {
-    expect((await cli(['dump', '-D', '/tmp/x'])).code).toBe(2);
-    expect((await cli(['dump', '--pid', 'abc', '-D', '/tmp/x'])).code).toBe(2);
-    expect((await cli(['dump', '--pid', '5'])).code).toBe(2);
+    expect((await runCli(['dump', '-D', '/tmp/x'])).exitCode).toBe(2);
+    expect((await runCli(['dump', '--pid', 'abc', '-D', '/tmp/x'])).exitCode).toBe(2);
+    expect((await runCli(['dump', '--pid', '5'])).exitCode).toBe(2);
   });
 
   it('an image directory that already holds an image', async () => {
     const fx = await startFixture({ mb: 1 });
     const dir = join(tmp('img'), 'x');
-    expect((await cli(['dump', '--pid', String(fx.pid), '-D', dir, '--leave-running'])).code).toBe(0);
+    expect((await runCli(['dump', '--pid', String(fx.pid), '-D', dir, '--leave-running'])).exitCode).toBe(0);
     const before = readdirSync(dir);
-    const r = await cli(['dump', '--pid', String(fx.pid), '-D', dir, '--leave-running']);
-    expect(r.code).toBe(1);
+    const r = await runCli(['dump', '--pid', String(fx.pid), '-D', dir, '--leave-running']);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/already holds an image \(epoch-000000\)/);
     expect(readdirSync(dir)).toEqual(before);
     expect(procState(fx.pid).tracer).toBe(0);
@@ -81,8 +72,8 @@ describe('dump refuses what is not an app of ours', () => {
       await engine.close();
     }
     const dir = join(tmp('img'), 'x');
-    const r = await cli(['dump', '--pid', String(p.pid), '-D', dir]);
-    expect(r.code).toBe(1);
+    const r = await runCli(['dump', '--pid', String(p.pid), '-D', dir]);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/fd 0 is a socket/);
     expect(existsSync(dir)).toBe(false);
     // refused, so not killed: it is still there
@@ -136,14 +127,14 @@ describe('dump, CRIU style', () => {
   it('kills the app after the dump unless --leave-running; incremental epochs with --epochs', async () => {
     const fx = await startFixture({ mb: 4, threads: 1 });
     const dir = join(tmp('img'), 'x');
-    const r = await cli(['dump', '--pid', String(fx.pid), '-D', dir, '--epochs', '3', '--interval-ms', '50', '--leave-running', '--json']);
-    expect(r.code).toBe(0);
+    const r = await runCli(['dump', '--pid', String(fx.pid), '-D', dir, '--epochs', '3', '--interval-ms', '50', '--leave-running', '--json']);
+    expect(r.exitCode).toBe(0);
     const out = JSON.parse(r.stdout) as { epochs: { epoch: number; full: boolean }[] };
     expect(out.epochs.map((e) => [e.epoch, e.full])).toEqual([[0, true], [1, false], [2, false], [3, false]]);
     expect(procState(fx.pid).tracer).toBe(0);
     const dir2 = join(tmp('img'), 'y');
-    const r2 = await cli(['dump', '--pid', String(fx.pid), '-D', dir2]);
-    expect(r2.code).toBe(0);
+    const r2 = await runCli(['dump', '--pid', String(fx.pid), '-D', dir2]);
+    expect(r2.exitCode).toBe(0);
     expect(r2.stdout).toMatch(/killed after the dump/);
     await waitFor(() => fx.proc.exitCode !== null || fx.proc.signalCode !== null || undefined, 5000, 'app killed');
     expect(fx.proc.signalCode).toBe('SIGKILL');

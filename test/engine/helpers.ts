@@ -7,7 +7,6 @@ import { join, resolve } from 'node:path';
 
 export const root = resolve(import.meta.dirname, '..', '..');
 export const fixtureBin = join(root, 'build', 'fixtures', 'dirty_pages');
-export const cliBin = join(root, 'bin', 'understudy.js');
 
 const cleanups: (() => void)[] = [];
 export function onCleanup(f: () => void): void {
