@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Programs for understudy-check: a counter and a ring buffer producer on
- * syscalls tracepoints, filtered to one process read through CO-RE. */
+ * the syscall-exit BTF tracepoint, filtered to one process. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "check.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -23,29 +23,26 @@ struct {
 	__uint(max_entries, 16 * 1024);
 } records SEC(".maps");
 
-/* syscalls/sys_enter_* have no BTF type; layout from their tracefs format:
- * 8 bytes of common fields, int __syscall_nr, then the arguments at 16. */
-struct check_sys_enter {
-	__u64 common;
-	__s32 syscall_nr;
-	__u32 pad;
-	__u64 args[6];
-};
+/* The tracer's own hook (bpf/trace.bpf.c): the BTF raw tracepoint at every
+ * syscall exit, with the task read through its trusted BTF pointer, so that a
+ * kernel which passes this probe can load the tracer's programs. */
+#define CHECK_NR_GETPPID 110	/* x86_64 */
+#define CHECK_NR_GETPGID 121
 
-static __always_inline int is_target(void)
+static __always_inline int is_target(struct pt_regs *regs, __u64 nr)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bpf_get_current_task_btf();
 
-	return BPF_CORE_READ(task, tgid) == (int)target_tgid;
+	return regs->orig_ax == nr && task->tgid == (int)target_tgid;
 }
 
-SEC("tracepoint/syscalls/sys_enter_getppid")
-int check_count_getppid(void *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(check_count_getppid, struct pt_regs *regs, long ret)
 {
 	__u32 key = CHECK_CNT_GETPPID;
 	__u64 *v;
 
-	if (!is_target())
+	if (!is_target(regs, CHECK_NR_GETPPID))
 		return 0;
 	v = bpf_map_lookup_elem(&counters, &key);
 	if (v)
@@ -53,16 +50,16 @@ int check_count_getppid(void *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_getpgid")
-int check_ringbuf_getpgid(struct check_sys_enter *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(check_ringbuf_getpgid, struct pt_regs *regs, long ret)
 {
 	__u32 key = CHECK_CNT_RB_SEQ;
 	struct check_rb_record *r;
 	__u64 arg, *seq;
 
-	if (!is_target())
+	if (!is_target(regs, CHECK_NR_GETPGID))
 		return 0;
-	arg = ctx->args[0];
+	arg = regs->di;
 	if (arg < CHECK_RB_ARG_BASE || arg >= CHECK_RB_ARG_BASE + CHECK_RB_ARG_SPAN)
 		return 0;
 	seq = bpf_map_lookup_elem(&counters, &key);

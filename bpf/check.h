@@ -3,7 +3,7 @@
 #define UNDERSTUDY_BPF_CHECK_H
 
 /* counters map slots */
-#define CHECK_CNT_GETPPID 0	/* sys_enter_getppid hits of the target tgid */
+#define CHECK_CNT_GETPPID 0	/* getppid exits of the target tgid */
 #define CHECK_CNT_RB_SEQ 1	/* last ring buffer sequence number handed out */
 #define CHECK_CNT_SLOTS 2
 

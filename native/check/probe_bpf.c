@@ -18,7 +18,6 @@
 #include "../../bpf/check.h"
 #include "check.skel.h"
 
-#define TRACEFS "/sys/kernel/tracing"
 
 static int libbpf_to_stderr(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
@@ -108,24 +107,6 @@ int probe_btf(struct probe_ctx *c)
 			path, n, (long long)sb.st_size, (int)task_id);
 }
 
-/* Both programs attach through tracefs event ids. */
-static int need_tracefs(struct probe_ctx *c, const char *event)
-{
-	char path[160];
-	struct stat sb;
-
-	if (stat(TRACEFS "/events", &sb) < 0) {
-		probe_fail(c, errno, "stat(" TRACEFS "/events)");
-		probe_append(c, " (tracefs is not mounted at " TRACEFS ": run scripts/setup, or "
-			     "mount -t tracefs tracefs " TRACEFS ")");
-		return -1;
-	}
-	snprintf(path, sizeof(path), TRACEFS "/events/%s/id", event);
-	if (stat(path, &sb) < 0)
-		return probe_fail(c, errno, "stat(%s): no such tracepoint", path);
-	return 0;
-}
-
 static struct check_bpf *open_skel(struct probe_ctx *c, bool want_ringbuf)
 {
 	struct check_bpf *skel;
@@ -145,8 +126,8 @@ static struct check_bpf *open_skel(struct probe_ctx *c, bool want_ringbuf)
 	err = check_bpf__load(skel);
 	if (err) {
 		probe_fail(c, -err, "check_bpf__load(%s, CO-RE against /sys/kernel/btf/vmlinux)",
-			   want_ringbuf ? "tracepoint/syscalls/sys_enter_getpgid + ringbuf map"
-					: "tracepoint/syscalls/sys_enter_getppid");
+			   want_ringbuf ? "tp_btf/sys_exit check_ringbuf_getpgid + ringbuf map"
+					: "tp_btf/sys_exit check_count_getppid");
 		check_bpf__destroy(skel);
 		return NULL;
 	}
@@ -164,17 +145,14 @@ int probe_tracepoint_attach(struct probe_ctx *c)
 	__u64 count = 0;
 	int err;
 
-	if (probe_gate(c, "bpf(BPF_PROG_LOAD, tracepoint check_count_getppid)") < 0)
-		return -1;
-	if (need_tracefs(c, "syscalls/sys_enter_getppid") < 0)
+	if (probe_gate(c, "bpf(BPF_PROG_LOAD, tp_btf/sys_exit check_count_getppid)") < 0)
 		return -1;
 	skel = open_skel(c, false);
 	if (!skel)
 		return -1;
 	link = bpf_program__attach(skel->progs.check_count_getppid);
 	if (!link) {
-		probe_fail(c, errno, "bpf_program__attach(check_count_getppid, "
-			   "tracepoint syscalls/sys_enter_getppid)");
+		probe_fail(c, errno, "bpf_program__attach(check_count_getppid, tp_btf/sys_exit)");
 		goto out;
 	}
 	for (int i = 0; i < calls; i++)
@@ -185,15 +163,15 @@ int probe_tracepoint_attach(struct probe_ctx *c)
 		goto out;
 	}
 	if (count != (__u64)calls) {
-		probe_failx(c, "tracepoint syscalls/sys_enter_getppid counted %llu calls of pid %d, "
+		probe_failx(c, "tp_btf/sys_exit counted %llu getppid calls of pid %d, "
 			    "expected %d", (unsigned long long)count, (int)getpid(), calls);
 		goto out;
 	}
 	memset(&info, 0, sizeof(info));
 	if (bpf_obj_get_info_by_fd(bpf_program__fd(skel->progs.check_count_getppid), &info, &info_len))
 		info.id = 0;
-	probe_ok(c, "attached prog id %u to syscalls/sys_enter_getppid, filtered to pid %d "
-		 "through a CO-RE read of task_struct.tgid; counted %llu of %d calls",
+	probe_ok(c, "attached prog id %u to tp_btf/sys_exit (the tracer's hook), filtered to pid %d "
+		 "through bpf_get_current_task_btf()->tgid; counted %llu of %d getppid calls",
 		 info.id, (int)getpid(), (unsigned long long)count, calls);
 out:
 	bpf_link__destroy(link);
@@ -233,8 +211,6 @@ int probe_ringbuf(struct probe_ctx *c)
 
 	if (probe_gate(c, "bpf(BPF_MAP_CREATE, ringbuf)") < 0)
 		return -1;
-	if (need_tracefs(c, "syscalls/sys_enter_getpgid") < 0)
-		return -1;
 	skel = open_skel(c, true);
 	if (!skel)
 		return -1;
@@ -245,8 +221,7 @@ int probe_ringbuf(struct probe_ctx *c)
 	}
 	link = bpf_program__attach(skel->progs.check_ringbuf_getpgid);
 	if (!link) {
-		probe_fail(c, errno, "bpf_program__attach(check_ringbuf_getpgid, "
-			   "tracepoint syscalls/sys_enter_getpgid)");
+		probe_fail(c, errno, "bpf_program__attach(check_ringbuf_getpgid, tp_btf/sys_exit)");
 		goto out;
 	}
 	for (int i = 0; i < want; i++)
@@ -281,7 +256,7 @@ int probe_ringbuf(struct probe_ctx *c)
 			goto out;
 		}
 	}
-	probe_ok(c, "%d records from syscalls/sys_enter_getpgid consumed with ring_buffer__poll "
+	probe_ok(c, "%d records from tp_btf/sys_exit (getpgid) consumed with ring_buffer__poll "
 		 "in order: seq 1..%d, args 0x%llx..0x%llx, tgid %u",
 		 want, want, (unsigned long long)CHECK_RB_ARG_BASE,
 		 (unsigned long long)(CHECK_RB_ARG_BASE + (unsigned)want - 1), tgid);
