@@ -55,6 +55,14 @@ async function waitFor(what: string, ok: () => boolean, ms = 10_000): Promise<vo
   }
 }
 
+/** Waits until none of pids is listed in /proc any more; the ones still listed after ms. */
+async function waitGone(pids: number[], ms: number): Promise<number[]> {
+  const listed = (): number[] => pids.filter((p) => p > 1 && existsSync(`/proc/${p}`));
+  const until = Date.now() + ms;
+  while (listed().length && Date.now() < until) await sleep(20);
+  return listed();
+}
+
 function kill(pids: number[]): void {
   for (const p of pids) {
     // 0 or -1 would signal our own process group or every process
@@ -80,15 +88,20 @@ export async function runDemo(dataDir: string, say: (line: string) => void): Pro
   const counter = join(work, 'count');
   const imageDir = join(work, 'image');
   const toKill: number[] = [];
+  let reaper = 0;
   // Ctrl-C or SIGTERM would end the agent without running the finally below,
   // leaving the demo app (its own process group, so not signalled with us)
   // counting for ever: kill what we started, then die of the signal as usual.
+  // The app is our child: it must be reaped (by us, while we live) before we
+  // go, or it stays a zombie of whatever adopts it.
   const onSignal = (sig: NodeJS.Signals): void => {
-    kill(toKill);
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
-    process.kill(process.pid, sig);
+    kill(toKill);
+    void waitGone(appPids(), 3_000).finally(() => process.kill(process.pid, sig));
   };
+  // the reaper of a restored copy is reaped by whoever adopted it: not waited for
+  const appPids = (): number[] => report.restored?.pids ?? toKill.filter((p) => p !== reaper);
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
@@ -142,6 +155,7 @@ export async function runDemo(dataDir: string, say: (line: string) => void): Pro
 
     const last = epochs.at(-1)!;
     const r: RestoreResult = await restore({ imageDir });
+    reaper = r.reaper;
     toKill.push(...r.pids, r.reaper);
     const atRestore = readCount(counter);
     await waitFor('the restored app to count on', () => readCount(counter) > atRestore && readCount(counter) !== crashedAt);
@@ -157,6 +171,9 @@ export async function runDemo(dataDir: string, say: (line: string) => void): Pro
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
     kill(toKill);
+    // SIGKILL is delivered, not done: return when nothing of the app is left
+    const left = await waitGone(appPids(), 5_000);
+    if (left.length) say(`Note: pid(s) ${left.join(', ')} still listed 5 s after SIGKILL.`);
   }
   say('Stopped the restored app. The image stays in ' + imageDir + ' (try: understudy image show ' + imageDir + ').');
   return report;
