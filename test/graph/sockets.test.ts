@@ -39,6 +39,11 @@ time.sleep(120)
 
 const TCP_CLIENT_APP = `
 import socket, sys
+# as glibc does where nscd is configured: a unix connect on an fd that the TCP socket then reuses
+u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try: u.connect('/var/run/nscd/socket')
+except OSError: pass
+u.close()
 c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
 print('connected', c.fileno(), c.getsockname()[1], flush=True)
 sys.stdin.read()
@@ -121,8 +126,9 @@ describe('sockets and external dependencies', () => {
       const sk = est?.type === 'tcp_state' ? est.sk : '?';
       const states = t.events.filter((e) => e.type === 'tcp_state' && e.sk === sk).map((e) => e.type === 'tcp_state' && `${e.oldState}->${e.newState}@${e.tgid}`);
       expect(states).toEqual([`CLOSE->SYN_SENT@${pid}`, `SYN_SENT->ESTABLISHED@${pid}`]);
-      // (on the connected socket's fd: glibc may first connect to nscd's unix socket where it runs)
-      const connect = t.events.find((e) => e.type === 'syscall' && e.name === 'connect' && e.tgid === pid && e.args[0] === fd);
+      // (the last connect on the connected socket's fd: where nscd is configured, glibc first
+      // connects to its unix socket, closes it, and the TCP socket then gets the same fd number)
+      const connect = t.events.findLast((e) => e.type === 'syscall' && e.name === 'connect' && e.tgid === pid && e.args[0] === fd);
       expect(connect && connect.type === 'syscall' && connect.sockaddr && sockaddrString(connect.sockaddr)).toBe(`127.0.0.1:${port}`);
       const sock = t.session.graph.processes.get(pid)!.fds.get(fd)!;
       expect(t.session.graph.resources.get(sock)?.attrs).toMatchObject({ state: 'ESTABLISHED', remote: `127.0.0.1:${port}` });
