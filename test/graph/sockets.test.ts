@@ -128,7 +128,7 @@ describe('sockets and external dependencies', () => {
       expect(states).toEqual([`CLOSE->SYN_SENT@${pid}`, `SYN_SENT->ESTABLISHED@${pid}`]);
       // (the last connect on the connected socket's fd: where nscd is configured, glibc first
       // connects to its unix socket, closes it, and the TCP socket then gets the same fd number)
-      const connect = t.events.findLast((e) => e.type === 'syscall' && e.name === 'connect' && e.tgid === pid && e.args[0] === fd);
+      const connect = t.events.filter((e) => e.type === 'syscall' && e.name === 'connect' && e.tgid === pid && e.args[0] === fd).at(-1);
       expect(connect && connect.type === 'syscall' && connect.sockaddr && sockaddrString(connect.sockaddr)).toBe(`127.0.0.1:${port}`);
       const sock = t.session.graph.processes.get(pid)!.fds.get(fd)!;
       expect(t.session.graph.resources.get(sock)?.attrs).toMatchObject({ state: 'ESTABLISHED', remote: `127.0.0.1:${port}` });
