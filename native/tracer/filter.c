@@ -7,10 +7,12 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
+#include "../../bpf/trace.h"
 #include "tracer.h"
 
 #define TGID_BITS (1u << 22)
@@ -58,5 +60,67 @@ int filter_add(const char *pins, const uint32_t *tgids, int n)
 	munmap(words, len);
 	close(bits_fd);
 	close(hash_fd);
+	return rc;
+}
+
+/* Removes every write_faults entry (struct tr_fault_key) of the given tgids:
+ * the kernel side adds one per written region and never removes any, so an
+ * app with many short-lived processes would fill the map. The keys are
+ * collected first and deleted after the walk (deleting the key a walk stands
+ * on restarts get_next_key from the beginning). */
+int faults_forget(const char *pins, const uint32_t *tgids, int n, unsigned *removed)
+{
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/maps/write_faults", pins);
+	int fd = bpf_obj_get(path);
+	if (fd < 0) {
+		fprintf(stderr, "understudy-tracer: bpf_obj_get(%s): %s\n", path, strerror(errno));
+		return -1;
+	}
+	size_t cap = 1024, nk = 0;
+	struct tr_fault_key *keys = malloc(cap * sizeof(*keys));
+	if (!keys) {
+		fprintf(stderr, "understudy-tracer: out of memory\n");
+		close(fd);
+		return -1;
+	}
+	struct tr_fault_key cur, next;
+	void *prev = NULL;
+	int rc = 0;
+	while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+		for (int i = 0; i < n; i++) {
+			if (next.tgid != tgids[i])
+				continue;
+			if (nk == cap) {
+				struct tr_fault_key *k2 = realloc(keys, 2 * cap * sizeof(*keys));
+				if (!k2) {
+					fprintf(stderr, "understudy-tracer: out of memory\n");
+					rc = -1;
+					goto out;
+				}
+				keys = k2;
+				cap *= 2;
+			}
+			keys[nk++] = next;
+			break;
+		}
+		cur = next;
+		prev = &cur;
+	}
+	if (errno != ENOENT) {
+		fprintf(stderr, "understudy-tracer: walking %s: %s\n", path, strerror(errno));
+		rc = -1;
+	}
+	for (size_t i = 0; i < nk; i++) {
+		if (bpf_map_delete_elem(fd, &keys[i]) == 0)
+			(*removed)++;
+		else if (errno != ENOENT) {
+			fprintf(stderr, "understudy-tracer: deleting tgid %u from %s: %s\n", keys[i].tgid, path, strerror(errno));
+			rc = -1;
+		}
+	}
+out:
+	free(keys);
+	close(fd);
 	return rc;
 }

@@ -1,7 +1,10 @@
 /* understudy-tracer --pins DIR [--poll-ms N] [--stats-ms N]
  * understudy-tracer --pins DIR --add-tgid PID [--add-tgid PID]...
+ * understudy-tracer --pins DIR --forget-tgid PID [--forget-tgid PID]...
  *
  * With --add-tgid: puts the tgids in the in-kernel filter (filter.c) and exits.
+ * With --forget-tgid: removes the write-fault counts of these exited tgids,
+ * prints "removed N" and exits.
  * Attaches every program pinned in DIR/progs, then streams DIR/maps/events (the
  * ring buffer) to stdout as length-prefixed frames, each one record of
  * bpf/trace.h. The programs submit without wake-ups, so the buffer is also
@@ -74,25 +77,41 @@ static int emit_stats(int counters_fd)
 static int usage(void)
 {
 	fprintf(stderr, "usage: understudy-tracer --pins DIR [--poll-ms N] [--stats-ms N]\n"
-			"       understudy-tracer --pins DIR --add-tgid PID [--add-tgid PID]...\n");
+			"       understudy-tracer --pins DIR --add-tgid PID [--add-tgid PID]...\n"
+			"       understudy-tracer --pins DIR --forget-tgid PID [--forget-tgid PID]...\n");
 	return 2;
+}
+
+#define MAX_TGID_ARGS 4096
+
+/* Appends a decimal tgid (1..UINT32_MAX) to a list of MAX_TGID_ARGS; -1 if it is not one or the list is full. */
+static int push_tgid(const char *arg, uint32_t *list, int *n)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(arg, &end, 10);
+	if (errno || *end || end == arg || arg[0] == '-' || v == 0 || v > UINT32_MAX || *n >= MAX_TGID_ARGS)
+		return -1;
+	list[(*n)++] = (uint32_t)v;
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
 	const char *pins = NULL;
 	int poll_ms = 10, stats_ms = 1000;
-	static uint32_t add[4096];
-	int n_add = 0;
+	static uint32_t add[MAX_TGID_ARGS], forget[MAX_TGID_ARGS];
+	int n_add = 0, n_forget = 0;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--pins") == 0 && i + 1 < argc)
 			pins = argv[++i];
-		else if (strcmp(argv[i], "--add-tgid") == 0 && i + 1 < argc && n_add < (int)(sizeof(add) / sizeof(add[0]))) {
-			char *end;
-			unsigned long v = strtoul(argv[++i], &end, 10);
-			if (*end || v == 0 || v > UINT32_MAX)
+		else if (strcmp(argv[i], "--add-tgid") == 0 && i + 1 < argc) {
+			if (push_tgid(argv[++i], add, &n_add) < 0)
 				return usage();
-			add[n_add++] = (uint32_t)v;
+		}
+		else if (strcmp(argv[i], "--forget-tgid") == 0 && i + 1 < argc) {
+			if (push_tgid(argv[++i], forget, &n_forget) < 0)
+				return usage();
 		}
 		else if (strcmp(argv[i], "--poll-ms") == 0 && i + 1 < argc)
 			poll_ms = atoi(argv[++i]);
@@ -103,8 +122,16 @@ int main(int argc, char **argv)
 	}
 	if (!pins || poll_ms <= 0 || stats_ms <= 0)
 		return usage();
+	if (n_add > 0 && n_forget > 0)
+		return usage();
 	if (n_add > 0)
 		return filter_add(pins, add, n_add) < 0 ? 1 : 0;
+	if (n_forget > 0) {
+		unsigned removed = 0;
+		int rc = faults_forget(pins, forget, n_forget, &removed);
+		printf("removed %u\n", removed);
+		return rc < 0 ? 1 : 0;
+	}
 	signal(SIGPIPE, SIG_IGN);
 
 	sigset_t mask;

@@ -23,6 +23,10 @@ void detach_all(struct links *l);
  * through mmap, and the app_tgids listing). 0, or -1 with messages. */
 int filter_add(const char *pins, const uint32_t *tgids, int n);
 
+/* filter.c: removes the write_faults entries of these (exited) tgids; counts
+ * what it removed. 0, or -1 with messages. */
+int faults_forget(const char *pins, const uint32_t *tgids, int n, unsigned *removed);
+
 /* out.c: buffered frame output (4-byte little-endian length, then the record). */
 int out_frame(const void *rec, uint32_t len);
 int out_flush(void);

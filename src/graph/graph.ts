@@ -4,6 +4,7 @@
 // reconciliation with /proc that counts what it repaired. Every change is
 // logged with the epoch it belongs to, which is what dirtySince(N) reads.
 import { isAbsolute, resolve as resolvePath } from 'node:path';
+import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import type { SyscallEvent, TcpStateEvent, TraceEvent } from '../trace/records.js';
 import { sockaddrString } from '../trace/records.js';
@@ -100,7 +101,21 @@ export class AppGraph {
   /** TCP states of socks not yet tied to a socket node (the last one per sock). */
   private readonly skEarly = new Map<string, TcpStateEvent>();
   private readonly faultBaseline = new Map<string, number>();
+  /** Processes that got or attached each SysV IPC object (kept apart from the log, which is forgotten). */
+  private readonly ipcUsers = new Map<string, Set<number>>();
   readonly repairs: ReconcileReport = { processes: 0, threads: 0, fds: 0, regions: 0, total: 0 };
+
+  /**
+   * changeLog false: a graph nobody asks for a dirty set (`understudy trace`, a
+   * one-off snapshot) keeps no change log, so that its memory does not grow with
+   * every event of a long-running app; dirtySince() then refuses.
+   */
+  constructor(private readonly opts: { changeLog?: boolean } = {}) {}
+
+  /** Entries in the change log (what forget() has not dropped yet). */
+  get changeCount(): number {
+    return this.changes.length;
+  }
 
   get epoch(): number {
     return this.epochNo;
@@ -120,6 +135,12 @@ export class AppGraph {
   }
 
   private log(c: Change): void {
+    if (c.k === 'ipc') {
+      let users = this.ipcUsers.get(c.resource);
+      if (!users) this.ipcUsers.set(c.resource, (users = new Set()));
+      users.add(c.pid);
+    }
+    if (this.opts.changeLog === false) return;
     this.changes.push({ ...c, epoch: this.epochNo + 1 } as Change & { epoch: number });
   }
 
@@ -231,6 +252,9 @@ export class AppGraph {
     for (const [fd, r] of p.fds) this.log({ k: 'fd', pid: p.pid, fd, change: 'closed', resource: r });
     this.processes.delete(p.pid);
     this.log({ k: 'process', pid: p.pid, change: 'exited' });
+    for (const users of this.ipcUsers.values()) users.delete(p.pid);
+    const prefix = `${p.pid}:`;
+    for (const k of this.faultBaseline.keys()) if (k.startsWith(prefix)) this.faultBaseline.delete(k);
   }
 
   apply(ev: TraceEvent): void {
@@ -660,6 +684,7 @@ export class AppGraph {
 
   /** What changed after barrier `since` (exclusive) up to now. */
   dirtySince(since: number): DirtySet {
+    if (this.opts.changeLog === false) throw new UnderstudyError('E_INTERNAL', 'this graph keeps no change log (changeLog: false): it cannot give a dirty set');
     const ds: DirtySet = { since, epoch: this.epochNo, processes: [], threads: [], regions: [], fds: [], files: [], paths: [], sockets: [], ipc: [] };
     const files = new Map<string, DirtyFile>();
     const fileOf = (resource: string): DirtyFile => {
@@ -760,8 +785,7 @@ export class AppGraph {
     }
     for (const r of this.resources.values()) {
       if (r.kind === 'ipc' && !used.has(r.id)) {
-        const users = this.changes.filter((c) => c.k === 'ipc' && c.resource === r.id).map((c) => (c as { pid: number }).pid);
-        for (const u of new Set(users)) if (this.processes.has(u)) {
+        for (const u of this.ipcUsers.get(r.id) ?? []) if (this.processes.has(u)) {
           used.add(r.id);
           edges.push({ from: `process:${u}`, to: r.id, kind: 'shares' });
         }

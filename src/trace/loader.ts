@@ -212,6 +212,22 @@ export class PinnedTracer {
     }
   }
 
+  /** Removes the write-fault counts of exited tgids from the kernel's map; returns how many entries went. */
+  async forgetFaultTgids(tgids: number[]): Promise<number> {
+    let removed = 0;
+    for (let i = 0; i < tgids.length; i += 4096) {
+      const chunk = tgids.slice(i, i + 4096);
+      const args = ['--pins', this.dir, ...chunk.flatMap((t) => ['--forget-tgid', String(t)])];
+      const r = await execa(nativeBinary('tracer'), args, { reject: false, stdin: 'ignore' });
+      const m = /^removed (\d+)$/m.exec(r.stdout);
+      if (r.exitCode !== 0 || !m) {
+        throw new UnderstudyError('E_NATIVE', `could not remove the write-fault counts of ${chunk.length} exited processes: ${(r.stderr || r.stdout || `exit ${r.exitCode}`).trim()}`);
+      }
+      removed += Number(m[1]);
+    }
+    return removed;
+  }
+
   async filterTgids(): Promise<number[]> {
     const rows = (await bpftoolJson<{ formatted?: { key: number } }[] | null>(['map', 'dump', 'pinned', join(this.mapsDir, 'app_tgids')])) ?? [];
     return rows.map((r) => r.formatted?.key ?? -1).filter((k) => k >= 0);

@@ -23,9 +23,13 @@ export interface SessionOptions {
   /** Period of the reconciliation with /proc; 0 disables it. */
   reconcileMs?: number;
   staleGraceMs?: number;
+  /** false: nobody will ask for dirty sets, keep no change log (see AppGraph). */
+  changeLog?: boolean;
 }
 
 let seq = 0;
+/** How long exited tgids are gathered before their write-fault entries are removed in one call. */
+const FORGET_MS = 500;
 
 export function requireProcess(pid: number): void {
   if (!Number.isInteger(pid) || pid <= 0) throw new UnderstudyError('E_USAGE', `--pid must be a positive integer, got ${pid}`);
@@ -39,10 +43,14 @@ export function requireProcess(pid: number): void {
 }
 
 export class TraceSession {
-  readonly graph = new AppGraph();
+  readonly graph: AppGraph;
   rootPid = 0;
   held: HeldProcess | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private readonly exited = new Set<number>();
+  private forgetTimer: NodeJS.Timeout | undefined;
+  private forgetting: Promise<void> | undefined;
+  private stopping = false;
   private rootGone: () => void = () => {};
   /** Resolves when the root process has exited (traced exit event or reconciliation). */
   readonly rootExited: Promise<void>;
@@ -52,6 +60,7 @@ export class TraceSession {
     readonly tracer: Tracer,
     private readonly opts: SessionOptions,
   ) {
+    this.graph = new AppGraph({ changeLog: opts.changeLog });
     this.rootExited = new Promise((res) => (this.rootGone = res));
   }
 
@@ -108,8 +117,43 @@ export class TraceSession {
     } catch (e) {
       log.error({ err: e, ev: ev.type }, 'graph update failed');
     }
-    if (ev.type === 'exit' && ev.groupDead && ev.tgid === this.rootPid) this.rootGone();
+    if (ev.type === 'exit' && ev.groupDead) {
+      if (ev.tgid === this.rootPid) this.rootGone();
+      this.forgetFaultsOf(ev.tgid);
+    }
     this.opts.onEvent?.(ev);
+  }
+
+  /**
+   * The kernel's write-fault map keeps an entry per written region of every app
+   * process and never drops one: the entries of exited processes are removed
+   * here, a batch at most every FORGET_MS, so that an app that forks many
+   * short-lived processes does not fill it.
+   */
+  private forgetFaultsOf(tgid: number): void {
+    this.exited.add(tgid);
+    if (this.forgetTimer || this.stopping) return;
+    this.forgetTimer = setTimeout(() => {
+      this.forgetTimer = undefined;
+      this.forgetting = this.flushForgotten();
+    }, FORGET_MS);
+    this.forgetTimer.unref();
+  }
+
+  private async flushForgotten(): Promise<void> {
+    // a pid already reused by a live process keeps its entries (a count too many, never one too few)
+    const gone = [...this.exited].filter((t) => {
+      const st = readStat(t);
+      return st === undefined || st.state === 'Z' || st.state === 'X';
+    });
+    this.exited.clear();
+    if (gone.length === 0) return;
+    try {
+      const removed = await this.tracer.pins.forgetFaultTgids(gone);
+      log.debug({ tgids: gone.length, removed }, 'write-fault entries of exited processes removed');
+    } catch (e) {
+      log.warn({ err: e, tgids: gone }, 'could not remove the write-fault entries of exited processes; the map may fill (faultMapFailures)');
+    }
   }
 
   reconcile(): ReconcileReport {
@@ -155,6 +199,9 @@ export class TraceSession {
   /** Stops tracing and unpins; with `kill`, kills the command it started and all its descendants. */
   async stop(opts: { kill?: boolean } = {}): Promise<TracerStats> {
     if (this.timer) clearInterval(this.timer);
+    this.stopping = true;
+    if (this.forgetTimer) clearTimeout(this.forgetTimer);
+    await this.forgetting;
     if (opts.kill && this.held) {
       // the command started here, and everything it started
       for (const pid of new Set([...descendantsOf([this.held.pid]), ...this.graph.pids()])) {

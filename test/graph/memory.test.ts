@@ -49,6 +49,58 @@ describe('memory regions from mmap/mprotect/munmap events', () => {
     expect(after.regions.filter((r) => r.pid === pid)).toEqual([]);
   });
 
+  it("drops the kernel's write-fault entries of processes that exit, and keeps those of the living", async () => {
+    // 20 children each write 8 pages of a fresh mapping and wait; then they exit
+    const app = `
+import mmap, os, sys
+kids = []
+for i in range(20):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        m = mmap.mmap(-1, 8 * 4096)
+        for p in range(8): m[p * 4096] = 1
+        os.write(1, b'child %d\\n' % os.getpid())
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    kids.append((pid, w))
+m = mmap.mmap(-1, 4 * 4096)
+for p in range(4): m[p * 4096] = 1
+sys.stdin.readline()
+for pid, w in kids: os.close(w)
+for pid, w in kids: os.waitpid(pid, 0)
+print('reaped', flush=True)
+sys.stdin.readline()
+`;
+    const t = await traceCommand(['python3', '-c', app]);
+    const kidLines = () => t.out.lines.filter((l) => /^child \d+$/.test(l));
+    for (let i = 0; kidLines().length < 20 && i < 500; i++) await new Promise((r) => setTimeout(r, 20));
+    const kids = new Set(kidLines().map((l) => Number(l.slice(6))));
+    expect(kids.size).toBe(20);
+    await settle(t);
+    const pid = t.session.rootPid;
+    const pins = t.session.tracer.pins;
+    const before = await pins.writeFaults();
+    expect(new Set(before.filter((f) => kids.has(f.tgid)).map((f) => f.tgid)).size).toBe(20);
+    expect(before.some((f) => f.tgid === pid)).toBe(true);
+
+    t.session.held!.child.stdin!.write('\n');
+    await t.out.waitFor(/^reaped/);
+    const end = Date.now() + 10_000;
+    let left = before;
+    while (Date.now() < end) {
+      left = await pins.writeFaults();
+      if (!left.some((f) => kids.has(f.tgid))) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(left.filter((f) => kids.has(f.tgid))).toEqual([]);
+    // the living root keeps its counts, and still sees its own writes
+    expect(left.filter((f) => f.tgid === pid).length).toBe(before.filter((f) => f.tgid === pid).length);
+    expect(t.session.tracer.stats().faultMapFailures).toBe(0);
+  });
+
   it('reconciliation with /proc repairs and counts drift', async () => {
     const t = await traceCommand([fixture('trace_mm')]);
     const a = parseInt((await t.out.waitFor(/^ready 0x([0-9a-f]+)/))[1]!, 16);

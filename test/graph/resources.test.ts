@@ -18,16 +18,22 @@ describe('kernel objects as graph nodes', () => {
     for (const a of ipc.splice(0)) await execa('ipcrm', a.split(' '), { reject: false });
   });
 
-  it('shows every object with its kind, its owner fds and its edges', async () => {
+  /** The fixture traced, connected to a UDP socket of this test; its "ready" line's values. */
+  async function startFixture(mqName: string, opts: { changeLog?: boolean } = {}) {
     udp = createSocket('udp4');
     await new Promise<void>((r) => udp!.bind(0, '127.0.0.1', () => r()));
     const port = udp.address().port;
-    const t = await traceCommand([fixture('trace_resources'), String(port), `/understudy-test-${process.pid}`]);
+    const t = await traceCommand([fixture('trace_resources'), String(port), mqName], opts);
     const line = (await t.out.waitFor(/^ready (.*)$/))[1]!;
     const v = Object.fromEntries(line.split(' ').map((kv) => kv.split('=') as [string, string]));
     const n = (k: string) => Number(v[k]);
     ipc.push(`-q ${n('msq')}`, `-s ${n('sem')}`);
     await settle(t);
+    return { t, v, n, port };
+  }
+
+  it('shows every object with its kind, its owner fds and its edges', async () => {
+    const { t, v, n, port } = await startFixture(`/understudy-test-${process.pid}`);
     const pid = t.session.rootPid;
     const g = t.session.graph;
     const fds = g.processes.get(pid)!.fds;
@@ -79,7 +85,31 @@ describe('kernel objects as graph nodes', () => {
     expect(ds.regions).toContainEqual({ pid, start: addr, end: addr + 3 * 4096, change: 'mapped' });
     expect(ds.fds).toContainEqual({ pid, fd: 100, change: 'opened', resource: fds.get(n('tfd')) });
 
+    // once the log is forgotten (epochs committed), the SysV edges are still there
+    g.markEpoch();
+    g.forget(g.epoch);
+    expect(g.changeCount).toBe(0);
+    const after = await snapshot(g);
+    expect(after.edges).toContainEqual({ from: `process:${pid}`, to: `ipc:msg:${n('msq')}`, kind: 'shares' });
+    expect(after.edges).toContainEqual({ from: `process:${pid}`, to: `ipc:sem:${n('sem')}`, kind: 'shares' });
+
     // a clean end removes the fixture's IPC objects
+    t.session.held!.child.stdin!.end();
+    await t.session.held!.exited;
+    ipc.splice(0);
+  });
+
+  it('a session that keeps no change log (understudy trace) has the same graph, an empty log, and refuses dirty sets', async () => {
+    const { t, n } = await startFixture(`/understudy-test-${process.pid}-nolog`, { changeLog: false });
+    const pid = t.session.rootPid;
+    const g = t.session.graph;
+    expect(t.events.length).toBeGreaterThan(20);
+    expect(g.changeCount).toBe(0);
+    expect(g.processes.get(pid)!.fds.get(n('efd'))).toBe(`anon:eventfd:${pid}:${n('efd')}`);
+    const snap = await snapshot(g);
+    expect(snap.edges).toContainEqual({ from: `process:${pid}`, to: `ipc:msg:${n('msq')}`, kind: 'shares' });
+    expect(snap.edges).toContainEqual({ from: `process:${pid}`, to: `ipc:sem:${n('sem')}`, kind: 'shares' });
+    await expect(t.session.dirtySince(0)).rejects.toThrow(/keeps no change log/);
     t.session.held!.child.stdin!.end();
     await t.session.held!.exited;
     ipc.splice(0);

@@ -47,9 +47,16 @@ export interface Traced {
 const cleanups: (() => Promise<void>)[] = [];
 
 /** Runs argv traced from its first instruction, stdout piped for the test. */
-export async function traceCommand(argv: string[], opts: { reconcileMs?: number } = {}): Promise<Traced> {
+export async function traceCommand(argv: string[], opts: { reconcileMs?: number; changeLog?: boolean } = {}): Promise<Traced> {
   const events: TraceEvent[] = [];
-  const session = await TraceSession.start({ command: argv, stdio: 'pipe', onEvent: (e) => events.push(e), staleGraceMs: 60_000, reconcileMs: opts.reconcileMs });
+  const session = await TraceSession.start({
+    command: argv,
+    stdio: 'pipe',
+    onEvent: (e) => events.push(e),
+    staleGraceMs: 60_000,
+    reconcileMs: opts.reconcileMs,
+    changeLog: opts.changeLog,
+  });
   cleanups.push(async () => {
     await session.stop({ kill: true });
   });

@@ -70,4 +70,16 @@ describe('understudy-tracer', () => {
     expect(s.stderr()).toContain('bpf_obj_get(/sys/fs/bpf/understudy/does-not-exist/maps/events): No such file or directory');
     expect(s.events).toEqual([]);
   });
+
+  it('--forget-tgid: refuses bad numbers and a mix with --add-tgid (exit 2), names missing pins (exit 1)', async () => {
+    const run = (args: string[]) => execa(nativeBinary('tracer'), args, { reject: false, stdin: 'ignore' });
+    for (const bad of [['--forget-tgid', '0'], ['--forget-tgid', '12x'], ['--forget-tgid', '-1'], ['--forget-tgid', '5', '--add-tgid', '6']]) {
+      const r = await run(['--pins', '/sys/fs/bpf/understudy/does-not-exist', ...bad]);
+      expect(r.exitCode, bad.join(' ')).toBe(2);
+      expect(r.stderr).toContain('usage:');
+    }
+    const r = await run(['--pins', '/sys/fs/bpf/understudy/does-not-exist', '--forget-tgid', '5']);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toContain('bpf_obj_get(/sys/fs/bpf/understudy/does-not-exist/maps/write_faults): No such file or directory');
+  });
 });

@@ -45,6 +45,7 @@ export const traceCommand: Command = {
       command: pid === undefined ? positionals : undefined,
       pid,
       stdio: 'inherit',
+      changeLog: false, // it prints events and never asks for a dirty set: memory stays flat however long it runs
       onEvent: (ev) => {
         if (ev.type === 'stats') return;
         print(ctx.json ? JSON.stringify(eventJson(ev)) : eventLine(ev));
