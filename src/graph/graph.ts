@@ -67,6 +67,9 @@ export interface ReconcileReport {
   total: number;
 }
 
+/** Fewer resources than this are never collected (a collection walks every process's fds and regions). */
+const COLLECT_MIN = 1024;
+
 const S_IFMT = 0o170000;
 const S_IFIFO = 0o010000;
 const S_IFSOCK = 0o140000;
@@ -103,6 +106,8 @@ export class AppGraph {
   private readonly faultBaseline = new Map<string, number>();
   /** Processes that got or attached each SysV IPC object (kept apart from the log, which is forgotten). */
   private readonly ipcUsers = new Map<string, Set<number>>();
+  /** collect() runs when the resources reach this many (twice what the last collection kept). */
+  private collectAt = COLLECT_MIN;
   readonly repairs: ReconcileReport = { processes: 0, threads: 0, fds: 0, regions: 0, total: 0 };
 
   /**
@@ -127,11 +132,13 @@ export class AppGraph {
     return this.epochNo;
   }
 
-  /** Drops the change log up to and including epoch n (committed). */
+  /** Drops the change log up to and including epoch n (committed), and the resources only it still named. */
   forget(n: number): void {
     let i = 0;
     while (i < this.changes.length && this.changes[i]!.epoch <= n) i++;
     this.changes.splice(0, i);
+    this.collect();
+    this.collectAt = Math.max(COLLECT_MIN, 2 * this.resources.size);
   }
 
   private log(c: Change): void {
@@ -257,7 +264,39 @@ export class AppGraph {
     for (const k of this.faultBaseline.keys()) if (k.startsWith(prefix)) this.faultBaseline.delete(k);
   }
 
+  /** Applies one event; now and then drops the resources nothing refers to any more (see collect). */
   apply(ev: TraceEvent): void {
+    this.applyEvent(ev);
+    if (this.resources.size >= this.collectAt) {
+      this.collect();
+      this.collectAt = Math.max(COLLECT_MIN, 2 * this.resources.size);
+    }
+  }
+
+  /**
+   * Drops the resources no fd, no mapping and no change still in the log refers
+   * to (a closed socket of every served connection would otherwise stay for the
+   * life of the graph). SysV and POSIX IPC objects outlive their users and stay.
+   * Returns how many were dropped.
+   */
+  collect(): number {
+    const keep = new Set<string>();
+    for (const p of this.processes.values()) {
+      for (const r of p.fds.values()) keep.add(r);
+      for (const r of p.regions) if (r.backing) keep.add(r.backing);
+    }
+    for (const c of this.changes) if ('resource' in c && c.resource) keep.add(c.resource);
+    let n = 0;
+    for (const [id, r] of this.resources) {
+      if (keep.has(id) || r.kind === 'ipc') continue;
+      this.resources.delete(id);
+      n++;
+    }
+    for (const [sk, id] of this.skToSocket) if (!this.resources.has(id)) this.skToSocket.delete(sk);
+    return n;
+  }
+
+  private applyEvent(ev: TraceEvent): void {
     switch (ev.type) {
       case 'fork':
         return this.onFork(ev.tgid, ev.childTgid, ev.childTid, ev.isThread, ev.comm);
