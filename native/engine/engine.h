@@ -74,6 +74,7 @@ struct task {
 	bool dead;
 	bool group_stopped;   /* in a job-control stop: resume with PTRACE_LISTEN */
 	pid_t vfork_child;    /* blocked in vfork() until this child execs or exits */
+	bool vfork_seen_in_proc; /* vfork_child found in /proc (a vfork begun before the seize), not by an event */
 	bool need_first_info; /* clear_tid / sigaltstack not read yet */
 	uint64_t clear_tid;
 	uint64_t ss_sp, ss_size;

@@ -373,9 +373,55 @@ int pump_events(int timeout_ms)
 	return 0;
 }
 
+/* A thread that was already inside vfork() when it was seized: no
+ * PTRACE_EVENT_VFORK told us, and it sleeps (state D) in kernel_clone until
+ * its child execs or exits. Its child comes from the thread's children list.
+ * Returns the child, -1 if the thread is in vfork but no child is listed, 0 if
+ * not in vfork (or unknown). */
+static pid_t vfork_child_from_proc(const struct task *t)
+{
+	char path[96], buf[256];
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/wchan", t->tgid, t->tid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	if (strcmp(buf, "kernel_clone") != 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", t->tgid, t->tid);
+	if (!(f = fopen(path, "re")))
+		return 0;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	const char *rp = strrchr(buf, ')');
+	if (!rp || rp[1] != ' ' || rp[2] != 'D')
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", t->tgid, t->tid);
+	long child = -1;
+	if ((f = fopen(path, "re"))) {
+		long c;
+		/* the newest child is the vfork child: the list is in creation order */
+		while (fscanf(f, "%ld", &c) == 1)
+			child = c;
+		fclose(f);
+	}
+	return (pid_t)child;
+}
+
 int barrier(uint64_t timeout_ms)
 {
 	drain(false);
+	/* a vfork found in /proc at the last barrier may be over: look again */
+	for (size_t i = 0; i < E.ntasks; i++) {
+		struct task *t = &E.tasks[i];
+		if (t->vfork_seen_in_proc) {
+			t->vfork_child = 0;
+			t->vfork_seen_in_proc = false;
+		}
+	}
 	for (size_t i = 0; i < E.ntasks; i++) {
 		struct task *t = &E.tasks[i];
 		if (t->dead || t->state == TS_STOPPED)
@@ -384,7 +430,8 @@ int barrier(uint64_t timeout_ms)
 			mark_dead(t);
 	}
 	prof_mark("barrier.interrupted");
-	uint64_t deadline = now_ns() + timeout_ms * 1000000ULL, last_kick = now_ns();
+	uint64_t start = now_ns(), deadline = start + timeout_ms * 1000000ULL, last_kick = start;
+	bool looked_for_vfork = false;
 	for (;;) {
 		drain(true);
 		size_t waiting = 0, in_vfork = 0;
@@ -402,10 +449,32 @@ int barrier(uint64_t timeout_ms)
 			waiting++;
 			some = t->tid;
 		}
+		if (waiting && !looked_for_vfork && now_ns() - start > 20000000ULL) {
+			/* still not stopped after 20 ms: one look for vforks begun before the seize */
+			looked_for_vfork = true;
+			bool found = false;
+			for (size_t i = 0; i < E.ntasks; i++) {
+				struct task *t = &E.tasks[i];
+				if (t->dead || t->state == TS_STOPPED || t->vfork_child)
+					continue;
+				pid_t c = vfork_child_from_proc(t);
+				if (c) {
+					t->vfork_child = c;
+					t->vfork_seen_in_proc = true;
+					found = true;
+				}
+			}
+			if (found)
+				continue;
+		}
 		if (!waiting && in_vfork) {
 			/* its child is stopped by this very barrier: it cannot exec,
 			 * so the parent cannot stop. Release now, not after a timeout. */
 			release_all();
+			if (vchild < 0)
+				return fail("E_BARRIER", 0,
+					    "barrier: thread %d is inside vfork(), waiting for its child to exec or exit; the app was released, retry the checkpoint",
+					    vf);
 			return fail("E_BARRIER", 0,
 				    "barrier: thread %d is inside vfork(), waiting for child %d to exec or exit; the app was released, retry the checkpoint",
 				    vf, vchild);

@@ -163,6 +163,36 @@ describe('engine failures leave the app running unchanged', () => {
     }
   }, 60_000);
 
+  it('a thread already blocked in vfork() when the engine attaches: the first checkpoint fails at once, naming it', async () => {
+    const fx = await startFixture({ mb: 4 });
+    // the child sleeps 2 s before _exit; the parent is blocked in vfork before the engine comes
+    const done = fx.write(2000, 0, 'v');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(procState(fx.pid).state).toBe('D');
+    const engine = EngineClient.start();
+    try {
+      const t0 = Date.now();
+      await expect(
+        (async () => {
+          await engine.attach(fx.pid, { trackDirty: true });
+          await engine.checkpoint({ imageDir: join(tmp('img'), 'chain') });
+        })(),
+      ).rejects.toMatchObject({
+        code: 'E_BARRIER',
+        message: expect.stringMatching(new RegExp(`thread ${fx.pid} is inside vfork\\(\\), waiting for child \\d+`)),
+      });
+      expect(Date.now() - t0).toBeLessThan(1500);
+      // released: the child finishes its sleep, the parent goes on, and a checkpoint then works
+      await done;
+      expect(procState(fx.pid).state).toMatch(/[SR]/);
+      const r = await engine.checkpoint({ imageDir: join(tmp('img'), 'after') });
+      expect(r.full).toBe(true);
+    } finally {
+      await engine.close();
+      fx.kill();
+    }
+  }, 60_000);
+
   it('a full disk: clear error, no partial epoch, app running; the engine recovers with a full epoch', async () => {
     const mnt = tmp('small');
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
