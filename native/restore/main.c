@@ -132,6 +132,8 @@ int main(int argc, char **argv)
 		for (size_t i = 0; !rc && i < R.nprocs; i++)
 			rc = tasks_finish(&R.procs[i]);
 		if (!rc)
+			rc = tree_commit();
+		if (!rc)
 			rc = tasks_detach();
 		ph[5] = now_ns();
 		if (rc) {

@@ -151,6 +151,8 @@ uint64_t scratch_str(pid_t pid, const char *s);
 int tree_plan(void);
 int tree_create(void);
 void tree_kill(void);
+/* the restore is done: the reaper (if any) stops dying with the restorer. 0 or -1 (failure set) */
+int tree_commit(void);
 int tree_set_stub_candidates(const uint64_t *c, int n);
 
 /* ---- mem.c ---- */

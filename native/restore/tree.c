@@ -31,6 +31,9 @@
 #endif
 
 static int ready_pipe[2] = { -1, -1 };
+/* restorer -> reaper "commit" byte, reaper -> restorer acknowledgement: the
+ * reaper dies with the restorer (PR_SET_PDEATHSIG) until the restore is done */
+static int commit_pipe[2] = { -1, -1 }, ack_pipe[2] = { -1, -1 };
 static uint64_t stub_cands[16];
 static int nstub;
 
@@ -169,14 +172,72 @@ static __attribute__((noreturn)) void reaper_main(pid_t root_ns, pid_t root_host
 		if (R.im.ep[k].pages)
 			munmap((void *)R.im.ep[k].pages, R.im.ep[k].pages_len);
 	/* every fd the restorer had (its stdout, whatever its caller passed
-	 * down): the reaper must not hold anyone's pipe open */
-	syscall(436 /* close_range */, 0, ~0U, 0);
+	 * down): the reaper must not hold anyone's pipe open. It keeps only
+	 * the commit pipe (as fd 0) and the acknowledgement pipe (as fd 1). */
+	int cfd = fcntl(commit_pipe[0], F_DUPFD, 1000), afd = fcntl(ack_pipe[1], F_DUPFD, 1000);
+	if (cfd < 0 || afd < 0 || dup2(cfd, 0) < 0 || dup2(afd, 1) < 0)
+		_exit(126);   /* no acknowledgement: the restorer fails and kills the namespace */
+	syscall(436 /* close_range */, 2, ~0U, 0);
+	/* until the restorer commits: reap now and then, wait for its byte. A
+	 * restorer that dies first takes this process (PDEATHSIG), and with it,
+	 * as pid 1, everything in the namespace. */
+	for (;;) {
+		int st;
+		pid_t w;
+		while ((w = waitpid(-1, &st, __WALL | WNOHANG)) > 0)
+			;
+		if (w < 0 && errno == ECHILD)
+			_exit(0);
+		struct pollfd pf = { 0, POLLIN, 0 };
+		if (poll(&pf, 1, 50) <= 0)
+			continue;
+		char c = 0;
+		ssize_t r = read(0, &c, 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r != 1 || c != 'c')
+			_exit(125);   /* the restorer is gone without committing */
+		if (prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0))
+			_exit(125);
+		if (write(1, "a", 1) != 1)
+			_exit(125);
+		close(0);
+		close(1);
+		break;
+	}
 	for (;;) {
 		int st;
 		pid_t w = waitpid(-1, &st, __WALL);
 		if (w < 0 && errno == ECHILD)
 			_exit(0);
 	}
+}
+
+/* The restore is done: the reaper must outlive the restorer from now on.
+ * Nothing to do when the app's root is pid 1 of its namespace (it cleared
+ * its own PDEATHSIG once seized). */
+int tree_commit(void)
+{
+	if (R.root_is_init || commit_pipe[1] < 0)
+		return 0;
+	int rc = 0;
+	char a = 0;
+	if (write(commit_pipe[1], "c", 1) != 1) {
+		rc = fail("E_RESTORE", errno, "telling the namespace's reaper (pid %d) that the restore is done", R.reaper);
+		goto out;
+	}
+	struct pollfd pf = { ack_pipe[0], POLLIN, 0 };
+	int pr;
+	while ((pr = poll(&pf, 1, 2000)) < 0 && errno == EINTR)
+		;
+	if (pr <= 0 || read(ack_pipe[0], &a, 1) != 1 || a != 'a')
+		rc = fail("E_RESTORE", pr == 0 ? ETIMEDOUT : EPIPE,
+			  "the namespace's reaper (pid %d) did not confirm within 2 s that it outlives the restorer", R.reaper);
+out:
+	close(commit_pipe[1]);
+	close(ack_pipe[0]);
+	commit_pipe[1] = ack_pipe[0] = -1;
+	return rc;
 }
 
 /* ---- restorer side ---- */
@@ -225,11 +286,15 @@ static int start_namespace(void)
 	struct rproc *root = &R.procs[0];
 	if (pipe2(ready_pipe, O_CLOEXEC))
 		return fail("E_RESTORE", errno, "pipe2");
-	/* the app's root as pid 1 is this process's child, untraced until it is
-	 * seized: it dies with this process (PR_SET_PDEATHSIG) until then, and
-	 * looks at this pidfd for a death before its prctl took effect */
-	int self = R.root_is_init ? (int)syscall(SYS_pidfd_open, getpid(), 0) : -1;
-	if (R.root_is_init && self < 0)
+	if (!R.root_is_init && (pipe2(commit_pipe, O_CLOEXEC) || pipe2(ack_pipe, O_CLOEXEC)))
+		return fail("E_RESTORE", errno, "pipe2");
+	/* the first process of the namespace (the app's root as pid 1, or the
+	 * reaper) is this process's child: it dies with this process
+	 * (PR_SET_PDEATHSIG) until the root is seized (root) or the restore is
+	 * committed (reaper), and looks at this pidfd for a death before its
+	 * prctl took effect */
+	int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
+	if (self < 0)
 		return fail("E_RESTORE", errno, "pidfd_open(pid %d) of the restorer", getpid());
 	for (int attempt = 0; attempt < 8; attempt++) {
 		struct clone_args a = { 0 };
@@ -246,16 +311,15 @@ static int start_namespace(void)
 		long c = clone3_raw(&a);
 		if (c < 0) {
 			int e = errno;
-			if (self >= 0)
-				close(self);
+			close(self);
 			return fail("E_RESTORE", e, "clone3(CLONE_NEWPID%s) for the app's PID namespace", R.root_is_init ? ", set_tid {1}" : "");
 		}
 		if (c == 0) {
 			close(ready_pipe[0]);
+			struct pollfd gone = { self, POLLIN, 0 };
+			if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) || poll(&gone, 1, 0) != 0)
+				_exit(124);
 			if (R.root_is_init) {
-				struct pollfd gone = { self, POLLIN, 0 };
-				if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) || poll(&gone, 1, 0) != 0)
-					_exit(124);
 				/* a session of its own if it led one (`understudy run`'s
 				 * apps, daemons); otherwise it stays in the restorer's
 				 * session, which is outside the namespace as its old one
@@ -279,12 +343,16 @@ static int start_namespace(void)
 		}
 		break;
 	}
-	if (self >= 0)
-		close(self);
+	close(self);
 	if (!R.reaper)
 		return fail("E_PID_TAKEN", 0, "could not start the namespace's reaper on a pid the app does not need");
 	close(ready_pipe[1]);
 	ready_pipe[1] = -1;
+	if (!R.root_is_init) {
+		close(commit_pipe[0]);
+		close(ack_pipe[1]);
+		commit_pipe[0] = ack_pipe[1] = -1;
+	}
 	uint64_t stub = 0;
 	int cerr = 0;
 	if (read_ready(&stub, &cerr))
@@ -302,7 +370,7 @@ static int start_namespace(void)
 	/* test hook: die before the root is seized, as a restorer killed just
 	 * then would */
 	const char *die = getenv("UNDERSTUDY_RESTORE_DIE_BEFORE_SEIZE");
-	if (die && R.root_is_init)
+	if (die)
 		_exit(99);
 	struct rtask *t = &root->tasks[0];
 	if (seize_task(t->tid, true) || task_prepare(t))

@@ -202,32 +202,35 @@ describe('restore refuses bad input', () => {
     expect(await verdict(ctl)).toBe('PASS');
   });
 
-  it('a restorer killed before it seized the root it started as pid 1 leaves nothing behind', async () => {
-    const ctl = tmp('die-early');
-    const img = join(tmp('die-early-img'), 'image');
-    await dumpAndKill(await startInOwnNamespace('rs_counter', ctl), img, 0);
-    // the hook makes the restorer _exit(99) right before PTRACE_SEIZE of the root
-    const r = spawnSync(nativeBinary('restore'), ['-D', img], {
-      env: { ...process.env, UNDERSTUDY_RESTORE_DIE_BEFORE_SEIZE: '1' },
-      encoding: 'utf8',
-      timeout: 20_000,
+  for (const kind of ['pid 1 of its own namespace', 'in the host namespace, under a reaper'] as const) {
+    it(`a restorer killed before it seized the root (${kind}) leaves nothing behind`, async () => {
+      const ctl = tmp('die-early');
+      const img = join(tmp('die-early-img'), 'image');
+      const pid = kind.startsWith('pid 1') ? await startInOwnNamespace('rs_counter', ctl) : (await startFixture('rs_counter', ctl)).pid;
+      await dumpAndKill(pid, img, 0);
+      // the hook makes the restorer _exit(99) right before PTRACE_SEIZE of the root
+      const r = spawnSync(nativeBinary('restore'), ['-D', img], {
+        env: { ...process.env, UNDERSTUDY_RESTORE_DIE_BEFORE_SEIZE: '1' },
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      expect(r.status).toBe(99);
+      // the root (and the reaper) are copies of the restorer (same command line) in a new namespace
+      const leftovers = (): number[] =>
+        readdirSync('/proc')
+          .filter((n) => /^\d+$/.test(n))
+          .map(Number)
+          .filter((n) => {
+            try {
+              return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').includes(img) && alive(n);
+            } catch {
+              return false;
+            }
+          });
+      onCleanup(() => killPids(leftovers()));
+      await waitFor('what it had started to be gone', () => leftovers().length === 0, 3000);
     });
-    expect(r.status).toBe(99);
-    // the root is a copy of the restorer (same command line) as pid 1 of a new namespace
-    const leftovers = (): number[] =>
-      readdirSync('/proc')
-        .filter((n) => /^\d+$/.test(n))
-        .map(Number)
-        .filter((n) => {
-          try {
-            return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').includes(img) && alive(n);
-          } catch {
-            return false;
-          }
-        });
-    onCleanup(() => killPids(leftovers()));
-    await waitFor('the root it had started to be gone', () => leftovers().length === 0, 3000);
-  });
+  }
 
   it('an epoch that does not exist and a directory that is not an image are refused clearly', async () => {
     const empty = tmp('empty');
