@@ -25,7 +25,7 @@ describe('understudy trace / graph', () => {
     expect((write.args as number[]).slice(0, 3)).toEqual([1, expect.any(Number), 3]); // fd 1 (redirected), 3 bytes
     expect((write.aux as number[])[3]).toBe(3); // file position after the write
     expect(lines.find((l) => l.type === 'exit')).toMatchObject({ groupDead: true, exitCode: 3 << 8 });
-    expect(lines[lines.length - 1]).toMatchObject({ type: 'summary', lost: 0, stoppedBy: 'exit' });
+    expect(lines[lines.length - 1]).toMatchObject({ type: 'summary', lost: 0, writeFaultsNotCounted: 0, childrenNotFiltered: 0, stoppedBy: 'exit' });
     expect(readFileSync(f, 'utf8')).toBe('abc');
   });
 

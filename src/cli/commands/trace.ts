@@ -71,13 +71,15 @@ export const traceCommand: Command = {
       events: session.events,
       lost: stats.lost,
       childrenNotFiltered: stats.filterFailures,
+      writeFaultsNotCounted: stats.faultMapFailures,
       refusedRecords: stats.refused,
       stoppedBy: signalled ? 'signal' : 'exit',
     };
     if (ctx.json) print(JSON.stringify(summary));
     else {
       const refused = Object.values(stats.refused).reduce((a, b) => a + b, 0);
-      print(`trace: ${session.events} events, ${stats.lost} lost in the ring buffer, ${refused} records refused`);
+      const faults = stats.faultMapFailures ? `, ${stats.faultMapFailures} write faults not counted (the kernel's write-fault map was full)` : '';
+      print(`trace: ${session.events} events, ${stats.lost} lost in the ring buffer, ${refused} records refused${faults}`);
     }
     if (session.held && !signalled) return await session.held.exited;
     return 0;
