@@ -707,12 +707,16 @@ export class AppGraph {
   /** Takes the kernel's write-fault counts; the increase since the last call is logged per region. */
   applyWriteFaults(faults: WriteFaultCount[]): void {
     for (const f of faults) {
+      // a process gone (its entries not removed from the kernel map yet), or not
+      // known yet (its fork not applied): nothing to log now; a known one's count
+      // is taken when it is known, its baseline untouched until then
+      const p = this.processes.get(f.tgid);
+      if (!p) continue;
       const key = `${f.tgid}:${f.address}`;
       const before = this.faultBaseline.get(key) ?? 0;
       if (f.count <= before) continue;
       this.faultBaseline.set(key, f.count);
-      const p = this.processes.get(f.tgid);
-      const r = p?.regions.find((x) => f.address >= x.start && f.address < x.end);
+      const r = p.regions.find((x) => f.address >= x.start && f.address < x.end);
       const start = f.resolved ? f.address : r?.start ?? f.address;
       const end = r ? r.end : f.address + PAGE;
       this.log({ k: 'region', pid: f.tgid, start, end, change: 'written', writeFaults: f.count - before });

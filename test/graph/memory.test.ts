@@ -104,6 +104,28 @@ sys.stdin.readline()
     expect(t.session.tracer.stats().faultMapFailures).toBe(0);
   });
 
+  it('write-fault counts of processes the graph does not hold (gone, or not known yet) are not logged', async () => {
+    const { child } = spawnOutside(['sleep', '30']);
+    const pid = child.pid!;
+    await new Promise((r) => setTimeout(r, 100)); // exec'd
+    const g = new AppGraph();
+    g.seedFromProc([pid]);
+    const a = g.processes.get(pid)!.regions[0]!.start;
+    g.applyWriteFaults([
+      { tgid: pid, address: a, resolved: true, count: 3 },
+      { tgid: 4_000_000, address: a, resolved: true, count: 5 }, // no such process in the graph
+    ]);
+    const written = () => g.dirtySince(0).regions.filter((r) => r.change === 'written');
+    expect(written()).toEqual([expect.objectContaining({ pid, start: a, writeFaults: 3 })]);
+    // gone: later counts of its (not yet removed) kernel entries log nothing
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    g.reconcile();
+    expect(g.processes.has(pid)).toBe(false);
+    g.applyWriteFaults([{ tgid: pid, address: a, resolved: true, count: 9 }]);
+    expect(written()).toHaveLength(1);
+  });
+
   it('reconciliation with /proc repairs and counts drift', async () => {
     const t = await traceCommand([fixture('trace_mm')]);
     const a = parseInt((await t.out.waitFor(/^ready 0x([0-9a-f]+)/))[1]!, 16);
