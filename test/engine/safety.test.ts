@@ -165,10 +165,9 @@ describe('engine failures leave the app running unchanged', () => {
 
   it('a thread already blocked in vfork() when the engine attaches: the first checkpoint fails at once, naming it', async () => {
     const fx = await startFixture({ mb: 4 });
-    // the child sleeps 2 s before _exit; the parent is blocked in vfork before the engine comes
-    const done = fx.write(2000, 0, 'v');
-    await new Promise((r) => setTimeout(r, 300));
-    expect(procState(fx.pid).state).toBe('D');
+    // the child sleeps 4 s before _exit; the parent is blocked in vfork before the engine comes
+    const done = fx.write(4000, 0, 'v');
+    await waitFor(() => (procState(fx.pid).state === 'D' ? true : undefined), 3000, 'the fixture to block in vfork()');
     const engine = EngineClient.start();
     try {
       const t0 = Date.now();
