@@ -4,11 +4,13 @@
  * signal handlers and brk, read with injected syscalls. */
 #include <elf.h>
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -106,6 +108,8 @@ static int ss_flags_of(const struct et_rec *kt, uint64_t sp)
 		f = 0;
 	return f | (int)(kt->x & autodisarm);
 }
+
+static int capture_sched(pid_t tid, Understudy__V1__Thread *th);
 
 int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th, const struct et_rec *kt)
 {
@@ -216,6 +220,42 @@ int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th, c
 	th->comm = astrdup(comm);
 	prof_mark("th.comm");
 	th->state = t->state_letter;
+	if (capture_sched(tid, th))
+		return -1;
+	prof_mark("th.sched");
+	return 0;
+}
+
+/* policy, real-time priority, nice and CPU affinity: four syscalls on the tid */
+static int capture_sched(pid_t tid, Understudy__V1__Thread *th)
+{
+	int pol = sched_getscheduler(tid);
+	if (pol < 0)
+		return fail("E_NATIVE", errno, "sched_getscheduler(tid %d)", tid);
+	bool reset = pol & SCHED_RESET_ON_FORK;
+	pol &= ~SCHED_RESET_ON_FORK;
+	if (pol != SCHED_OTHER && pol != SCHED_FIFO && pol != SCHED_RR && pol != SCHED_BATCH && pol != SCHED_IDLE)
+		return fail("E_UNSUPPORTED", 0, "tid %d runs under scheduling policy %d (SCHED_DEADLINE?), which this engine does not capture; refusing to checkpoint",
+			    tid, pol);
+	struct sched_param sp = { 0 };
+	if (sched_getparam(tid, &sp))
+		return fail("E_NATIVE", errno, "sched_getparam(tid %d)", tid);
+	errno = 0;
+	int nice = getpriority(PRIO_PROCESS, (id_t)tid);
+	if (nice == -1 && errno)
+		return fail("E_NATIVE", errno, "getpriority(PRIO_PROCESS, tid %d)", tid);
+	static uint8_t mask[1024];
+	long n = syscall(SYS_sched_getaffinity, tid, sizeof(mask), mask);
+	if (n < 0)
+		return fail("E_NATIVE", errno, "sched_getaffinity(tid %d)", tid);
+	Understudy__V1__Sched *s = ANEW(Understudy__V1__Sched, understudy__v1__sched__init);
+	s->policy = pol;
+	s->reset_on_fork = reset;
+	s->priority = sp.sched_priority;
+	s->nice = nice;
+	s->cpus.data = amemdup(mask, (size_t)n);
+	s->cpus.len = (size_t)n;
+	th->sched = s;
 	return 0;
 }
 

@@ -196,7 +196,7 @@ int check_all(struct image *im)
 				    m->epoch, pr->pid);
 		if (!pr->n_threads)
 			return fail("E_IMAGE_CORRUPT", 0, "epoch %u: pid %d has no threads in the image", m->epoch, pr->pid);
-		if (check_specials(pr))
+		if (check_specials(pr) || sched_check(pr))
 			return -1;
 		if (check_file_id(pr->exe, "executable", pr->pid))
 			return -1;

@@ -117,7 +117,7 @@ int main(int argc, char **argv)
 		for (size_t i = 0; !rc && i < R.nprocs; i++) {
 			struct rproc *p = &R.procs[i];
 			rc = mem_specials(p) || mem_restore(p) || mem_mm_map(p) || files_restore(p) || proc_misc_restore(p) ||
-			     signals_restore(p) || threads_create(p) || task_state_restore(p) || signals_queue(p) || timers_create(p) || creds_restore(p);
+			     signals_restore(p) || threads_create(p) || task_state_restore(p) || sched_restore(p) || signals_queue(p) || timers_create(p) || creds_restore(p);
 			vlog("pid %d rebuilt (%zu pages)", p->pid, p->npages);
 		}
 		if (!rc)

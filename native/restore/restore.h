@@ -184,6 +184,12 @@ int locks_restore(void);
 int signals_reset(struct rproc *p);
 int threads_create(struct rproc *p);
 int task_state_restore(struct rproc *p);
+
+/* ---- sched.c ---- */
+/* refuses an image whose scheduling values are not valid ones */
+int sched_check(const Proc *pr);
+/* policy, priority, nice and affinity of every thread of p (on its new tids) */
+int sched_restore(struct rproc *p);
 int signals_restore(struct rproc *p);
 int signals_queue(struct rproc *p);
 int tasks_finish(struct rproc *p);

@@ -40,9 +40,28 @@ export function epochJson(meta: EpochMeta, withPages: boolean): unknown {
       const th = p.threads[k]!;
       t.regs = decodeRegs(th.regs!);
       t.xstate = `${th.xstate!.length} bytes`;
+      if (th.sched) (t.sched as Record<string, unknown>).cpus = cpuList(th.sched.cpus ?? new Uint8Array());
     });
   });
   return obj;
+}
+
+/** The CPUs of an affinity mask (bit n of byte n/8 = CPU n). */
+function cpuList(mask: Uint8Array): number[] {
+  const cpus: number[] = [];
+  mask.forEach((b, i) => {
+    for (let k = 0; k < 8; k++) if (b & (1 << k)) cpus.push(i * 8 + k);
+  });
+  return cpus;
+}
+
+const POLICIES: Record<number, string> = { 0: 'OTHER', 1: 'FIFO', 2: 'RR', 3: 'BATCH', 5: 'IDLE' };
+
+/** "sched RR 2 reset-on-fork nice 0 cpus 0,1" */
+function schedText(sc: understudy.v1.ISched): string {
+  const pol = POLICIES[sc.policy ?? 0] ?? `policy ${sc.policy}`;
+  const prio = sc.policy === 1 || sc.policy === 2 ? ` ${sc.priority}` : '';
+  return `sched ${pol}${prio}${sc.resetOnFork ? ' reset-on-fork' : ''} nice ${sc.nice ?? 0} cpus ${cpuList(sc.cpus ?? new Uint8Array()).join(',')}`;
 }
 
 function secs(ns: unknown): string {
@@ -124,7 +143,7 @@ export function showImage(dir: string, opts: { epoch?: number; json: boolean; pa
         const sys = t.inSyscall ? `  in syscall ${Number(t.syscallNr)}${Number(t.restartCode) ? ` restart ${Number(t.restartCode)}` : ''}` : '';
         lines.push(
           `    thread ${t.tid} (${t.comm}) rip ${r.rip} rsp ${r.rsp} fs_base ${r.fs_base}  sigmask 0x${Number(t.sigmask).toString(16)}` +
-            `${t.rseq ? `  rseq 0x${Number(t.rseq.abiPointer).toString(16)}` : ''}${sys}`,
+            `${t.rseq ? `  rseq 0x${Number(t.rseq.abiPointer).toString(16)}` : ''}${sys}${t.sched ? `  ${schedText(t.sched)}` : ''}`,
         );
       }
       lines.push(...timerLines(p));

@@ -5,7 +5,6 @@
 // process outside the app, an epoll interest that cannot be rebuilt.
 import { spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/engine/client.js';
@@ -18,6 +17,7 @@ import {
   alive,
   cutToCheckpoint,
   dumpAndKill,
+  editMeta,
   epochDir,
   killPids,
   onCleanup,
@@ -101,18 +101,6 @@ describe('a compacted chain keeps pipes, counters and 64-bit epoll data exact', 
     expect(await verdict(ctl)).toBe('PASS');
   });
 });
-
-/** Rewrites an epoch's meta.pb (length, message, crc32) after `edit`. */
-function editMeta(epoch: string, edit: (m: understudy.v1.EpochMeta) => void): void {
-  const m = readEpochMeta(epoch);
-  edit(m);
-  const body = Buffer.from(understudy.v1.EpochMeta.encode(m).finish());
-  const hdr = Buffer.alloc(4);
-  hdr.writeUInt32LE(body.length);
-  const tail = Buffer.alloc(4);
-  tail.writeUInt32LE(crc32(body));
-  writeFileSync(join(epoch, 'meta.pb'), Buffer.concat([hdr, body, tail]));
-}
 
 describe('an image whose fd records do not hold together is refused before any process exists', () => {
   it('an epoll watching an fd its process lacks; a pipe fd without its pipe record', async () => {
