@@ -56,9 +56,15 @@ int sched_restore(struct rproc *p)
 				return fail("E_RESTORE", errno, "sched_setaffinity(tid %d)", t->tid);
 		}
 		struct sched_param sp = { .sched_priority = s->priority };
-		if (sched_setscheduler(t->tid, s->policy | (s->reset_on_fork ? SCHED_RESET_ON_FORK : 0), &sp))
+		if (sched_setscheduler(t->tid, s->policy | (s->reset_on_fork ? SCHED_RESET_ON_FORK : 0), &sp)) {
+			if (errno == EPERM && s->priority > 0)
+				return fail("E_RESTORE", errno,
+					    "tid %d ran under real-time policy %d priority %d, which this node refuses (is the restorer in a cpu cgroup "
+					    "without real-time budget, cpu.rt_runtime_us 0?); restore from a cgroup that has one",
+					    t->tid, s->policy, s->priority);
 			return fail("E_RESTORE", errno, "sched_setscheduler(tid %d, policy %d%s, priority %d)", t->tid, s->policy,
 				    s->reset_on_fork ? " | SCHED_RESET_ON_FORK" : "", s->priority);
+		}
 		if (setpriority(PRIO_PROCESS, (id_t)t->tid, s->nice))
 			return fail("E_RESTORE", errno, "setpriority(tid %d, nice %d)", t->tid, s->nice);
 	}
