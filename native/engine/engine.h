@@ -79,7 +79,6 @@ struct task {
 	uint64_t clear_tid;
 	uint64_t ss_sp, ss_size;
 	int ss_flags;
-	char state_letter;
 	pid_t ns_tid;         /* tid in its own PID namespace, 0 not read yet (never changes) */
 };
 

@@ -219,7 +219,7 @@ int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th, c
 	}
 	th->comm = astrdup(comm);
 	prof_mark("th.comm");
-	th->state = t->state_letter;
+	th->state = t->group_stopped ? 'T' : 0;   /* in a job-control stop (SIGSTOP, SIGTSTP, ...) */
 	if (capture_sched(tid, th))
 		return -1;
 	prof_mark("th.sched");

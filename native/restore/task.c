@@ -232,15 +232,30 @@ int tasks_finish(struct rproc *p)
 	return 0;
 }
 
+/* A process that was in a job-control stop at the checkpoint is stopped
+ * again: its leader is detached first with SIGSTOP, which it takes before it
+ * runs a single instruction, and its other threads join the group stop as
+ * they are let go. */
+static bool was_stopped(const struct rproc *p)
+{
+	for (size_t k = 0; k < p->ntasks; k++)
+		if (p->tasks[k].th && p->tasks[k].th->state == 'T')
+			return true;
+	return false;
+}
+
 int tasks_detach(void)
 {
 	int rc = 0;
-	for (size_t i = 0; i < R.nprocs; i++)
-		for (size_t k = 0; k < R.procs[i].ntasks; k++) {
-			struct rtask *t = &R.procs[i].tasks[k];
-			if (t->attached && ptrace(PTRACE_DETACH, t->tid, 0, 0) && !rc)
-				rc = fail("E_RESTORE", errno, "ptrace(PTRACE_DETACH, tid %d)", t->tid);
+	for (size_t i = 0; i < R.nprocs; i++) {
+		struct rproc *p = &R.procs[i];
+		bool stop = was_stopped(p);
+		for (size_t k = 0; k < p->ntasks; k++) {
+			struct rtask *t = &p->tasks[k];
+			if (t->attached && ptrace(PTRACE_DETACH, t->tid, 0, k == 0 && stop ? SIGSTOP : 0) && !rc)
+				rc = fail("E_RESTORE", errno, "ptrace(PTRACE_DETACH, tid %d%s)", t->tid, k == 0 && stop ? ", SIGSTOP" : "");
 			t->attached = false;
 		}
+	}
 	return rc;
 }
