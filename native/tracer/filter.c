@@ -17,19 +17,24 @@
 
 #define TGID_BITS (1u << 22)
 
-int filter_add(const char *pins, const uint32_t *tgids, int n)
+/* fd of the pinned map DIR/maps/NAME, or -1 with a message naming it */
+static int open_map(const char *pins, const char *name)
 {
 	char path[1024];
-	snprintf(path, sizeof(path), "%s/maps/app_bits", pins);
-	int bits_fd = bpf_obj_get(path);
-	if (bits_fd < 0) {
+	snprintf(path, sizeof(path), "%s/maps/%s", pins, name);
+	int fd = bpf_obj_get(path);
+	if (fd < 0)
 		fprintf(stderr, "understudy-tracer: bpf_obj_get(%s): %s\n", path, strerror(errno));
+	return fd;
+}
+
+int filter_add(const char *pins, const uint32_t *tgids, int n)
+{
+	int bits_fd = open_map(pins, "app_bits");
+	if (bits_fd < 0)
 		return -1;
-	}
-	snprintf(path, sizeof(path), "%s/maps/app_tgids", pins);
-	int hash_fd = bpf_obj_get(path);
+	int hash_fd = open_map(pins, "app_tgids");
 	if (hash_fd < 0) {
-		fprintf(stderr, "understudy-tracer: bpf_obj_get(%s): %s\n", path, strerror(errno));
 		close(bits_fd);
 		return -1;
 	}
@@ -70,13 +75,9 @@ int filter_add(const char *pins, const uint32_t *tgids, int n)
  * on restarts get_next_key from the beginning). */
 int faults_forget(const char *pins, const uint32_t *tgids, int n, unsigned *removed)
 {
-	char path[1024];
-	snprintf(path, sizeof(path), "%s/maps/write_faults", pins);
-	int fd = bpf_obj_get(path);
-	if (fd < 0) {
-		fprintf(stderr, "understudy-tracer: bpf_obj_get(%s): %s\n", path, strerror(errno));
+	int fd = open_map(pins, "write_faults");
+	if (fd < 0)
 		return -1;
-	}
 	size_t cap = 1024, nk = 0;
 	struct tr_fault_key *keys = malloc(cap * sizeof(*keys));
 	if (!keys) {
@@ -108,14 +109,14 @@ int faults_forget(const char *pins, const uint32_t *tgids, int n, unsigned *remo
 		prev = &cur;
 	}
 	if (errno != ENOENT) {
-		fprintf(stderr, "understudy-tracer: walking %s: %s\n", path, strerror(errno));
+		fprintf(stderr, "understudy-tracer: walking %s/maps/write_faults: %s\n", pins, strerror(errno));
 		rc = -1;
 	}
 	for (size_t i = 0; i < nk; i++) {
 		if (bpf_map_delete_elem(fd, &keys[i]) == 0)
 			(*removed)++;
 		else if (errno != ENOENT) {
-			fprintf(stderr, "understudy-tracer: deleting tgid %u from %s: %s\n", keys[i].tgid, path, strerror(errno));
+			fprintf(stderr, "understudy-tracer: deleting tgid %u from %s/maps/write_faults: %s\n", keys[i].tgid, pins, strerror(errno));
 			rc = -1;
 		}
 	}

@@ -103,7 +103,8 @@ export class AppGraph {
   private readonly skToSocket = new Map<string, string>();
   /** TCP states of socks not yet tied to a socket node (the last one per sock). */
   private readonly skEarly = new Map<string, TcpStateEvent>();
-  private readonly faultBaseline = new Map<string, number>();
+  /** Per process: the kernel's write-fault count per region address, as last taken. */
+  private readonly faultBaseline = new Map<number, Map<number, number>>();
   /** Processes that got or attached each SysV IPC object (kept apart from the log, which is forgotten). */
   private readonly ipcUsers = new Map<string, Set<number>>();
   /** collect() runs when the resources reach this many (twice what the last collection kept). */
@@ -260,8 +261,7 @@ export class AppGraph {
     this.processes.delete(p.pid);
     this.log({ k: 'process', pid: p.pid, change: 'exited' });
     for (const users of this.ipcUsers.values()) users.delete(p.pid);
-    const prefix = `${p.pid}:`;
-    for (const k of this.faultBaseline.keys()) if (k.startsWith(prefix)) this.faultBaseline.delete(k);
+    this.faultBaseline.delete(p.pid);
   }
 
   /** Applies one event; now and then drops the resources nothing refers to any more (see collect). */
@@ -712,10 +712,11 @@ export class AppGraph {
       // is taken when it is known, its baseline untouched until then
       const p = this.processes.get(f.tgid);
       if (!p) continue;
-      const key = `${f.tgid}:${f.address}`;
-      const before = this.faultBaseline.get(key) ?? 0;
+      let base = this.faultBaseline.get(f.tgid);
+      if (!base) this.faultBaseline.set(f.tgid, (base = new Map()));
+      const before = base.get(f.address) ?? 0;
       if (f.count <= before) continue;
-      this.faultBaseline.set(key, f.count);
+      base.set(f.address, f.count);
       const r = p.regions.find((x) => f.address >= x.start && f.address < x.end);
       const start = f.resolved ? f.address : r?.start ?? f.address;
       const end = r ? r.end : f.address + PAGE;
