@@ -3,7 +3,7 @@
 // crashed, or was not built with it) is a failure, never silently missing.
 import { execa } from 'execa';
 import { understudy } from '../gen/proto.js';
-import { decodeFrames, requireVersion } from '../engine/frames.js';
+import { decodeFrames, requireVersion } from '../native/frames.js';
 import { UnderstudyError } from '../util/errors.js';
 import { nativeBinary } from '../util/paths.js';
 import { PROBES, type ProbeSpec } from './probes.js';

@@ -2,7 +2,7 @@
 // clear error (and the engine keeps serving), a request without attach too.
 import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { encodeFrame, FrameDecoder } from '../../src/engine/frames.js';
+import { encodeFrame, FrameDecoder } from '../../src/native/frames.js';
 import { understudy } from '../../src/gen/proto.js';
 import { nativeBinary } from '../../src/util/paths.js';
 
