@@ -92,7 +92,7 @@ native_objs = $(patsubst native/%.c,$(BUILD)/obj/%.o,$(wildcard native/$(1)/*.c)
 .SECONDARY:
 
 .SECONDEXPANSION:
-$(BUILD)/native/understudy-%: $$(call native_objs,$$*) $(COMMON_OBJS) $(PROTO_C_OBJS)
+$(BUILD)/native/understudy-%: $$(call native_objs,$$*) $(COMMON_OBJS) $(PROTO_C_OBJS) | $(BUILD)/error-codes.ok
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_BASE) $(LDLIBS_$*)
 
