@@ -17,7 +17,7 @@
 #include "errfmt.h"
 #include "frame.h"
 
-#define ENGINE_VERSION 1
+#define ENGINE_VERSION 2   /* 2: EngineReply.code is the ErrorCode enum (field 9) */
 #define IMAGE_VERSION 1
 #define PAGE_SZ 4096UL
 

@@ -600,7 +600,7 @@ static void handle(uint8_t *buf, size_t len)
 	if (rc) {
 		if (!g_err.code[0])
 			fail("E_INTERNAL", 0, "command failed without an error message");
-		rep.error_code = g_err.code;
+		rep.code = (Understudy__V1__ErrorCode)err_value_code(&g_err);
 		rep.error = g_err.msg;
 		rep.errno_value = g_err.errnum;
 	}
