@@ -18,7 +18,7 @@
 #include "frame.h"
 #include "image.h"
 
-#define ENGINE_VERSION 1
+#define ENGINE_VERSION 2   /* 2: EngineReply.code is the ErrorCode enum (field 9) */
 #define IMAGE_VERSION 1
 #define PAGE_SZ 4096UL
 

@@ -731,7 +731,7 @@ static void written_done(void)
 			rep.checkpoint = cr;
 		} else {
 			rep.ok = false;
-			rep.error_code = j->err.code[0] ? j->err.code : "E_INTERNAL";
+			rep.code = (Understudy__V1__ErrorCode)err_value_code(&j->err);
 			rep.error = j->err.msg;
 			rep.errno_value = j->err.errnum;
 		}
@@ -807,7 +807,7 @@ static void handle(uint8_t *buf, size_t len)
 	if (rc) {
 		if (!g_err.code[0])
 			fail("E_INTERNAL", 0, "command failed without an error message");
-		rep.error_code = g_err.code;
+		rep.code = (Understudy__V1__ErrorCode)err_value_code(&g_err);
 		rep.error = g_err.msg;
 		rep.errno_value = g_err.errnum;
 	}

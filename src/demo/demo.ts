@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { EngineClient, type CheckpointResult } from '../engine/client.js';
+import { EngineClient, type CheckpointResult } from '../native/engine.js';
 import { AppGraph } from '../graph/graph.js';
 import { snapshot } from '../graph/sockets.js';
 import { restore, type RestoreResult } from '../restore/restore.js';

@@ -6,7 +6,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSy
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { crc32 } from 'node:zlib';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { understudy } from '../../src/gen/proto.js';
 import { compact, listEpochs, memoryDigest, readEpochMeta, reconstruct } from '../../src/image/store.js';
 import { runCleanups, startFixture, tmp } from '../engine/helpers.js';

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { understudy } from '../../src/gen/proto.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { restore } from '../../src/restore/restore.js';

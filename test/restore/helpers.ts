@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { expect } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { understudy } from '../../src/gen/proto.js';
 import { readEpochMeta, type ProcessMeta } from '../../src/image/store.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';

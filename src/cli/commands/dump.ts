@@ -3,7 +3,7 @@
 // the engine stays attached and writes delta epochs (dirty tracking needs a
 // live engine between epochs). Like CRIU, the app is killed after a
 // successful dump unless --leave-running.
-import { EngineClient, type CheckpointResult } from '../../engine/client.js';
+import { EngineClient, type CheckpointResult } from '../../native/engine.js';
 import { intFlag, missingFlag, PID_MAX, stringFlag, type Command } from '../command.js';
 
 function line(r: CheckpointResult): string {

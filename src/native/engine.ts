@@ -6,13 +6,15 @@
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { understudy } from '../gen/proto.js';
-import { UnderstudyError, type ErrorCode } from '../util/errors.js';
+import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { nativeBinary } from '../util/paths.js';
+import { binaryError } from './codes.js';
 import { DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, requireVersion } from './frames.js';
 
 const log = logger('engine');
-export const ENGINE_VERSION = 1;
+/** 2: a failed reply's code is the ErrorCode enum (EngineReply.code), no longer a string. */
+export const ENGINE_VERSION = 2;
 
 export interface AttachOptions {
   includeChildren?: boolean;
@@ -108,20 +110,11 @@ interface Pending {
   onProgress?: (stage: string) => void;
 }
 
-const KNOWN_CODES: readonly ErrorCode[] = [
-  'E_USAGE', 'E_NO_SUCH_PROCESS', 'E_NOT_OURS', 'E_UNSUPPORTED', 'E_NATIVE', 'E_IMAGE_WRITE', 'E_IMAGE_EXISTS',
-  'E_VERSION', 'E_FRAME', 'E_BARRIER', 'E_KERNEL_FEATURE', 'E_INTERNAL', 'E_IMAGE_CHAIN', 'E_BUSY',
-];
-
 const SINKS: Record<EpochSinkName, understudy.v1.EpochSink> = {
   dir: understudy.v1.EpochSink.SINK_DIR,
   stream: understudy.v1.EpochSink.SINK_STREAM,
   both: understudy.v1.EpochSink.SINK_DIR_AND_STREAM,
 };
-
-function toCode(c: string): ErrorCode {
-  return (KNOWN_CODES as readonly string[]).includes(c) ? (c as ErrorCode) : 'E_NATIVE';
-}
 
 export class EngineClient {
   private nextId = 1;
@@ -262,7 +255,7 @@ export class EngineClient {
     });
     requireVersion('engine reply', rep.version, ENGINE_VERSION);
     if (!rep.ok) {
-      throw new UnderstudyError(toCode(rep.errorCode), rep.error || `engine error ${rep.errorCode}`);
+      throw binaryError('the checkpoint engine (understudy-engine)', rep.code, rep.error);
     }
     return rep;
   }
