@@ -4,6 +4,7 @@
 // frames), then the pages raw in chunks — and the agent reads them here
 // without the epoch touching the disk or JSON. Chunks are copied once, into
 // the epoch's page buffer; nothing is concatenated as it grows.
+import { mkdirSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { crc32 } from 'node:zlib';
 import { understudy } from '../gen/proto.js';
@@ -193,6 +194,7 @@ export function streamedPages(e: StreamedEpoch): Map<number, PageMap> {
  */
 export function storeStreamedEpoch(dir: string, e: StreamedEpoch): string {
   const name = `epoch-${String(e.header.epoch).padStart(6, '0')}`;
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   return writeEpochDir(dir, name, frameEpochMeta(e.metaBody), [e.pages]);
 }
 
