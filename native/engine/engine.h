@@ -241,7 +241,8 @@ int check_injectable(pid_t pid);   /* no seccomp that could kill an injected sys
 /* ---- mem.c: regions, page capture ---------------------------------------- */
 struct page_buf {          /* captured pages of one epoch, in copy order */
 	uint8_t *data;
-	size_t len, cap;
+	size_t len, cap;         /* cap: populated */
+	size_t vcap;             /* address range reserved: grows in place up to it */
 };
 struct proc_capture {      /* per process, per epoch */
 	struct proc *p;
@@ -257,6 +258,8 @@ struct proc_capture {      /* per process, per epoch */
 };
 int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
 int buf_reserve(struct page_buf *buf, size_t want);
+/* want bytes populated, in a range of at least `reserve` bytes */
+int buf_reserve2(struct page_buf *buf, size_t want, size_t reserve);
 extern int g_state_done;   /* set by the tracer when its injections of this barrier are over */
 int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, void (*progress)(const char *));
 int fill_vmas(struct proc *p, Understudy__V1__Process *pr);
@@ -271,7 +274,7 @@ struct epoch_out {
 	struct page_buf *buf;
 };
 /* capture buffers: one per epoch in flight, kept for reuse (populated) */
-struct page_buf *buf_get(size_t want);
+struct page_buf *buf_get(size_t want, size_t reserve);
 void buf_put(struct page_buf *b);
 /* EpochMeta of a captured epoch in the current arena; the page index's
  * crcs are left to the writer */

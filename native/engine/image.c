@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 #include "arena.h"
@@ -34,7 +35,7 @@ int image_dir_prepare(const char *dir, bool must_be_empty)
 static struct page_buf *free_bufs[POOL_KEEP];
 static size_t nfree;
 
-struct page_buf *buf_get(size_t want)
+struct page_buf *buf_get(size_t want, size_t reserve)
 {
 	/* the smallest free buffer that is big enough, else the biggest */
 	ssize_t pick = -1;
@@ -57,7 +58,7 @@ struct page_buf *buf_get(size_t want)
 		}
 	}
 	b->len = 0;
-	if (buf_reserve(b, want)) {
+	if (buf_reserve2(b, want, reserve)) {
 		buf_put(b);
 		return NULL;
 	}
@@ -84,7 +85,7 @@ void buf_put(struct page_buf *b)
 		b = t;
 	}
 	if (b->data)
-		munmap(b->data, b->cap);
+		munmap(b->data, b->vcap);
 	free(b);
 }
 
@@ -187,7 +188,8 @@ static struct epoch_job *d_head, *d_tail;   /* written (or failed), replies to s
 static int ev_fd = -1;
 static int stream_fd = -1;
 static bool started;
-static int64_t broken_gen = -1;   /* writer only: jobs of this generation or older are dropped */
+static int64_t broken_gen = -1;
+#define WRITER_NICE 10   /* writer only: jobs of this generation or older are dropped */
 
 static void write_one(struct epoch_job *j)
 {
@@ -245,6 +247,12 @@ static void write_one(struct epoch_job *j)
 static void *writer_main(void *arg)
 {
 	(void)arg;
+	/* below the app: a thread of the app woken by the barrier's interrupt
+	 * must not wait behind the writer for a CPU (a 27 ms barrier was seen
+	 * with the writer at the app's priority on two busy CPUs) */
+	if (setpriority(PRIO_PROCESS, (id_t)gettid(), WRITER_NICE))
+		fprintf(stderr, "understudy-engine: setpriority(writer thread, %d): %s; it competes with the app\n", WRITER_NICE,
+			strerror(errno));
 	for (;;) {
 		pthread_mutex_lock(&wl);
 		while (!q_head)
@@ -296,8 +304,8 @@ void writer_load(uint32_t *epochs, uint64_t *queued_bytes)
 	uint64_t b = 0;
 	pthread_mutex_lock(&wl);
 	for (struct epoch_job *j = q_head; j; j = j->next) {
-		if (j != q_head)
-			b += j->buf->len + (j->vbuf ? j->vbuf->len : 0);
+		if (j != q_head)   /* memory held: the buffers' size */
+			b += j->buf->cap + (j->vbuf ? j->vbuf->cap : 0);
 		n++;
 	}
 	pthread_mutex_unlock(&wl);

@@ -27,7 +27,7 @@ static struct page_buf *cur_buf, *cur_vbuf;   /* this capture's buffers (from th
 static uint32_t chain_gen;        /* bumped when the chain breaks (failed write, detach) */
 static bool draining;             /* leaving: the agent may be gone */
 
-#define DEFAULT_MAX_IN_FLIGHT 16
+#define DEFAULT_MAX_IN_FLIGHT 64
 #define DEFAULT_MAX_QUEUED (1ULL << 30)
 
 static void send_reply(Understudy__V1__EngineReply *r)
@@ -411,18 +411,17 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 	 * bounds a full capture; a delta is guessed from the last one, and a
 	 * buffer too small grows inside the pause) */
 	size_t est = 0;
-	if (full || verify) {
-		for (size_t i = 0; i < E.nprocs; i++) {
-			char v[64];
-			if (!E.procs[i].dead && !proc_status_field(E.procs[i].pid, "RssAnon", v, sizeof(v)))
-				est += strtoull(v, NULL, 10) * 1024;
-		}
-		err_clear();
-		est += est / 8 + (8u << 20);
+	for (size_t i = 0; i < E.nprocs; i++) {
+		char v[64];
+		if (!E.procs[i].dead && !proc_status_field(E.procs[i].pid, "RssAnon", v, sizeof(v)))
+			est += strtoull(v, NULL, 10) * 1024;
 	}
+	err_clear();
+	est += est / 8 + (8u << 20);
 	static size_t last_delta;
-	cur_buf = buf_get(full ? est : last_delta * 2 + (8u << 20));
-	cur_vbuf = verify ? buf_get(est) : NULL;
+	/* a delta: populated for the last one's size, reserved for a full one */
+	cur_buf = buf_get(full ? est : last_delta + last_delta / 4 + (2u << 20), est);
+	cur_vbuf = verify ? buf_get(est, est) : NULL;
 	if (!cur_buf || (verify && !cur_vbuf)) {
 		buf_put(cur_buf);
 		buf_put(cur_vbuf);

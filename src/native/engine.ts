@@ -49,7 +49,7 @@ export interface CheckpointOptions {
   sink?: EpochSinkName;
   /** Directory sink without fsync (criu dump's default). */
   noFsync?: boolean;
-  /** Bounds of the writer's queue (0/undefined: the engine's defaults, 16 epochs, 1 GiB queued). */
+  /** Bounds of the writer's queue (0/undefined: the engine's defaults, 64 epochs, 1 GiB of buffers queued). */
   maxEpochsInFlight?: number;
   maxQueuedBytes?: number;
   full?: boolean;
