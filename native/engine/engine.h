@@ -312,6 +312,7 @@ int writer_push(struct epoch_job *j);   /* takes the current arena with it */
 struct epoch_job *writer_take_done(void);   /* list, in capture order */
 void writer_load(uint32_t *epochs, uint64_t *queued_bytes);   /* in flight; queued behind the one being written */
 void job_free(struct epoch_job *j);
+void writer_yield(bool on);   /* the writer below the app (a barrier), or back */
 int image_dir_prepare(const char *dir, bool must_be_empty);
 void new_image_id(char *out);
 

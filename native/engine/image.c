@@ -189,7 +189,25 @@ static int ev_fd = -1;
 static int stream_fd = -1;
 static bool started;
 static int64_t broken_gen = -1;
-#define WRITER_NICE 10   /* writer only: jobs of this generation or older are dropped */
+static pid_t writer_tid;
+
+/* During a barrier the writer steps below the app: a thread of the app woken
+ * by the interrupt must not wait behind the writer for a CPU (a 27 ms barrier
+ * was seen with the writer at the app's priority on two busy CPUs). Between
+ * pauses it runs at the engine's priority, so that a long write is not
+ * starved by the rest of the machine. */
+#define WRITER_NICE_IN_PAUSE 10
+void writer_yield(bool on)
+{
+	pid_t t = __atomic_load_n(&writer_tid, __ATOMIC_ACQUIRE);
+	if (t && setpriority(PRIO_PROCESS, (id_t)t, on ? WRITER_NICE_IN_PAUSE : 0)) {
+		static bool said;
+		if (!said)
+			fprintf(stderr, "understudy-engine: setpriority(writer thread %d): %s; it competes with the app in a pause\n", t,
+				strerror(errno));
+		said = true;
+	}
+}   /* writer only: jobs of this generation or older are dropped */
 
 static void write_one(struct epoch_job *j)
 {
@@ -247,12 +265,7 @@ static void write_one(struct epoch_job *j)
 static void *writer_main(void *arg)
 {
 	(void)arg;
-	/* below the app: a thread of the app woken by the barrier's interrupt
-	 * must not wait behind the writer for a CPU (a 27 ms barrier was seen
-	 * with the writer at the app's priority on two busy CPUs) */
-	if (setpriority(PRIO_PROCESS, (id_t)gettid(), WRITER_NICE))
-		fprintf(stderr, "understudy-engine: setpriority(writer thread, %d): %s; it competes with the app\n", WRITER_NICE,
-			strerror(errno));
+	__atomic_store_n(&writer_tid, gettid(), __ATOMIC_RELEASE);
 	for (;;) {
 		pthread_mutex_lock(&wl);
 		while (!q_head)

@@ -428,11 +428,13 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 		cur_buf = cur_vbuf = NULL;
 		return -1;
 	}
+	writer_yield(true);
 	pause_sched(true);
 	prof_sched_begin();
 	uint64_t t0 = now_ns();
 	if (barrier(10000)) {
 		pause_sched(false);
+		writer_yield(false);
 		buf_put(cur_buf);
 		buf_put(cur_vbuf);
 		cur_buf = cur_vbuf = NULL;
@@ -541,6 +543,7 @@ release:;
 	prof_mark("release");
 	prof_sched_end();
 	pause_sched(false);
+	writer_yield(false);
 	prof_flush(t0);
 	if (!rc)
 		progress("released");
@@ -723,6 +726,9 @@ static void written_done(void)
 			cr->queued_ns = j->t_start > j->t_released ? j->t_start - j->t_released : 0;
 			cr->fsynced = (j->flags & IMG_W_FSYNC) && (j->sinks & JOB_DIR);
 			cr->streamed = j->streamed;
+			cr->crc_ns = j->st.crc_ns;
+			cr->io_ns = j->st.write_ns;
+			cr->sync_ns = j->st.sync_ns;
 			if (j->kill_after)
 				kill_app();
 			rep.ok = true;

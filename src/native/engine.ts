@@ -89,6 +89,10 @@ export interface CheckpointResult {
   queuedNs: number;
   /** Earlier epochs not yet written when this one was captured. */
   epochsInFlight: number;
+  /** Of writeNs: page crcs, write(2)s, waits for the disk (write-back, fsync). */
+  crcNs: number;
+  ioNs: number;
+  syncNs: number;
 }
 
 export interface StatusResult {
@@ -314,6 +318,9 @@ export class EngineClient {
       streamed: c.streamed,
       queuedNs: Number(c.queuedNs),
       epochsInFlight: c.epochsInFlight,
+      crcNs: Number(c.crcNs),
+      ioNs: Number(c.ioNs),
+      syncNs: Number(c.syncNs),
     };
   }
 
