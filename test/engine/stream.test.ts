@@ -2,7 +2,8 @@
 // stream sink carries exactly what the directory sink writes for the same
 // barrier; an epoch does not wait for an earlier one's write; a full writer
 // queue refuses the checkpoint before its barrier (E_BUSY) and loses nothing.
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/native/engine.js';
@@ -163,6 +164,49 @@ describe('pipelined writing', () => {
       expect(reconstruct(dir).used).toEqual(['epoch-000000', 'epoch-000001', 'epoch-000002']);
       const st = await engine.status();
       expect(st).toMatchObject({ epochsInFlight: 0, hasWritten: true, lastWrittenEpoch: 2, lastEpoch: 2 });
+    } finally {
+      await engine.close();
+      fx.kill();
+    }
+  }, 60_000);
+
+  it('a failed write drops the epochs queued after it, says so, and the chain goes on with a full epoch', async () => {
+    const mnt = tmp('small');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]);
+    onCleanup(() => execFileSync('umount', ['-l', mnt]));
+    const fx = await startFixture({ mb: 4 });
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    const dir = join(mnt, 'img');
+    mkdirSync(dir);
+    try {
+      await engine.attach(fx.pid, { trackDirty: true });
+      expect((await engine.checkpoint({ imageDir: dir })).epoch).toBe(0); // ~4.2 MB
+      await fx.write(1024, 3); // every page: the delta does not fit
+      let released = false;
+      const p1 = engine.checkpoint({
+        imageDir: dir,
+        debugWriteDelayMs: 500,
+        onProgress: (st) => {
+          if (st === 'released') released = true;
+        },
+      });
+      while (!released) await new Promise((r) => setTimeout(r, 5));
+      await fx.write(3, 4);
+      const p2 = engine.checkpoint({ imageDir: dir }); // a delta over epoch 1, captured while 1 waits
+      await expect(p1).rejects.toMatchObject({ code: 'E_IMAGE_WRITE', message: expect.stringMatching(/No space left on device/) });
+      await expect(p2).rejects.toMatchObject({
+        code: 'E_IMAGE_WRITE',
+        message: expect.stringMatching(/epoch 2 was captured but not written: an earlier epoch of its chain could not be written/),
+      });
+      expect(readdirSync(dir)).toEqual(['epoch-000000']);
+      const st = await engine.status();
+      expect(st).toMatchObject({ lastEpoch: 0, lastWrittenEpoch: 0, epochsInFlight: 0 });
+      // the chain goes on from epoch 0 with a full epoch (the pages of 1 and 2 were re-protected)
+      execFileSync('rm', ['-rf', join(dir, 'epoch-000000')]);
+      const r = await engine.checkpoint({ imageDir: dir });
+      expect(r).toMatchObject({ epoch: 1, full: true });
+      expect(reconstruct(dir).used).toEqual(['epoch-000001']);
     } finally {
       await engine.close();
       fx.kill();
