@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/native/engine.js';
 import { frameEpochMeta, listEpochs, memoryDigest, processesOf, readEpochMeta, reconstruct, runsOf } from '../../src/image/store.js';
 import { readEpochStream, storeStreamedEpoch, streamedPages, type StreamedEpoch } from '../../src/image/stream.js';
-import { onCleanup, runCleanups, startFixture, tmp } from './helpers.js';
+import { onCleanup, procState, runCleanups, startFixture, tmp, waitFor } from './helpers.js';
 
 afterAll(runCleanups);
 
@@ -212,4 +212,35 @@ describe('pipelined writing', () => {
       fx.kill();
     }
   }, 60_000);
+
+  it('an engine told to leave (end of its stdin) detaches the app, then finishes the epochs it holds', async () => {
+    const fx = await startFixture({ mb: 8 });
+    const engine = EngineClient.start();
+    onCleanup(() => engine.kill());
+    const dir = join(tmp('img'), 'chain');
+    await engine.attach(fx.pid, { trackDirty: true });
+    let released = false;
+    const p = engine.checkpoint({
+      imageDir: dir,
+      debugWriteDelayMs: 700,
+      onProgress: (st) => {
+        if (st === 'released') released = true;
+      },
+    });
+    while (!released) await new Promise((r) => setTimeout(r, 5));
+    let written = false;
+    void p.then(() => {
+      written = true;
+    });
+    const closed = engine.close();
+    // the app is let go at once, before the epoch is written
+    await waitFor(() => (procState(fx.pid).tracer === 0 ? true : undefined), 3000, 'the app to be detached');
+    expect(written).toBe(false);
+    await closed;
+    // the reply still came (stdout was open), and the epoch is whole on disk
+    expect((await p).epoch).toBe(0);
+    expect(readdirSync(dir)).toEqual(['epoch-000000']);
+    expect(reconstruct(dir).memory.get(fx.pid)!.size).toBeGreaterThan(fx.pages);
+    fx.kill();
+  }, 30_000);
 });
