@@ -22,8 +22,9 @@ import {
   type FdEntry,
   type MapEntry,
 } from './procfs.js';
-import type { DirtyFile, DirtyRegion, DirtySet, GraphEdge, GraphNode, NodeKind, RegionChange } from './model.js';
-import { cutRange, hex, insertRegion, mergeRanges, normalizeRegions, protPerms, type Region } from './regions.js';
+import { ChangeLog, monotonicNs, type Change } from './changes.js';
+import type { DirtySet, GraphEdge, GraphNode, NodeKind, RegionChange } from './model.js';
+import { cutRange, hex, insertRegion, normalizeRegions, protPerms, type Region } from './regions.js';
 
 export { normalizeRegions, type Region };
 
@@ -47,17 +48,6 @@ export interface Resource {
   label: string;
   attrs: Record<string, string | number | boolean>;
 }
-
-type Change =
-  | { k: 'process'; pid: number; change: 'created' | 'exec' | 'exited' }
-  | { k: 'thread'; pid: number; tid: number; change: 'created' | 'exited' }
-  | ({ k: 'region' } & DirtyRegion)
-  | { k: 'fd'; pid: number; fd: number; change: 'opened' | 'closed'; resource?: string }
-  | { k: 'write'; resource: string; start: number; end: number }
-  | { k: 'truncate'; resource: string; size: number }
-  | { k: 'path'; pid: number; op: string; path: string; path2?: string }
-  | { k: 'socket'; resource: string; change: string }
-  | { k: 'ipc'; resource: string; pid: number; change: string };
 
 export interface ReconcileReport {
   processes: number;
@@ -97,9 +87,10 @@ export class AppGraph {
   readonly resources = new Map<string, Resource>();
   /** Seeded processes whose parent is not in the app (the tops of its trees), in seeding order. */
   private readonly roots: number[] = [];
-  /** Last completed barrier; changes from now on belong to epoch + 1. */
-  private epochNo = 0;
-  private readonly changes: (Change & { epoch: number })[] = [];
+  /** The change log and its epoch marks; undefined with changeLog: false. */
+  private readonly changes: ChangeLog | undefined;
+  /** When the change being applied happened (CLOCK_MONOTONIC ns): the event's stamp, or when /proc was read. */
+  private at = monotonicNs();
   private readonly skToSocket = new Map<string, string>();
   /** TCP states of socks not yet tied to a socket node (the last one per sock). */
   private readonly skEarly = new Map<string, TcpStateEvent>();
@@ -116,28 +107,34 @@ export class AppGraph {
    * one-off snapshot) keeps no change log, so that its memory does not grow with
    * every event of a long-running app; dirtySince() then refuses.
    */
-  constructor(private readonly opts: { changeLog?: boolean } = {}) {}
+  constructor(opts: { changeLog?: boolean } = {}) {
+    this.changes = opts.changeLog === false ? undefined : new ChangeLog();
+  }
 
   /** Entries in the change log (what forget() has not dropped yet). */
   get changeCount(): number {
-    return this.changes.length;
+    return this.changes?.size ?? 0;
   }
 
+  /** The last epoch marked (0 before any: the graph's creation stands for barrier 0 until a real one is marked). */
   get epoch(): number {
-    return this.epochNo;
+    return this.changes?.epoch ?? 0;
   }
 
-  /** Closes the epoch under way (a barrier); returns its number. */
-  markEpoch(): number {
-    this.epochNo += 1;
-    return this.epochNo;
+  /**
+   * Marks a checkpoint barrier: epoch `epoch` (default: the last + 1) taken at
+   * `barrierAtNs` (CLOCK_MONOTONIC, default now). Changes stamped before it
+   * belong to that epoch, later ones to the next, whenever their events are
+   * applied. Returns the epoch's number.
+   */
+  markEpoch(epoch?: number, barrierAtNs?: number): number {
+    if (!this.changes) return epoch ?? 0;
+    return this.changes.mark(epoch, barrierAtNs);
   }
 
-  /** Drops the change log up to and including epoch n (committed), and the resources only it still named. */
+  /** Drops the change log before epoch n's barrier (n committed), and the resources only it still named. */
   forget(n: number): void {
-    let i = 0;
-    while (i < this.changes.length && this.changes[i]!.epoch <= n) i++;
-    this.changes.splice(0, i);
+    this.changes?.forget(n);
     this.collect();
     this.collectAt = Math.max(COLLECT_MIN, 2 * this.resources.size);
   }
@@ -148,8 +145,7 @@ export class AppGraph {
       if (!users) this.ipcUsers.set(c.resource, (users = new Set()));
       users.add(c.pid);
     }
-    if (this.opts.changeLog === false) return;
-    this.changes.push({ ...c, epoch: this.epochNo + 1 } as Change & { epoch: number });
+    this.changes?.log(c, this.at);
   }
 
   get rootPids(): number[] {
@@ -266,6 +262,7 @@ export class AppGraph {
 
   /** Applies one event; now and then drops the resources nothing refers to any more (see collect). */
   apply(ev: TraceEvent): void {
+    this.at = ev.ts;
     this.applyEvent(ev);
     if (this.resources.size >= this.collectAt) {
       this.collect();
@@ -285,7 +282,7 @@ export class AppGraph {
       for (const r of p.fds.values()) keep.add(r);
       for (const r of p.regions) if (r.backing) keep.add(r.backing);
     }
-    for (const c of this.changes) if ('resource' in c && c.resource) keep.add(c.resource);
+    for (const r of this.changes?.resources() ?? []) keep.add(r);
     let n = 0;
     for (const [id, r] of this.resources) {
       if (keep.has(id) || r.kind === 'ipc') continue;
@@ -410,13 +407,7 @@ export class AppGraph {
 
   /** A write touching or overlapping the previous one to the same file in this epoch extends it. */
   private logWrite(resource: string, start: number, end: number): void {
-    const last = this.changes[this.changes.length - 1];
-    if (last && last.k === 'write' && last.resource === resource && last.epoch === this.epochNo + 1 && start <= last.end && end >= last.start) {
-      last.start = Math.min(last.start, start);
-      last.end = Math.max(last.end, end);
-      return;
-    }
-    this.log({ k: 'write', resource, start, end });
+    this.changes?.logWrite(resource, start, end, this.at);
   }
 
   private region(p: ProcessState, start: number, end: number, change: RegionChange): void {
@@ -705,7 +696,8 @@ export class AppGraph {
   }
 
   /** Takes the kernel's write-fault counts; the increase since the last call is logged per region. */
-  applyWriteFaults(faults: WriteFaultCount[]): void {
+  applyWriteFaults(faults: WriteFaultCount[], readAtNs = monotonicNs()): void {
+    this.at = readAtNs;
     for (const f of faults) {
       // a process gone (its entries not removed from the kernel map yet), or not
       // known yet (its fork not applied): nothing to log now; a known one's count
@@ -726,71 +718,13 @@ export class AppGraph {
 
   // ---- queries ----------------------------------------------------------
 
-  /** What changed after barrier `since` (exclusive) up to now. */
-  dirtySince(since: number): DirtySet {
-    if (this.opts.changeLog === false) throw new UnderstudyError('E_INTERNAL', 'this graph keeps no change log (changeLog: false): it cannot give a dirty set');
-    const ds: DirtySet = { since, epoch: this.epochNo, processes: [], threads: [], regions: [], fds: [], files: [], paths: [], sockets: [], ipc: [] };
-    const files = new Map<string, DirtyFile>();
-    const fileOf = (resource: string): DirtyFile => {
-      let f = files.get(resource);
-      if (!f) {
-        const r = this.resources.get(resource);
-        f = { resource, path: String(r?.attrs.path ?? r?.label ?? '?'), ranges: [] };
-        files.set(resource, f);
-      }
-      return f;
-    };
-    const faults = new Map<string, DirtyRegion>();
-    for (const c of this.changes) {
-      if (c.epoch <= since) continue;
-      switch (c.k) {
-        case 'process':
-          ds.processes.push({ pid: c.pid, change: c.change });
-          break;
-        case 'thread':
-          ds.threads.push({ pid: c.pid, tid: c.tid, change: c.change });
-          break;
-        case 'region': {
-          if (c.change === 'written') {
-            const key = `${c.pid}:${c.start}`;
-            const old = faults.get(key);
-            if (old) old.writeFaults = (old.writeFaults ?? 0) + (c.writeFaults ?? 0);
-            else {
-              const r: DirtyRegion = { pid: c.pid, start: c.start, end: c.end, change: 'written', writeFaults: c.writeFaults };
-              faults.set(key, r);
-              ds.regions.push(r);
-            }
-          } else ds.regions.push({ pid: c.pid, start: c.start, end: c.end, change: c.change });
-          break;
-        }
-        case 'fd':
-          ds.fds.push({ pid: c.pid, fd: c.fd, change: c.change, resource: c.resource });
-          break;
-        case 'write':
-          fileOf(c.resource).ranges.push([c.start, c.end]);
-          break;
-        case 'truncate': {
-          const f = fileOf(c.resource);
-          f.truncatedTo = c.size;
-          f.ranges = f.ranges.filter((r) => r[0] < c.size).map((r) => [r[0], Math.min(r[1], c.size)] as [number, number]);
-          break;
-        }
-        case 'path':
-          ds.paths.push({ pid: c.pid, op: c.op, path: c.path, path2: c.path2 });
-          break;
-        case 'socket':
-          ds.sockets.push({ resource: c.resource, change: c.change });
-          break;
-        case 'ipc':
-          ds.ipc.push({ resource: c.resource, pid: c.pid, change: c.change });
-          break;
-      }
-    }
-    for (const f of files.values()) {
-      f.ranges = mergeRanges(f.ranges);
-      ds.files.push(f);
-    }
-    return ds;
+  /** What changed after barrier `since` and before barrier `upTo` (default: up to now). */
+  dirtySince(since: number, upTo?: number): DirtySet {
+    if (!this.changes) throw new UnderstudyError('E_INTERNAL', 'this graph keeps no change log (changeLog: false): it cannot give a dirty set');
+    return this.changes.dirtySet(since, upTo, (id) => {
+      const r = this.resources.get(id);
+      return String(r?.attrs.path ?? r?.label ?? '?');
+    });
   }
 
   /** Every node and edge of the app (its closure), without external ends. */
@@ -858,6 +792,7 @@ export class AppGraph {
   /** Compares with /proc and repairs drift; returns what was repaired this time. */
   reconcile(): ReconcileReport {
     const rep: ReconcileReport = { processes: 0, threads: 0, fds: 0, regions: 0, total: 0 };
+    this.at = monotonicNs(); // drift is found now; when it happened is not known
     // Known processes: one read of /proc each, which also says whether it is gone.
     for (const p of [...this.processes.values()]) {
       const fresh = this.readProcess(p.pid);

@@ -48,6 +48,8 @@ export interface CheckpointResult {
   epochDir: string;
   verifyFullEpochDir: string;
   pauseNs: number;
+  /** CLOCK_MONOTONIC (ns, the trace events' clock) when the barrier began. */
+  barrierAtNs: number;
   barrierNs: number;
   stateNs: number;
   scanNs: number;
@@ -238,6 +240,7 @@ export class EngineClient {
       epochDir: c.epochDir,
       verifyFullEpochDir: c.verifyFullEpochDir,
       pauseNs: Number(c.pauseNs),
+      barrierAtNs: Number(c.barrierAtNs),
       barrierNs: Number(c.barrierNs),
       stateNs: Number(c.stateNs),
       scanNs: Number(c.scanNs),

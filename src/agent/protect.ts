@@ -1,0 +1,390 @@
+// The protect loop: one app under the agent's care, from attach to stop. It
+// owns the app's checkpoint engine, its tracer session and dependency graph,
+// and its epoch chain; it takes epoch 0 at start, then an epoch whenever the
+// schedule says so or one is requested; it marks the graph at each epoch's
+// real barrier; it hands each epoch to its sinks (where replication will ship
+// it) before the next one. The app's safety comes first: whatever fails, the
+// engine is closed or dies, and the kernel releases the app, which keeps
+// running; the failure is reported as an UnderstudyError, thrown or emitted.
+import { EngineClient, type CheckpointResult } from '../native/engine.js';
+import type { AppGraph } from '../graph/graph.js';
+import type { DirtySet } from '../graph/model.js';
+import { TraceSession } from '../trace/session.js';
+import { isUnderstudyError, UnderstudyError } from '../util/errors.js';
+import { logger } from '../util/log.js';
+import { EpochChain, type EpochRecord, type EpochTrigger } from './chain.js';
+import { seedAppGraph } from './seed.js';
+import { checkSchedule, nextEpochIn, scheduleDone, type Schedule } from './schedule.js';
+
+const log = logger('agent');
+
+/**
+ * How the loop keeps the app's dependency graph: 'live' traces the app (eBPF)
+ * and marks the graph at every barrier, so each epoch comes with its dirty set;
+ * 'seed' reads it once from /proc at start; 'none' keeps none (a plain dump).
+ */
+export type GraphMode = 'live' | 'seed' | 'none';
+
+export interface ProtectOptions {
+  /** The app's root process (adopted, running). */
+  pid: number;
+  imageDir: string;
+  /** The root's descendants are part of the app (default true). */
+  includeChildren?: boolean;
+  /** Exact dirty-page tracking, needed for delta epochs (default true); false: epoch 0 only. */
+  incremental?: boolean;
+  graph?: GraphMode;
+  schedule?: Schedule;
+  /** Each epoch, in order, once written; the loop waits for them before the next epoch. */
+  sinks?: EpochSink[];
+  engine?: { binary?: string; timeoutMs?: number; env?: Record<string, string | undefined> };
+  /** Period of the live graph's reconciliation with /proc, ms (default 0: none). */
+  reconcileMs?: number;
+  /** Test hooks passed with every checkpoint request. */
+  debug?: { stallMs?: number; writeDelayMs?: number };
+}
+
+/** One epoch, as handed to sinks and listeners. */
+export interface EpochTaken {
+  record: EpochRecord;
+  /** The engine's own figures. */
+  result: CheckpointResult;
+  /** With a live graph, for a delta: what the graph saw change between the parent's barrier and this one. */
+  dirty: DirtySet | undefined;
+}
+
+/**
+ * Where an epoch goes after it is written: the seam replication plugs into
+ * ("ship the epoch"). Called once per epoch, in order; the next epoch waits
+ * for it (back-pressure). A throw fails the loop (the app is released).
+ */
+export interface EpochSink {
+  readonly name: string;
+  epoch(e: EpochTaken): Promise<void> | void;
+}
+
+export type LoopState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
+
+/** How the loop ended: stop() was called, the app exited, or something failed (the app was released). */
+export interface LoopEnd {
+  reason: 'stopped' | 'app-exited' | 'failed';
+  error?: UnderstudyError;
+  epochs: number;
+}
+
+interface LoopEvents {
+  epoch: EpochTaken;
+  failed: UnderstudyError;
+  ended: LoopEnd;
+}
+
+function asUnderstudyError(e: unknown): UnderstudyError {
+  if (isUnderstudyError(e)) return e;
+  return new UnderstudyError('E_INTERNAL', `protect loop: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+}
+
+export class ProtectLoop {
+  readonly chain: EpochChain;
+  private engineClient: EngineClient | undefined;
+  private session: TraceSession | undefined;
+  private graphOf: AppGraph | undefined;
+  private st: LoopState = 'new';
+  private timer: NodeJS.Timeout | undefined;
+  /** The epoch under way (epochs are taken one at a time). */
+  private inflight: Promise<unknown> = Promise.resolve();
+  private failure: UnderstudyError | undefined;
+  private readonly listeners: { [K in keyof LoopEvents]: ((v: LoopEvents[K]) => void)[] } = { epoch: [], failed: [], ended: [] };
+  private endWith: (e: LoopEnd) => void = () => {};
+  private scheduleDoneWith: () => void = () => {};
+  private tearingDown: Promise<UnderstudyError | undefined> | undefined;
+  /** Resolves when the loop has ended (stopped, app exited, or failed); never rejects. */
+  readonly ended: Promise<LoopEnd>;
+  /** Resolves when the schedule has taken its maxDeltas, or the loop ended. */
+  readonly scheduleDone: Promise<void>;
+  private readonly opts: Required<Pick<ProtectOptions, 'includeChildren' | 'incremental' | 'graph' | 'reconcileMs'>> & ProtectOptions;
+
+  constructor(opts: ProtectOptions) {
+    this.opts = { includeChildren: true, incremental: true, graph: 'live', reconcileMs: 0, ...opts };
+    this.opts.schedule = checkSchedule(opts.schedule ?? {});
+    if (this.opts.incremental === false && (this.opts.schedule.intervalMs !== undefined || (this.opts.schedule.maxDeltas ?? 0) > 0)) {
+      throw new UnderstudyError('E_USAGE', 'delta epochs need dirty tracking: a schedule of deltas with incremental: false');
+    }
+    this.chain = new EpochChain(opts.imageDir);
+    this.ended = new Promise((res) => (this.endWith = res));
+    this.scheduleDone = new Promise((res) => (this.scheduleDoneWith = res));
+    void this.ended.then(() => this.scheduleDoneWith());
+  }
+
+  get state(): LoopState {
+    return this.st;
+  }
+
+  get pid(): number {
+    return this.opts.pid;
+  }
+
+  /** The app's dependency graph (undefined with graph 'none', or before start). */
+  get graph(): AppGraph | undefined {
+    return this.graphOf;
+  }
+
+  /** The engine process's pid (tests, diagnostics). */
+  get enginePid(): number | undefined {
+    return this.engineClient?.pid;
+  }
+
+  /** The tracer session of a live graph (tests, diagnostics). */
+  get tracer(): TraceSession | undefined {
+    return this.session;
+  }
+
+  /** What made the loop fail, if it did. */
+  get error(): UnderstudyError | undefined {
+    return this.failure;
+  }
+
+  get epochs(): readonly EpochRecord[] {
+    return this.chain.epochs;
+  }
+
+  /** Listens for an event; returns the function that stops listening. A listener that throws is logged, never fatal. */
+  on<K extends keyof LoopEvents>(event: K, fn: (v: LoopEvents[K]) => void): () => void {
+    const list = this.listeners[event] as ((v: LoopEvents[K]) => void)[];
+    list.push(fn);
+    return () => {
+      const i = list.indexOf(fn);
+      if (i >= 0) list.splice(i, 1);
+    };
+  }
+
+  private emit<K extends keyof LoopEvents>(event: K, v: LoopEvents[K]): void {
+    for (const fn of [...(this.listeners[event] as ((v: LoopEvents[K]) => void)[])]) {
+      try {
+        fn(v);
+      } catch (e) {
+        log.error({ err: e, event }, 'protect loop listener failed');
+      }
+    }
+  }
+
+  /**
+   * Attaches without taking an epoch yet: the tracer (live graph) first, so
+   * that nothing the app does from the seed on is missed, then the engine.
+   * start() does it when not done. On failure everything started is stopped
+   * (the app released) and the error thrown.
+   */
+  async attach(): Promise<void> {
+    if (this.st !== 'new') throw new UnderstudyError('E_INTERNAL', `protect loop for ${this.opts.pid}: attach() called when ${this.st}`);
+    this.st = 'starting';
+    const { pid } = this.opts;
+    try {
+      // (with no graph, the engine's attach says best what is wrong with the pid)
+      if (this.opts.graph === 'live') {
+        this.session = await TraceSession.start({ pid, reconcileMs: this.opts.reconcileMs });
+        this.graphOf = this.session.graph;
+        void this.session.rootExited.then(() => this.appExited());
+      } else if (this.opts.graph === 'seed') {
+        this.graphOf = seedAppGraph(pid, { includeChildren: this.opts.includeChildren });
+      }
+      const engine = EngineClient.start(this.opts.engine ?? {});
+      this.engineClient = engine;
+      void engine.waitExit().then(() => {
+        if (this.st === 'starting' || this.st === 'running') {
+          this.fail(new UnderstudyError('E_ENGINE_DIED', `the checkpoint engine (pid ${engine.pid}) exited while protecting app ${pid}; the kernel released the app, which keeps running`));
+        }
+      });
+      const a = await engine.attach(pid, { includeChildren: this.opts.includeChildren, trackDirty: this.opts.incremental });
+      log.info({ pid, pids: a.pids, threads: a.threads, seizeMs: a.seizeNs / 1e6, graph: this.opts.graph }, 'app attached');
+    } catch (e) {
+      const err = this.failure ?? asUnderstudyError(e);
+      this.fail(err);
+      await this.tearingDown;
+      throw err;
+    }
+  }
+
+  /** Attaches (unless attach() did), takes epoch 0 and arms the schedule; on failure the app is released and the error thrown. */
+  async start(): Promise<EpochTaken> {
+    if (this.st === 'new') await this.attach();
+    if (this.st !== 'starting' || this.chain.epochs.length > 0) {
+      throw this.failure ?? new UnderstudyError('E_INTERNAL', `protect loop for ${this.opts.pid}: start() called when ${this.st}`);
+    }
+    try {
+      const first = await this.epoch('start');
+      if (this.st === 'starting') this.st = 'running';
+      this.arm();
+      return first;
+    } catch (e) {
+      const err = this.failure ?? asUnderstudyError(e);
+      this.fail(err);
+      await this.tearingDown;
+      throw err;
+    }
+  }
+
+  /** Takes an epoch now (after the one under way, if any); the schedule's next epoch counts from its end. */
+  async requestEpoch(): Promise<EpochTaken> {
+    if (this.st !== 'running') {
+      throw this.failure ?? new UnderstudyError('E_USAGE', `app ${this.opts.pid} is not being protected (the protect loop is ${this.st})`);
+    }
+    if (!this.opts.incremental) throw new UnderstudyError('E_USAGE', `app ${this.opts.pid} is protected without dirty tracking: no delta epochs`);
+    this.disarm();
+    try {
+      return await this.epoch('request');
+    } finally {
+      this.arm();
+    }
+  }
+
+  private deltas(): number {
+    return Math.max(0, this.chain.epochs.length - 1);
+  }
+
+  private disarm(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private arm(): void {
+    this.disarm();
+    if (this.st !== 'running') return;
+    const s = this.opts.schedule!;
+    if (scheduleDone(s, this.deltas())) {
+      this.scheduleDoneWith();
+      return;
+    }
+    const ms = this.opts.incremental ? nextEpochIn(s, this.deltas()) : undefined;
+    if (ms === undefined) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.epoch('interval')
+        .then(() => this.arm())
+        .catch(() => undefined); // reported by fail()
+    }, ms);
+  }
+
+  /** One epoch, after the one under way: barrier, capture, write (engine); graph mark; sinks; listeners. */
+  private epoch(trigger: EpochTrigger): Promise<EpochTaken> {
+    const run = this.inflight.then(() => this.epochNow(trigger));
+    this.inflight = run.catch(() => undefined);
+    return run;
+  }
+
+  private async epochNow(trigger: EpochTrigger): Promise<EpochTaken> {
+    const engine = this.engineClient;
+    if (!engine || (this.st !== 'running' && this.st !== 'starting')) {
+      throw this.failure ?? new UnderstudyError('E_USAGE', `app ${this.opts.pid}: no epoch, the protect loop is ${this.st}`);
+    }
+    try {
+      // the write faults counted until now belong to the epoch this barrier closes
+      if (this.session) await this.session.refreshWriteFaults().catch((e: unknown) => log.warn({ err: e }, 'write-fault counts not read'));
+      const pos = this.chain.next();
+      const result = await engine.checkpoint({
+        imageDir: pos.imageDir,
+        // when CheckpointCmd carries them: imageId: pos.imageId, parentEpoch: pos.parentEpoch
+        debugStallMs: this.opts.debug?.stallMs,
+        debugWriteDelayMs: this.opts.debug?.writeDelayMs,
+      });
+      const record = this.chain.append(result, trigger);
+      let dirty: DirtySet | undefined;
+      if (this.session && this.graphOf) {
+        this.graphOf.markEpoch(record.epoch, record.barrierAtNs);
+        // every event stamped before the barrier has been submitted (the app was stopped at it): wait until the graph has them
+        if (!(await this.session.sync(5_000))) log.warn({ epoch: record.epoch }, 'the tracer did not deliver every record before the barrier in 5 s: the dirty set may lack some');
+        if (record.parent !== undefined) dirty = this.graphOf.dirtySince(record.parent, record.epoch);
+      }
+      const taken: EpochTaken = { record, result, dirty };
+      log.info({ epoch: record.epoch, full: record.full, trigger, pauseMs: record.pauseNs / 1e6, pages: record.pages, bytes: record.bytes }, 'epoch taken');
+      for (const sink of this.opts.sinks ?? []) {
+        try {
+          await sink.epoch(taken);
+        } catch (e) {
+          throw new UnderstudyError(isUnderstudyError(e) ? e.code : 'E_INTERNAL', `epoch ${record.epoch}: the ${sink.name} sink failed: ${(e as Error).message}`, { cause: e });
+        }
+      }
+      // its changes are handed on: the log keeps what happened since this barrier
+      // (with replication, this follows the commit instead)
+      if (this.session && this.graphOf) this.graphOf.forget(record.epoch);
+      this.emit('epoch', taken);
+      if (scheduleDone(this.opts.schedule!, this.deltas())) this.scheduleDoneWith();
+      return taken;
+    } catch (e) {
+      const err = this.failure ?? asUnderstudyError(e);
+      this.fail(err);
+      throw err;
+    }
+  }
+
+  /** The app's root is gone: nothing left to protect. */
+  private appExited(): void {
+    if (this.st !== 'running' && this.st !== 'starting') return;
+    log.info({ pid: this.opts.pid }, 'the app exited; protect loop ends');
+    this.st = 'stopping';
+    this.disarm();
+    void this.teardown('leave').then(() => this.finish({ reason: 'app-exited', epochs: this.chain.epochs.length }, 'stopped'));
+  }
+
+  /** Records a failure once, releases the app (engine closed), stops the tracer. */
+  private fail(err: UnderstudyError): void {
+    if (this.failure || this.st === 'stopped' || this.st === 'failed') return;
+    const wasStopping = this.st === 'stopping';
+    this.failure = err;
+    this.disarm();
+    log.error({ pid: this.opts.pid, code: err.code, err: err.message }, 'protect loop failed; the app is released and keeps running');
+    this.emit('failed', err);
+    if (wasStopping) return; // stop() finishes the teardown and reports the error
+    this.st = 'failed';
+    void this.teardown('leave').then(() => this.finish({ reason: 'failed', error: err, epochs: this.chain.epochs.length }, 'failed'));
+  }
+
+  private finish(end: LoopEnd, state: LoopState): void {
+    this.st = state;
+    this.emit('ended', end);
+    this.endWith(end);
+  }
+
+  /** Releases or kills the app through the engine, closes it, stops the tracer; once; never throws (returns what failed). */
+  private teardown(app: 'leave' | 'kill'): Promise<UnderstudyError | undefined> {
+    this.tearingDown ??= (async () => {
+      const engine = this.engineClient;
+      let err: UnderstudyError | undefined;
+      if (engine?.alive && !this.failure) {
+        try {
+          if (app === 'kill') await engine.killApp();
+          else await engine.detach();
+        } catch (e) {
+          err = asUnderstudyError(e);
+        }
+      }
+      // closing the engine's pipe detaches it from the app, whatever happened before
+      await engine?.close().catch((e: unknown) => log.warn({ err: e }, 'engine close'));
+      await this.session?.stop().catch((e: unknown) => log.warn({ err: e }, 'tracer stop'));
+      return err;
+    })();
+    return this.tearingDown;
+  }
+
+  /**
+   * Stops protecting: the schedule stops, the epoch under way finishes, then
+   * the engine detaches (app 'leave', the default: it keeps running, untraced)
+   * or kills the app ('kill', CRIU's default after a dump), and the tracer
+   * stops. Throws the loop's failure if it failed (the app was released then).
+   */
+  async stop(opts: { app?: 'leave' | 'kill' } = {}): Promise<LoopEnd> {
+    if (this.st === 'new') {
+      this.finish({ reason: 'stopped', epochs: 0 }, 'stopped');
+      return this.ended;
+    }
+    if (this.st === 'starting' || this.st === 'running') {
+      this.st = 'stopping';
+      this.disarm();
+      await this.inflight;
+      const err = await this.teardown(this.failure ? 'leave' : opts.app ?? 'leave');
+      this.failure ??= err;
+      this.finish(this.failure ? { reason: 'failed', error: this.failure, epochs: this.chain.epochs.length } : { reason: 'stopped', epochs: this.chain.epochs.length }, this.failure ? 'failed' : 'stopped');
+    }
+    const end = await this.ended;
+    if (end.error) throw end.error;
+    return end;
+  }
+}
