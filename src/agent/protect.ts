@@ -73,6 +73,8 @@ export interface LoopEnd {
 }
 
 interface LoopEvents {
+  /** A stage of the epoch under way, as the engine reports it ('released': the app runs again, the write is under way). */
+  stage: { epoch: number; stage: string };
   epoch: EpochTaken;
   failed: UnderstudyError;
   ended: LoopEnd;
@@ -93,7 +95,7 @@ export class ProtectLoop {
   /** The epoch under way (epochs are taken one at a time). */
   private inflight: Promise<unknown> = Promise.resolve();
   private failure: UnderstudyError | undefined;
-  private readonly listeners: { [K in keyof LoopEvents]: ((v: LoopEvents[K]) => void)[] } = { epoch: [], failed: [], ended: [] };
+  private readonly listeners: { [K in keyof LoopEvents]: ((v: LoopEvents[K]) => void)[] } = { stage: [], epoch: [], failed: [], ended: [] };
   private endWith: (e: LoopEnd) => void = () => {};
   private scheduleDoneWith: () => void = () => {};
   private tearingDown: Promise<UnderstudyError | undefined> | undefined;
@@ -194,7 +196,7 @@ export class ProtectLoop {
         }
       });
       const a = await engine.attach(pid, { includeChildren: this.opts.includeChildren, trackDirty: this.opts.incremental });
-      log.info({ pid, pids: a.pids, threads: a.threads, seizeMs: a.seizeNs / 1e6, graph: this.opts.graph }, 'app attached');
+      log.info({ app: pid, pids: a.pids, threads: a.threads, seizeMs: a.seizeNs / 1e6, graph: this.opts.graph }, 'app attached');
     } catch (e) {
       const err = this.failure ?? asUnderstudyError(e);
       this.fail(err);
@@ -284,6 +286,7 @@ export class ProtectLoop {
         // when CheckpointCmd carries them: imageId: pos.imageId, parentEpoch: pos.parentEpoch
         debugStallMs: this.opts.debug?.stallMs,
         debugWriteDelayMs: this.opts.debug?.writeDelayMs,
+        onProgress: (stage) => this.emit('stage', { epoch: pos.parentEpoch === undefined ? 0 : pos.parentEpoch + 1, stage }),
       });
       const record = this.chain.append(result, trigger);
       let dirty: DirtySet | undefined;
@@ -318,7 +321,7 @@ export class ProtectLoop {
   /** The app's root is gone: nothing left to protect. */
   private appExited(): void {
     if (this.st !== 'running' && this.st !== 'starting') return;
-    log.info({ pid: this.opts.pid }, 'the app exited; protect loop ends');
+    log.info({ app: this.opts.pid }, 'the app exited; protect loop ends');
     this.st = 'stopping';
     this.disarm();
     void this.teardown('leave').then(() => this.finish({ reason: 'app-exited', epochs: this.chain.epochs.length }, 'stopped'));
@@ -330,7 +333,7 @@ export class ProtectLoop {
     const wasStopping = this.st === 'stopping';
     this.failure = err;
     this.disarm();
-    log.error({ pid: this.opts.pid, code: err.code, err: err.message }, 'protect loop failed; the app is released and keeps running');
+    log.error({ app: this.opts.pid, code: err.code, err: err.message }, 'protect loop failed; the app is released and keeps running');
     this.emit('failed', err);
     if (wasStopping) return; // stop() finishes the teardown and reports the error
     this.st = 'failed';
