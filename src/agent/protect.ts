@@ -9,6 +9,7 @@
 import { EngineClient, type CheckpointResult } from '../native/engine.js';
 import type { AppGraph } from '../graph/graph.js';
 import type { DirtySet } from '../graph/model.js';
+import { readStat } from '../graph/procfs.js';
 import { TraceSession } from '../trace/session.js';
 import { isUnderstudyError, UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
@@ -98,6 +99,8 @@ export class ProtectLoop {
   private readonly listeners: { [K in keyof LoopEvents]: ((v: LoopEvents[K]) => void)[] } = { stage: [], epoch: [], failed: [], ended: [] };
   private endWith: (e: LoopEnd) => void = () => {};
   private scheduleDoneWith: () => void = () => {};
+  /** The app's root exited: the loop is ending, an epoch that fails now does not fail the loop. */
+  private exiting = false;
   private tearingDown: Promise<UnderstudyError | undefined> | undefined;
   /** Resolves when the loop has ended (stopped, app exited, or failed); never rejects. */
   readonly ended: Promise<LoopEnd>;
@@ -110,6 +113,9 @@ export class ProtectLoop {
     this.opts.schedule = checkSchedule(opts.schedule ?? {});
     if (this.opts.incremental === false && (this.opts.schedule.intervalMs !== undefined || (this.opts.schedule.maxDeltas ?? 0) > 0)) {
       throw new UnderstudyError('E_USAGE', 'delta epochs need dirty tracking: a schedule of deltas with incremental: false');
+    }
+    if (this.opts.graph === 'live' && !this.opts.includeChildren) {
+      throw new UnderstudyError('E_USAGE', "a live graph traces the app's whole process tree: includeChildren: false needs graph 'seed' or 'none'");
     }
     this.chain = new EpochChain(opts.imageDir);
     this.ended = new Promise((res) => (this.endWith = res));
@@ -297,7 +303,7 @@ export class ProtectLoop {
         if (record.parent !== undefined) dirty = this.graphOf.dirtySince(record.parent, record.epoch);
       }
       const taken: EpochTaken = { record, result, dirty };
-      log.info({ epoch: record.epoch, full: record.full, trigger, pauseMs: record.pauseNs / 1e6, pages: record.pages, bytes: record.bytes }, 'epoch taken');
+      log.debug({ epoch: record.epoch, full: record.full, trigger, pauseMs: record.pauseNs / 1e6, pages: record.pages, bytes: record.bytes }, 'epoch taken');
       for (const sink of this.opts.sinks ?? []) {
         try {
           await sink.epoch(taken);
@@ -313,9 +319,16 @@ export class ProtectLoop {
       return taken;
     } catch (e) {
       const err = this.failure ?? asUnderstudyError(e);
-      this.fail(err);
+      // an app that exited during the epoch ends the loop; it did not fail it
+      if (!this.failure && (this.exiting || (this.st === 'running' && this.rootGone()))) this.appExited();
+      else this.fail(err);
       throw err;
     }
+  }
+
+  private rootGone(): boolean {
+    const st = readStat(this.opts.pid);
+    return st === undefined || st.state === 'Z' || st.state === 'X';
   }
 
   /** The app's root is gone: nothing left to protect. */
@@ -323,8 +336,9 @@ export class ProtectLoop {
     if (this.st !== 'running' && this.st !== 'starting') return;
     log.info({ app: this.opts.pid }, 'the app exited; protect loop ends');
     this.st = 'stopping';
+    this.exiting = true;
     this.disarm();
-    void this.teardown('leave').then(() => this.finish({ reason: 'app-exited', epochs: this.chain.epochs.length }, 'stopped'));
+    void this.inflight.then(() => this.teardown('leave')).then(() => this.finish({ reason: 'app-exited', epochs: this.chain.epochs.length }, 'stopped'));
   }
 
   /** Records a failure once, releases the app (engine closed), stops the tracer. */

@@ -160,6 +160,25 @@ describe('the protect loop', () => {
     expect(await fx.write(2, 3)).toHaveLength(2);
   });
 
+  it('ends by itself when the app exits: no failure, engine and tracer gone', async () => {
+    const fx = await startFixture({ mb: 1 });
+    const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'live', schedule: { intervalMs: 20 } });
+    const failed: string[] = [];
+    loop.on('failed', (e) => failed.push(e.code));
+    await loop.start();
+    // exits while epochs come every 20 ms: whether its exit is seen by the tracer or by a checkpoint, the loop ends, not fails
+    const enginePid = loop.enginePid!;
+    const pins = loop.tracer!.tracer.pins.dir;
+    fx.kill();
+    const end = await loop.ended;
+    expect(end.reason).toBe('app-exited');
+    expect(end.error).toBeUndefined();
+    expect(failed).toEqual([]);
+    expect(alive(enginePid)).toBe(false);
+    expect(existsSync(pins)).toBe(false);
+    expect(await loop.stop()).toMatchObject({ reason: 'app-exited' });
+  });
+
   it('stop leaves nothing behind: engine exited, tracer stopped and unpinned, app running untraced (or killed when asked)', async () => {
     const fx = await startFixture({ mb: 2 });
     const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'live', schedule: { intervalMs: 50 } });
