@@ -2,7 +2,7 @@
 // parent; an engine reporting an epoch out of order is refused with E_IMAGE_CHAIN.
 import { describe, expect, it } from 'vitest';
 import { EpochChain } from '../../src/agent/chain.js';
-import type { CheckpointResult } from '../../src/engine/client.js';
+import type { CheckpointResult } from '../../src/native/engine.js';
 
 function result(epoch: number, full: boolean): CheckpointResult {
   return {
