@@ -19,6 +19,10 @@ import { checkSchedule, nextEpochIn, scheduleDone, type Schedule } from './sched
 
 const log = logger('agent');
 
+/** A checkpoint the engine refuses as busy (E_BUSY, retryable) is tried this many times in all, this far apart. */
+const BUSY_ATTEMPTS = 3;
+const BUSY_RETRY_MS = 20;
+
 /**
  * How the loop keeps the app's dependency graph: 'live' traces the app (eBPF)
  * and marks the graph at every barrier, so each epoch comes with its dirty set;
@@ -74,7 +78,7 @@ export interface LoopEnd {
 }
 
 interface LoopEvents {
-  /** A stage of the epoch under way, as the engine reports it ('released': the app runs again, the write is under way). */
+  /** A stage of the epoch under way, as the engine reports it ('released': the app runs again, the write is under way), or 'retry' (E_BUSY). */
   stage: { epoch: number; stage: string };
   epoch: EpochTaken;
   failed: UnderstudyError;
@@ -287,13 +291,27 @@ export class ProtectLoop {
       // the write faults counted until now belong to the epoch this barrier closes
       if (this.session) await this.session.refreshWriteFaults().catch((e: unknown) => log.warn({ err: e }, 'write-fault counts not read'));
       const pos = this.chain.next();
-      const result = await engine.checkpoint({
-        imageDir: pos.imageDir,
-        // when CheckpointCmd carries them: imageId: pos.imageId, parentEpoch: pos.parentEpoch
-        debugStallMs: this.opts.debug?.stallMs,
-        debugWriteDelayMs: this.opts.debug?.writeDelayMs,
-        onProgress: (stage) => this.emit('stage', { epoch: pos.parentEpoch === undefined ? 0 : pos.parentEpoch + 1, stage }),
-      });
+      const next = pos.parentEpoch === undefined ? 0 : pos.parentEpoch + 1;
+      const checkpoint = (): Promise<CheckpointResult> =>
+        engine.checkpoint({
+          imageDir: pos.imageDir,
+          // when CheckpointCmd carries them: imageId: pos.imageId, parentEpoch: pos.parentEpoch
+          debugStallMs: this.opts.debug?.stallMs,
+          debugWriteDelayMs: this.opts.debug?.writeDelayMs,
+          onProgress: (stage) => this.emit('stage', { epoch: next, stage }),
+        });
+      let result: CheckpointResult | undefined;
+      for (let attempt = 1; !result; attempt++) {
+        try {
+          result = await checkpoint();
+        } catch (e) {
+          // E_BUSY: the engine gave up this capture (the app was released) and says to try again
+          if (!isUnderstudyError(e) || e.code !== 'E_BUSY' || attempt >= BUSY_ATTEMPTS || !engine.alive) throw e;
+          log.warn({ app: this.opts.pid, epoch: next, attempt, err: e.message }, 'checkpoint busy; trying again');
+          this.emit('stage', { epoch: next, stage: 'retry' });
+          await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
+        }
+      }
       const record = this.chain.append(result, trigger);
       let dirty: DirtySet | undefined;
       if (this.session && this.graphOf) {

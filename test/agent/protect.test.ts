@@ -160,6 +160,20 @@ describe('the protect loop', () => {
     expect(await fx.write(2, 3)).toHaveLength(2);
   });
 
+  it('a checkpoint the engine calls busy (E_BUSY) is tried again, then fails with its code, the app running', async () => {
+    const fx = await startFixture({ mb: 1 });
+    // the engine's test hook: every read of ITIMER_REAL looks raced by its firing, so every capture is E_BUSY
+    const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'none', engine: { env: { UNDERSTUDY_ENGINE_ITIMER_RACE: '1' } } });
+    const retries: number[] = [];
+    loop.on('stage', (s) => s.stage === 'retry' && retries.push(s.epoch));
+    await expect(loop.start()).rejects.toMatchObject({ code: 'E_BUSY', message: expect.stringMatching(/try the checkpoint again/) });
+    expect(retries).toEqual([0, 0]); // three attempts in all
+    expect(loop.epochs).toHaveLength(0);
+    expect(procState(fx.pid).tracer).toBe(0);
+    expect(await settledState(fx.pid)).toBe('S');
+    expect(await fx.write(2, 9)).toHaveLength(2);
+  });
+
   it('ends by itself when the app exits: no failure, engine and tracer gone', async () => {
     const fx = await startFixture({ mb: 1 });
     const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'live', schedule: { intervalMs: 20 } });
