@@ -8,6 +8,7 @@
 // running; the failure is reported as an UnderstudyError, thrown or emitted.
 import { EngineClient, type CheckpointResult } from '../native/engine.js';
 import type { AppGraph } from '../graph/graph.js';
+import { monotonicNs } from '../graph/changes.js';
 import type { DirtySet } from '../graph/model.js';
 import { readStat } from '../graph/procfs.js';
 import { TraceSession } from '../trace/session.js';
@@ -314,12 +315,7 @@ export class ProtectLoop {
       }
       const record = this.chain.append(result, trigger);
       let dirty: DirtySet | undefined;
-      if (this.session && this.graphOf) {
-        this.graphOf.markEpoch(record.epoch, record.barrierAtNs);
-        // every event stamped before the barrier has been submitted (the app was stopped at it): wait until the graph has them
-        if (!(await this.session.sync(5_000))) log.warn({ epoch: record.epoch }, 'the tracer did not deliver every record before the barrier in 5 s: the dirty set may lack some');
-        if (record.parent !== undefined) dirty = this.graphOf.dirtySince(record.parent, record.epoch);
-      }
+      if (this.session && this.graphOf) dirty = await this.markGraph(this.session, this.graphOf, record);
       const taken: EpochTaken = { record, result, dirty };
       log.debug({ epoch: record.epoch, full: record.full, trigger, pauseMs: record.pauseNs / 1e6, pages: record.pages, bytes: record.bytes }, 'epoch taken');
       for (const sink of this.opts.sinks ?? []) {
@@ -331,7 +327,7 @@ export class ProtectLoop {
       }
       // its changes are handed on: the log keeps what happened since this barrier
       // (with replication, this follows the commit instead)
-      if (this.session && this.graphOf) this.graphOf.forget(record.epoch);
+      if (this.session && this.graphOf && this.graphOf.epoch === record.epoch) this.graphOf.forget(record.epoch);
       this.emit('epoch', taken);
       if (scheduleDone(this.opts.schedule!, this.deltas())) this.scheduleDoneWith();
       return taken;
@@ -341,6 +337,24 @@ export class ProtectLoop {
       if (!this.failure && (this.exiting || (this.st === 'running' && this.rootGone()))) this.appExited();
       else this.fail(err);
       throw err;
+    }
+  }
+
+  /**
+   * Marks the epoch in the graph at its barrier and returns the delta's dirty
+   * set. The epoch on disk is exact whatever the graph says, so a graph that
+   * cannot follow is reported, never fatal (the dirty set is then undefined).
+   */
+  private async markGraph(session: TraceSession, graph: AppGraph, record: EpochRecord): Promise<DirtySet | undefined> {
+    try {
+      // an engine that does not report its barrier's time: the reply's time, a little late
+      graph.markEpoch(record.epoch, record.barrierAtNs > 0 ? record.barrierAtNs : monotonicNs());
+      // every event stamped before the barrier has been submitted (the app was stopped at it): wait until the graph has them
+      if (!(await session.sync(5_000))) log.warn({ epoch: record.epoch }, 'the tracer did not deliver every record before the barrier in 5 s: the dirty set may lack some');
+      return record.parent === undefined ? undefined : graph.dirtySince(record.parent, record.epoch);
+    } catch (e) {
+      log.error({ err: e, epoch: record.epoch }, 'the graph could not follow this epoch: no dirty set for it');
+      return undefined;
     }
   }
 
