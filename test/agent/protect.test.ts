@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ProtectLoop, type EpochSink, type EpochTaken } from '../../src/agent/protect.js';
 import { listEpochs } from '../../src/image/store.js';
 import type { DirtySet } from '../../src/graph/model.js';
+import { UnderstudyError } from '../../src/util/errors.js';
 import { onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from '../engine/helpers.js';
 
 const alive = (pid: number): boolean => existsSync(`/proc/${pid}`);
@@ -158,6 +159,29 @@ describe('the protect loop', () => {
     expect(procState(fx.pid).tracer).toBe(0);
     expect(await settledState(fx.pid)).toBe('S');
     expect(await fx.write(2, 3)).toHaveLength(2);
+  });
+
+  it('the next epoch waits for the sinks (back-pressure); a sink that fails ends the loop with its code, the app released', async () => {
+    const fx = await startFixture({ mb: 1 });
+    const seen: number[] = [];
+    const slow: EpochSink = {
+      name: 'slow',
+      epoch: async (e) => {
+        seen.push(e.record.epoch);
+        await new Promise((r) => setTimeout(r, 300));
+        if (e.record.epoch === 2) throw new UnderstudyError('E_TIMEOUT', 'the standby did not answer');
+      },
+    };
+    const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'none', schedule: { intervalMs: 20 }, sinks: [slow] });
+    await loop.start();
+    const end = await loop.ended;
+    expect(end).toMatchObject({ reason: 'failed', epochs: 3, error: { code: 'E_TIMEOUT', message: 'epoch 2: the slow sink failed: the standby did not answer' } });
+    expect(seen).toEqual([0, 1, 2]);
+    // each barrier waited for the sink of the epoch before (300 ms), not only the 20 ms interval
+    for (let i = 1; i < 3; i++) expect(loop.epochs[i]!.barrierAtNs - loop.epochs[i - 1]!.barrierAtNs).toBeGreaterThanOrEqual(300e6);
+    expect(procState(fx.pid).tracer).toBe(0);
+    expect(await settledState(fx.pid)).toBe('S');
+    expect(await fx.write(2, 4)).toHaveLength(2);
   });
 
   it('a checkpoint the engine calls busy (E_BUSY) is tried again, then fails with its code, the app running', async () => {
