@@ -79,7 +79,11 @@ export interface LoopEnd {
 }
 
 interface LoopEvents {
-  /** A stage of the epoch under way, as the engine reports it ('released': the app runs again, the write is under way), or 'retry' (E_BUSY). */
+  /**
+   * A stage of the epoch under way, as the engine reports it ('released': the
+   * app runs again, the write is under way); 'retry' (the engine was busy, it is
+   * asked again) and 'skipped' (still busy: no epoch this time) are the loop's.
+   */
   stage: { epoch: number; stage: string };
   epoch: EpochTaken;
   failed: UnderstudyError;
@@ -271,8 +275,8 @@ export class ProtectLoop {
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.epoch('interval')
-        .then(() => this.arm())
-        .catch(() => undefined); // reported by fail()
+        .catch(() => undefined) // reported by fail(), or skipped
+        .then(() => this.arm());
     }, ms);
   }
 
@@ -335,7 +339,12 @@ export class ProtectLoop {
       const err = this.failure ?? asUnderstudyError(e);
       // an app that exited during the epoch ends the loop; it did not fail it
       if (!this.failure && (this.exiting || (this.st === 'running' && this.rootGone()))) this.appExited();
-      else this.fail(err);
+      // still busy after the retries: this epoch is skipped (nothing was written, the app runs,
+      // its writes stay tracked), the schedule goes on; epoch 0 is not skipped, start() fails
+      else if (!this.failure && err.code === 'E_BUSY' && this.st === 'running' && engine.alive) {
+        log.warn({ app: this.opts.pid, err: err.message }, 'epoch skipped: the engine stayed busy');
+        this.emit('stage', { epoch: this.chain.epochs.length, stage: 'skipped' });
+      } else this.fail(err);
       throw err;
     }
   }
