@@ -11,11 +11,10 @@ import type { AppGraph } from '../graph/graph.js';
 import { monotonicNs } from '../graph/changes.js';
 import type { DirtySet } from '../graph/model.js';
 import { readStat } from '../graph/procfs.js';
-import { TraceSession } from '../trace/session.js';
+import type { TraceSession } from '../trace/session.js';
 import { isUnderstudyError, UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { EpochChain, type EpochRecord, type EpochTrigger } from './chain.js';
-import { seedAppGraph } from './seed.js';
 import { checkSchedule, nextEpochIn, scheduleDone, type Schedule } from './schedule.js';
 
 const log = logger('agent');
@@ -197,10 +196,13 @@ export class ProtectLoop {
     try {
       // (with no graph, the engine's attach says best what is wrong with the pid)
       if (this.opts.graph === 'live') {
+        // loaded only for a live graph: a plain dump never loads the tracer
+        const { TraceSession } = await import('../trace/session.js');
         this.session = await TraceSession.start({ pid, reconcileMs: this.opts.reconcileMs });
         this.graphOf = this.session.graph;
         void this.session.rootExited.then(() => this.appExited());
       } else if (this.opts.graph === 'seed') {
+        const { seedAppGraph } = await import('./seed.js');
         this.graphOf = seedAppGraph(pid, { includeChildren: this.opts.includeChildren });
       }
       const engine = EngineClient.start(this.opts.engine ?? {});

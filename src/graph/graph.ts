@@ -9,6 +9,7 @@
 import type { WriteFaultCount } from '../trace/loader.js';
 import type { TraceEvent } from '../trace/records.js';
 import { UnderstudyError } from '../util/errors.js';
+import { logger } from '../util/log.js';
 import { monotonicNs } from './changes.js';
 import { closure } from './closure.js';
 import { collect } from './collect.js';
@@ -21,6 +22,8 @@ import { normalizeRegions, type Region } from './regions.js';
 import { GraphState, type ProcessState, type Resource } from './store.js';
 
 export { normalizeRegions, type ProcessState, type ReconcileReport, type Region, type Resource };
+
+const log = logger('graph');
 
 /** Fewer resources than this are never collected (a collection walks every process's fds and regions). */
 const COLLECT_MIN = 1024;
@@ -71,7 +74,9 @@ export class AppGraph {
    */
   markEpoch(epoch?: number, barrierAtNs?: number): number {
     if (!this.g.changes) return epoch ?? 0;
-    return this.g.changes.mark(epoch, barrierAtNs);
+    const n = this.g.changes.mark(epoch, barrierAtNs);
+    log.debug({ epoch: n, barrierAtNs, changes: this.g.changes.size }, 'epoch marked');
+    return n;
   }
 
   /** Drops the change log before epoch n's barrier (n committed), and the resources only it still named. */
@@ -84,6 +89,7 @@ export class AppGraph {
   /** Seeds the given processes (and nothing else) from /proc. */
   seedFromProc(pids: number[], opts: { asRoots?: boolean } = {}): void {
     seedFromProc(this.g, pids, opts);
+    log.debug({ pids, processes: this.processes.size, resources: this.resources.size }, 'seeded from /proc');
   }
 
   /** Applies one event; now and then drops the resources nothing refers to any more (see collect). */

@@ -68,6 +68,7 @@ export function reconcile(g: GraphState): ReconcileReport {
   }
   rep.total = rep.processes + rep.threads + rep.fds + rep.regions;
   if (rep.total > 0) log.info({ repaired: rep }, 'reconciliation repaired drift from /proc');
+  else log.debug({ processes: g.processes.size }, 'reconciliation: no drift from /proc');
   return rep;
 }
 

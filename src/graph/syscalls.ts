@@ -196,7 +196,7 @@ export function onSyscall(g: GraphState, ev: SyscallEvent): void {
       const posAfter = ev.aux[3]!;
       let off: number;
       if (ev.name === 'pwrite64' || ev.name === 'pwritev') off = a[3]!;
-      else if (ev.name === 'pwritev2' && a[3]! !== 0xffffffffffffffff && a[3]! < Number.MAX_SAFE_INTEGER) off = a[3]!;
+      else if (ev.name === 'pwritev2' && a[3]! !== 2 ** 64 && a[3]! < Number.MAX_SAFE_INTEGER) off = a[3]!;
       else off = posAfter - ret;
       g.logWrite(id, off, off + ret);
       return;

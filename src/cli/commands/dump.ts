@@ -3,7 +3,6 @@
 // the engine stays attached and writes delta epochs (dirty tracking needs a
 // live engine between epochs). Like CRIU, the app is killed after a
 // successful dump unless --leave-running.
-import { ProtectLoop } from '../../agent/protect.js';
 import type { CheckpointResult } from '../../native/engine.js';
 import { intFlag, missingFlag, PID_MAX, stringFlag, type Command } from '../command.js';
 
@@ -46,6 +45,7 @@ export const dumpCommand: Command = {
     const leaveRunning = values['leave-running'] === true;
 
     // the protect loop without a graph: epoch 0, then (incremental) a delta every interval
+    const { ProtectLoop } = await import('../../agent/protect.js');
     const loop = new ProtectLoop({
       pid,
       imageDir: dir,

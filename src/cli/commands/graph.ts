@@ -1,7 +1,4 @@
 import { writeFileSync } from 'node:fs';
-import { seedAppGraph } from '../../agent/seed.js';
-import { toDot, toSvg } from '../../graph/render.js';
-import { snapshot } from '../../graph/sockets.js';
 import { UnderstudyError } from '../../util/errors.js';
 import { intFlag, missingFlag, PID_MAX, type Command } from '../command.js';
 
@@ -25,6 +22,9 @@ export const graphCommand: Command = {
     const pid = intFlag(values, 'pid', 1, PID_MAX) ?? missingFlag('--pid PID');
     const format = typeof values.format === 'string' ? values.format : ctx.json ? 'json' : 'dot';
     if (!['json', 'dot', 'svg'].includes(format)) throw new UnderstudyError('E_USAGE', `--format must be json, dot or svg, got "${format}"`);
+    const { seedAppGraph } = await import('../../agent/seed.js');
+    const { toDot, toSvg } = await import('../../graph/render.js');
+    const { snapshot } = await import('../../graph/sockets.js');
     const graph = seedAppGraph(pid);
     const snap = await snapshot(graph);
     let text: string;
