@@ -149,6 +149,11 @@ export class ProtectLoop {
     return this.engineClient?.pid;
   }
 
+  /** The tracer's native process of a live graph (tests, diagnostics). */
+  get tracerPid(): number | undefined {
+    return this.session?.tracer.helperPid;
+  }
+
   /** The tracer session of a live graph (tests, diagnostics). */
   get tracer(): TraceSession | undefined {
     return this.session;

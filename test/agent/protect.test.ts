@@ -3,7 +3,7 @@
 // dirty set between two real barriers, an engine killed mid-loop and
 // mid-checkpoint (the app keeps running; the failure has a code), and a stop
 // that leaves nothing behind.
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProtectLoop, type EpochSink, type EpochTaken } from '../../src/agent/protect.js';
@@ -13,6 +13,14 @@ import { UnderstudyError } from '../../src/util/errors.js';
 import { onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from '../engine/helpers.js';
 
 const alive = (pid: number): boolean => existsSync(`/proc/${pid}`);
+/** eBPF objects this test process left pinned (its tracer sessions are named trace-<pid>-<n>). */
+const pinnedByUs = (): string[] => {
+  try {
+    return readdirSync('/sys/fs/bpf/understudy').filter((n) => n.startsWith(`trace-${process.pid}-`));
+  } catch {
+    return [];
+  }
+};
 
 function protect(o: ConstructorParameters<typeof ProtectLoop>[0]): ProtectLoop {
   const loop = new ProtectLoop(o);
@@ -123,6 +131,7 @@ describe('the protect loop', () => {
     await loop.start();
     await waitFor(() => loop.epochs.length >= 2 || undefined, 10_000, 'a delta');
     const enginePid = loop.enginePid!;
+    const tracerPid = loop.tracerPid!;
     process.kill(enginePid, 'SIGKILL');
     const end = await loop.ended;
     expect(end.reason).toBe('failed');
@@ -137,7 +146,8 @@ describe('the protect loop', () => {
     expect(await settledState(fx.pid)).toBe('S');
     expect(await fx.write(3, 1)).toHaveLength(3);
     // the tracer was stopped with it
-    expect(existsSync(loop.tracer!.tracer.pins.dir)).toBe(false);
+    expect(pinnedByUs()).toEqual([]);
+    await waitFor(() => !alive(tracerPid) || undefined, 30_000, 'the tracer to exit');
   });
 
   it('an engine killed inside the barrier (app paused): start fails with a code and the app comes back running', async () => {
@@ -206,14 +216,15 @@ describe('the protect loop', () => {
     await loop.start();
     // exits while epochs come every 20 ms: whether its exit is seen by the tracer or by a checkpoint, the loop ends, not fails
     const enginePid = loop.enginePid!;
-    const pins = loop.tracer!.tracer.pins.dir;
+    const tracerPid = loop.tracerPid!;
     fx.kill();
     const end = await loop.ended;
     expect(end.reason).toBe('app-exited');
     expect(end.error).toBeUndefined();
     expect(failed).toEqual([]);
     expect(alive(enginePid)).toBe(false);
-    expect(existsSync(pins)).toBe(false);
+    expect(pinnedByUs()).toEqual([]);
+    await waitFor(() => !alive(tracerPid) || undefined, 30_000, 'the tracer to exit');
     expect(await loop.stop()).toMatchObject({ reason: 'app-exited' });
   });
 
@@ -223,16 +234,14 @@ describe('the protect loop', () => {
     await loop.start();
     await waitFor(() => loop.epochs.length >= 3 || undefined, 10_000, 'two deltas');
     const enginePid = loop.enginePid!;
-    const tracer = loop.tracer!.tracer;
-    const helperPid = tracer.helperPid!;
-    const pins = tracer.pins.dir;
-    expect(alive(enginePid) && alive(helperPid) && existsSync(pins)).toBe(true);
+    const helperPid = loop.tracerPid!;
+    expect(alive(enginePid) && alive(helperPid)).toBe(true);
     const end = await loop.stop();
     expect(end.reason).toBe('stopped');
     const n = loop.epochs.length;
     expect(end.epochs).toBe(n);
     expect(alive(enginePid)).toBe(false);
-    expect(existsSync(pins)).toBe(false);
+    expect(pinnedByUs()).toEqual([]);
     // the streamer detaches its programs after its stream ended (a grace period each), then exits
     await waitFor(() => !alive(helperPid) || undefined, 30_000, 'the tracer helper to exit');
     expect(procState(fx.pid).tracer).toBe(0);
