@@ -40,13 +40,21 @@ export interface ChainPosition {
    * both, and an engine restarted by the agent continues the chain.
    */
   imageId: string | undefined;
-  /** The last epoch taken; undefined before epoch 0. */
+  /** The epoch this checkpoint is to write. */
+  epoch: number;
+  /** The epoch it continues (epoch - 1); undefined for epoch 0. */
   parentEpoch: number | undefined;
 }
 
 export class EpochChain {
   readonly epochs: EpochRecord[] = [];
   imageId: string | undefined;
+  /**
+   * The epoch the next capture takes. Captures run ahead of the records: the
+   * next barrier may come while the engine still writes the epoch before
+   * (whose record comes with its reply), so positions are reserved in order.
+   */
+  private reservedNext = 0;
 
   constructor(readonly imageDir: string) {}
 
@@ -54,9 +62,32 @@ export class EpochChain {
     return this.epochs[this.epochs.length - 1];
   }
 
-  /** The position the next checkpoint continues from. */
+  /** The position the next capture would take. */
   next(): ChainPosition {
-    return { imageDir: this.imageDir, imageId: this.imageId, parentEpoch: this.last?.epoch };
+    const epoch = this.reservedNext;
+    return { imageDir: this.imageDir, imageId: this.imageId, epoch, parentEpoch: epoch === 0 ? undefined : epoch - 1 };
+  }
+
+  /** Takes the next position for a capture under way. */
+  reserve(): ChainPosition {
+    const pos = this.next();
+    this.reservedNext++;
+    return pos;
+  }
+
+  /** Gives back the last position reserved, for a capture that wrote nothing (refused before its barrier, or busy). */
+  unreserve(pos: ChainPosition): void {
+    if (pos.epoch === this.reservedNext - 1 && pos.epoch > (this.last?.epoch ?? -1)) this.reservedNext--;
+  }
+
+  /** Positions reserved beyond the records (captures under way or being written). */
+  get ahead(): number {
+    return this.reservedNext - this.epochs.length;
+  }
+
+  /** Deltas reserved so far (epoch 0 not counted). */
+  get reservedDeltas(): number {
+    return Math.max(0, this.reservedNext - 1);
   }
 
   /** Records the engine's result as the chain's next epoch; refuses one out of order. */
@@ -89,6 +120,7 @@ export class EpochChain {
       threads: r.threads,
     };
     this.epochs.push(rec);
+    this.reservedNext = Math.max(this.reservedNext, rec.epoch + 1);
     return rec;
   }
 }

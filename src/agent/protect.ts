@@ -14,7 +14,7 @@ import { readStat } from '../graph/procfs.js';
 import type { TraceSession } from '../trace/session.js';
 import { isUnderstudyError, UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
-import { EpochChain, type EpochRecord, type EpochTrigger } from './chain.js';
+import { EpochChain, type ChainPosition, type EpochRecord, type EpochTrigger } from './chain.js';
 import { checkSchedule, nextEpochIn, scheduleDone, type Schedule } from './schedule.js';
 
 const log = logger('agent');
@@ -22,6 +22,7 @@ const log = logger('agent');
 /** A checkpoint the engine refuses as busy (E_BUSY, retryable) is tried this many times in all, this far apart. */
 const BUSY_ATTEMPTS = 3;
 const BUSY_RETRY_MS = 20;
+const DEFAULT_MAX_AHEAD = 4;
 
 /**
  * How the loop keeps the app's dependency graph: 'live' traces the app (eBPF)
@@ -40,8 +41,15 @@ export interface ProtectOptions {
   incremental?: boolean;
   graph?: GraphMode;
   schedule?: Schedule;
-  /** Each epoch, in order, once written; the loop waits for them before the next epoch. */
+  /** Each epoch, in order, once written. */
   sinks?: EpochSink[];
+  /**
+   * Captures may run ahead of the handling of earlier epochs (their write, the
+   * graph's mark, the sinks): a capture waits until the epoch this many before
+   * it is handled (default 4; 1: each epoch handled before the next barrier).
+   * This is the sinks' back-pressure.
+   */
+  maxAhead?: number;
   engine?: { binary?: string; timeoutMs?: number; env?: Record<string, string | undefined> };
   /** Period of the live graph's reconciliation with /proc, ms (default 0: none). */
   reconcileMs?: number;
@@ -101,8 +109,12 @@ export class ProtectLoop {
   private graphOf: AppGraph | undefined;
   private st: LoopState = 'new';
   private timer: NodeJS.Timeout | undefined;
-  /** The epoch under way (epochs are taken one at a time). */
-  private inflight: Promise<unknown> = Promise.resolve();
+  /** Resolves when the last capture begun has released the app (or ended): captures are taken one at a time. */
+  private captureTail: Promise<void> = Promise.resolve();
+  /** Resolves when every epoch begun is handled (recorded, marked, shipped) or failed; epochs are handled in order. */
+  private doneTail: Promise<void> = Promise.resolve();
+  /** When each of the last maxAhead epochs begun is handled, oldest first. */
+  private handledTails: Promise<void>[] = [];
   private failure: UnderstudyError | undefined;
   private readonly listeners: { [K in keyof LoopEvents]: ((v: LoopEvents[K]) => void)[] } = { stage: [], epoch: [], failed: [], ended: [] };
   private endWith: (e: LoopEnd) => void = () => {};
@@ -119,6 +131,9 @@ export class ProtectLoop {
   constructor(opts: ProtectOptions) {
     this.opts = { includeChildren: true, incremental: true, graph: 'live', reconcileMs: 0, ...opts };
     this.opts.schedule = checkSchedule(opts.schedule ?? {});
+    if (opts.maxAhead !== undefined && !(Number.isInteger(opts.maxAhead) && opts.maxAhead >= 1)) {
+      throw new UnderstudyError('E_USAGE', `maxAhead must be an integer of at least 1, got ${opts.maxAhead}`);
+    }
     if (this.opts.incremental === false && (this.opts.schedule.intervalMs !== undefined || (this.opts.schedule.maxDeltas ?? 0) > 0)) {
       throw new UnderstudyError('E_USAGE', 'delta epochs need dirty tracking: a schedule of deltas with incremental: false');
     }
@@ -234,7 +249,7 @@ export class ProtectLoop {
       throw this.failure ?? new UnderstudyError('E_INTERNAL', `protect loop for ${this.opts.pid}: start() called when ${this.st}`);
     }
     try {
-      const first = await this.epoch('start');
+      const first = await this.epoch('start').done;
       if (this.st === 'starting') this.st = 'running';
       this.arm();
       return first;
@@ -253,13 +268,12 @@ export class ProtectLoop {
     }
     if (!this.opts.incremental) throw new UnderstudyError('E_USAGE', `app ${this.opts.pid} is protected without dirty tracking: no delta epochs`);
     this.disarm();
-    try {
-      return await this.epoch('request');
-    } finally {
-      this.arm();
-    }
+    const e = this.epoch('request');
+    void e.released.then(() => this.arm());
+    return e.done;
   }
 
+  /** Deltas recorded (epoch 0 not counted). */
   private deltas(): number {
     return Math.max(0, this.chain.epochs.length - 1);
   }
@@ -272,45 +286,68 @@ export class ProtectLoop {
   private arm(): void {
     this.disarm();
     if (this.st !== 'running') return;
-    const s = this.opts.schedule!;
-    if (scheduleDone(s, this.deltas())) {
-      this.scheduleDoneWith();
-      return;
-    }
-    const ms = this.opts.incremental ? nextEpochIn(s, this.deltas()) : undefined;
+    // counted from the captures begun: the next one may come while the engine still writes the last
+    const ms = this.opts.incremental ? nextEpochIn(this.opts.schedule!, this.chain.reservedDeltas) : undefined;
     if (ms === undefined) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.epoch('interval')
-        .catch(() => undefined) // reported by fail(), or skipped
-        .then(() => this.arm());
+      const e = this.epoch('interval');
+      e.done.catch(() => undefined); // reported by fail(), or skipped
+      void e.released.then(() => this.arm());
     }, ms);
   }
 
-  /** One epoch, after the one under way: barrier, capture, write (engine); graph mark; sinks; listeners. */
-  private epoch(trigger: EpochTrigger): Promise<EpochTaken> {
-    const run = this.inflight.then(() => this.epochNow(trigger));
-    this.inflight = run.catch(() => undefined);
-    return run;
+  /**
+   * One epoch: its capture (barrier, capture, release) after the capture
+   * before it has released the app; its handling (record, graph mark, sinks,
+   * listeners) after the epoch before it is handled. So the next barrier
+   * never waits for an earlier epoch's write, and epochs are still recorded
+   * and shipped in order. `released` resolves when this capture is over
+   * (the app released, or the capture failed).
+   */
+  private epoch(trigger: EpochTrigger): { released: Promise<void>; done: Promise<EpochTaken> } {
+    let releasedNow: () => void = () => {};
+    const released = new Promise<void>((res) => (releasedNow = res));
+    const before = this.doneTail;
+    const ahead = this.opts.maxAhead ?? DEFAULT_MAX_AHEAD;
+    // back-pressure: the epoch maxAhead before this one must be handled first
+    const gate = this.handledTails.length >= ahead ? this.handledTails[this.handledTails.length - ahead]! : Promise.resolve();
+    const done = Promise.all([this.captureTail, gate]).then(() => this.epochNow(trigger, releasedNow, before));
+    const settled = done.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.captureTail = Promise.race([released, settled]);
+    this.doneTail = Promise.all([before, settled]).then(() => undefined);
+    this.handledTails.push(this.doneTail);
+    if (this.handledTails.length > ahead) this.handledTails.splice(0, this.handledTails.length - ahead);
+    void settled.then(releasedNow);
+    return { released, done };
   }
 
-  private async epochNow(trigger: EpochTrigger): Promise<EpochTaken> {
+  private async epochNow(trigger: EpochTrigger, released: () => void, before: Promise<void>): Promise<EpochTaken> {
     const engine = this.engineClient;
     if (!engine || (this.st !== 'running' && this.st !== 'starting')) {
       throw this.failure ?? new UnderstudyError('E_USAGE', `app ${this.opts.pid}: no epoch, the protect loop is ${this.st}`);
     }
+    let pos: ChainPosition | undefined;
+    let captured = false;
     try {
       // the write faults counted until now belong to the epoch this barrier closes
       if (this.session) await this.session.refreshWriteFaults().catch((e: unknown) => log.warn({ err: e }, 'write-fault counts not read'));
-      const pos = this.chain.next();
-      const next = pos.parentEpoch === undefined ? 0 : pos.parentEpoch + 1;
+      const at = this.chain.reserve();
+      pos = at;
+      const next = at.epoch;
       const checkpoint = (): Promise<CheckpointResult> =>
         engine.checkpoint({
-          imageDir: pos.imageDir,
-          // when CheckpointCmd carries them: imageId: pos.imageId, parentEpoch: pos.parentEpoch
+          imageDir: at.imageDir,
+          // when CheckpointCmd carries the chain: chain: { imageId: at.imageId ?? '', epoch: at.epoch, parentEpoch: at.parentEpoch }
           debugStallMs: this.opts.debug?.stallMs,
           debugWriteDelayMs: this.opts.debug?.writeDelayMs,
-          onProgress: (stage) => this.emit('stage', { epoch: next, stage }),
+          onProgress: (stage) => {
+            if (stage === 'released') released();
+            this.emit('stage', { epoch: next, stage });
+          },
         });
       let result: CheckpointResult | undefined;
       for (let attempt = 1; !result; attempt++) {
@@ -324,6 +361,11 @@ export class ProtectLoop {
           await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
         }
       }
+      released();
+      captured = true;
+      // the epochs before this one are recorded and shipped first
+      await before;
+      if (this.failure) throw this.failure;
       const record = this.chain.append(result, trigger);
       let dirty: DirtySet | undefined;
       if (this.session && this.graphOf) dirty = await this.markGraph(this.session, this.graphOf, record);
@@ -343,6 +385,9 @@ export class ProtectLoop {
       if (scheduleDone(this.opts.schedule!, this.deltas())) this.scheduleDoneWith();
       return taken;
     } catch (e) {
+      released();
+      // nothing of it was written: its position goes to the next capture
+      if (pos && !captured) this.chain.unreserve(pos);
       const err = this.failure ?? asUnderstudyError(e);
       // an app that exited during the epoch ends the loop; it did not fail it
       if (!this.failure && (this.exiting || (this.st === 'running' && this.rootGone()))) this.appExited();
@@ -386,7 +431,7 @@ export class ProtectLoop {
     this.st = 'stopping';
     this.exiting = true;
     this.disarm();
-    void this.inflight.then(() => this.teardown('leave')).then(() => this.finish({ reason: 'app-exited', epochs: this.chain.epochs.length }, 'stopped'));
+    void this.doneTail.then(() => this.teardown('leave')).then(() => this.finish({ reason: 'app-exited', epochs: this.chain.epochs.length }, 'stopped'));
   }
 
   /** Records a failure once, releases the app (engine closed), stops the tracer. */
@@ -443,7 +488,7 @@ export class ProtectLoop {
     if (this.st === 'starting' || this.st === 'running') {
       this.st = 'stopping';
       this.disarm();
-      await this.inflight;
+      await this.doneTail;
       const err = await this.teardown(this.failure ? 'leave' : opts.app ?? 'leave');
       this.failure ??= err;
       this.finish(this.failure ? { reason: 'failed', error: this.failure, epochs: this.chain.epochs.length } : { reason: 'stopped', epochs: this.chain.epochs.length }, this.failure ? 'failed' : 'stopped');

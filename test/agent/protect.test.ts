@@ -171,7 +171,31 @@ describe('the protect loop', () => {
     expect(await fx.write(2, 3)).toHaveLength(2);
   });
 
-  it('the next epoch waits for the sinks (back-pressure); a sink that fails ends the loop with its code, the app released', async () => {
+  it('captures run ahead of slow sinks up to maxAhead epochs, then wait; epochs are still shipped in order', async () => {
+    const fx = await startFixture({ mb: 1 });
+    const shipped: number[] = [];
+    const slow: EpochSink = {
+      name: 'slow',
+      epoch: async (e) => {
+        await new Promise((r) => setTimeout(r, 300));
+        shipped.push(e.record.epoch);
+      },
+    };
+    const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'none', schedule: { intervalMs: 20, maxDeltas: 3 }, sinks: [slow], maxAhead: 2 });
+    const t0 = Date.now();
+    await loop.start(); // epoch 0, shipped (start waits for its whole handling)
+    await loop.scheduleDone;
+    expect(shipped).toEqual([0, 1, 2, 3]);
+    const b = loop.epochs.map((e) => e.barrierAtNs);
+    // epoch 2 was captured while epoch 1 was still being shipped (one ahead), not 300 ms after it
+    expect(b[2]! - b[1]!).toBeLessThan(250e6);
+    // epoch 3 waited for epoch 1 to be shipped: two ahead at most
+    expect(b[3]! - b[1]!).toBeGreaterThanOrEqual(300e6);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(4 * 300);
+    await loop.stop();
+  });
+
+  it('with maxAhead 1 each epoch is shipped before the next barrier; a sink that fails ends the loop with its code, the app released', async () => {
     const fx = await startFixture({ mb: 1 });
     const seen: number[] = [];
     const slow: EpochSink = {
@@ -182,7 +206,7 @@ describe('the protect loop', () => {
         if (e.record.epoch === 2) throw new UnderstudyError('E_TIMEOUT', 'the standby did not answer');
       },
     };
-    const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'none', schedule: { intervalMs: 20 }, sinks: [slow] });
+    const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'none', schedule: { intervalMs: 20 }, sinks: [slow], maxAhead: 1 });
     await loop.start();
     const end = await loop.ended;
     expect(end).toMatchObject({ reason: 'failed', epochs: 3, error: { code: 'E_TIMEOUT', message: 'epoch 2: the slow sink failed: the standby did not answer' } });
