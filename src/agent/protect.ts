@@ -2,8 +2,9 @@
 // owns the app's checkpoint engine, its tracer session and dependency graph,
 // and its epoch chain; it takes epoch 0 at start, then an epoch whenever the
 // schedule says so or one is requested; it marks the graph at each epoch's
-// real barrier; it hands each epoch to its sinks (where replication will ship
-// it) before the next one. The app's safety comes first: whatever fails, the
+// real barrier; it hands each epoch, in order, to its sinks (where replication
+// will ship it), the next barrier not waiting for an earlier epoch's write or
+// sinks beyond maxAhead epochs. The app's safety comes first: whatever fails, the
 // engine is closed or dies, and the kernel releases the app, which keeps
 // running; the failure is reported as an UnderstudyError, thrown or emitted.
 import { EngineClient, type CheckpointResult } from '../native/engine.js';
@@ -68,8 +69,9 @@ export interface EpochTaken {
 
 /**
  * Where an epoch goes after it is written: the seam replication plugs into
- * ("ship the epoch"). Called once per epoch, in order; the next epoch waits
- * for it (back-pressure). A throw fails the loop (the app is released).
+ * ("ship the epoch"). Called once per epoch, in order; a slow sink holds the
+ * captures back once maxAhead epochs wait for it (back-pressure). A throw
+ * fails the loop (the app is released).
  */
 export interface EpochSink {
   readonly name: string;
