@@ -25,7 +25,7 @@ const pinnedByUs = (): string[] => {
 function protect(o: ConstructorParameters<typeof ProtectLoop>[0]): ProtectLoop {
   const loop = new ProtectLoop(o);
   // whatever a test leaves, the app is released and the tracer unpinned
-  onCleanup(() => void loop.stop().catch(() => undefined));
+  onCleanup(() => loop.stop().catch(() => undefined));
   return loop;
 }
 
