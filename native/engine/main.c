@@ -597,6 +597,7 @@ release:;
 	cr->parent_epoch = parent;
 	cr->pause_ns = t_rel - t0;
 	cr->barrier_ns = t_bar - t0;
+	cr->barrier_at_ns = t0;
 	cr->state_ns = t_state - t_bar;
 	cr->scan_ns = mj.t_planned - mj.t_start;
 	cr->copy_ns = mj.t_copied - mj.t_planned;

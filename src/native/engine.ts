@@ -69,6 +69,8 @@ export interface CheckpointResult {
   epochDir: string;
   verifyFullEpochDir: string;
   pauseNs: number;
+  /** CLOCK_MONOTONIC (ns, the trace events' clock) when the barrier began. */
+  barrierAtNs: number;
   barrierNs: number;
   stateNs: number;
   scanNs: number;
@@ -302,6 +304,7 @@ export class EngineClient {
       epochDir: c.epochDir,
       verifyFullEpochDir: c.verifyFullEpochDir,
       pauseNs: Number(c.pauseNs),
+      barrierAtNs: Number(c.barrierAtNs),
       barrierNs: Number(c.barrierNs),
       stateNs: Number(c.stateNs),
       scanNs: Number(c.scanNs),
