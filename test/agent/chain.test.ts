@@ -22,6 +22,15 @@ function result(epoch: number, full: boolean): CheckpointResult {
     processes: 1,
     threads: 1,
     perProcess: [],
+    imageId: 'ab'.repeat(16),
+    parentEpoch: epoch ? epoch - 1 : 0,
+    fsynced: true,
+    streamed: false,
+    queuedNs: 0,
+    epochsInFlight: 0,
+    crcNs: 0,
+    ioNs: 0,
+    syncNs: 0,
   };
 }
 
