@@ -299,8 +299,13 @@ static int check_chain(Understudy__V1__CheckpointCmd *c, const char *dir, uint32
 		*must_full = true;
 		return 0;
 	}
+	/* an empty id continues this engine's own chain (an agent that sends
+	 * the next epoch before the reply with the id came back) */
+	if (!id[0] && E.has_epoch && !dry_chain && !strcmp(E.image_dir, dir))
+		id = E.image_id;
 	if (!id[0])
-		return fail("E_USAGE", 0, "epoch %u continues a chain: the request must name its image id", ch->epoch);
+		return fail("E_USAGE", 0, "epoch %u continues a chain this engine did not start: the request must name its image id",
+			    ch->epoch);
 	if (ch->parent_epoch != ch->epoch - 1)
 		return fail("E_IMAGE_CHAIN", 0, "epoch %u must follow epoch %u, not %u: a chain has no gaps", ch->epoch, ch->epoch - 1,
 			    ch->parent_epoch);

@@ -31,7 +31,8 @@ describe('the chain across an engine restart', () => {
     const id = e0.imageId;
     for (let n = 1; n <= 3; n++) {
       await fx.write(50, n);
-      const r = await a.checkpoint({ imageDir: dir, chain: at(id, n) });
+      // epoch 1 asked before the id is known (a pipelining agent): this engine's own chain
+      const r = await a.checkpoint({ imageDir: dir, chain: at(n === 1 ? '' : id, n) });
       expect(r).toMatchObject({ epoch: n, full: false, parentEpoch: n - 1, imageId: id });
     }
     // the agent's engine dies; the kernel releases the app, which runs on
@@ -55,6 +56,11 @@ describe('the chain across an engine restart', () => {
       });
       await expect(b.checkpoint({ imageDir: dir, chain: { imageId: id, epoch: 5, parentEpoch: 3 } })).rejects.toMatchObject({
         code: 'E_IMAGE_CHAIN',
+      });
+      // a chain this engine did not start must be named
+      await expect(b.checkpoint({ imageDir: dir, chain: at('', 4) })).rejects.toMatchObject({
+        code: 'E_USAGE',
+        message: expect.stringMatching(/did not start: the request must name its image id/),
       });
       expect(readdirSync(dir).sort()).toEqual(['epoch-000000', 'epoch-000001', 'epoch-000002', 'epoch-000003']);
 
