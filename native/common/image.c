@@ -751,8 +751,13 @@ int img_write_dir(const char *dir, Understudy__V1__EpochMeta *m, const uint8_t *
 		err_set(e, "E_IMAGE_WRITE", errno, "rename(%s, %s)", tmp, final);
 		goto bad;
 	}
-	if ((flags & IMG_W_FSYNC) && fsync_dir(dir, e))
-		return -1;   /* renamed and whole; only the durability of its name is unsure */
+	if (flags & IMG_W_FSYNC) {
+		/* renamed and whole: a failed fsync of the directory leaves only the
+		 * durability of its name unsure; the epoch stands, said unsynced */
+		struct err_value de = { 0 };
+		if (fsync_dir(dir, &de) && st)
+			st->name_unsynced = true;
+	}
 	return 0;
 bad:
 	free(mb);

@@ -87,14 +87,17 @@ enum {
 };
 struct img_wstats {
 	uint64_t crc_ns, write_ns, sync_ns;   /* crc, write(2)s, waits for the disk */
+	bool name_unsynced;                   /* fsync of the image directory failed after the rename */
 };
-/* Writes epoch m->epoch (m->epoch_ prefix "epoch") atomically into dir:
- * pages.bin and meta.pb into a hidden .tmp-epoch-N-PID/, [fsync both and the
- * directory], rename to epoch-N (or base-N with `base`), [fsync dir]. Pages
- * go out in chunks with the disk's write-back started per chunk
+/* Writes epoch m->epoch atomically into dir: pages.bin and meta.pb into a
+ * hidden .tmp-epoch-N-PID/, [fsync both and that directory], rename to
+ * epoch-N (or base-N with `base`), [fsync dir] — [..] with IMG_W_FSYNC. Pages
+ * go out in 8 MiB chunks with the disk's write-back started per chunk
  * (sync_file_range), so the final fsync waits only for the last chunks. A
  * failure removes the temporary directory: a visible epoch is always whole.
- * final (IMG_PATH bytes) receives the epoch's path. */
+ * A failed fsync of dir after the rename is not a failure (the epoch is
+ * there, whole): st->name_unsynced says it. final (IMG_PATH bytes) receives
+ * the epoch's path. */
 int img_write_dir(const char *dir, Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len, unsigned flags, bool base,
 		  char *final, struct img_wstats *st, struct err_value *e);
 

@@ -730,7 +730,7 @@ static void written_done(void)
 			cr->verify_full_epoch_dir = j->vpath;
 			cr->write_ns = j->t_done - j->t_released;
 			cr->queued_ns = j->t_start > j->t_released ? j->t_start - j->t_released : 0;
-			cr->fsynced = (j->flags & IMG_W_FSYNC) && (j->sinks & JOB_DIR);
+			cr->fsynced = (j->flags & IMG_W_FSYNC) && (j->sinks & JOB_DIR) && !j->st.name_unsynced;
 			cr->streamed = j->streamed;
 			cr->crc_ns = j->st.crc_ns;
 			cr->io_ns = j->st.write_ns;
