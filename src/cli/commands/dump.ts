@@ -3,7 +3,7 @@
 // the engine stays attached and writes delta epochs (dirty tracking needs a
 // live engine between epochs). Like CRIU, the app is killed after a
 // successful dump unless --leave-running.
-import { EngineClient, type CheckpointResult } from '../../engine/client.js';
+import type { CheckpointResult } from '../../engine/client.js';
 import { intFlag, missingFlag, PID_MAX, stringFlag, type Command } from '../command.js';
 
 function line(r: CheckpointResult): string {
@@ -37,6 +37,7 @@ export const dumpCommand: Command = {
   },
   needsRoot: true,
   async run(ctx, values) {
+    const { EngineClient } = await import('../../engine/client.js');
     const pid = intFlag(values, 'pid', 1, PID_MAX) ?? missingFlag('--pid');
     const dir = stringFlag(values, 'dir', '-D/--dir');
     const epochs = intFlag(values, 'epochs', 0, 1_000_000);

@@ -1,9 +1,4 @@
 import { writeFileSync } from 'node:fs';
-import { AppGraph } from '../../graph/graph.js';
-import { toDot, toSvg } from '../../graph/render.js';
-import { snapshot } from '../../graph/sockets.js';
-import { requireProcess } from '../../trace/session.js';
-import { descendantsOf } from '../../trace/tracer.js';
 import { UnderstudyError } from '../../util/errors.js';
 import { intFlag, missingFlag, PID_MAX, type Command } from '../command.js';
 
@@ -24,6 +19,11 @@ export const graphCommand: Command = {
   },
   needsRoot: true,
   async run(ctx, values) {
+    const { AppGraph } = await import('../../graph/graph.js');
+    const { toDot, toSvg } = await import('../../graph/render.js');
+    const { snapshot } = await import('../../graph/sockets.js');
+    const { requireProcess } = await import('../../trace/session.js');
+    const { descendantsOf } = await import('../../trace/tracer.js');
     const pid = intFlag(values, 'pid', 1, PID_MAX) ?? missingFlag('--pid PID');
     const format = typeof values.format === 'string' ? values.format : ctx.json ? 'json' : 'dot';
     if (!['json', 'dot', 'svg'].includes(format)) throw new UnderstudyError('E_USAGE', `--format must be json, dot or svg, got "${format}"`);
