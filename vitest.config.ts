@@ -6,6 +6,19 @@ export default defineConfig({
     // Tests use real processes, namespaces and eBPF programs: separate
     // processes, and generous timeouts for a shared 2-core machine.
     pool: 'forks',
+    // Two files at a time, one per core (the machine CI runs on has 2).
+    // Files can share the machine because each one keeps to its own
+    // resources: temporary folders from mkdtemp, network namespaces and
+    // addresses named after the test process's pid, tracer pins per app id,
+    // processes it started itself (test/helpers/cleanup.ts undoes them all).
+    // What is machine-wide and can be held by one test at a time (the demo's
+    // /var/lib/understudy/demo) lives in a single file. Within a file, tests
+    // run one after another.
+    fileParallelism: true,
+    maxWorkers: 2,
+    // (vitest starts the files that took longest in the last run first, so
+    // the two workers finish close together)
+    setupFiles: ['test/helpers/setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
   },
