@@ -130,6 +130,7 @@ export class AppGraph {
   /** Closes the epoch under way (a barrier); returns its number. */
   markEpoch(): number {
     this.epochNo += 1;
+    log.debug({ epoch: this.epochNo, changes: this.changes.length }, 'epoch marked');
     return this.epochNo;
   }
 
@@ -167,6 +168,7 @@ export class AppGraph {
       if (opts.asRoots !== false && !this.processes.has(p.ppid) && !this.roots.includes(pid)) this.roots.push(pid);
     }
     this.seedIpc();
+    log.debug({ pids, processes: this.processes.size, resources: this.resources.size }, 'seeded from /proc');
   }
 
   private readProcess(pid: number): ProcessState | undefined {
@@ -586,7 +588,7 @@ export class AppGraph {
         const posAfter = ev.aux[3]!;
         let off: number;
         if (ev.name === 'pwrite64' || ev.name === 'pwritev') off = a[3]!;
-        else if (ev.name === 'pwritev2' && a[3]! !== 0xffffffffffffffff && a[3]! < Number.MAX_SAFE_INTEGER) off = a[3]!;
+        else if (ev.name === 'pwritev2' && a[3]! !== 2 ** 64 && a[3]! < Number.MAX_SAFE_INTEGER) off = a[3]!;
         else off = posAfter - ret;
         this.logWrite(id, off, off + ret);
         return;
@@ -908,6 +910,7 @@ export class AppGraph {
     rep.total = rep.processes + rep.threads + rep.fds + rep.regions;
     for (const k of ['processes', 'threads', 'fds', 'regions', 'total'] as const) this.repairs[k] += rep[k];
     if (rep.total > 0) log.info({ repaired: rep }, 'reconciliation repaired drift from /proc');
+    else log.debug({ processes: this.processes.size }, 'reconciliation: no drift from /proc');
     return rep;
   }
 
