@@ -56,7 +56,7 @@ function mainUsage(list: readonly Command[]): string {
     'global flags:',
     GLOBAL_HELP,
     '',
-    'Run `understudy COMMAND --help` for a command\'s flags.',
+    "Run `understudy COMMAND --help` for a command's flags.",
   ].join('\n');
 }
 

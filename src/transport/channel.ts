@@ -42,11 +42,9 @@ export function decodeMessage(parts: readonly Buffer[], from: string): Received 
   try {
     message = understudy.v1.NodeMessage.decode(head);
   } catch (e) {
-    throw new UnderstudyError(
-      'E_FRAME',
-      `message from ${from}: its first part (${head.length} bytes) is not a NodeMessage (${(e as Error).message})`,
-      { cause: e },
-    );
+    throw new UnderstudyError('E_FRAME', `message from ${from}: its first part (${head.length} bytes) is not a NodeMessage (${(e as Error).message})`, {
+      cause: e,
+    });
   }
   requireVersion(`message from ${from}`, message.version, TRANSPORT_VERSION);
   if (message.body === undefined) {

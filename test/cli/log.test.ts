@@ -52,7 +52,21 @@ describe('the log file and level', () => {
     const img = join(dir, 'image');
 
     const dumpLog = join(dir, 'dump.log');
-    const d = await runCli(['dump', '--pid', String(app.pid), '-D', img, '--epochs', '1', '--interval-ms', '20', '--log-file', dumpLog, '--log-level', 'debug']);
+    const d = await runCli([
+      'dump',
+      '--pid',
+      String(app.pid),
+      '-D',
+      img,
+      '--epochs',
+      '1',
+      '--interval-ms',
+      '20',
+      '--log-file',
+      dumpLog,
+      '--log-level',
+      'debug',
+    ]);
     expect(d.exitCode, d.stderr).toBe(0);
     const dump = readLog(dumpLog);
     expect(componentsAt(dump, DEBUG)).toEqual(['cli', 'engine']);

@@ -60,7 +60,16 @@ describe('CLI start', () => {
     expect(r.modules.filter((m) => m.startsWith('dist/cli/commands/'))).toEqual([]);
   });
 
-  for (const args of [['--help'], ['check', '--help'], ['dump', '--help'], ['restore', '--help'], ['graph', '--help'], ['trace', '--help'], ['image', '--help'], ['demo', '--help']]) {
+  for (const args of [
+    ['--help'],
+    ['check', '--help'],
+    ['dump', '--help'],
+    ['restore', '--help'],
+    ['graph', '--help'],
+    ['trace', '--help'],
+    ['image', '--help'],
+    ['demo', '--help'],
+  ]) {
     it(`\`understudy ${args.join(' ')}\` loads the command list, and no component or npm package`, async () => {
       const r = await loadedBy(args);
       expect(r.exitCode).toBe(0);

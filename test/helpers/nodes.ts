@@ -62,6 +62,7 @@ export class TestCluster {
    */
   wrap(node: TestNode, argv: string[]): string[] {
     mkdirSync(this.dataDir, { recursive: true });
+    // biome-ignore format: one line per command of the chain
     return [
       'ip', 'netns', 'exec', node.name,
       'unshare', '--mount', '--propagation', 'private', '--',

@@ -8,8 +8,22 @@ import { restore } from '../../src/restore/restore.js';
 import { alive, dumpAndKill, killPids, onCleanup, startFixture, tmp, verdict, waitFor } from './helpers.js';
 
 export const FIXTURES = [
-  'rs_counter', 'rs_threads', 'rs_malloc', 'rs_sleepers', 'rs_signals', 'rs_files', 'rs_mprotect', 'rs_vdso', 'rs_recursion',
-  'rs_forktree', 'rs_sharedfile', 'rs_pipes', 'rs_timers', 'rs_timers_pending', 'rs_alarm', 'rs_locks',
+  'rs_counter',
+  'rs_threads',
+  'rs_malloc',
+  'rs_sleepers',
+  'rs_signals',
+  'rs_files',
+  'rs_mprotect',
+  'rs_vdso',
+  'rs_recursion',
+  'rs_forktree',
+  'rs_sharedfile',
+  'rs_pipes',
+  'rs_timers',
+  'rs_timers_pending',
+  'rs_alarm',
+  'rs_locks',
 ];
 
 /** Starts fixture `name`, checkpoints it (full, or epoch 0 + `deltas`), kills it, restores it here, and expects PASS. */

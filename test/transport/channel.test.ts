@@ -63,9 +63,7 @@ describe('transport channel', () => {
     await raw.send(encodeMessage({ fromNode: 'raw', seq: 2, epochAck: { epoch: 7 } }));
     await expect(a.receive({ timeoutMs: 5000 })).rejects.toMatchObject({
       code: 'E_VERSION',
-      message: expect.stringContaining(
-        `message version ${TRANSPORT_VERSION + 1} is not supported (this build speaks version ${TRANSPORT_VERSION})`,
-      ),
+      message: expect.stringContaining(`message version ${TRANSPORT_VERSION + 1} is not supported (this build speaks version ${TRANSPORT_VERSION})`),
     });
     const ok = await a.receive({ timeoutMs: 5000 });
     expect(ok.message.fromNode).toBe('raw');
@@ -79,9 +77,7 @@ describe('transport channel', () => {
     await raw.send([Buffer.from([0x0a, 0x7f, 0x01])]);
     await expect(a.receive({ timeoutMs: 5000 })).rejects.toMatchObject({
       code: 'E_FRAME',
-      message: expect.stringMatching(
-        /^message from a peer of tcp:\/\/127\.0\.0\.1:\d+: its first part \(3 bytes\) is not a NodeMessage/,
-      ),
+      message: expect.stringMatching(/^message from a peer of tcp:\/\/127\.0\.0\.1:\d+: its first part \(3 bytes\) is not a NodeMessage/),
     });
     await raw.send([Buffer.from(understudy.v1.NodeMessage.encode({ version: TRANSPORT_VERSION, seq: 1 }).finish())]);
     await expect(a.receive({ timeoutMs: 5000 })).rejects.toMatchObject({
