@@ -8,8 +8,11 @@
 // the root are made on first use, so that importing a module, or configuring
 // the log, costs nothing until something is logged (`understudy --version`
 // never loads pino).
+import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { dirname } from 'node:path';
 import type { Logger } from 'pino';
+import { UnderstudyError } from './errors.js';
 
 type Pino = typeof import('pino');
 let pinoModule: Pino | undefined;
@@ -26,6 +29,8 @@ export interface LogSettings {
 }
 
 let settings: LogSettings = { level: process.env.UNDERSTUDY_LOG_LEVEL ?? 'warn' };
+/** The log file, opened (append) when configured: a file that cannot be opened is refused then, not at the first line. */
+let fileFd: number | undefined;
 let root: Logger | undefined;
 /** Bumped each time the settings change; a handle whose child is older makes a new one. */
 let generation = 0;
@@ -33,7 +38,18 @@ let generation = 0;
 function currentRoot(): Logger {
   if (root === undefined) {
     const p = pino();
-    const dest = settings.file !== undefined ? p.destination({ dest: settings.file, mkdir: true, sync: false }) : p.destination(2);
+    const dest = p.destination({ dest: fileFd ?? 2, sync: false });
+    const file = settings.file;
+    // a write that fails (disk full, EIO) stops the log, once said; it never stops the agent
+    let failed = false;
+    dest.on('error', (e: NodeJS.ErrnoException) => {
+      if (failed) return;
+      failed = true;
+      if (root !== undefined) root.level = 'silent';
+      // what it still holds is dropped: retried, it would hold the agent at exit
+      dest.destroy();
+      process.stderr.write(`understudy: cannot write the log${file ? ` to ${file}` : ''} (${e.code ?? e.message}); logging stops\n`);
+    });
     root = p({ level: settings.level ?? 'info' }, dest);
   }
   return root;
@@ -44,10 +60,29 @@ function currentRoot(): Logger {
  * Children taken earlier follow it from their next call on.
  */
 export function configureLogging(opts: LogSettings): void {
+  let fd: number | undefined;
+  if (opts.file !== undefined) {
+    try {
+      makeDirs(dirname(opts.file));
+      fd = openSync(opts.file, 'a', 0o640);
+    } catch (e) {
+      throw new UnderstudyError('E_CONFIG', `cannot open the log file ${opts.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
   root?.flush();
   root = undefined;
+  if (fileFd !== undefined) closeSync(fileFd);
+  fileFd = fd;
   settings = { level: opts.level ?? 'info', file: opts.file };
   generation++;
+}
+
+/** mkdir -p, one level at a time (Node's recursive mkdir can loop for ever on a parent that refuses, as in /proc). */
+function makeDirs(dir: string): void {
+  if (existsSync(dir)) return;
+  const parent = dirname(dir);
+  if (parent !== dir) makeDirs(parent);
+  mkdirSync(dir);
 }
 
 /** The logger of one component: `{component}` on every line, at the level and destination in force. */

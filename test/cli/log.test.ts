@@ -107,6 +107,20 @@ describe('the log file and level', () => {
     expect(lines.find((l) => l.component === 'cli')).toMatchObject({ msg: 'command started', command: 'demo', logLevel: 'debug', logFile });
   });
 
+  it('a log file that cannot be opened is refused before the command runs; one that cannot be written stops the log, not the command', async () => {
+    const o = await runCli(['image', 'show', '/nonexistent', '--log-file', '/etc/passwd/agent.log'], { timeout: 20_000 });
+    expect(o.exitCode).toBe(1);
+    expect(o.stderr).toBe('understudy: cannot open the log file /etc/passwd/agent.log: ENOTDIR');
+    // /proc refuses the folder: Node's own recursive mkdir would spin there for ever
+    const p = await runCli(['image', 'show', '/nonexistent', '--log-file', '/proc/self/nope/agent.log'], { timeout: 20_000 });
+    expect(p.stderr).toContain('cannot open the log file /proc/self/nope/agent.log');
+    // every write fails (ENOSPC): said once, and the command ends as it would have
+    const w = await runCli(['restore', '-D', '/nonexistent', '--log-file', '/dev/full', '--log-level', 'debug'], { timeout: 20_000 });
+    expect(w.exitCode).toBe(1);
+    expect(w.stderr.match(/cannot write the log to \/dev\/full \(ENOSPC\); logging stops/g)).toHaveLength(1);
+    expect(w.stderr).toContain('understudy: opendir(/nonexistent)');
+  });
+
   it('the level is honoured: info by default (no debug line), warn when asked (no info line either)', async () => {
     const dir = tmpDir('log-level');
     const app = await startCounter();
