@@ -6,13 +6,9 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { loadConfig, LOG_LEVELS, type LogLevel } from '../config/config.js';
+import type { LogLevel } from '../config/config.js';
 import { isUnderstudyError, UnderstudyError } from '../util/errors.js';
-import { configureLogging, logger } from '../util/log.js';
-import { packageRoot } from '../util/paths.js';
 import type { CliContext, Command } from './command.js';
-
-const log = logger('cli');
 
 const GLOBAL_OPTIONS = {
   json: { type: 'boolean' },
@@ -34,7 +30,8 @@ const GLOBAL_HELP =
   '  -V, --version     the version';
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(resolve(packageRoot, 'package.json'), 'utf8')) as { version: string };
+  // dist/cli/main.js and src/cli/main.ts alike sit two levels below the package
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
 
@@ -114,12 +111,16 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
     if (!cmd) {
       throw new UnderstudyError('E_USAGE', `no command given\n\n${mainUsage(await commands())}`);
     }
+    // (loaded here, not at the top: --version and --help do without them)
+    const { loadConfig, LOG_LEVELS } = await import('../config/config.js');
+    const { configureLogging, logger } = await import('../util/log.js');
     const config = loadConfig(typeof v.config === 'string' ? v.config : undefined);
     if (typeof v['log-level'] === 'string') {
-      config.logLevel = loadConfigLevel(v['log-level']);
+      config.logLevel = loadConfigLevel(v['log-level'], LOG_LEVELS);
     }
     if (typeof v['log-file'] === 'string') config.logFile = resolve(v['log-file']);
     configureLogging({ level: config.logLevel, file: config.logFile });
+    const log = logger('cli');
 
     if (cmd.needsRoot && process.geteuid?.() !== 0) {
       throw new UnderstudyError(
@@ -170,7 +171,7 @@ function findCommand(argv: string[]): number {
   return -1;
 }
 
-function loadConfigLevel(level: string): LogLevel {
+function loadConfigLevel(level: string, LOG_LEVELS: readonly LogLevel[]): LogLevel {
   if (!(LOG_LEVELS as readonly string[]).includes(level)) {
     throw new UnderstudyError('E_USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
   }

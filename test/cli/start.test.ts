@@ -58,6 +58,8 @@ describe('CLI start', () => {
     expect(r.modules).toContain('dist/cli/main.js');
     expect(r.modules.filter((m) => m.startsWith('node_modules/'))).toEqual([]);
     expect(r.modules.filter((m) => m.startsWith('dist/cli/commands/'))).toEqual([]);
+    // the entry point, the CLI and its error type: nothing else of ours
+    expect(r.modules.filter((m) => m.startsWith('dist/')).sort()).toEqual(['dist/cli/main.js', 'dist/util/errors.js']);
   });
 
   for (const args of [
