@@ -69,9 +69,11 @@ export function configureLogging(opts: LogSettings): void {
       throw new UnderstudyError('E_CONFIG', `cannot open the log file ${opts.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
   }
-  root?.flush();
+  // an fd a destination writes to stays its own (it may still have lines to
+  // write); one no line was ever written to is closed here
+  if (root !== undefined) root.flush();
+  else if (fileFd !== undefined) closeSync(fileFd);
   root = undefined;
-  if (fileFd !== undefined) closeSync(fileFd);
   fileFd = fd;
   settings = { level: opts.level ?? 'info', file: opts.file };
   generation++;
