@@ -118,7 +118,9 @@ static int snap_proc(struct fdobj_ctx *c, pid_t pid, size_t *cap)
 		c->nsnap++;
 	}
 	closedir(d);
-	qsort(c->snap + first, c->nsnap - first, sizeof(*c->snap), cmp_ent);
+	/* a process with no fd at all: nothing to sort (and snap may be NULL) */
+	if (c->nsnap > first)
+		qsort(c->snap + first, c->nsnap - first, sizeof(*c->snap), cmp_ent);
 	return rc;
 }
 

@@ -244,6 +244,23 @@ static bool was_stopped(const struct rproc *p)
 	return false;
 }
 
+/* The state letter of a task in /proc, 0 when it cannot be read. */
+static char task_state(pid_t pid, pid_t tid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", pid, tid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	char *e = strrchr(buf, ')');
+	return e && e[1] == ' ' ? e[2] : 0;
+}
+
 int tasks_detach(void)
 {
 	int rc = 0;
@@ -255,6 +272,14 @@ int tasks_detach(void)
 			if (t->attached && ptrace(PTRACE_DETACH, t->tid, 0, k == 0 && stop ? SIGSTOP : 0) && !rc)
 				rc = fail("E_RESTORE", errno, "ptrace(PTRACE_DETACH, tid %d%s)", t->tid, k == 0 && stop ? ", SIGSTOP" : "");
 			t->attached = false;
+			/* The leader takes its SIGSTOP when it next runs, not at the
+			 * detach: until it has (the group stop is then pending for every
+			 * thread), a thread let go now would run on. Wait for it, 1 s
+			 * at most (after that, the threads go as they would have). */
+			if (k == 0 && stop && p->ntasks > 1) {
+				for (int w = 0; w < 2000 && task_state(t->tid, t->tid) != 'T'; w++)
+					usleep(500);
+			}
 		}
 	}
 	return rc;

@@ -1,5 +1,8 @@
 // The shape of a CLI subcommand. Each lives in src/cli/commands/<name>.ts and
-// is listed in src/cli/commands/index.ts.
+// is listed in src/cli/commands/index.ts. A command module is loaded by every
+// CLI start (for --help and flag parsing): it holds the command's metadata and
+// imports the components it runs inside run() (`await import(...)`), never at
+// its top, so that `understudy --version` does not pay for them.
 import type { ParseArgsConfig } from 'node:util';
 import type { Config } from '../config/config.js';
 import { UnderstudyError } from '../util/errors.js';

@@ -1,14 +1,14 @@
 // The `understudy` command line: global flags, subcommand dispatch, and the one
 // place errors become messages and exit codes (2 usage, 1 failure).
+// Start-up cost is paid by every command: this module and the command list
+// load only node builtins and small modules; a command imports what it runs
+// inside its run() (test/cli/start.test.ts checks it, bench/cli-start times it).
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { loadConfig, LOG_LEVELS, type LogLevel } from '../config/config.js';
+import type { LogLevel } from '../config/config.js';
 import { isUnderstudyError, UnderstudyError } from '../util/errors.js';
-import { configureLogging } from '../util/log.js';
-import { packageRoot } from '../util/paths.js';
 import type { CliContext, Command } from './command.js';
-import { COMMANDS } from './commands/index.js';
 
 const GLOBAL_OPTIONS = {
   json: { type: 'boolean' },
@@ -30,24 +30,30 @@ const GLOBAL_HELP =
   '  -V, --version     the version';
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(resolve(packageRoot, 'package.json'), 'utf8')) as { version: string };
+  // dist/cli/main.js and src/cli/main.ts alike sit two levels below the package
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
 
-function mainUsage(): string {
-  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+/** The commands' metadata: needed for anything but a bare --version, so loaded only then. */
+async function commands(): Promise<readonly Command[]> {
+  return (await import('./commands/index.js')).COMMANDS;
+}
+
+function mainUsage(list: readonly Command[]): string {
+  const width = Math.max(...list.map((c) => c.name.length));
   return [
     'usage: understudy [GLOBAL FLAGS] COMMAND [FLAGS]',
     '',
     'Keeps a running Linux application alive when its host dies.',
     '',
     'commands:',
-    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    ...list.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     '',
     'global flags:',
     GLOBAL_HELP,
     '',
-    'Run `understudy COMMAND --help` for a command\'s flags.',
+    "Run `understudy COMMAND --help` for a command's flags.",
   ].join('\n');
 }
 
@@ -78,10 +84,10 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
   let debug = argv.includes('--debug');
   const cmdIndex = findCommand(argv);
   const cmdName = cmdIndex >= 0 ? argv[cmdIndex] : undefined;
-  const cmd = cmdName === undefined ? undefined : COMMANDS.find((c) => c.name === cmdName);
   try {
+    const cmd = cmdName === undefined ? undefined : (await commands()).find((c) => c.name === cmdName);
     if (cmdName !== undefined && cmd === undefined) {
-      throw new UnderstudyError('E_USAGE', `unknown command "${cmdName}"\n\n${mainUsage()}`);
+      throw new UnderstudyError('E_USAGE', `unknown command "${cmdName}"\n\n${mainUsage(await commands())}`);
     }
     const options = { ...GLOBAL_OPTIONS, ...(cmd?.options ?? {}) };
     const args = cmdIndex >= 0 ? [...argv.slice(0, cmdIndex), ...argv.slice(cmdIndex + 1)] : argv;
@@ -89,7 +95,7 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
     try {
       parsed = parseArgs({ args, options, strict: true, allowPositionals: cmd?.positionals ?? false }) as typeof parsed;
     } catch (e) {
-      const usage = cmd ? commandUsage(cmd) : mainUsage();
+      const usage = cmd ? commandUsage(cmd) : mainUsage(await commands());
       throw new UnderstudyError('E_USAGE', `${(e as Error).message.split('\n')[0]}\n\n${usage}`);
     }
     const v = parsed.values;
@@ -99,18 +105,22 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
       return 0;
     }
     if (v.help === true) {
-      io.out(cmd ? commandUsage(cmd) : mainUsage());
+      io.out(cmd ? commandUsage(cmd) : mainUsage(await commands()));
       return 0;
     }
     if (!cmd) {
-      throw new UnderstudyError('E_USAGE', `no command given\n\n${mainUsage()}`);
+      throw new UnderstudyError('E_USAGE', `no command given\n\n${mainUsage(await commands())}`);
     }
+    // (loaded here, not at the top: --version and --help do without them)
+    const { loadConfig, LOG_LEVELS } = await import('../config/config.js');
+    const { configureLogging, logger } = await import('../util/log.js');
     const config = loadConfig(typeof v.config === 'string' ? v.config : undefined);
     if (typeof v['log-level'] === 'string') {
-      config.logLevel = loadConfigLevel(v['log-level']);
+      config.logLevel = loadConfigLevel(v['log-level'], LOG_LEVELS);
     }
     if (typeof v['log-file'] === 'string') config.logFile = resolve(v['log-file']);
     configureLogging({ level: config.logLevel, file: config.logFile });
+    const log = logger('cli');
 
     if (cmd.needsRoot && process.geteuid?.() !== 0) {
       throw new UnderstudyError(
@@ -120,9 +130,13 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
       );
     }
     const ctx: CliContext = { config, json: v.json === true, debug, out: io.out };
+    log.debug({ command: cmd.name, argv, logLevel: config.logLevel, logFile: config.logFile }, 'command started');
     try {
-      return await cmd.run(ctx, v, parsed.positionals);
+      const code = await cmd.run(ctx, v, parsed.positionals);
+      log.debug({ command: cmd.name, exitCode: code }, 'command finished');
+      return code;
     } catch (e) {
+      log.debug({ command: cmd.name, err: e }, 'command failed');
       // a command's own usage error points at its --help, the same way for every command
       if (isUnderstudyError(e) && e.code === 'E_USAGE' && !e.message.includes('--help')) {
         throw new UnderstudyError('E_USAGE', `${e.message} (see \`understudy ${cmd.name} --help\`)`, { cause: e });
@@ -157,7 +171,7 @@ function findCommand(argv: string[]): number {
   return -1;
 }
 
-function loadConfigLevel(level: string): LogLevel {
+function loadConfigLevel(level: string, LOG_LEVELS: readonly LogLevel[]): LogLevel {
   if (!(LOG_LEVELS as readonly string[]).includes(level)) {
     throw new UnderstudyError('E_USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
   }

@@ -247,7 +247,10 @@ export class EngineClient {
       throw new UnderstudyError('E_ENGINE_DIED', `the checkpoint engine ${this.exitInfo}`);
     }
     const id = this.nextId++;
+    const what = Object.keys(cmd)[0];
     const msg = understudy.v1.EngineRequest.encode({ version: ENGINE_VERSION, id, ...cmd }).finish();
+    const t0 = process.hrtime.bigint();
+    log.debug({ id, cmd: what, request: cmd }, 'engine request');
     const rep = await new Promise<understudy.v1.EngineReply>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
@@ -260,6 +263,13 @@ export class EngineClient {
       this.child.stdin.write(encodeFrame(msg));
     });
     requireVersion('engine reply', rep.version, ENGINE_VERSION);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    if (log.isLevelEnabled('debug')) {
+      // with defaults: epoch 0 and other zero fields are shown, not left out
+      const o = understudy.v1.EngineReply.toObject(rep, { defaults: true });
+      if (rep.ok) log.debug({ id, cmd: what, ms, result: rep.result ? o[rep.result] : undefined }, 'engine reply');
+      else log.debug({ id, cmd: what, ms, code: rep.code, error: rep.error }, 'engine refused');
+    }
     if (!rep.ok) {
       throw binaryError('the checkpoint engine (understudy-engine)', rep.code, rep.error);
     }

@@ -30,7 +30,7 @@ export const RECORD_SIZES: Readonly<Record<number, number>> = {
 
 /** x86_64 numbers of the syscalls bpf/trace.bpf.c reports. */
 export const SYSCALLS: Readonly<Record<number, string>> = {
-  0x1: 'write', 2: 'open', 3: 'close', 9: 'mmap', 10: 'mprotect', 11: 'munmap', 12: 'brk', 18: 'pwrite64',
+  1: 'write', 2: 'open', 3: 'close', 9: 'mmap', 10: 'mprotect', 11: 'munmap', 12: 'brk', 18: 'pwrite64',
   20: 'writev', 22: 'pipe', 25: 'mremap', 28: 'madvise', 29: 'shmget', 30: 'shmat', 32: 'dup', 33: 'dup2',
   41: 'socket', 42: 'connect', 43: 'accept', 49: 'bind', 50: 'listen', 53: 'socketpair', 64: 'semget',
   67: 'shmdt', 68: 'msgget', 72: 'fcntl', 77: 'ftruncate', 82: 'rename', 83: 'mkdir', 84: 'rmdir', 85: 'creat',

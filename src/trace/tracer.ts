@@ -73,6 +73,7 @@ export class Tracer {
       buffer: false,
     });
     this.helper = child;
+    log.debug({ pid: child.pid, args }, 'streamer started');
     let ready: () => void = () => {};
     const readyP = new Promise<void>((res) => (ready = res));
     child.stdout.on('data', (chunk: Buffer) => {
@@ -124,6 +125,7 @@ export class Tracer {
   /** Adds processes (and, with descendants, their current children) to the in-kernel filter. */
   async addProcesses(pids: number[], opts: { descendants?: boolean } = {}): Promise<number[]> {
     await this.pins.addTgids(pids);
+    log.debug({ tgids: pids }, 'processes added to the in-kernel filter');
     if (!opts.descendants) return pids;
     // Children forked from now on join in the kernel; those already there are found in /proc.
     const all = descendantsOf(pids);

@@ -129,7 +129,7 @@ describe('the protect loop', () => {
     const failed: string[] = [];
     loop.on('failed', (e) => failed.push(e.code));
     await loop.start();
-    await waitFor(() => loop.epochs.length >= 2 || undefined, 10_000, 'a delta');
+    await waitFor('a delta', () => loop.epochs.length >= 2 || undefined, 10_000);
     const enginePid = loop.enginePid!;
     const tracerPid = loop.tracerPid!;
     process.kill(enginePid, 'SIGKILL');
@@ -147,7 +147,7 @@ describe('the protect loop', () => {
     expect(await fx.write(3, 1)).toHaveLength(3);
     // the tracer was stopped with it
     expect(pinnedByUs()).toEqual([]);
-    await waitFor(() => !alive(tracerPid) || undefined, 30_000, 'the tracer to exit');
+    await waitFor('the tracer to exit', () => !alive(tracerPid) || undefined, 30_000);
   });
 
   it('an engine killed inside the barrier (app paused): start fails with a code and the app comes back running', async () => {
@@ -248,7 +248,7 @@ describe('the protect loop', () => {
     expect(failed).toEqual([]);
     expect(alive(enginePid)).toBe(false);
     expect(pinnedByUs()).toEqual([]);
-    await waitFor(() => !alive(tracerPid) || undefined, 30_000, 'the tracer to exit');
+    await waitFor('the tracer to exit', () => !alive(tracerPid) || undefined, 30_000);
     expect(await loop.stop()).toMatchObject({ reason: 'app-exited' });
   });
 
@@ -256,7 +256,7 @@ describe('the protect loop', () => {
     const fx = await startFixture({ mb: 2 });
     const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'live', schedule: { intervalMs: 50 } });
     await loop.start();
-    await waitFor(() => loop.epochs.length >= 3 || undefined, 10_000, 'two deltas');
+    await waitFor('two deltas', () => loop.epochs.length >= 3 || undefined, 10_000);
     const enginePid = loop.enginePid!;
     const helperPid = loop.tracerPid!;
     expect(alive(enginePid) && alive(helperPid)).toBe(true);
@@ -267,7 +267,7 @@ describe('the protect loop', () => {
     expect(alive(enginePid)).toBe(false);
     expect(pinnedByUs()).toEqual([]);
     // the streamer detaches its programs after its stream ended (a grace period each), then exits
-    await waitFor(() => !alive(helperPid) || undefined, 30_000, 'the tracer helper to exit');
+    await waitFor('the tracer helper to exit', () => !alive(helperPid) || undefined, 30_000);
     expect(procState(fx.pid).tracer).toBe(0);
     expect(await settledState(fx.pid)).toBe('S');
     // no epoch after the stop
@@ -281,7 +281,7 @@ describe('the protect loop', () => {
     const loop2 = protect({ pid: fx2.pid, imageDir: join(tmp('img'), 'image'), graph: 'none', incremental: false });
     await loop2.start();
     await loop2.stop({ app: 'kill' });
-    await waitFor(() => fx2.proc.signalCode ?? undefined, 5000, 'the app killed');
+    await waitFor('the app killed', () => fx2.proc.signalCode ?? undefined, 5000);
     expect(fx2.proc.signalCode).toBe('SIGKILL');
   });
 });

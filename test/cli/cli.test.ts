@@ -1,9 +1,11 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { packageRoot } from '../../src/util/paths.js';
+import { runCleanups, tmpDir } from '../helpers/cleanup.js';
 import { runCli } from '../helpers/cli.js';
+
+afterEach(runCleanups);
 
 const pkg = JSON.parse(readFileSync(resolve(packageRoot, 'package.json'), 'utf8')) as { version: string };
 
@@ -48,8 +50,7 @@ describe('understudy CLI', () => {
   });
 
   it('reads number flags one way in every command: decimal digits in range, else exit 2 naming the flag', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'us-flags-'));
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    const dir = tmpDir('flags');
     // Number('1e3') is 1000: a pid written so must not reach the engine as another process
     const d = await runCli(['dump', '--pid', '1e3', '-D', join(dir, 'img')]);
     expect(d.exitCode).toBe(2);
@@ -83,8 +84,7 @@ describe('understudy CLI', () => {
   });
 
   it('refuses a bad config file, naming the key', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'us-cfg-'));
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    const dir = tmpDir('cfg');
     chmodSync(dir, 0o755);
     const bad = join(dir, 'bad.json');
     writeFileSync(bad, JSON.stringify({ dataDir: '/tmp/x', replicas: 3 }));

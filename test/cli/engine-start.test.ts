@@ -3,14 +3,13 @@
 // at once with E_ENGINE_DIED instead of crashing the agent on an unhandled
 // 'error' event or waiting out its timeout. (An engine client test: it sits
 // here because test/engine/ has another owner.)
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/native/engine.js';
+import { tmpDir } from '../helpers/cleanup.js';
 
-const scratch = mkdtempSync(join(tmpdir(), 'us-engine-start-'));
-afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+const scratch = tmpDir('engine-start');
 
 describe('engine client, engine that cannot start', () => {
   it('a missing binary: the request fails at once with E_ENGINE_DIED, the app untouched', async () => {

@@ -1,23 +1,13 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { killPids, onCleanup, runCleanups, tmpDir } from '../helpers/cleanup.js';
 import { runCli } from '../helpers/cli.js';
+import { waitFor } from '../helpers/wait.js';
 
 // `understudy run`: an app in its own PID namespace, as its pid 1, with no fd
 // from the caller; then the dump -> kill -> restore cycle it exists for.
-const started: number[] = [];
-const dirs: string[] = [];
-afterEach(() => {
-  for (const pid of started.splice(0)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone
-    }
-  }
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
+afterEach(runCleanups);
 
 const COUNTER = 'import time\ni = 0\nwhile True:\n    i += 1\n    print(i, flush=True)\n    time.sleep(0.05)\n';
 
@@ -25,46 +15,37 @@ function lines(file: string): number[] {
   return readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map(Number);
 }
 
-async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 describe('understudy run', () => {
   it('starts the app as pid 1 of its own PID namespace, with only its own stdio, then it survives dump -> kill -> restore', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'us-run-'));
-    dirs.push(dir);
+    const dir = tmpDir('run');
     const out = join(dir, 'out');
     const r = await runCli(['run', '--json', '--output', out, '--', '/usr/bin/python3', '-c', COUNTER]);
     expect(r.exitCode, r.stderr).toBe(0);
     const { pid, nsPid } = JSON.parse(r.stdout) as { pid: number; nsPid: number };
-    started.push(pid);
+    onCleanup(() => killPids([pid]));
     expect(nsPid).toBe(1);
     expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(new RegExp(`\\nNSpid:\\t${pid}\\t1\\n`));
-    await until('the app to count', () => existsSync(out) && lines(out).length >= 5);
+    await waitFor('the app to count', () => existsSync(out) && lines(out).length >= 5);
     // The test runner's own fds (vitest's pipes) did not leak into the app.
     expect(readdirSync(`/proc/${pid}/fd`).sort()).toEqual(['0', '1', '2']);
 
     const img = join(dir, 'image');
     const d = await runCli(['dump', '--pid', String(pid), '-D', img, '--epochs', '2', '--interval-ms', '50']);
     expect(d.exitCode, d.stderr).toBe(0);
-    await until('the app to be gone', () => !existsSync(`/proc/${pid}`));
+    await waitFor('the app to be gone', () => !existsSync(`/proc/${pid}`));
     const before = lines(out).at(-1)!;
     const printedBefore = lines(out).length;
 
     const rs = await runCli(['restore', '-D', img, '--json']);
     expect(rs.exitCode, rs.stderr).toBe(0);
     const rep = JSON.parse(rs.stdout) as { pids: number[]; nsPid1: string };
-    started.push(...rep.pids);
+    onCleanup(() => killPids(rep.pids));
     expect(rep.pids).toHaveLength(1);
     expect(rep.nsPid1).toBe('root');
     // pid 1 of a new namespace again; its host pid is whatever this node gave
     expect(readFileSync(`/proc/${rep.pids[0]}/status`, 'utf8')).toMatch(new RegExp(`\\nNSpid:\\t${rep.pids[0]}\\t1\\n`));
     // It counts on from its memory at the last epoch (at most the count it had when killed), in sequence.
-    await until('the restored app to count on', () => lines(out).length >= 5 && lines(out).at(-1)! > before + 3);
+    await waitFor('the restored app to count on', () => lines(out).length >= 5 && lines(out).at(-1)! > before + 3);
     const all = lines(out);
     const first = all[printedBefore]!;
     expect(first).toBeGreaterThan(5); // a fresh start would print 1

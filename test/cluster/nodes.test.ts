@@ -1,20 +1,18 @@
 import { execa } from 'execa';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { onCleanup, tmpDir } from '../helpers/cleanup.js';
 import { TestCluster } from '../helpers/nodes.js';
 
 // The simulated nodes that multi-node tests stand on: separate network
 // namespaces that reach each other only through their links, each with its own
 // view of the same data folder path.
 describe('test cluster of network namespaces', () => {
-  const scratch = mkdtempSync(join(tmpdir(), 'us-nodes-'));
+  const scratch = tmpDir('nodes');
   const cluster = new TestCluster(join(scratch, 'app-data'), scratch);
-  afterAll(async () => {
-    await cluster.destroy();
-    rmSync(scratch, { recursive: true, force: true });
-  });
+  // (run after the file's last test by test/helpers/setup.ts, before the folder goes)
+  onCleanup(() => cluster.destroy());
 
   it('gives each node its own network and its own data folder, and tears down', async () => {
     const a = await cluster.addNode();

@@ -59,7 +59,7 @@ describe('dump refuses what is not an app of ours', () => {
   it('a process holding a socket (node\'s stdio pipe) is refused up front, naming pid, fd and kind', async () => {
     const p = spawn('sleep', ['1000'], { stdio: ['pipe', 'ignore', 'ignore'] });
     onCleanup(() => p.kill('SIGKILL'));
-    await waitFor(() => existsSync(`/proc/${p.pid}/fd/0`) || undefined, 2000, 'sleep started');
+    await waitFor('sleep started', () => existsSync(`/proc/${p.pid}/fd/0`) || undefined, 2000);
     const engine = EngineClient.start();
     try {
       await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
@@ -100,7 +100,7 @@ describe('seccomp', () => {
       'time.sleep(1000)\n';
     const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
     onCleanup(() => p.kill('SIGKILL'));
-    await waitFor(() => {
+    await waitFor('python under seccomp', () => {
       try {
         return /^Seccomp:\s+2$/m.test(readFileSync(`/proc/${p.pid}/status`, 'utf8')) && readdirSync(`/proc/${p.pid}/fd`).length === 0
           ? true
@@ -108,7 +108,7 @@ describe('seccomp', () => {
       } catch {
         return undefined;
       }
-    }, 10_000, 'python under seccomp');
+    }, 10_000);
     const engine = EngineClient.start();
     try {
       await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
@@ -136,7 +136,7 @@ describe('dump, CRIU style', () => {
     const r2 = await runCli(['dump', '--pid', String(fx.pid), '-D', dir2]);
     expect(r2.exitCode).toBe(0);
     expect(r2.stdout).toMatch(/killed after the dump/);
-    await waitFor(() => fx.proc.exitCode !== null || fx.proc.signalCode !== null || undefined, 5000, 'app killed');
+    await waitFor('app killed', () => fx.proc.exitCode !== null || fx.proc.signalCode !== null || undefined, 5000);
     expect(fx.proc.signalCode).toBe('SIGKILL');
   });
 });

@@ -1,42 +1,18 @@
 // Shared by the engine tests: a dirty_pages fixture driven through its control
 // directory, temporary directories, and /proc observations of the app.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { onCleanup, tmpDir } from '../helpers/cleanup.js';
+import { waitFor } from '../helpers/wait.js';
+
+export { onCleanup, runCleanups } from '../helpers/cleanup.js';
+export { waitFor } from '../helpers/wait.js';
 
 export const root = resolve(import.meta.dirname, '..', '..');
 export const fixtureBin = join(root, 'build', 'fixtures', 'dirty_pages');
 
-const cleanups: (() => void)[] = [];
-export function onCleanup(f: () => void): void {
-  cleanups.push(f);
-}
-export function runCleanups(): void {
-  while (cleanups.length) {
-    try {
-      cleanups.pop()!();
-    } catch {
-      /* keep cleaning */
-    }
-  }
-}
-
-export function tmp(prefix: string): string {
-  const d = mkdtempSync(join(tmpdir(), `us-${prefix}-`));
-  onCleanup(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
-
-export async function waitFor<T>(f: () => T | undefined, ms: number, what: string): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = f();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > until) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
+export const tmp = (prefix: string): string => tmpDir(prefix);
 
 export interface Fixture {
   pid: number;
@@ -63,7 +39,7 @@ export async function startFixture(opts: { mb: number; threads?: number; childre
     }
   };
   onCleanup(kill);
-  const ready = await waitFor(() => (existsSync(join(ctl, 'ready')) ? readFileSync(join(ctl, 'ready'), 'utf8') : undefined), 20_000, 'fixture ready');
+  const ready = await waitFor('fixture ready', () => (existsSync(join(ctl, 'ready')) ? readFileSync(join(ctl, 'ready'), 'utf8') : undefined), 20_000);
   const [pid, region, pages] = ready.trim().split(' ').map(Number) as [number, number, number];
   let n = 0;
   return {
@@ -79,7 +55,7 @@ export async function startFixture(opts: { mb: number; threads?: number; childre
       const { renameSync } = await import('node:fs');
       renameSync(join(ctl, `.cmd-${i}`), join(ctl, `cmd-${i}`));
       const done = join(ctl, `done-${i}`);
-      const text = await waitFor(() => (existsSync(done) ? readFileSync(done, 'utf8') : undefined), 20_000, `fixture command ${i}`);
+      const text = await waitFor(`fixture command ${i}`, () => (existsSync(done) ? readFileSync(done, 'utf8') : undefined), 20_000);
       return text.trim() === '' ? [] : text.trim().split('\n').map(Number);
     },
   };

@@ -42,7 +42,7 @@ async function capture(noIter: boolean): Promise<[Seen, Seen]> {
   const ctl = tmp('kstate');
   const p = spawn('python3', ['-c', script(ctl)], { stdio: ['ignore', 'ignore', 'ignore'] });
   onCleanup(() => p.kill('SIGKILL'));
-  await waitFor(() => existsSync(join(ctl, 'ready')) || undefined, 10_000, 'python ready');
+  await waitFor('python ready', () => existsSync(join(ctl, 'ready')) || undefined, 10_000);
   const engine = EngineClient.start({ env: { UNDERSTUDY_ENGINE_NO_TASKITER: noIter ? '1' : undefined } });
   const dir = join(tmp('img'), 'k');
   const seen = (epochDir: string): Seen => {
@@ -64,7 +64,7 @@ async function capture(noIter: boolean): Promise<[Seen, Seen]> {
     await engine.attach(p.pid!, { trackDirty: true });
     const e0 = await engine.checkpoint({ imageDir: dir });
     writeFileSync(join(ctl, 'go'), '');
-    await waitFor(() => existsSync(join(ctl, 'done')) || undefined, 10_000, 'python changed its state');
+    await waitFor('python changed its state', () => existsSync(join(ctl, 'done')) || undefined, 10_000);
     const e1 = await engine.checkpoint({ imageDir: dir });
     return [seen(e0.epochDir), seen(e1.epochDir)];
   } finally {

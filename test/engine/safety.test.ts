@@ -13,10 +13,10 @@ afterAll(runCleanups);
 
 async function expectReleased(pid: number, fdsBefore: string[], mapsBefore: string): Promise<void> {
   // the kernel detaches a dead tracer's tracees and resumes them
-  const st = await waitFor(() => {
+  const st = await waitFor(`pid ${pid} released`, () => {
     const s = procState(pid);
     return s.tracer === 0 && s.state !== 't' && s.state !== 'T' ? s : undefined;
-  }, 5000, `pid ${pid} released`);
+  }, 5000);
   expect(st.tracer).toBe(0);
   expect(['S', 'R']).toContain(st.state);
   expect(fdTargets(pid)).toEqual(fdsBefore);
@@ -167,7 +167,7 @@ describe('engine failures leave the app running unchanged', () => {
     const fx = await startFixture({ mb: 4 });
     // the child sleeps 4 s before _exit; the parent is blocked in vfork before the engine comes
     const done = fx.write(4000, 0, 'v');
-    await waitFor(() => (procState(fx.pid).state === 'D' ? true : undefined), 3000, 'the fixture to block in vfork()');
+    await waitFor('the fixture to block in vfork()', () => (procState(fx.pid).state === 'D' ? true : undefined), 3000);
     const engine = EngineClient.start();
     try {
       const t0 = Date.now();

@@ -234,7 +234,7 @@ describe('pipelined writing', () => {
     });
     const closed = engine.close();
     // the app is let go at once, before the epoch is written
-    await waitFor(() => (procState(fx.pid).tracer === 0 ? true : undefined), 3000, 'the app to be detached');
+    await waitFor('the app to be detached', () => (procState(fx.pid).tracer === 0 ? true : undefined), 3000);
     expect(written).toBe(false);
     await closed;
     // the reply still came (stdout was open), and the epoch is whole on disk

@@ -91,7 +91,7 @@ describe('signal state', () => {
       'time.sleep(1000)\n';
     const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
     onCleanup(() => p.kill('SIGKILL'));
-    await waitFor(() => {
+    await waitFor('python ready with SIGUSR1 pending', () => {
       try {
         return /^ShdPnd:\s+0*200$/m.test(readFileSync(`/proc/${p.pid}/status`, 'utf8')) && readdirSync(`/proc/${p.pid}/fd`).length === 0
           ? true
@@ -99,7 +99,7 @@ describe('signal state', () => {
       } catch {
         return undefined;
       }
-    }, 10_000, 'python ready with SIGUSR1 pending');
+    }, 10_000);
     const engine = EngineClient.start();
     try {
       await engine.attach(p.pid!, { trackDirty: true });
@@ -126,20 +126,20 @@ describe('exec', () => {
     const code = 'import os,time\nos.closerange(0, 1024)\ntime.sleep(1.0)\nos.execv("/bin/sleep", ["sleep", "1000"])\n';
     const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
     onCleanup(() => p.kill('SIGKILL'));
-    await waitFor(() => {
+    await waitFor('python closed its fds', () => {
       try {
         return readdirSync(`/proc/${p.pid}/fd`).length === 0 ? true : undefined;
       } catch {
         return undefined;
       }
-    }, 10_000, 'python closed its fds');
+    }, 10_000);
     const engine = EngineClient.start();
     try {
       await engine.attach(p.pid!, { trackDirty: true });
       const dir = join(tmp('img'), 'exec');
       const e0 = await engine.checkpoint({ imageDir: dir });
       expect(processesOf(readEpochMeta(e0.epochDir))[0]!.exe!.path).toMatch(/python3/);
-      await waitFor(() => (readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep' ? true : undefined), 10_000, 'exec');
+      await waitFor('exec', () => (readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep' ? true : undefined), 10_000);
       // let sleep reach its nanosleep
       await new Promise((r) => setTimeout(r, 100));
       const vdir = join(tmp('verify'), 'full');

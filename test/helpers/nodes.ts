@@ -4,12 +4,13 @@
 // torn down by destroy(), which tests call in afterEach/afterAll even when a
 // test fails.
 import { execa, type Options, type ResultPromise } from 'execa';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readlinkSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export interface TestNode {
   name: string;
-  /** Address of the node on its veth link (10.<c>.<n>.2, c from the test process's pid). */
+  /** Address of the node on its veth link (10.<c>.<n>.2, c claimed by the cluster). */
   address: string;
   /** Host-side address of the link (10.<c>.<n>.1). */
   hostAddress: string;
@@ -20,8 +21,9 @@ export interface TestNode {
 export class TestCluster {
   readonly nodes: TestNode[] = [];
   private readonly prefix: string;
-  /** Second octet of this cluster's addresses, so concurrent test runs do not collide. */
+  /** Second octet of this cluster's addresses, claimed so that concurrent test files do not collide. */
   private readonly octet: number;
+  private released = false;
 
   /**
    * @param dataDir the path every node sees as its own data folder
@@ -31,8 +33,8 @@ export class TestCluster {
     readonly dataDir: string,
     private readonly scratch: string,
   ) {
-    this.prefix = `us${process.pid % 100000}`;
-    this.octet = 100 + (process.pid % 150);
+    this.prefix = `us${process.pid % 100000}c${++clusters}`;
+    this.octet = claimOctet();
   }
 
   async addNode(): Promise<TestNode> {
@@ -60,6 +62,7 @@ export class TestCluster {
    */
   wrap(node: TestNode, argv: string[]): string[] {
     mkdirSync(this.dataDir, { recursive: true });
+    // biome-ignore format: one line per command of the chain
     return [
       'ip', 'netns', 'exec', node.name,
       'unshare', '--mount', '--propagation', 'private', '--',
@@ -88,5 +91,55 @@ export class TestCluster {
       await execa('ip', ['netns', 'del', node.name], { reject: false });
       rmSync(node.dataRoot, { recursive: true, force: true });
     }
+    if (!this.released) releaseOctet(this.octet);
+    this.released = true;
+  }
+}
+
+let clusters = 0;
+
+// Test files run in parallel (vitest.config.ts): each cluster claims a second
+// octet for its 10.<octet>.<n>.0/24 links by creating a symlink named after
+// it whose target is the owner's pid (atomic; a claim whose owner is gone is
+// taken over), so two clusters never route the same addresses.
+const CLAIMS = join(tmpdir(), 'us-test-octets');
+
+function claimOctet(): number {
+  mkdirSync(CLAIMS, { recursive: true });
+  for (let i = 0; i < 150; i++) {
+    const octet = 100 + ((process.pid + i) % 150);
+    const claim = join(CLAIMS, String(octet));
+    try {
+      symlinkSync(String(process.pid), claim);
+      return octet;
+    } catch {
+      let owner = 0;
+      try {
+        owner = Number(readlinkSync(claim));
+        process.kill(owner, 0);
+        continue; // held by a live process (this one included: another cluster of the same file)
+      } catch {
+        // the owner is gone: take the claim over, unless another process is doing so right now
+      }
+      try {
+        if (Number(readlinkSync(claim)) === owner) {
+          unlinkSync(claim);
+          symlinkSync(String(process.pid), claim);
+          return octet;
+        }
+      } catch {
+        // another process took it over first: try the next
+      }
+    }
+  }
+  throw new Error(`no free 10.<octet>.0.0/16 for a test cluster: ${CLAIMS} holds 150 live claims`);
+}
+
+function releaseOctet(octet: number): void {
+  const claim = join(CLAIMS, String(octet));
+  try {
+    if (Number(readlinkSync(claim)) === process.pid) unlinkSync(claim);
+  } catch {
+    // not ours, or already gone
   }
 }

@@ -57,7 +57,7 @@ function flipByte(path: string, offset: number): void {
 
 describe('restore refuses bad input', () => {
   it('a corrupted page (one byte flipped in pages.bin): E_IMAGE_CORRUPT naming epoch, pid and address', async () => {
-    const { ctl, img, fx, d } = await startAndDump('rs_counter', 'corrupt', 0);
+    const { img, fx, d } = await startAndDump('rs_counter', 'corrupt', 0);
     const e0 = join(img, 'epoch-000000');
     const meta = readEpochMeta(e0);
     const run = processesOf(meta)[0]!.pages[2]!;
@@ -72,7 +72,7 @@ describe('restore refuses bad input', () => {
   });
 
   it('a missing delta: E_IMAGE_CHAIN naming the missing epoch', async () => {
-    const { ctl, img, fx, d } = await startAndDump('rs_counter', 'chain', 5);
+    const { img, fx, d } = await startAndDump('rs_counter', 'chain', 5);
     rmSync(join(img, 'epoch-000003'), { recursive: true });
     const err = await refused(img);
     expect(err.code).toBe('E_IMAGE_CHAIN');
@@ -159,7 +159,7 @@ describe('restore refuses bad input', () => {
 
   for (const phase of ['tree', 'rebuild']) {
     it(`a failure after the ${phase} phase kills everything the restore created`, async () => {
-      const { ctl, img, fx, d } = await startAndDump('rs_forktree', `mid-${phase}`, 0);
+      const { img, d } = await startAndDump('rs_forktree', `mid-${phase}`, 0);
       const err = await refused(img, { UNDERSTUDY_RESTORE_FAIL_AFTER: phase });
       expect(err.code).toBe('E_RESTORE');
       expect(err.message).toContain(`UNDERSTUDY_RESTORE_FAIL_AFTER=${phase}`);
@@ -235,7 +235,7 @@ describe('restore refuses bad input', () => {
   it('an epoch that does not exist and a directory that is not an image are refused clearly', async () => {
     const empty = tmp('empty');
     await expect(restore({ imageDir: empty })).rejects.toMatchObject({ code: 'E_NOT_AN_IMAGE' });
-    const { ctl, img, fx } = await startAndDump('rs_counter', 'noepoch', 1);
+    const { img } = await startAndDump('rs_counter', 'noepoch', 1);
     await expect(restore({ imageDir: img, epoch: 7 })).rejects.toMatchObject({ code: 'E_IMAGE_CHAIN' });
     expect(readdirSync(img).filter((n) => n.startsWith('epoch-'))).toHaveLength(2);
   });

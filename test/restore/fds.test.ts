@@ -103,7 +103,7 @@ describe('a compacted chain keeps pipes, counters and 64-bit epoll data exact', 
 
 describe('an image whose fd records do not hold together is refused before any process exists', () => {
   it('an epoll watching an fd its process lacks; a pipe fd without its pipe record', async () => {
-    const { ctl, img, fx, d } = await startAndDump('rs_pipes', 'pipes-bad', 0);
+    const { img, fx, d } = await startAndDump('rs_pipes', 'pipes-bad', 0);
     const ep0 = epochDir(img, 0);
     const orig = readFileSync(join(ep0, 'meta.pb'));
     let epfd = 0;

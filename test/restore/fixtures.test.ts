@@ -1,21 +1,18 @@
-// Every restore fixture: checkpoint -> kill -> restore (same pids) -> PASS,
-// from a full image and from epoch 0 + 20 deltas, on this node and on a
-// second "node" (its own network namespace and its own copy of the app's
-// data folder). Plus python3 continuing its output in sequence.
+// Restore rules beyond the per-fixture round trips (those are in
+// fixtures-full, fixtures-deltas and fixtures-node2): PID namespaces,
+// terminals, a restored app checkpointed again, compacted chains, processes
+// and threads born in the middle of a chain.
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { EngineClient } from '../../src/native/engine.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { join, resolve } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { restore } from '../../src/restore/restore.js';
 import { TestCluster } from '../helpers/nodes.js';
 import { buildDir } from '../../src/util/paths.js';
 import {
   alive,
-  cutToCheckpoint,
   dumpAndKill,
-  epochDir,
-  fixturePython,
   killPids,
   onCleanup,
   runCleanups,
@@ -29,110 +26,6 @@ import {
 } from './helpers.js';
 
 afterEach(runCleanups);
-
-const FIXTURES = [
-  'rs_counter', 'rs_threads', 'rs_malloc', 'rs_sleepers', 'rs_signals', 'rs_files', 'rs_mprotect', 'rs_vdso', 'rs_recursion',
-  'rs_forktree', 'rs_sharedfile', 'rs_pipes', 'rs_timers', 'rs_timers_pending', 'rs_alarm', 'rs_locks',
-];
-
-async function roundTrip(name: string, deltas: number): Promise<void> {
-  const ctl = tmp(name);
-  const img = join(tmp(`${name}-img`), 'image');
-  const fx = await startFixture(name, ctl);
-  const d = await dumpAndKill(fx.pid, img, deltas);
-  expect(d.lastEpoch).toBe(deltas);
-  const r = await restore({ imageDir: img });
-  onCleanup(() => killPids([r.reaper, ...r.pids]));
-  expect(r.epoch).toBe(deltas);
-  expect([...r.pids].sort()).toEqual([...d.pids].sort());
-  expect(r.pids[0]).toBe(fx.pid);
-  expect(r.nsPid1).toBe('reaper');
-  for (const p of r.pids) expect(alive(p), `pid ${p} runs again`).toBe(true);
-  // the restored process is not traced by anyone
-  const status = readFileSync(`/proc/${fx.pid}/status`, 'utf8');
-  expect(status).toMatch(/TracerPid:\s+0\n/);
-  // it sees itself with the same pid inside its new namespace
-  expect(status).toMatch(new RegExp(`NSpid:\\s+${fx.pid}\\s+${fx.pid}\\n`));
-  expect(await verdict(ctl), `${name} verdict`).toBe('PASS');
-  // the app ends; its namespace with it
-  await waitFor('the restored app to exit', () => r.pids.every((p) => !alive(p)) && !alive(r.reaper));
-}
-
-describe('restore fixtures, same node', () => {
-  for (const name of FIXTURES) {
-    it(`${name}: full checkpoint -> kill -> restore -> PASS`, async () => roundTrip(name, 0));
-    it(`${name}: epoch 0 + 20 deltas -> kill -> restore of epoch 20 -> PASS`, async () => roundTrip(name, 20));
-  }
-
-  it('python3: a compute loop with a timer continues its output in sequence', async () => {
-    const ctl = tmp('py');
-    const out = join(ctl, 'out');
-    const fx = await startFixture('python', ctl, ['/usr/bin/python3', fixturePython, out]);
-    await waitFor('python output', () => existsSync(out) && readFileSync(out, 'utf8').split('\n').length > 10);
-    const img = join(tmp('py-img'), 'image');
-    const d = await dumpAndKill(fx.pid, img, 20, 20);
-    const before = cutToCheckpoint(processesOf(readEpochMeta(epochDir(img, d.lastEpoch)))[0]!, out);
-    const r = await restore({ imageDir: img });
-    onCleanup(() => killPids([r.reaper, ...r.pids]));
-    expect(r.pids).toEqual([fx.pid]);
-    await waitFor('python to write after the restore', () => readFileSync(out, 'utf8').trim().split('\n').length >= before.length + 20);
-    killPids([r.reaper, ...r.pids]);
-    const lines = readFileSync(out, 'utf8').trim().split('\n');
-    // the sequence continues: every index once, in order; the running value recomputed
-    let acc = 0;
-    for (let i = 0; i < lines.length; i++) {
-      const [idx, val] = lines[i]!.split(' ').map(Number);
-      expect(idx, `line ${i}: ${lines[i]}`).toBe(i);
-      // each line follows exactly one or more 2000-step rounds: the value must be reachable
-      let ok = false;
-      for (let rounds = 0; rounds < 100000 && !ok; rounds++) {
-        for (let k = 0; k < 2000; k++) acc = (acc * 31 + k) % 1000000007;
-        ok = acc === val;
-      }
-      expect(ok, `line ${i}: value ${val} follows from the previous one`).toBe(true);
-    }
-  });
-});
-
-describe('restore on a second node (own network namespace, own copy of the data folder)', () => {
-  let cluster: TestCluster | undefined;
-  afterAll(async () => {
-    await cluster?.destroy();
-  });
-
-  for (const name of FIXTURES) {
-    it(`${name}: epoch 0 + 20 deltas restored on node 2 -> PASS`, async () => {
-      const scratch = tmp(`${name}-nodes`);
-      const dataDir = join(scratch, 'data');
-      mkdirSync(dataDir);
-      const nodes = new TestCluster(dataDir, join(scratch, 'roots'));
-      cluster = nodes;
-      onCleanup(async () => {
-        await nodes.destroy();
-      });
-      const node = await nodes.addNode();
-      const ctl = join(dataDir, 'app');
-      mkdirSync(ctl);
-      const fx = await startFixture(name, ctl);
-      const img = join(scratch, 'image');
-      const d = await dumpAndKill(fx.pid, img, 20);
-      // node 2's own copy of the data folder, as replicated up to the checkpoint
-      cpSync(dataDir, node.dataRoot, { recursive: true, preserveTimestamps: true });
-      const r = await restore({
-        imageDir: img,
-        wrap: (argv) => nodes.wrap(node, argv),
-      });
-      onCleanup(() => killPids([r.reaper, ...r.pids]));
-      expect([...r.pids].sort()).toEqual([...d.pids].sort());
-      // it runs in node 2's network namespace
-      const netns = readlinkSync(`/proc/${fx.pid}/ns/net`);
-      expect(netns).not.toBe(readlinkSync('/proc/self/ns/net'));
-      // the verdict lands in node 2's copy, the original folder is untouched
-      expect(await verdict(join(node.dataRoot, 'app'))).toBe('PASS');
-      expect(existsSync(join(ctl, 'verdict'))).toBe(false);
-    });
-  }
-});
 
 /** The ids of pid's threads and its descendants' threads as its PID namespace sees them, sorted. */
 function nsIds(pid: number): string[] {

@@ -4,35 +4,19 @@
 // read its verdict. Every process started here is registered for cleanup,
 // which runs even when a test fails.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, openSync, closeSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { expect } from 'vitest';
 import { EngineClient } from '../../src/native/engine.js';
 import { readEpochMeta, type ProcessMeta } from '../../src/image/store.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
+import { killPids, onCleanup, tmpDir } from '../helpers/cleanup.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
-const cleanups: (() => void | Promise<void>)[] = [];
-export function onCleanup(f: () => void | Promise<void>): void {
-  cleanups.push(f);
-}
-export async function runCleanups(): Promise<void> {
-  for (const f of cleanups.splice(0).reverse()) {
-    try {
-      await f();
-    } catch {
-      // keep cleaning
-    }
-  }
-}
+export { killPids, onCleanup, runCleanups } from '../helpers/cleanup.js';
+export { sleep, waitFor } from '../helpers/wait.js';
 
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-export function tmp(prefix: string): string {
-  const d = mkdtempSync(join(tmpdir(), `us-rs-${prefix}-`));
-  onCleanup(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
+export const tmp = (prefix: string): string => tmpDir(`rs-${prefix}`);
 
 /** The pid is in use (a zombie holds its pid until reaped). */
 export function exists(pid: number): boolean {
@@ -45,24 +29,6 @@ export function alive(pid: number): boolean {
     return !/^State:\s+[ZX]/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
   } catch {
     return false;
-  }
-}
-
-export function killPids(pids: number[]): void {
-  for (const p of pids) {
-    try {
-      process.kill(p, 'SIGKILL');
-    } catch {
-      // gone
-    }
-  }
-}
-
-export async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(5);
   }
 }
 

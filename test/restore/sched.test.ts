@@ -88,14 +88,14 @@ describe('scheduling attributes', () => {
     const img = join(tmp('sched-bad-img'), 'image');
     await dumpAndKill(pid, img, 0);
     const bad: [string, (s: { policy?: number | null; priority?: number | null; nice?: number | null }) => void][] = [
-      ['SCHED_RR priority 0', (s) => ((s.policy = 2), (s.priority = 0))],
+      ['SCHED_RR priority 0', (s) => Object.assign(s, { policy: 2, priority: 0 })],
       ['nice 40', (s) => (s.nice = 40)],
       ['policy 6 (SCHED_DEADLINE)', (s) => (s.policy = 6)],
     ];
     for (const [what, edit] of bad) {
       rewriteEpochMeta(epochDir(img, 0), (m) => edit(processesOf(m).find((p) => p.pid === pid)!.threads![0]!.sched!));
       const err = await restore({ imageDir: img }).then(
-        (r) => (killPids([r.reaper, ...r.pids]), undefined),
+        (r) => void killPids([r.reaper, ...r.pids]),
         (e: unknown) => e,
       );
       expect(err, what).toBeInstanceOf(RestoreError);

@@ -1,13 +1,15 @@
 // Shared by the trace and graph suites: run a real program under the tracer,
 // read its stdout line by line, and always clean up (kill, unpin).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { TraceSession } from '../../src/trace/session.js';
 import type { TraceEvent } from '../../src/trace/records.js';
 import { buildDir } from '../../src/util/paths.js';
+import { killAtCleanup, onCleanup, tmpDir } from '../helpers/cleanup.js';
+import { waitFor } from '../helpers/wait.js';
+
+export { runCleanups as cleanupAll } from '../helpers/cleanup.js';
 
 export const fixture = (name: string): string => resolve(buildDir, 'fixtures', name);
 
@@ -26,14 +28,17 @@ export class Lines {
     });
   }
   async waitFor(re: RegExp, timeoutMs = 15_000): Promise<RegExpExecArray> {
-    const end = Date.now() + timeoutMs;
-    for (;;) {
+    const match = (): RegExpExecArray | undefined => {
       for (const l of this.lines) {
         const m = re.exec(l);
         if (m) return m;
       }
-      if (Date.now() > end) throw new Error(`timed out waiting for ${re} in output: ${this.lines.slice(-5).join(' | ')}`);
-      await new Promise((r) => setTimeout(r, 20));
+      return undefined;
+    };
+    try {
+      return await waitFor(`${re} in output`, match, timeoutMs, 20);
+    } catch (e) {
+      throw new Error(`${(e as Error).message}: ${this.lines.slice(-5).join(' | ')}`);
     }
   }
 }
@@ -43,8 +48,6 @@ export interface Traced {
   out: Lines;
   events: TraceEvent[];
 }
-
-const cleanups: (() => Promise<void>)[] = [];
 
 /** Runs argv traced from its first instruction, stdout piped for the test. */
 export async function traceCommand(argv: string[], opts: { reconcileMs?: number; changeLog?: boolean } = {}): Promise<Traced> {
@@ -57,7 +60,7 @@ export async function traceCommand(argv: string[], opts: { reconcileMs?: number;
     reconcileMs: opts.reconcileMs,
     changeLog: opts.changeLog,
   });
-  cleanups.push(async () => {
+  onCleanup(async () => {
     await session.stop({ kill: true });
   });
   const out = new Lines(session.held!.child.stdout as Readable);
@@ -68,33 +71,12 @@ export async function traceCommand(argv: string[], opts: { reconcileMs?: number;
 export function spawnOutside(argv: string[]): { child: ChildProcess; out: Lines } {
   // its own process group, so that cleanup takes its children too
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'inherit'], detached: true });
-  cleanups.push(async () => {
-    try {
-      process.kill(-child.pid!, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  });
+  killAtCleanup(child, { group: true });
   return { child, out: new Lines(child.stdout!) };
 }
 
 /** A fresh folder under the system's temporary directory, removed by cleanupAll (after what was started later). */
-export function tempDir(name: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `understudy-${name}-`));
-  cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-export async function cleanupAll(): Promise<void> {
-  while (cleanups.length > 0) {
-    const c = cleanups.pop()!;
-    try {
-      await c();
-    } catch {
-      // keep cleaning
-    }
-  }
-}
+export const tempDir = (name: string): string => tmpDir(name);
 
 /** Waits until the graph has every event the kernel produced so far (after `ms` for the app to act). */
 export async function settle(t: Traced, ms = 50): Promise<void> {

@@ -6,16 +6,14 @@ import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BPFFS_ROOT, PinnedTracer } from '../../src/trace/loader.js';
 import { Tracer } from '../../src/trace/tracer.js';
+import { onCleanup, runCleanups } from '../helpers/cleanup.js';
 
 describe('tracer loader', () => {
-  const toClean: (() => Promise<unknown> | void)[] = [];
-  afterEach(async () => {
-    while (toClean.length) await toClean.pop()!();
-  });
+  afterEach(runCleanups);
 
   it('pins programs and maps per app, shows them through bpftool, and unpins them', async () => {
     const pins = await PinnedTracer.load(`loader-${process.pid}`, { staleGraceMs: 60_000 });
-    toClean.push(() => pins.unload());
+    onCleanup(() => pins.unload());
     expect(readdirSync(pins.mapsDir).sort()).toEqual(['app_bits', 'app_socks', 'app_tgids', 'counters', 'events', 'trace_rodata', 'write_faults']);
     const progs = await pins.programs();
     const names = progs.map((p) => p.name);
@@ -48,17 +46,17 @@ describe('tracer loader', () => {
   it('removes pins left by a crashed agent on the next start, and keeps those in use', async () => {
     // A "crashed" agent: loaded and pinned, its streamer gone (nothing attached).
     const stale = await PinnedTracer.load(`crashed-${process.pid}`, { staleGraceMs: 60_000 });
-    toClean.push(() => stale.unload());
+    onCleanup(() => stale.unload());
     // A live one: attached by its streamer.
     const live = await Tracer.start({ appId: `live-${process.pid}`, onEvent: () => {}, staleGraceMs: 60_000 });
-    toClean.push(() => live.stop());
+    onCleanup(() => live.stop());
     expect(existsSync(stale.dir)).toBe(true);
 
     // It crashed a minute ago (older than the grace period that protects an agent between load and attach).
     const ago = new Date(Date.now() - 60_000);
     utimesSync(stale.dir, ago, ago);
     const next = await Tracer.start({ appId: `next-${process.pid}`, onEvent: () => {} });
-    toClean.push(() => next.stop());
+    onCleanup(() => next.stop());
     expect(next.pins.staleRemoved.map((r) => r.appId)).toContain(`crashed-${process.pid}`);
     expect(next.pins.staleRemoved.find((r) => r.appId === `crashed-${process.pid}`)!.programs).toBe(6);
     expect(existsSync(stale.dir)).toBe(false);

@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { PinnedTracer } from '../../src/trace/loader.js';
 import { RecordStream, type TraceEvent } from '../../src/trace/records.js';
 import { nativeBinary } from '../../src/util/paths.js';
+import { waitFor } from '../helpers/wait.js';
 
 async function attachedIds(): Promise<Set<number>> {
   const links = JSON.parse((await execa('bpftool', ['--json', 'link', 'show'])).stdout || '[]') as { prog_id: number }[];
@@ -24,14 +25,6 @@ function runStreamer(dir: string) {
   return { child, events, rs, exited, stderr: () => stderr };
 }
 
-const waitFor = async (p: () => boolean, ms = 10_000) => {
-  const end = Date.now() + ms;
-  while (!p()) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-};
-
 describe('understudy-tracer', () => {
   let pins: PinnedTracer | undefined;
   afterEach(() => {
@@ -44,14 +37,14 @@ describe('understudy-tracer', () => {
       pins = await PinnedTracer.load(`streamer-${process.pid}-${how === 'SIGTERM' ? 't' : 'e'}`, { staleGraceMs: 60_000 });
       const ids = (await pins.programs()).map((p) => p.id);
       const s = runStreamer(pins.dir);
-      await waitFor(() => s.events.length > 0);
+      await waitFor('a first event', () => s.events.length > 0);
       expect(s.events[0]!.type).toBe('stats'); // the ready signal
       const attached = await attachedIds();
       expect(ids.filter((id) => !attached.has(id))).toEqual([]);
       // a traced process: this one
       await pins.addTgids([process.pid]);
       await execa('true'); // fork + exec + exit of a child of ours
-      await waitFor(() => s.events.some((e) => e.type === 'exit'));
+      await waitFor('the exit event', () => s.events.some((e) => e.type === 'exit'));
       if (how === 'SIGTERM') s.child.kill('SIGTERM');
       else s.child.stdin.end();
       expect(await s.exited).toBe(0);

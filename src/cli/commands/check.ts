@@ -1,4 +1,3 @@
-import { formatCheck, runCheck } from '../../check/check.js';
 import { intFlag, type Command } from '../command.js';
 
 export const checkCommand: Command = {
@@ -16,6 +15,7 @@ export const checkCommand: Command = {
   },
   needsRoot: true,
   async run(ctx, values) {
+    const { formatCheck, runCheck } = await import('../../check/check.js');
     const only = typeof values.only === 'string' ? values.only.split(',').filter((s) => s !== '') : undefined;
     const timeoutMs = intFlag(values, 'timeout-ms', 100, 600_000);
     const report = await runCheck({ only, timeoutMs });

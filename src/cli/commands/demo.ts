@@ -1,5 +1,4 @@
-import { formatCheck, runCheck } from '../../check/check.js';
-import { runDemo, type DemoReport } from '../../demo/demo.js';
+import type { DemoReport } from '../../demo/demo.js';
 import type { Command } from '../command.js';
 
 // The quick start's main job on the embedded default configuration: check the
@@ -11,6 +10,8 @@ export const demoCommand: Command = {
   options: {},
   needsRoot: true,
   async run(ctx) {
+    const { formatCheck, runCheck } = await import('../../check/check.js');
+    const { runDemo } = await import('../../demo/demo.js');
     const check = await runCheck();
     if (!ctx.json) {
       ctx.out('Understudy — checking this kernel for every feature the design relies on:\n');

@@ -1,7 +1,5 @@
 // `understudy image show|verify|compact DIR`: inspect an image as a person
 // (like CRIU's crit), check every hash, fold deltas into a new base.
-import { compact, listEpochs, readEpochMeta, readEpochPages, reconstruct } from '../../image/store.js';
-import { showImage } from '../../image/show.js';
 import { UnderstudyError } from '../../util/errors.js';
 import { EPOCH_MAX, intFlag, type Command } from '../command.js';
 
@@ -23,6 +21,8 @@ export const imageCommand: Command = {
   positionals: true,
   needsRoot: false,
   async run(ctx, values, positionals) {
+    const { compact, listEpochs, readEpochMeta, readEpochPages, reconstruct } = await import('../../image/store.js');
+    const { showImage } = await import('../../image/show.js');
     const [sub, dir, ...rest] = positionals;
     if (!sub || !dir || rest.length) throw new UnderstudyError('E_USAGE', 'usage: understudy image show|verify|compact DIR');
     const epoch = intFlag(values, 'epoch', 0, EPOCH_MAX);

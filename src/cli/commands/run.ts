@@ -2,7 +2,6 @@
 // so that a restore can give it its PIDs back on any node (docs/restore.md).
 // The app runs detached; its host pid is printed for `understudy dump --pid`.
 import { resolve } from 'node:path';
-import { runApp } from '../../native/run.js';
 import { UnderstudyError } from '../../util/errors.js';
 import type { Command } from '../command.js';
 
@@ -26,6 +25,7 @@ export const runCommand: Command = {
       throw new UnderstudyError('E_USAGE', 'no command given: understudy run [--output FILE] -- CMD [ARGS...]');
     }
     const output = typeof values.output === 'string' ? resolve(values.output) : '/dev/null';
+    const { runApp } = await import('../../native/run.js');
     const { pid, nsPid } = await runApp(positionals, output);
     if (ctx.json) ctx.out(JSON.stringify({ pid, nsPid, command: positionals, output }));
     else ctx.out(`app started: host pid ${pid} (pid ${nsPid} of its own PID namespace); output to ${output}`);

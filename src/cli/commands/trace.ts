@@ -1,5 +1,3 @@
-import { eventJson, eventLine } from '../../trace/format.js';
-import { TraceSession } from '../../trace/session.js';
 import { UnderstudyError } from '../../util/errors.js';
 import { intFlag, PID_MAX, type Command } from '../command.js';
 
@@ -19,6 +17,8 @@ export const traceCommand: Command = {
   positionals: true,
   needsRoot: true,
   async run(ctx, values, positionals) {
+    const { eventJson, eventLine } = await import('../../trace/format.js');
+    const { TraceSession } = await import('../../trace/session.js');
     const pidArg = values.pid;
     if (pidArg === undefined && positionals.length === 0) {
       throw new UnderstudyError('E_USAGE', 'give a command after `--` or --pid PID');
