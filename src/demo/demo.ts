@@ -10,7 +10,7 @@ import { EngineClient, type CheckpointResult } from '../engine/client.js';
 import { AppGraph } from '../graph/graph.js';
 import { snapshot } from '../graph/sockets.js';
 import { restore, type RestoreResult } from '../restore/restore.js';
-import { descendantsOf } from '../trace/tracer.js';
+import { descendantsOf } from '../proc/procfs.js';
 import { UnderstudyError } from '../util/errors.js';
 
 /** The demo app: a counter held in memory, written (overwritten) to a file 20 times a second. */

@@ -8,7 +8,7 @@ import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import type { SyscallEvent, TcpStateEvent, TraceEvent } from '../trace/records.js';
 import { sockaddrString } from '../trace/records.js';
-import type { WriteFaultCount } from '../trace/loader.js';
+import type { WriteFaultCount } from '../trace/tracer.js';
 import {
   kernelDevToUser,
   readChildren,
@@ -21,7 +21,7 @@ import {
   readThreads,
   type FdEntry,
   type MapEntry,
-} from './procfs.js';
+} from '../proc/procfs.js';
 import type { DirtyFile, DirtyRegion, DirtySet, GraphEdge, GraphNode, NodeKind, RegionChange } from './model.js';
 import { cutRange, hex, insertRegion, mergeRanges, normalizeRegions, protPerms, type Region } from './regions.js';
 

@@ -26,7 +26,8 @@ export type ErrorCode =
   | 'E_BARRIER'
   | 'E_ENGINE_DIED'
   | 'E_TIMEOUT'
-  | 'E_INTERNAL';
+  | 'E_INTERNAL'
+  | 'E_TRACER';
 
 export class UnderstudyError extends Error {
   readonly code: ErrorCode;

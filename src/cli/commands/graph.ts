@@ -2,8 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { AppGraph } from '../../graph/graph.js';
 import { toDot, toSvg } from '../../graph/render.js';
 import { snapshot } from '../../graph/sockets.js';
-import { requireProcess } from '../../trace/session.js';
-import { descendantsOf } from '../../trace/tracer.js';
+import { descendantsOf, requireProcess } from '../../proc/procfs.js';
 import { UnderstudyError } from '../../util/errors.js';
 import { intFlag, missingFlag, PID_MAX, type Command } from '../command.js';
 
