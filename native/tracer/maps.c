@@ -6,8 +6,9 @@
 #include "../../bpf/trace.h"
 #include "tracer.h"
 
-/* Every entry of a map (at most max) in one bpf_map_lookup_batch pass:
- * *keys and *vals malloc'd, *n entries. */
+/* Every entry of a map (at most max) in bpf_map_lookup_batch passes (one,
+ * in practice): *keys and *vals malloc'd, *n entries; on failure nothing is
+ * left allocated. */
 static int map_dump(int fd, const char *name, size_t ksz, size_t vsz, uint32_t max, void **keys, void **vals, size_t *n)
 {
 	/* the batch token: a bucket index for hash maps, a key for others */
@@ -15,6 +16,9 @@ static int map_dump(int fd, const char *name, size_t ksz, size_t vsz, uint32_t m
 	void *in = NULL;
 	size_t got = 0;
 	*n = 0;
+	*keys = *vals = NULL;
+	if (ksz > sizeof(tok_in))
+		return fail("E_INTERNAL", 0, "map %s: key of %zu bytes", name, ksz);
 	*keys = malloc(ksz * (max ? max : 1));
 	*vals = malloc(vsz * (max ? max : 1));
 	if (!*keys || !*vals) {
@@ -23,14 +27,16 @@ static int map_dump(int fd, const char *name, size_t ksz, size_t vsz, uint32_t m
 		*keys = *vals = NULL;
 		return fail("E_NATIVE", ENOMEM, "malloc(dump of map %s, %u entries)", name, max);
 	}
-	if (ksz > sizeof(tok_in))
-		return fail("E_INTERNAL", 0, "map %s: key of %zu bytes", name, ksz);
 	while (got < max) {
 		uint32_t count = max - (uint32_t)got;
 		int r = bpf_map_lookup_batch(fd, in, tok_out, (char *)*keys + got * ksz, (char *)*vals + got * vsz, &count, NULL);
 		int err = errno;
-		if (r < 0 && err != ENOENT)
+		if (r < 0 && err != ENOENT) {
+			free(*keys);
+			free(*vals);
+			*keys = *vals = NULL;
 			return fail("E_NATIVE", err, "bpf_map_lookup_batch(map %s, %zu entries read)", name, got);
+		}
 		got += count;
 		if (r < 0)
 			break; /* ENOENT: the whole map was read */
@@ -41,12 +47,29 @@ static int map_dump(int fd, const char *name, size_t ksz, size_t vsz, uint32_t m
 	return 0;
 }
 
-static int tgid_listed(uint32_t tgid, const uint32_t *tgids, size_t n)
+static int cmp_u32(const void *a, const void *b)
 {
-	for (size_t i = 0; i < n; i++)
-		if (tgids[i] == tgid)
-			return 1;
-	return 0;
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The tgids of a request, sorted for bsearch (a map of 65,536 entries
+ * against hundreds of exited processes). NULL with an error set. */
+static uint32_t *sorted_copy(const uint32_t *tgids, size_t n)
+{
+	uint32_t *s = malloc((n ? n : 1) * sizeof(*s));
+	if (!s) {
+		fail("E_NATIVE", ENOMEM, "malloc(%zu tgids)", n);
+		return NULL;
+	}
+	memcpy(s, tgids, n * sizeof(*s));
+	qsort(s, n, sizeof(*s), cmp_u32);
+	return s;
+}
+
+static int tgid_listed(uint32_t tgid, const uint32_t *sorted, size_t n)
+{
+	return bsearch(&tgid, sorted, n, sizeof(*sorted), cmp_u32) != NULL;
 }
 
 int filter_add(struct tracer *t, const uint32_t *tgids, size_t n)
@@ -91,8 +114,13 @@ int faults_read(struct tracer *t, const uint32_t *tgids, size_t n_tgids, Underst
 	size_t n;
 	if (t->faults_fd < 0)
 		return fail("E_USAGE", 0, "this object has no write_faults map");
-	if (map_dump(t->faults_fd, "write_faults", sizeof(*keys), sizeof(*vals), t->faults_max, (void **)&keys, (void **)&vals, &n))
+	uint32_t *want = sorted_copy(tgids, n_tgids);
+	if (!want)
 		return -1;
+	if (map_dump(t->faults_fd, "write_faults", sizeof(*keys), sizeof(*vals), t->faults_max, (void **)&keys, (void **)&vals, &n)) {
+		free(want);
+		return -1;
+	}
 	Understudy__V1__TracerWriteFault *rows = calloc(n ? n : 1, sizeof(*rows));
 	out->faults = calloc(n ? n : 1, sizeof(*out->faults));
 	if (!rows || !out->faults) {
@@ -101,10 +129,11 @@ int faults_read(struct tracer *t, const uint32_t *tgids, size_t n_tgids, Underst
 		out->faults = NULL;
 		free(keys);
 		free(vals);
+		free(want);
 		return fail("E_NATIVE", ENOMEM, "malloc(%zu write-fault rows)", n);
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (n_tgids > 0 && !tgid_listed(keys[i].tgid, tgids, n_tgids))
+		if (n_tgids > 0 && !tgid_listed(keys[i].tgid, want, n_tgids))
 			continue;
 		Understudy__V1__TracerWriteFault *r = &rows[out->n_faults];
 		understudy__v1__tracer_write_fault__init(r);
@@ -119,6 +148,7 @@ int faults_read(struct tracer *t, const uint32_t *tgids, size_t n_tgids, Underst
 		free(rows);
 	free(keys);
 	free(vals);
+	free(want);
 	return 0;
 }
 
@@ -142,13 +172,18 @@ int faults_forget(struct tracer *t, const uint32_t *tgids, size_t n, uint32_t *r
 		return fail("E_USAGE", 0, "this object has no write_faults map");
 	if (n == 0)
 		return 0;
+	uint32_t *want = sorted_copy(tgids, n);
+	if (!want)
+		return -1;
 	/* Keys first, deletes after the walk: deleting the key a walk stands on
 	 * would restart it. */
-	if (map_dump(t->faults_fd, "write_faults", sizeof(*keys), sizeof(*vals), t->faults_max, (void **)&keys, (void **)&vals, &nk))
+	if (map_dump(t->faults_fd, "write_faults", sizeof(*keys), sizeof(*vals), t->faults_max, (void **)&keys, (void **)&vals, &nk)) {
+		free(want);
 		return -1;
+	}
 	int rc = 0;
 	for (size_t i = 0; i < nk; i++) {
-		if (!tgid_listed(keys[i].tgid, tgids, n))
+		if (!tgid_listed(keys[i].tgid, want, n))
 			continue;
 		if (bpf_map_delete_elem(t->faults_fd, &keys[i]) == 0)
 			(*removed)++;
@@ -158,6 +193,7 @@ int faults_forget(struct tracer *t, const uint32_t *tgids, size_t n, uint32_t *r
 	}
 	free(keys);
 	free(vals);
+	free(want);
 	return rc;
 }
 

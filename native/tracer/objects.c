@@ -19,7 +19,7 @@ static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap
 {
 	if (level == LIBBPF_DEBUG)
 		return 0;
-	fputs("understudy-tracer: libbpf: ", stderr);
+	fputs("understudy-tracer: ", stderr); /* libbpf's own text starts with "libbpf: " */
 	return vfprintf(stderr, fmt, ap);
 }
 

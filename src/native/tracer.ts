@@ -146,6 +146,8 @@ export class TracerProcess {
   private startFailed: ((e: Error) => void) | undefined;
   private lastStatus: TracerStatus | undefined;
   private stopping: Promise<TracerStatus> | undefined;
+  /** Set at a frame that does not decode: nothing after it is read. */
+  private poisoned = false;
   private readonly exitPromise: Promise<void>;
   /** Resolves when its stdout has ended (before its detach). */
   readonly streamEnded: Promise<void>;
@@ -184,7 +186,9 @@ export class TracerProcess {
         }
         resolve();
       };
-      child.on('exit', (code, signal) => gone(signal ? `was killed by ${signal}` : `exited with status ${code}`));
+      // 'close', not 'exit': once its stdout is read to the end, so that a
+      // reply it sent before it died is not taken for a missing one
+      child.on('close', (code, signal) => gone(signal ? `was killed by ${signal}` : `exited with status ${code}`));
       // spawn itself failed (ENOENT, EACCES, EAGAIN): no 'exit' event follows
       child.on('error', (e) => {
         if (child.pid === undefined) gone(`could not be started (${e.message})`);
@@ -251,12 +255,14 @@ export class TracerProcess {
   }
 
   private fatal(what: string, e: unknown): void {
+    this.poisoned = true;
     log.error({ err: e, pid: this.child.pid }, `${what}; killing the tracer`);
     this.stderrTail += `\n${what}: ${e instanceof Error ? e.message : String(e)}`;
     this.child.kill('SIGKILL');
   }
 
   private onData(chunk: Buffer): void {
+    if (this.poisoned) return;
     let frames: Uint8Array[];
     try {
       frames = this.decoder.push(chunk);

@@ -183,7 +183,8 @@ describe('understudy-tracer', () => {
           if (o.body === 'records') rs.pushBatch(Buffer.from(o.records), (e) => events.push(e));
         }
       });
-      const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+      // 'close', not 'exit': after the last byte of stdout was read
+      const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
       await waitFor(() => outs.length > 0);
       expect(outs[0]!.body).toBe('hello');
       expect(outs[0]!.version).toBe(TRACER_VERSION);
@@ -215,7 +216,8 @@ describe('understudy-tracer', () => {
         if (o.body === 'reply') replies.push(o.reply!);
       }
     });
-    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    // 'close', not 'exit': after the last byte of stdout was read
+    const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
     child.stdin.write(encodeFrame(Buffer.from([0xff, 0xff, 0xff])));
     child.stdin.write(encodeFrame(understudy.v1.TracerRequest.encode({ version: 99, id: 3, status: {} }).finish()));
     child.stdin.write(encodeFrame(understudy.v1.TracerRequest.encode({ version: TRACER_VERSION, id: 4, status: {} }).finish()));
