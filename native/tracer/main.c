@@ -178,11 +178,12 @@ static int handle(struct tracer *t, const uint8_t *buf, size_t len)
 	Understudy__V1__TracerForgetResult forget = UNDERSTUDY__V1__TRACER_FORGET_RESULT__INIT;
 	Understudy__V1__TracerWriteFaults faults = UNDERSTUDY__V1__TRACER_WRITE_FAULTS__INIT;
 	Understudy__V1__TracerOutput o = UNDERSTUDY__V1__TRACER_OUTPUT__INIT;
-	Understudy__V1__TracerRequest *req = understudy__v1__tracer_request__unpack(NULL, len, buf);
+	Understudy__V1__TracerRequest *req;
 	int rc;
 	err_clear();
 	if (drain(t) < 0)
 		return -1;
+	req = understudy__v1__tracer_request__unpack(NULL, len, buf);
 	if (!req) {
 		rc = fail("E_FRAME", 0, "cannot decode a TracerRequest of %zu bytes", len);
 	} else if (req->version != TRACER_VERSION) {
