@@ -42,12 +42,19 @@ FIXTURE_BINS := $(patsubst test/fixtures/%.c,$(BUILD)/fixtures/%,$(FIXTURE_SRCS)
 .PHONY: all bpf native fixtures clean
 all: bpf native fixtures
 bpf: $(BPF_OBJS) $(BPF_SKELS)
-native: $(NATIVE_BINS)
+native: $(BUILD)/error-codes.ok $(NATIVE_BINS)
 fixtures: $(FIXTURE_BINS)
 
 $(BUILD)/fixtures/%: test/fixtures/%.c $(wildcard test/fixtures/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) -O1 -g -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -o $@ $< -lm
+
+# Every "E_..." literal under native/ must be a value of errors.proto's enum
+# ErrorCode; the check prints file:line of any that is not.
+$(BUILD)/error-codes.ok: scripts/check-error-codes proto/understudy/v1/errors.proto $(shell find native -name '*.[ch]')
+	@mkdir -p $(dir $@)
+	scripts/check-error-codes
+	@touch $@
 
 # vmlinux.h follows the running kernel: scripts/build rewrites kernel-release
 # only when `uname -r` changes, which triggers a new dump.
@@ -85,7 +92,7 @@ native_objs = $(patsubst native/%.c,$(BUILD)/obj/%.o,$(wildcard native/$(1)/*.c)
 .SECONDARY:
 
 .SECONDEXPANSION:
-$(BUILD)/native/understudy-%: $$(call native_objs,$$*) $(COMMON_OBJS) $(PROTO_C_OBJS)
+$(BUILD)/native/understudy-%: $$(call native_objs,$$*) $(COMMON_OBJS) $(PROTO_C_OBJS) | $(BUILD)/error-codes.ok
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS_BASE) $(LDLIBS_$*)
 

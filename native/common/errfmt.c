@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "understudy/v1/errors.pb-c.h"
+
 const char *err_text(int err)
 {
 	const char *s = strerrordesc_np(err);
@@ -59,4 +61,35 @@ int err_set(struct err_value *e, const char *code, int err, const char *fmt, ...
 	err_vset(e, code, err, fmt, ap);
 	va_end(ap);
 	return -1;
+}
+
+int err_code_value(const char *name)
+{
+	const ProtobufCEnumValue *v;
+
+	if (!name || !name[0])
+		return UNDERSTUDY__V1__ERROR_CODE__E_INTERNAL;
+	v = protobuf_c_enum_descriptor_get_value_by_name(&understudy__v1__error_code__descriptor, name);
+	if (!v || v->value == UNDERSTUDY__V1__ERROR_CODE__E_UNSPECIFIED)
+		return UNDERSTUDY__V1__ERROR_CODE__E_INTERNAL;
+	return v->value;
+}
+
+int err_value_code(struct err_value *e)
+{
+	int v = err_code_value(e->code);
+	char pre[64];
+	size_t np, nm;
+
+	if (v == UNDERSTUDY__V1__ERROR_CODE__E_INTERNAL && e->code[0] && strcmp(e->code, "E_INTERNAL") != 0) {
+		/* the name goes in front of the message (truncating its end) */
+		np = (size_t)snprintf(pre, sizeof(pre), "unknown error code %.31s: ", e->code);
+		nm = strnlen(e->msg, sizeof(e->msg) - 1);
+		if (np + nm > sizeof(e->msg) - 1)
+			nm = sizeof(e->msg) - 1 - np;
+		memmove(e->msg + np, e->msg, nm);
+		memcpy(e->msg, pre, np);
+		e->msg[np + nm] = '\0';
+	}
+	return v;
 }

@@ -35,4 +35,18 @@ int err_set(struct err_value *e, const char *code, int err, const char *fmt, ...
 int err_vset(struct err_value *e, const char *code, int err, const char *fmt, va_list ap)
 	__attribute__((format(printf, 4, 0)));
 
+/* The boundary between a binary and its reader: codes are raised by name
+ * (err_set(&e, "E_NATIVE", ...)) and sent as the value of the ErrorCode enum
+ * of proto/understudy/v1/errors.proto (UNDERSTUDY__V1__ERROR_CODE__E_*). The
+ * build refuses a "E_..." literal under native/ that the enum does not list
+ * (scripts/check-error-codes), so a name missing here can only come from a
+ * string built at run time: it is sent as E_INTERNAL, never as E_UNSPECIFIED.
+ * Returns the enum value (an int, to keep protobuf-c out of this header). */
+int err_code_value(const char *name);
+
+/* The code of *e as the enum value, for a reply; an empty code (a command
+ * that failed without setting one) is E_INTERNAL. When the name is not in
+ * the enum, the message is prefixed with it so that nothing is lost. */
+int err_value_code(struct err_value *e);
+
 #endif

@@ -1,5 +1,6 @@
 /* Per-epoch arena: the metadata of one epoch (protobuf-c messages, strings,
- * arrays) is allocated here and dropped at once when the epoch is written. */
+ * arrays) is allocated here and dropped at once when the epoch is written
+ * (an epoch handed to the writer takes its chunks along: arena_detach). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -98,9 +99,28 @@ int grow(void *arr, size_t *cap, size_t need, size_t elem, size_t first, const c
 
 void arena_reset(void)
 {
-	while (head) {
-		struct chunk *n = head->next;
-		free(head);
-		head = n;
+	pthread_mutex_lock(&lock);
+	struct chunk *c = head;
+	head = NULL;
+	pthread_mutex_unlock(&lock);
+	arena_free(c);
+}
+
+void *arena_detach(void)
+{
+	pthread_mutex_lock(&lock);
+	struct chunk *c = head;
+	head = NULL;
+	pthread_mutex_unlock(&lock);
+	return c;
+}
+
+void arena_free(void *a)
+{
+	struct chunk *c = a;
+	while (c) {
+		struct chunk *n = c->next;
+		free(c);
+		c = n;
 	}
 }

@@ -16,8 +16,9 @@
 #include "../../bpf/engine_task.h"
 #include "errfmt.h"
 #include "frame.h"
+#include "image.h"
 
-#define ENGINE_VERSION 1
+#define ENGINE_VERSION 2   /* 2: EngineReply.code is the ErrorCode enum (field 9) */
 #define IMAGE_VERSION 1
 #define PAGE_SZ 4096UL
 
@@ -117,9 +118,12 @@ struct engine {
 	bool attached;
 	bool track_dirty;
 	bool include_children;
-	/* image chain */
+	/* image chain: the newest epoch taken (written or in the writer's
+	 * queue) and the newest written */
 	bool has_epoch;
 	uint32_t last_epoch;
+	bool has_written;
+	uint32_t last_written;
 	char image_dir[4096];
 	char image_id[40];
 	int sigchld_fd;
@@ -237,7 +241,8 @@ int check_injectable(pid_t pid);   /* no seccomp that could kill an injected sys
 /* ---- mem.c: regions, page capture ---------------------------------------- */
 struct page_buf {          /* captured pages of one epoch, in copy order */
 	uint8_t *data;
-	size_t len, cap;
+	size_t len, cap;         /* cap: populated */
+	size_t vcap;             /* address range reserved: grows in place up to it */
 };
 struct proc_capture {      /* per process, per epoch */
 	struct proc *p;
@@ -253,11 +258,13 @@ struct proc_capture {      /* per process, per epoch */
 };
 int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
 int buf_reserve(struct page_buf *buf, size_t want);
+/* want bytes populated, in a range of at least `reserve` bytes */
+int buf_reserve2(struct page_buf *buf, size_t want, size_t reserve);
 extern int g_state_done;   /* set by the tracer when its injections of this barrier are over */
 int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, void (*progress)(const char *));
 int fill_vmas(struct proc *p, Understudy__V1__Process *pr);
 
-/* ---- image.c: atomic epoch writing --------------------------------------- */
+/* ---- image.c: the epoch writer (a thread, over native/common/image.h) ---- */
 struct epoch_out {
 	uint32_t epoch;
 	bool full;
@@ -266,7 +273,46 @@ struct epoch_out {
 	size_t npcs;
 	struct page_buf *buf;
 };
-int image_write_epoch(const char *dir, const char *image_id, struct epoch_out *eo, char *epoch_path, size_t plen);
+/* capture buffers: one per epoch in flight, kept for reuse (populated) */
+struct page_buf *buf_get(size_t want, size_t reserve);
+void buf_put(struct page_buf *b);
+/* EpochMeta of a captured epoch in the current arena; the page index's
+ * crcs are left to the writer */
+Understudy__V1__EpochMeta *epoch_meta_build(const char *image_id, struct epoch_out *eo, uint32_t parent);
+enum { JOB_DIR = 1, JOB_STREAM = 2 };
+struct epoch_job {         /* one epoch handed to the writer */
+	struct epoch_job *next;
+	uint64_t req_id;
+	uint32_t epoch;
+	uint32_t gen;          /* chain generation: a failed write drops the rest of its generation */
+	unsigned sinks;        /* JOB_DIR | JOB_STREAM */
+	unsigned flags;        /* IMG_W_FSYNC */
+	uint32_t delay_ms;     /* test hook: wait before writing */
+	bool kill_after;
+	char dir[4096];
+	Understudy__V1__EpochMeta *meta;
+	struct page_buf *buf;
+	char vdir[4096];       /* verification copy (full, another image), or none */
+	Understudy__V1__EpochMeta *vmeta;
+	struct page_buf *vbuf;
+	void *arena;           /* the epoch's metadata (arena_detach) */
+	Understudy__V1__CheckpointResult *cr;   /* the reply, completed when written */
+	uint64_t t_released, t_start, t_done;
+	/* results */
+	int rc, vrc;
+	bool streamed;
+	struct err_value err;
+	struct img_wstats st;
+	char path[IMG_PATH], vpath[IMG_PATH];
+};
+int writer_init(int stream_fd);   /* stream_fd -1: no epoch stream */
+int writer_event_fd(void);        /* readable when written epochs wait for their reply */
+bool writer_has_stream(void);
+int writer_push(struct epoch_job *j);   /* takes the current arena with it */
+struct epoch_job *writer_take_done(void);   /* list, in capture order */
+void writer_load(uint32_t *epochs, uint64_t *queued_bytes);   /* in flight; queued behind the one being written */
+void job_free(struct epoch_job *j);
+void writer_yield(bool on);   /* the writer below the app (a barrier), or back */
 int image_dir_prepare(const char *dir, bool must_be_empty);
 void new_image_id(char *out);
 

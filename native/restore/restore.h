@@ -2,8 +2,8 @@
  * plus deltas) with the same PIDs, in a new PID namespace, rebuilt from
  * outside with ptrace and injected syscalls. One file per mechanism:
  *   err.c     errors (code + message naming the call, object, errno)
- *   image.c   image reading: meta frames, crc32 of meta and every page, the
- *             epoch chain, merging epoch 0 + deltas into one page map
+ *   image.c   image reading, through the image library (native/common/image.c):
+ *             meta frames, crcs, the epoch chain, the merged page map
  *   checks.c  everything refused before a process is created
  *   inject.c  ptrace: seize, wait, syscall injection through the stub page
  *   tree.c    PID namespace, reaper, process skeletons (clone3 + set_tid)
@@ -25,6 +25,7 @@
 #include <sys/types.h>
 #include <sys/user.h>
 #include "understudy/v1/image.pb-c.h"
+#include "image.h"
 
 #define IMAGE_VERSION 1
 #define PAGE_SZ 4096UL
@@ -45,27 +46,8 @@ uint64_t now_ns(void);
 extern bool g_verbose;
 void vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* ---- image.c ---- */
-struct epoch_img {
-	uint32_t epoch;
-	char dir[4200];
-	Understudy__V1__EpochMeta *meta;
-	const uint8_t *pages;      /* mmap of pages.bin */
-	size_t pages_len;
-};
-struct page_ref {              /* where the final content of one page is */
-	uint64_t vaddr;
-	uint32_t ep;               /* index into the epoch array */
-	uint64_t off;              /* byte offset in that epoch's pages.bin */
-	uint32_t crc;              /* its crc32 from the page index */
-};
-struct image {
-	char dir[4096];
-	struct epoch_img *ep;      /* epochs 0..N */
-	uint32_t nep;
-	uint32_t target;           /* N */
-	Understudy__V1__EpochMeta *last;
-};
+/* ---- image.c: the image library (native/common/image.h: struct image,
+ * struct epoch_img, struct page_ref, crc_page) with the restorer's errors ---- */
 int image_open(struct image *im, const char *dir, int64_t epoch);
 int image_verify_pages(struct image *im);
 /* crc32 of every page that will be written, on all cores */
@@ -73,11 +55,6 @@ int image_verify_refs(struct image *im, pid_t pid, const struct page_ref *v, siz
 /* The pages of process `pid` as of the last epoch, sorted by vaddr. */
 int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n);
 void image_close(struct image *im);
-
-/* ---- crc.c ---- */
-void crc_init(void);
-uint32_t crc_page(const uint8_t *p);
-bool crc_fast(void);
 
 /* ---- checks.c ---- */
 enum tty_mode { TTY_NULL, TTY_INHERIT };

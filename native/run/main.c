@@ -9,9 +9,12 @@
  * as stdout and stderr, and no other fd: fds the caller leaked (a shell's
  * pipes) would otherwise tie the app to processes outside it. This process
  * stays as the app's parent on the host, in a session of its own, reaps it
- * and exits with its status. It writes the app's host pid, in decimal and a
- * newline, on its own stdout, then closes it: the agent reads one line and
- * goes. Exit 2: usage; 1: could not start the app (message on stderr).
+ * and exits with its status. On its own stdout it writes one RunReport frame
+ * (proto/understudy/v1/run.proto): `ready` with the app's host pid and its
+ * pid in the namespace, or `failure` with an ErrorCode and a message; then
+ * it closes stdout, so the agent reads one frame and goes. Exit 2: usage; 1:
+ * could not start the app (the failure frame, and its message on stderr for
+ * a person running this by hand).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,28 +30,87 @@
 
 #include "errfmt.h"
 #include "fdio.h"
+#include "frame.h"
+#include "understudy/v1/run.pb-c.h"
+
+#define RUN_VERSION 1
+
+/* The one report of this run, on fd 1. A failure to write it has no one to
+ * tell but stderr. */
+static void report(Understudy__V1__RunReport *r)
+{
+	r->version = RUN_VERSION;
+	if (frame_write(1, &r->base) < 0) {
+		char m[128];
+		fprintf(stderr, "understudy-run: %s\n", err_format(m, sizeof(m), errno, "write(stdout) of the report"));
+	}
+}
+
+/* Reports a failure with its code and the message "<what>: <strerror>";
+ * returns the exit status, `status`. */
+static int fail_run(const char *code, int status, int err, const char *what)
+{
+	Understudy__V1__RunReport r = UNDERSTUDY__V1__RUN_REPORT__INIT;
+	Understudy__V1__RunFailure f = UNDERSTUDY__V1__RUN_FAILURE__INIT;
+	char msg[4400];
+
+	err_format(msg, sizeof(msg), err, "%s", what);
+	f.code = (Understudy__V1__ErrorCode)err_code_value(code);
+	f.message = msg;
+	f.errno_value = err;
+	r.result_case = UNDERSTUDY__V1__RUN_REPORT__RESULT_FAILURE;
+	r.failure = &f;
+	report(&r);
+	fprintf(stderr, "understudy-run: %s\n", msg);
+	return status;
+}
 
 static int die(const char *what, int err)
 {
-	char buf[512];
-	err_format(buf, sizeof(buf), err, "understudy-run: %s", what);
-	fprintf(stderr, "%s\n", buf);
-	return 1;
+	return fail_run("E_NATIVE", 1, err, what);
+}
+
+/* The last field of NSpid: in /proc/PID/status, the pid in its own namespace. */
+static int ns_pid_of(pid_t pid, int *ns_pid)
+{
+	char path[64], buf[4096];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = fd_read_full(fd, buf, sizeof(buf) - 1);
+	int e = errno;
+	close(fd);
+	if (n < 0) {
+		errno = e;
+		return -1;
+	}
+	buf[n] = '\0';
+	char *line = strstr(buf, "\nNSpid:");
+	if (!line) {
+		errno = ENOENT;
+		return -1;
+	}
+	line += strlen("\nNSpid:");
+	char *end = strchr(line, '\n');
+	if (end)
+		*end = '\0';
+	char *last = strrchr(line, '\t');
+	*ns_pid = atoi(last ? last + 1 : line);
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	if (argc < 4 || strcmp(argv[2], "--") != 0) {
-		fprintf(stderr, "usage: understudy-run OUTPUT -- CMD [ARGS...]\n");
-		return 2;
-	}
+	if (argc < 4 || strcmp(argv[2], "--") != 0)
+		return fail_run("E_USAGE", 2, 0, "usage: understudy-run OUTPUT -- CMD [ARGS...]");
 	const char *output = argv[1];
 	char **cmd = argv + 3;
 
 	/* fds 0-2 the caller left closed are held by /dev/null first: else the
 	 * fds below would take their numbers, a dup2 onto the same number would
 	 * keep close-on-exec (the app would start without stdin or stdout) and
-	 * the pid line would go into the app's output */
+	 * the report would go into the app's output */
 	for (;;) {
 		int z = open("/dev/null", O_RDWR);
 		if (z < 0)
@@ -108,9 +170,22 @@ int main(int argc, char **argv)
 		snprintf(what, sizeof(what), "exec %s", cmd[0]);
 		return die(what, e);
 	}
-	char line[32];
-	int len = snprintf(line, sizeof(line), "%d\n", (int)child);
-	(void)fd_write_all(1, line, (size_t)len);
+	int ns_pid;
+	if (ns_pid_of(child, &ns_pid)) {
+		int e = errno;
+		kill(child, SIGKILL);
+		waitpid(child, NULL, 0);
+		char what[128];
+		snprintf(what, sizeof(what), "reading NSpid of the app (pid %d) in /proc/%d/status", (int)child, (int)child);
+		return die(what, e);
+	}
+	Understudy__V1__RunReport r = UNDERSTUDY__V1__RUN_REPORT__INIT;
+	Understudy__V1__RunReady ready = UNDERSTUDY__V1__RUN_READY__INIT;
+	ready.host_pid = child;
+	ready.ns_pid = ns_pid;
+	r.result_case = UNDERSTUDY__V1__RUN_REPORT__RESULT_READY;
+	r.ready = &ready;
+	report(&r);
 	/* stdout to /dev/null: the agent reading it sees the end and goes */
 	dup2(in, 1);
 	close(in);

@@ -94,7 +94,7 @@ static void set_error(Understudy__V1__TracerError *e)
 {
 	if (!g_err.code[0])
 		fail("E_INTERNAL", 0, "a request failed without an error message");
-	e->code = error_code_of(g_err.code);
+	e->code = (Understudy__V1__ErrorCode)err_value_code(&g_err);
 	e->message = g_err.msg;
 	e->errno_value = g_err.errnum;
 }

@@ -113,13 +113,3 @@ int out_message(struct tracer *t, Understudy__V1__TracerOutput *o)
 	}
 	return 0;
 }
-
-Understudy__V1__ErrorCode error_code_of(const char *name)
-{
-	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value_by_name(&understudy__v1__error_code__descriptor, name);
-	if (!v) {
-		fprintf(stderr, "understudy-tracer: error code %s is not in errors.proto; sent as E_INTERNAL\n", name);
-		return UNDERSTUDY__V1__ERROR_CODE__E_INTERNAL;
-	}
-	return (Understudy__V1__ErrorCode)v->value;
-}

@@ -43,8 +43,8 @@ struct tracer {
 };
 
 /* ---- errors (native/common/errfmt): one per failing request, raised by the
- * code's name (proto/understudy/v1/errors.proto); functions return -1 after
- * setting it. */
+ * code's name (proto/understudy/v1/errors.proto), sent as the enum's value
+ * (err_value_code); functions return -1 after setting it. */
 extern struct err_value g_err;
 static inline __attribute__((format(printf, 3, 4))) int fail(const char *code, int errnum, const char *fmt, ...)
 {
@@ -85,7 +85,5 @@ int out_check_batch_header(void);
 int out_record(struct tracer *t, const void *rec, uint32_t len);
 int out_flush(struct tracer *t);
 int out_message(struct tracer *t, Understudy__V1__TracerOutput *o);
-/* The code's name as the enum value (E_INTERNAL for a name the enum lacks). */
-Understudy__V1__ErrorCode error_code_of(const char *name);
 
 #endif

@@ -1,14 +1,10 @@
-// `understudy check`: run the native prober and pair each result with what it
-// means. Every probe in PROBES gets a line; one the prober never reported (it
-// crashed, or was not built with it) is a failure, never silently missing.
-import { execa } from 'execa';
-import { understudy } from '../gen/proto.js';
-import { decodeFrames, requireVersion } from '../engine/frames.js';
+// `understudy check`: run the native prober (its client: src/native/check.ts)
+// and pair each result with what it means. Every probe in PROBES gets a line;
+// one the prober never reported (it crashed, or was not built with it) is a
+// failure, never silently missing.
+import { runProber } from '../native/check.js';
 import { UnderstudyError } from '../util/errors.js';
-import { nativeBinary } from '../util/paths.js';
 import { PROBES, type ProbeSpec } from './probes.js';
-
-export const CHECK_VERSION = 1;
 
 export interface ProbeOutcome extends ProbeSpec {
   ok: boolean;
@@ -33,36 +29,14 @@ export async function runCheck(opts: { only?: string[]; timeoutMs?: number } = {
       );
     }
   }
-  const args: string[] = [];
-  if (opts.only) args.push('--only', opts.only.join(','));
-  if (opts.timeoutMs !== undefined) args.push('--timeout-ms', String(opts.timeoutMs));
-
-  const proc = await execa(nativeBinary('check'), args, {
-    encoding: 'buffer',
-    reject: false,
-    stdin: 'ignore',
-    timeout: (opts.timeoutMs ?? 10_000) * (specs.length + 1),
-  });
-  // Exit 0 (all passed) and 1 (some failed) both carry results; anything else is the prober failing.
-  if (proc.exitCode !== 0 && proc.exitCode !== 1) {
-    const why = proc.timedOut ? 'timed out' : proc.signal ? `killed by ${proc.signal}` : `exited with ${proc.exitCode}`;
-    const stderr = Buffer.from(proc.stderr as Uint8Array).toString('utf8').trim();
-    throw new UnderstudyError('E_NATIVE', `the kernel feature prober ${why}${stderr ? `: ${stderr}` : ''}`);
-  }
-
-  const seen = new Map<string, understudy.v1.ProbeResult>();
-  for (const frame of decodeFrames(proc.stdout as Uint8Array, 1 << 20, 'understudy-check output')) {
-    const r = understudy.v1.ProbeResult.decode(frame);
-    requireVersion('understudy-check result', r.version, CHECK_VERSION);
-    seen.set(r.id, r);
-  }
+  const seen = await runProber({ only: opts.only, timeoutMs: opts.timeoutMs, count: specs.length });
 
   const probes = specs.map<ProbeOutcome>((spec) => {
     const r = seen.get(spec.id);
     if (!r) {
       return { ...spec, ok: false, detail: 'the prober reported no result for this probe', errno: 0, durationMs: 0 };
     }
-    return { ...spec, ok: r.ok, detail: r.detail, errno: r.errnoValue, durationMs: Number(r.durationNs) / 1e6 };
+    return { ...spec, ok: r.ok, detail: r.detail, errno: r.errno, durationMs: r.durationMs };
   });
   return { ok: probes.every((p) => p.ok || !p.required), probes };
 }

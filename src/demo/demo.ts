@@ -6,11 +6,9 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { EngineClient, type CheckpointResult } from '../engine/client.js';
-import { AppGraph } from '../graph/graph.js';
+import { ProtectLoop } from '../agent/protect.js';
 import { snapshot } from '../graph/sockets.js';
 import { restore, type RestoreResult } from '../restore/restore.js';
-import { descendantsOf } from '../proc/procfs.js';
 import { UnderstudyError } from '../util/errors.js';
 
 /** The demo app: a counter held in memory, written (overwritten) to a file 20 times a second. */
@@ -113,33 +111,29 @@ export async function runDemo(dataDir: string, say: (line: string) => void): Pro
     await waitFor('the demo app to start counting', () => readCount(counter) >= 3);
     say(`\nStarted a demo app (python3, pid ${pid}) that counts in memory and writes the count to ${counter}.`);
 
-    const graph = new AppGraph();
-    graph.seedFromProc(descendantsOf([pid]));
-    const snap = await snapshot(graph);
-    report.app = {
-      pid,
-      processes: graph.pids().length,
-      graphNodes: snap.nodes.length,
-      externalDependencies: snap.externalDependencies.length,
-    };
-    say(`Its dependency graph: ${snap.nodes.length} nodes (try: understudy graph --pid ${pid} --format svg -o app.svg).`);
-
-    const engine = EngineClient.start();
-    const epochs: CheckpointResult[] = [];
+    // the protect loop: a graph seeded from /proc, epoch 0, then 5 deltas 150 ms apart
+    const loop = new ProtectLoop({ pid, imageDir, graph: 'seed', schedule: { intervalMs: 150, maxDeltas: 5 } });
+    loop.on('epoch', ({ record: r }) =>
+      say(`  epoch ${r.epoch} (${r.full ? 'full' : 'delta'}): ${r.pages} pages, app paused ${(r.pauseNs / 1e6).toFixed(2)} ms`),
+    );
     try {
-      await engine.attach(pid, { includeChildren: true, trackDirty: true });
-      for (let i = 0; i <= 5; i++) {
-        if (i > 0) await sleep(150);
-        const r = await engine.checkpoint({ imageDir });
-        epochs.push(r);
-        say(
-          `  epoch ${r.epoch} (${r.full ? 'full' : 'delta'}): ${r.pages} pages, app paused ${(r.pauseNs / 1e6).toFixed(2)} ms`,
-        );
-      }
-      await engine.detach();
+      await loop.attach();
+      const graph = loop.graph!;
+      const snap = await snapshot(graph);
+      report.app = {
+        pid,
+        processes: graph.pids().length,
+        graphNodes: snap.nodes.length,
+        externalDependencies: snap.externalDependencies.length,
+      };
+      say(`Its dependency graph: ${snap.nodes.length} nodes (try: understudy graph --pid ${pid} --format svg -o app.svg).`);
+      await loop.start();
+      await loop.scheduleDone;
     } finally {
-      await engine.close().catch(() => undefined);
+      // releases the app (or reports why it was released already)
+      await loop.stop();
     }
+    const epochs = loop.epochs;
     report.epochs = epochs.map((r) => ({ epoch: r.epoch, full: r.full, pages: r.pages, pauseMs: r.pauseNs / 1e6 }));
     say(`Checkpointed into ${imageDir}: epoch 0 in full, then only the pages written since the epoch before.`);
 

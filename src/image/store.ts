@@ -63,7 +63,66 @@ function readImageFile(file: string): Buffer {
 /** Reads and verifies `meta.pb` of one epoch directory. */
 export function readEpochMeta(epochDir: string): EpochMeta {
   const file = join(epochDir, 'meta.pb');
-  const buf = readImageFile(file);
+  return decodeEpochMetaFile(readImageFile(file), file);
+}
+
+/** The bytes of a meta.pb file (length, message, crc32) for `meta`. */
+export function encodeEpochMeta(meta: EpochMeta): Buffer {
+  return frameEpochMeta(Buffer.from(understudy.v1.EpochMeta.encode(meta).finish()));
+}
+
+/** meta.pb bytes around an encoded EpochMeta (as the epoch stream carries it). */
+export function frameEpochMeta(body: Uint8Array): Buffer {
+  const out = Buffer.alloc(body.length + 8);
+  out.writeUInt32LE(body.length, 0);
+  out.set(body, 4);
+  out.writeUInt32LE(crc32(body), 4 + body.length);
+  return out;
+}
+
+/**
+ * Rewrites an epoch's meta.pb after `edit` (repairs, tests of the readers):
+ * read and verified first, then written to a temporary file, fsynced and
+ * renamed over the old one.
+ */
+export function rewriteEpochMeta(epochDir: string, edit: (m: EpochMeta) => void): void {
+  const m = readEpochMeta(epochDir);
+  edit(m);
+  const file = join(epochDir, 'meta.pb');
+  const tmp = join(epochDir, `.meta.pb.tmp-${process.pid}`);
+  writeDurable(tmp, [encodeEpochMeta(m)], 'w');
+  renameSync(tmp, file);
+  fsyncDir(epochDir);
+}
+
+/**
+ * Writes a whole epoch (meta.pb from `metaFile`, pages.bin from `pages`) as
+ * DIR/NAME atomically: a hidden temporary directory, fsynced, renamed into
+ * place, DIR fsynced. Used by compaction and to store an epoch received as
+ * a stream.
+ */
+export function writeEpochDir(dir: string, name: string, metaFile: Buffer, pages: Buffer[]): string {
+  const final = join(dir, name);
+  if (existsSync(final)) throw new UnderstudyError('E_IMAGE_EXISTS', `${final} already exists`);
+  const tmp = join(dir, `.tmp-${name}-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp);
+  try {
+    writeDurable(join(tmp, 'pages.bin'), pages);
+    writeDurable(join(tmp, 'meta.pb'), [metaFile]);
+    fsyncDir(tmp);
+    renameSync(tmp, final);
+    fsyncDir(dir);
+    return final;
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    if (e instanceof UnderstudyError) throw e;
+    throw new UnderstudyError('E_IMAGE_WRITE', `writing ${final}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** Decodes the bytes of a meta.pb file; `file` names it in errors. */
+export function decodeEpochMetaFile(buf: Buffer, file: string): EpochMeta {
   if (buf.length < 8) throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: truncated (${buf.length} bytes, a header needs 4 + 4)`);
   const len = buf.readUInt32LE(0);
   if (buf.length !== 4 + len + 4) {
@@ -118,7 +177,11 @@ export type PageMap = Map<number, Buffer>;
 /** Reads pages.bin of an epoch, verifying its size and every page's crc32. */
 export function readEpochPages(epochDir: string, meta: EpochMeta): Map<number, PageMap> {
   const file = join(epochDir, 'pages.bin');
-  const data = readImageFile(file);
+  return pagesOf(meta, readImageFile(file), file);
+}
+
+/** The pages of an epoch from its pages.bin bytes (`file` names them), every page's crc32 verified. */
+export function pagesOf(meta: EpochMeta, data: Buffer, file: string): Map<number, PageMap> {
   const want = Number(meta.pagesBytes);
   if (data.length !== want) {
     throw new UnderstudyError('E_IMAGE_CORRUPT', `${file}: ${data.length} bytes but the metadata says ${want} (truncated or overwritten)`);
@@ -285,11 +348,7 @@ export function memoryDigest(pm: PageMap): string {
 export function compact(dir: string, epoch?: number, opts: { prune?: boolean } = {}): { base: string; pages: number; pruned: string[] } {
   const r = reconstruct(dir, epoch);
   const name = `base-${String(r.epoch).padStart(6, '0')}`;
-  const final = join(dir, name);
-  if (existsSync(final)) throw new UnderstudyError('E_IMAGE_EXISTS', `${final} already exists`);
-  const tmp = join(dir, `.tmp-${name}-${process.pid}`);
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp);
+  if (existsSync(join(dir, name))) throw new UnderstudyError('E_IMAGE_EXISTS', `${join(dir, name)} already exists`);
   try {
     const meta = understudy.v1.EpochMeta.fromObject(understudy.v1.EpochMeta.toObject(r.meta, { longs: Number }));
     meta.full = true;
@@ -323,20 +382,10 @@ export function compact(dir: string, epoch?: number, opts: { prune?: boolean } =
       p.pages = runs;
     }
     meta.pagesBytes = off;
-    writeDurable(join(tmp, 'pages.bin'), chunks);
-    const body = Buffer.from(understudy.v1.EpochMeta.encode(meta).finish());
-    const hdr = Buffer.alloc(4);
-    hdr.writeUInt32LE(body.length);
-    const tail = Buffer.alloc(4);
-    tail.writeUInt32LE(crc32(body));
-    writeDurable(join(tmp, 'meta.pb'), [hdr, body, tail]);
-    fsyncDir(tmp);
-    renameSync(tmp, final);
-    fsyncDir(dir);
+    const final = writeEpochDir(dir, name, encodeEpochMeta(meta), chunks);
     const pruned = opts.prune ? prune(dir, r.epoch) : [];
     return { base: final, pages: off / PAGE_SIZE, pruned };
   } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
     if (e instanceof UnderstudyError) throw e;
     throw new UnderstudyError('E_IMAGE_WRITE', `compacting ${dir} into ${name}: ${(e as Error).message}`, { cause: e });
   }
@@ -368,8 +417,8 @@ function removePruned(dir: string): void {
 
 const PRUNED_PREFIX = '.pruned-';
 
-function writeDurable(file: string, chunks: Buffer[]): void {
-  const fd = openSync(file, 'wx', 0o600);
+function writeDurable(file: string, chunks: Buffer[], flags = 'wx'): void {
+  const fd = openSync(file, flags, 0o600);
   try {
     for (const c of chunks) {
       let o = 0;

@@ -9,11 +9,12 @@
 // every pending request; one that sends a frame that does not decode is killed.
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
-import { DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, requireVersion } from '../engine/frames.js';
 import { understudy } from '../gen/proto.js';
-import { UnderstudyError, type ErrorCode } from '../util/errors.js';
+import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { nativeBinary } from '../util/paths.js';
+import { binaryError } from './codes.js';
+import { DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, requireVersion } from './frames.js';
 
 const log = logger('tracer');
 export const TRACER_VERSION = 1;
@@ -107,11 +108,6 @@ interface Pending {
   resolve(r: understudy.v1.TracerReply): void;
   reject(e: Error): void;
   timer: NodeJS.Timeout;
-}
-
-function errorCodeOf(code: number): ErrorCode {
-  const name = (understudy.v1.ErrorCode as unknown as Record<number, string | undefined>)[code];
-  return name === undefined || name === 'E_UNSPECIFIED' ? 'E_NATIVE' : (name as ErrorCode);
 }
 
 function programOf(p: understudy.v1.ITracerProgram): TracerProgram {
@@ -317,7 +313,8 @@ export class TracerProcess {
         }
         case 'failed': {
           const e = out.failed!;
-          this.startFailed?.(new UnderstudyError(errorCodeOf(e.code ?? 0), `the tracer could not start: ${e.message ?? '?'}. Run \`understudy check\`.`));
+          const err = binaryError('understudy-tracer', e.code ?? 0, `the tracer could not start: ${e.message ?? '?'}. Run \`understudy check\`.`);
+          this.startFailed?.(err);
           break;
         }
         default:
@@ -354,7 +351,7 @@ export class TracerProcess {
     });
     if (!rep.ok) {
       const e = rep.error;
-      throw new UnderstudyError(errorCodeOf(e?.code ?? 0), `tracer: ${what}: ${e?.message || 'failed without a message'}`);
+      throw binaryError('understudy-tracer', e?.code ?? 0, e?.message ? `tracer: ${what}: ${e.message}` : '');
     }
     return rep;
   }

@@ -1,33 +1,14 @@
 // Errors are values with a code and a message a person can act on. The CLI
 // prints the message and exits non-zero; the stack only with --debug.
 
-export type ErrorCode =
-  | 'E_USAGE'
-  | 'E_NOT_ROOT'
-  | 'E_CONFIG'
-  | 'E_KERNEL_FEATURE'
-  | 'E_NOT_BUILT'
-  | 'E_FRAME'
-  | 'E_VERSION'
-  | 'E_NATIVE'
-  | 'E_NO_SUCH_PROCESS'
-  | 'E_IMAGE_CORRUPT'
-  | 'E_IMAGE_CHAIN'
-  | 'E_FILE_CHANGED'
-  | 'E_PID_TAKEN'
-  | 'E_KERNEL_MISMATCH'
-  | 'E_RESTORE'
-  | 'E_LOCK_HELD'
-  | 'E_NOT_AN_IMAGE'
-  | 'E_IMAGE_EXISTS'
-  | 'E_IMAGE_WRITE'
-  | 'E_NOT_OURS'
-  | 'E_UNSUPPORTED'
-  | 'E_BARRIER'
-  | 'E_ENGINE_DIED'
-  | 'E_TIMEOUT'
-  | 'E_INTERNAL'
-  | 'E_TRACER';
+// The codes are the values of `enum ErrorCode` in proto/understudy/v1/errors.proto,
+// the list the native binaries use too: a code not listed there does not
+// type-check. Only the type is imported, so this module loads no protobuf code;
+// src/native/ turns a binary's enum value into this name (errorCodeName).
+import type { understudy } from '../gen/proto.js';
+
+/** Every code but E_UNSPECIFIED, which never names a real error. */
+export type ErrorCode = Exclude<keyof typeof understudy.v1.ErrorCode, 'E_UNSPECIFIED'>;
 
 export class UnderstudyError extends Error {
   readonly code: ErrorCode;

@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { runCli } from '../helpers/cli.js';
 import { onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from './helpers.js';
 

@@ -5,7 +5,7 @@
 import { openSync, readSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { listEpochs, memoryDigest, processesOf, readEpochMeta, reconstruct, runsOf } from '../../src/image/store.js';
 import { runCleanups, startFixture, tmp } from './helpers.js';
 

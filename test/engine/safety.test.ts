@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { reconstruct } from '../../src/image/store.js';
 import { fdTargets, mapsOf, onCleanup, procState, runCleanups, startFixture, tmp, waitFor } from './helpers.js';
 

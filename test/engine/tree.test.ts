@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { memoryDigest, processesOf, readEpochMeta, reconstruct } from '../../src/image/store.js';
 import { decodeRegs } from '../../src/image/show.js';
 import { childrenOf, onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from './helpers.js';

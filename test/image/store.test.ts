@@ -5,10 +5,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { crc32 } from 'node:zlib';
-import { EngineClient } from '../../src/engine/client.js';
-import { understudy } from '../../src/gen/proto.js';
-import { compact, listEpochs, memoryDigest, readEpochMeta, reconstruct } from '../../src/image/store.js';
+import { EngineClient } from '../../src/native/engine.js';
+import { compact, listEpochs, memoryDigest, reconstruct, rewriteEpochMeta } from '../../src/image/store.js';
 import { runCleanups, startFixture, tmp } from '../engine/helpers.js';
 import { runCli as cli } from '../helpers/cli.js';
 
@@ -85,18 +83,12 @@ describe('image store', () => {
     d = copyImage();
     // a delta from another image, renamed into this chain
     const other = copyImage();
-    const m = readEpochMeta(join(other, 'epoch-000001'));
-    m.imageId = 'ffffffffffffffffffffffffffffffff';
+    // the same epoch with a foreign image id (valid frame and crc)
+    rewriteEpochMeta(join(other, 'epoch-000001'), (m) => {
+      m.imageId = 'ffffffffffffffffffffffffffffffff';
+    });
     rmSync(join(d, 'epoch-000001'), { recursive: true });
-    mkdirSync(join(d, 'epoch-000001'));
-    execFileSync('cp', [join(other, 'epoch-000001', 'pages.bin'), join(d, 'epoch-000001', 'pages.bin')]);
-    // rewrite meta.pb with the foreign id (valid frame and crc)
-    const body = Buffer.from(understudy.v1.EpochMeta.encode(m).finish());
-    const hdr = Buffer.alloc(4);
-    hdr.writeUInt32LE(body.length);
-    const tail = Buffer.alloc(4);
-    tail.writeUInt32LE(crc32(body));
-    writeFileSync(join(d, 'epoch-000001', 'meta.pb'), Buffer.concat([hdr, body, tail]));
+    execFileSync('cp', ['-r', join(other, 'epoch-000001'), join(d, 'epoch-000001')]);
     expect(() => reconstruct(d)).toThrow(/epoch-000001: belongs to image ffffffff/);
   });
 

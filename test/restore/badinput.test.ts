@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { RestoreError, restore } from '../../src/restore/restore.js';
 import { nativeBinary } from '../../src/util/paths.js';
 import { readEpochMeta, processesOf } from '../../src/image/store.js';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import {
   alive,
   dumpAndKill,

@@ -7,9 +7,9 @@ import { spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { understudy } from '../../src/gen/proto.js';
-import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
+import { compact, processesOf, readEpochMeta, rewriteEpochMeta } from '../../src/image/store.js';
 import { restore } from '../../src/restore/restore.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
 import { TestCluster } from '../helpers/nodes.js';
@@ -17,7 +17,6 @@ import {
   alive,
   cutToCheckpoint,
   dumpAndKill,
-  editMeta,
   epochDir,
   killPids,
   onCleanup,
@@ -108,7 +107,7 @@ describe('an image whose fd records do not hold together is refused before any p
     const ep0 = epochDir(img, 0);
     const orig = readFileSync(join(ep0, 'meta.pb'));
     let epfd = 0;
-    editMeta(ep0, (m) => {
+    rewriteEpochMeta(ep0, (m) => {
       const ep = processesOf(m).find((p) => p.pid === fx.pid)!.fds.find((f) => f.kind === Kind.EPOLL)!;
       epfd = ep.fd ?? 0;
       ep.epoll!.targets![0]!.tfd = 999;
@@ -120,7 +119,7 @@ describe('an image whose fd records do not hold together is refused before any p
     });
     writeFileSync(join(ep0, 'meta.pb'), orig);
     let pfd = 0;
-    editMeta(ep0, (m) => {
+    rewriteEpochMeta(ep0, (m) => {
       const f = processesOf(m).find((p) => p.pid === fx.pid)!.fds.find((x) => x.kind === Kind.PIPE)!;
       pfd = f.fd ?? 0;
       f.pipe = null;

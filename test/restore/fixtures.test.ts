@@ -3,7 +3,7 @@
 // second "node" (its own network namespace and its own copy of the app's
 // data folder). Plus python3 continuing its output in sequence.
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';

@@ -7,10 +7,8 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { crc32 } from 'node:zlib';
 import { expect } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
-import { understudy } from '../../src/gen/proto.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { readEpochMeta, type ProcessMeta } from '../../src/image/store.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
 
@@ -208,15 +206,3 @@ export function cutToCheckpoint(proc: ProcessMeta, file: string, path = file): s
 }
 
 export const fixturePython = join(packageRoot, 'test', 'fixtures', 'rs_python.py');
-
-/** Rewrites an epoch's meta.pb (length, message, crc32) after `edit`. */
-export function editMeta(epoch: string, edit: (m: understudy.v1.EpochMeta) => void): void {
-  const m = readEpochMeta(epoch);
-  edit(m);
-  const body = Buffer.from(understudy.v1.EpochMeta.encode(m).finish());
-  const hdr = Buffer.alloc(4);
-  hdr.writeUInt32LE(body.length);
-  const tail = Buffer.alloc(4);
-  tail.writeUInt32LE(crc32(body));
-  writeFileSync(join(epoch, 'meta.pb'), Buffer.concat([hdr, body, tail]));
-}

@@ -7,7 +7,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { understudy } from '../../src/gen/proto.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';

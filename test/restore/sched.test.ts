@@ -6,10 +6,10 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { processesOf } from '../../src/image/store.js';
+import { processesOf, rewriteEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
 import { RestoreError, restore } from '../../src/restore/restore.js';
-import { alive, dumpAndKill, editMeta, epochDir, killPids, onCleanup, python, runCleanups, tmp, waitFor } from './helpers.js';
+import { alive, dumpAndKill, epochDir, killPids, onCleanup, python, runCleanups, tmp, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -93,7 +93,7 @@ describe('scheduling attributes', () => {
       ['policy 6 (SCHED_DEADLINE)', (s) => (s.policy = 6)],
     ];
     for (const [what, edit] of bad) {
-      editMeta(epochDir(img, 0), (m) => edit(processesOf(m).find((p) => p.pid === pid)!.threads![0]!.sched!));
+      rewriteEpochMeta(epochDir(img, 0), (m) => edit(processesOf(m).find((p) => p.pid === pid)!.threads![0]!.sched!));
       const err = await restore({ imageDir: img }).then(
         (r) => (killPids([r.reaper, ...r.pids]), undefined),
         (e: unknown) => e,
@@ -104,7 +104,7 @@ describe('scheduling attributes', () => {
       expect((err as RestoreError).killed, what).toEqual([]);
       expect(alive(pid), what).toBe(false);
       // put the good values back for the next case
-      editMeta(epochDir(img, 0), (m) => {
+      rewriteEpochMeta(epochDir(img, 0), (m) => {
         const s = processesOf(m).find((p) => p.pid === pid)!.threads![0]!.sched!;
         [s.policy, s.priority, s.nice] = [3, 0, 7];
       });

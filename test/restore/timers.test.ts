@@ -7,7 +7,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EngineClient } from '../../src/engine/client.js';
+import { EngineClient } from '../../src/native/engine.js';
 import { showImage } from '../../src/image/show.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { understudy } from '../../src/gen/proto.js';

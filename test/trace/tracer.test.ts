@@ -9,7 +9,7 @@ import { chmodSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FrameDecoder, encodeFrame } from '../../src/engine/frames.js';
+import { FrameDecoder, encodeFrame } from '../../src/native/frames.js';
 import { understudy } from '../../src/gen/proto.js';
 import { TRACER_VERSION, TracerProcess, recordLayoutDifferences } from '../../src/native/tracer.js';
 import { RECORD_SIZES, RecordStream, RecordType, TR_VERSION, type TraceEvent } from '../../src/trace/records.js';

@@ -3,7 +3,7 @@
 // the engine stays attached and writes delta epochs (dirty tracking needs a
 // live engine between epochs). Like CRIU, the app is killed after a
 // successful dump unless --leave-running.
-import { EngineClient, type CheckpointResult } from '../../engine/client.js';
+import type { CheckpointResult } from '../../native/engine.js';
 import { intFlag, missingFlag, PID_MAX, stringFlag, type Command } from '../command.js';
 
 function line(r: CheckpointResult): string {
@@ -44,33 +44,31 @@ export const dumpCommand: Command = {
     const incremental = values.incremental === true || epochs !== undefined;
     const leaveRunning = values['leave-running'] === true;
 
-    const engine = EngineClient.start();
+    // the protect loop without a graph: epoch 0, then (incremental) a delta every interval
+    const { ProtectLoop } = await import('../../agent/protect.js');
+    const loop = new ProtectLoop({
+      pid,
+      imageDir: dir,
+      includeChildren: values['no-children'] !== true,
+      incremental,
+      graph: 'none',
+      schedule: incremental ? { intervalMs, maxDeltas: epochs } : { maxDeltas: 0 },
+    });
     const results: CheckpointResult[] = [];
-    let stop = false;
-    const onSignal = (): void => {
-      stop = true;
-    };
+    loop.on('epoch', (e) => {
+      results.push(e.result);
+      if (!ctx.json) ctx.out(line(e.result));
+    });
+    let interrupted: () => void = () => {};
+    const signalled = new Promise<void>((res) => (interrupted = res));
+    const onSignal = (): void => interrupted();
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     try {
-      await engine.attach(pid, { includeChildren: values['no-children'] !== true, trackDirty: incremental });
-      results.push(await engine.checkpoint({ imageDir: dir }));
-      if (!ctx.json) ctx.out(line(results[0]!));
-      for (let n = 1; incremental && !stop && (epochs === undefined || n <= epochs); n++) {
-        const until = Date.now() + intervalMs;
-        while (!stop && Date.now() < until) await new Promise((r) => setTimeout(r, Math.min(50, until - Date.now())));
-        if (stop) break;
-        const r = await engine.checkpoint({ imageDir: dir });
-        results.push(r);
-        if (!ctx.json) ctx.out(line(r));
-      }
-      if (leaveRunning) await engine.detach();
-      else await engine.killApp();
-      await engine.close();
-    } catch (e) {
-      // the engine detaches on close: whatever failed, the app keeps running
-      await engine.close().catch(() => undefined);
-      throw e;
+      await loop.start();
+      await Promise.race([loop.scheduleDone, signalled]);
+      // a failure released the app (it keeps running): stop() throws it
+      await loop.stop({ app: leaveRunning ? 'leave' : 'kill' });
     } finally {
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);

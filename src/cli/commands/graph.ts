@@ -1,8 +1,4 @@
 import { writeFileSync } from 'node:fs';
-import { AppGraph } from '../../graph/graph.js';
-import { toDot, toSvg } from '../../graph/render.js';
-import { snapshot } from '../../graph/sockets.js';
-import { descendantsOf, requireProcess } from '../../proc/procfs.js';
 import { UnderstudyError } from '../../util/errors.js';
 import { intFlag, missingFlag, PID_MAX, type Command } from '../command.js';
 
@@ -26,9 +22,10 @@ export const graphCommand: Command = {
     const pid = intFlag(values, 'pid', 1, PID_MAX) ?? missingFlag('--pid PID');
     const format = typeof values.format === 'string' ? values.format : ctx.json ? 'json' : 'dot';
     if (!['json', 'dot', 'svg'].includes(format)) throw new UnderstudyError('E_USAGE', `--format must be json, dot or svg, got "${format}"`);
-    requireProcess(pid);
-    const graph = new AppGraph();
-    graph.seedFromProc(descendantsOf([pid]));
+    const { seedAppGraph } = await import('../../agent/seed.js');
+    const { toDot, toSvg } = await import('../../graph/render.js');
+    const { snapshot } = await import('../../graph/sockets.js');
+    const graph = seedAppGraph(pid);
     const snap = await snapshot(graph);
     let text: string;
     if (format === 'json') text = JSON.stringify(snap, null, 2) + '\n';

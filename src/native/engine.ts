@@ -6,13 +6,15 @@
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { understudy } from '../gen/proto.js';
-import { UnderstudyError, type ErrorCode } from '../util/errors.js';
+import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { nativeBinary } from '../util/paths.js';
+import { binaryError } from './codes.js';
 import { DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, requireVersion } from './frames.js';
 
 const log = logger('engine');
-export const ENGINE_VERSION = 1;
+/** 2: a failed reply's code is the ErrorCode enum (EngineReply.code), no longer a string. */
+export const ENGINE_VERSION = 2;
 
 export interface AttachOptions {
   includeChildren?: boolean;
@@ -27,8 +29,29 @@ export interface AttachResult {
   seizeNs: number;
 }
 
+/** Where an epoch is written: the image directory, the epoch stream, or both. */
+export type EpochSinkName = 'dir' | 'stream' | 'both';
+
+/** The chain position of an epoch, owned by the agent. */
+export interface ChainPosition {
+  /** 32 hex digits; '' with epoch 0: the engine picks one (CheckpointResult.imageId). */
+  imageId: string;
+  epoch: number;
+  /** epoch - 1 (default). */
+  parentEpoch?: number;
+}
+
 export interface CheckpointOptions {
   imageDir: string;
+  /** The agent's chain position; without it the engine numbers its own chain from 0. */
+  chain?: ChainPosition;
+  /** Default 'dir'. 'stream' and 'both' need an engine started with `epochStream`. */
+  sink?: EpochSinkName;
+  /** Directory sink without fsync (criu dump's default). */
+  noFsync?: boolean;
+  /** Bounds of the writer's queue (0/undefined: the engine's defaults, 64 epochs, 1 GiB of buffers queued). */
+  maxEpochsInFlight?: number;
+  maxQueuedBytes?: number;
   full?: boolean;
   verifyFullDir?: string;
   killAfter?: boolean;
@@ -46,6 +69,8 @@ export interface CheckpointResult {
   epochDir: string;
   verifyFullEpochDir: string;
   pauseNs: number;
+  /** CLOCK_MONOTONIC (ns, the trace events' clock) when the barrier began. */
+  barrierAtNs: number;
   barrierNs: number;
   stateNs: number;
   scanNs: number;
@@ -56,6 +81,20 @@ export interface CheckpointResult {
   processes: number;
   threads: number;
   perProcess: { pid: number; pages: number; newRegions: number }[];
+  imageId: string;
+  parentEpoch: number;
+  /** Data and names durable (fsync) before the reply. */
+  fsynced: boolean;
+  /** Sent on the epoch stream. */
+  streamed: boolean;
+  /** Of writeNs: time spent waiting behind earlier epochs. */
+  queuedNs: number;
+  /** Earlier epochs not yet written when this one was captured. */
+  epochsInFlight: number;
+  /** Of writeNs: page crcs, write(2)s, waits for the disk (write-back, fsync). */
+  crcNs: number;
+  ioNs: number;
+  syncNs: number;
 }
 
 export interface StatusResult {
@@ -64,6 +103,10 @@ export interface StatusResult {
   lastEpoch: number;
   hasEpoch: boolean;
   imageDir: string;
+  imageId: string;
+  epochsInFlight: number;
+  hasWritten: boolean;
+  lastWrittenEpoch: number;
 }
 
 interface Pending {
@@ -73,14 +116,11 @@ interface Pending {
   onProgress?: (stage: string) => void;
 }
 
-const KNOWN_CODES: readonly ErrorCode[] = [
-  'E_USAGE', 'E_NO_SUCH_PROCESS', 'E_NOT_OURS', 'E_UNSUPPORTED', 'E_NATIVE', 'E_IMAGE_WRITE', 'E_IMAGE_EXISTS',
-  'E_VERSION', 'E_FRAME', 'E_BARRIER', 'E_KERNEL_FEATURE', 'E_INTERNAL',
-];
-
-function toCode(c: string): ErrorCode {
-  return (KNOWN_CODES as readonly string[]).includes(c) ? (c as ErrorCode) : 'E_NATIVE';
-}
+const SINKS: Record<EpochSinkName, understudy.v1.EpochSink> = {
+  dir: understudy.v1.EpochSink.SINK_DIR,
+  stream: understudy.v1.EpochSink.SINK_STREAM,
+  both: understudy.v1.EpochSink.SINK_DIR_AND_STREAM,
+};
 
 export class EngineClient {
   private nextId = 1;
@@ -128,9 +168,14 @@ export class EngineClient {
     });
   }
 
-  /** Starts an engine process. */
-  /** `env`: variables set (a string) or removed (undefined) for the engine only. */
-  static start(opts: { binary?: string; timeoutMs?: number; env?: Record<string, string | undefined> } = {}): EngineClient {
+  /**
+   * Starts an engine process. `env`: variables set (a string) or removed
+   * (undefined) for the engine only. `epochStream`: give the engine a
+   * stream (its fd 3) for the epoch stream sink, read from `epochStream`.
+   */
+  static start(
+    opts: { binary?: string; timeoutMs?: number; env?: Record<string, string | undefined>; epochStream?: boolean } = {},
+  ): EngineClient {
     const bin = opts.binary ?? nativeBinary('engine');
     const env = { ...process.env };
     for (const [k, v] of Object.entries(opts.env ?? {})) {
@@ -139,10 +184,17 @@ export class EngineClient {
     }
     // its own session: a Ctrl-C at the agent's terminal is for the agent,
     // which finishes its epoch and then tells the engine what to do
-    const child = spawn(bin, [], { stdio: ['pipe', 'pipe', 'pipe'], detached: true, env });
+    const child = opts.epochStream
+      ? spawn(bin, ['--epoch-stream-fd', '3'], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], detached: true, env })
+      : spawn(bin, [], { stdio: ['pipe', 'pipe', 'pipe'], detached: true, env });
     log.debug({ pid: child.pid }, 'engine started');
-    return new EngineClient(child, opts.timeoutMs ?? 60_000);
+    const c = new EngineClient(child as ChildProcessByStdio<Writable, Readable, Readable>, opts.timeoutMs ?? 60_000);
+    if (opts.epochStream) c.epochStream = child.stdio[3] as Readable;
+    return c;
   }
+
+  /** The epoch stream (frames, see src/image/stream.ts) when started with `epochStream`. */
+  epochStream: Readable | undefined;
 
   get pid(): number {
     return this.child.pid ?? -1;
@@ -209,7 +261,7 @@ export class EngineClient {
     });
     requireVersion('engine reply', rep.version, ENGINE_VERSION);
     if (!rep.ok) {
-      throw new UnderstudyError(toCode(rep.errorCode), rep.error || `engine error ${rep.errorCode}`);
+      throw binaryError('the checkpoint engine (understudy-engine)', rep.code, rep.error);
     }
     return rep;
   }
@@ -233,6 +285,13 @@ export class EngineClient {
           debugStallMs: o.debugStallMs ?? 0,
           dryRun: o.dryRun ?? false,
           debugWriteDelayMs: o.debugWriteDelayMs ?? 0,
+          chain: o.chain
+            ? { imageId: o.chain.imageId, epoch: o.chain.epoch, parentEpoch: o.chain.parentEpoch ?? Math.max(0, o.chain.epoch - 1) }
+            : null,
+          sink: SINKS[o.sink ?? 'dir'],
+          noFsync: o.noFsync ?? false,
+          maxEpochsInFlight: o.maxEpochsInFlight ?? 0,
+          maxQueuedBytes: o.maxQueuedBytes ?? 0,
         },
       },
       o.timeoutMs,
@@ -245,6 +304,7 @@ export class EngineClient {
       epochDir: c.epochDir,
       verifyFullEpochDir: c.verifyFullEpochDir,
       pauseNs: Number(c.pauseNs),
+      barrierAtNs: Number(c.barrierAtNs),
       barrierNs: Number(c.barrierNs),
       stateNs: Number(c.stateNs),
       scanNs: Number(c.scanNs),
@@ -255,12 +315,31 @@ export class EngineClient {
       processes: c.processes,
       threads: c.threads,
       perProcess: (c.perProcess as understudy.v1.ProcessPages[]).map((p) => ({ pid: p.pid, pages: Number(p.pages), newRegions: p.newRegions })),
+      imageId: c.imageId,
+      parentEpoch: c.parentEpoch,
+      fsynced: c.fsynced,
+      streamed: c.streamed,
+      queuedNs: Number(c.queuedNs),
+      epochsInFlight: c.epochsInFlight,
+      crcNs: Number(c.crcNs),
+      ioNs: Number(c.ioNs),
+      syncNs: Number(c.syncNs),
     };
   }
 
   async status(): Promise<StatusResult> {
     const s = (await this.request({ status: {} })).status as understudy.v1.StatusResult;
-    return { pids: s.pids.map(Number), threads: s.threads, lastEpoch: s.lastEpoch, hasEpoch: s.hasEpoch, imageDir: s.imageDir };
+    return {
+      pids: s.pids.map(Number),
+      threads: s.threads,
+      lastEpoch: s.lastEpoch,
+      hasEpoch: s.hasEpoch,
+      imageDir: s.imageDir,
+      imageId: s.imageId,
+      epochsInFlight: s.epochsInFlight,
+      hasWritten: s.hasWritten,
+      lastWrittenEpoch: s.lastWrittenEpoch,
+    };
   }
 
   /** Releases the app: untraced, no tracking state left, running. */

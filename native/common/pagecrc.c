@@ -3,12 +3,16 @@
  * congruent to it modulo the polynomial, whose crc zlib then finishes (16
  * bytes). Constants x^n mod P are computed at start, and the fast path is
  * checked against zlib on test pages before it is used; without PCLMULQDQ,
- * or if the check fails, zlib does the whole page. */
+ * or if the check fails, zlib does the whole page. Shared by the engine (which
+ * writes the crc of every page it captures) and the restorer (which checks
+ * them). */
 #include <stdint.h>
 #include <string.h>
 #include <immintrin.h>
 #include <zlib.h>
-#include "restore.h"
+#include "pagecrc.h"
+
+#define PAGE_SZ 4096
 
 static bool fast_ok;
 static uint64_t k512[2], k384[2], k256[2], k128[2];

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decodeFrames, encodeFrame, FrameDecoder, requireVersion } from '../../src/engine/frames.js';
+import { decodeFrames, encodeFrame, FrameDecoder, requireVersion } from '../../src/native/frames.js';
 import { understudy } from '../../src/gen/proto.js';
 
 describe('length-prefixed protobuf frames', () => {
