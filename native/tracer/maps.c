@@ -62,7 +62,8 @@ static uint32_t *sorted_copy(const uint32_t *tgids, size_t n)
 		fail("E_NATIVE", ENOMEM, "malloc(%zu tgids)", n);
 		return NULL;
 	}
-	memcpy(s, tgids, n * sizeof(*s));
+	if (n > 0) /* tgids may be NULL when there are none */
+		memcpy(s, tgids, n * sizeof(*s));
 	qsort(s, n, sizeof(*s), cmp_u32);
 	return s;
 }
