@@ -140,6 +140,8 @@ export class TracerProcess {
   private stderrTail = '';
   private helloSeen: ((h: TracerHello) => void) | undefined;
   private startFailed: ((e: Error) => void) | undefined;
+  /** Why start() fails when the tracer is gone, if not its death itself (a record layout it was refused for). */
+  private startError: UnderstudyError | undefined;
   private lastStatus: TracerStatus | undefined;
   private stopping: Promise<TracerStatus> | undefined;
   /** Set at a frame that does not decode: nothing after it is read. */
@@ -174,7 +176,7 @@ export class TracerProcess {
           p.reject(err);
         }
         this.pending.clear();
-        this.startFailed?.(err);
+        this.startFailed?.(this.startError ?? err);
         try {
           this.opts.onExit?.(info);
         } catch (e) {
@@ -217,16 +219,6 @@ export class TracerProcess {
       t.helloSeen = undefined;
       t.startFailed = undefined;
     });
-    const diff = recordLayoutDifferences(hello, opts.recordVersion, opts.recordSizes);
-    if (diff.length > 0) {
-      child.kill('SIGKILL');
-      await t.exitPromise;
-      throw new UnderstudyError(
-        'E_VERSION',
-        `the tracer's records are not laid out as this agent decodes them (${diff.join('; ')}); ` +
-          `bpf/trace.h and src/trace/records.ts must change together: rebuild both with \`npm run build\`. The tracer (pid ${hello.pid}) was stopped.`,
-      );
-    }
     t.hello = hello;
     log.debug({ pid: hello.pid, programs: hello.programs.length }, 'tracer attached');
     return t;
@@ -301,14 +293,28 @@ export class TracerProcess {
           const h = out.hello!;
           const sizes: Record<number, number> = {};
           for (const s of h.recordSizes ?? []) sizes[s.type ?? 0] = s.size ?? 0;
-          this.helloSeen?.({
+          const hello: TracerHello = {
             pid: h.pid ?? 0,
             recordVersion: h.recordVersion ?? 0,
             recordSizes: sizes,
             programs: (h.programs ?? []).map(programOf),
             ringBufferBytes: h.ringBufferBytes ?? 0,
             possibleCpus: h.possibleCpus ?? 0,
-          });
+          };
+          // checked here, before any later frame is read: no record is
+          // decoded with a layout the decoder was not written for
+          const diff = recordLayoutDifferences(hello, this.opts.recordVersion, this.opts.recordSizes);
+          if (diff.length > 0) {
+            this.poisoned = true;
+            this.startError = new UnderstudyError(
+              'E_VERSION',
+              `the tracer's records are not laid out as this agent decodes them (${diff.join('; ')}); ` +
+                `bpf/trace.h and src/trace/records.ts must change together: rebuild both with \`npm run build\`. The tracer (pid ${hello.pid}) was stopped.`,
+            );
+            this.child.kill('SIGKILL'); // start() fails with startError once it is gone
+            return;
+          }
+          this.helloSeen?.(hello);
           break;
         }
         case 'failed': {
