@@ -1,9 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause */
 /* The tracer's event records: the one place their layout is written down.
- * Shared by bpf/trace.bpf.c (producer), native/tracer/ (streamer) and mirrored,
- * field for field, by src/trace/records.ts (decoder). Every record starts with
- * struct tr_hdr: version, type tag, total size, timestamp, tgid/tid. A change
- * of layout bumps TR_VERSION; the decoder refuses versions it does not know. */
+ * Shared by bpf/trace.bpf.c (producer), native/tracer/ (which carries them to
+ * the agent unchanged) and mirrored, field for field, by src/trace/records.ts
+ * (decoder). Every record starts with struct tr_hdr: version, type tag, total
+ * size, timestamp, tgid/tid. A change of layout bumps TR_VERSION; the decoder
+ * refuses versions it does not know. Each record's size is fixed below
+ * (TR_RECORDS) and checked at compile time in both the BPF object and the
+ * tracer; the tracer reports the sizes in its hello, and the decoder refuses
+ * to start when they are not the ones it was written for. */
 #ifndef UNDERSTUDY_TRACE_H
 #define UNDERSTUDY_TRACE_H
 
@@ -22,7 +26,8 @@ enum tr_type {
 	TR_SYSCALL = 4,      /* struct tr_syscall: an fd/memory/IPC/write syscall returned */
 	TR_SYSCALL_PATH = 5, /* struct tr_syscall_path: same, with path(s) or a sockaddr */
 	TR_TCP_STATE = 6,    /* struct tr_tcp_state: a TCP socket of the app changed state */
-	TR_STATS = 100,      /* struct tr_stats: written by the streamer, not the kernel */
+	/* 100 was a stats record written by the streamer; counters now travel
+	 * as protobuf (TracerStatus, proto/understudy/v1/tracer.proto). */
 };
 
 struct tr_hdr {
@@ -125,13 +130,6 @@ enum tr_counter {
 	} counters SEC(".maps")
 #endif
 
-/* Written by native/tracer once a second and at exit. */
-struct tr_stats {
-	struct tr_hdr hdr;
-	__u64 delivered;        /* records the streamer read from the ring buffer */
-	__u64 counters[TR_CTR_MAX]; /* summed over CPUs */
-};
-
 /* Key of the write-fault map: the VMA start when the kernel could resolve it,
  * else the faulting page address with bit 0 set. Value: a __u64 count. */
 struct tr_fault_key {
@@ -139,5 +137,22 @@ struct tr_fault_key {
 	__u32 pad;
 	__u64 vm_start;
 };
+
+/* Every record type with its struct and its size in bytes: X(type, struct, size).
+ * The sizes are the ABI between the kernel side, the tracer and the decoder. */
+#define TR_RECORDS(X)                          \
+	X(TR_FORK, tr_fork, 56)                \
+	X(TR_EXEC, tr_exec, 304)               \
+	X(TR_EXIT, tr_exit, 32)                \
+	X(TR_SYSCALL, tr_syscall, 120)         \
+	X(TR_SYSCALL_PATH, tr_syscall_path, 640) \
+	X(TR_TCP_STATE, tr_tcp_state, 80)
+
+#define TR_SIZE_CHECK(type, st, size) \
+	_Static_assert(sizeof(struct st) == (size), "struct " #st " is not " #size " bytes: bpf/trace.h, src/trace/records.ts and TR_VERSION must change together");
+TR_RECORDS(TR_SIZE_CHECK)
+#undef TR_SIZE_CHECK
+_Static_assert(sizeof(struct tr_hdr) == 24, "struct tr_hdr is not 24 bytes");
+_Static_assert(sizeof(struct tr_fault_key) == 16, "struct tr_fault_key is not 16 bytes");
 
 #endif

@@ -1,34 +1,89 @@
-/* understudy-tracer: attaches the tracer's pinned eBPF programs to their
- * tracepoints and streams the pinned ring buffer to stdout as frames. */
+/* understudy-tracer: one long-lived process per traced app that owns the eBPF
+ * objects of bpf/trace.bpf.c (through the generated skeleton) for their whole
+ * life, takes requests on stdin and streams the ring buffer on stdout, in the
+ * frames of proto/understudy/v1/tracer.proto. */
 #ifndef UNDERSTUDY_TRACER_H
 #define UNDERSTUDY_TRACER_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include "errfmt.h"
+#include "understudy/v1/tracer.pb-c.h"
 
-#define TRACER_MAX_LINKS 256
+#define TRACER_VERSION 1
+#define TRACER_MAX_PROGS 64
+/* The filter: one bit per tgid (2^22 = the kernel's PID_MAX_LIMIT), as in bpf/trace.bpf.c. */
+#define TRACER_TGID_BITS (1u << 22)
 
-struct links {
-	int fds[TRACER_MAX_LINKS]; /* perf event / raw tracepoint fds: closing one detaches */
-	int n;
+struct bpf_object;
+struct bpf_program;
+struct bpf_link;
+struct ring_buffer;
+struct trace_bpf;
+
+/* The objects one tracer process owns. */
+struct tracer {
+	struct trace_bpf *skel;       /* bpf/trace.bpf.c through its skeleton; NULL with --object */
+	struct bpf_object *obj;       /* skel->obj, or the --object file */
+	struct bpf_link *links[TRACER_MAX_PROGS]; /* --object only: the skeleton keeps its own */
+	int n_links;
+	/* map fds, -1 where the object has no such map (an --object floor has
+	 * only events and counters) */
+	int events_fd, counters_fd, bits_fd, tgids_fd, faults_fd;
+	uint32_t events_bytes, faults_max, tgids_max;
+	uint64_t *bits;               /* app_bits, mmapped (NULL without it) */
+	int n_cpus;
+	uint64_t *cpu_vals;           /* one u64 per possible CPU: what a per-CPU lookup writes */
+	struct ring_buffer *rb;
+	uint64_t delivered;           /* records read from the ring buffer */
+	uint64_t batches;             /* record batches written */
+	int output_failed;            /* stdout is gone: stop */
 };
 
-/* attach.c: every program pinned in progs_dir, named tp__<category>__<event>
- * (a tracefs tracepoint) or btf__<event> (a BTF tracepoint). 0 or -1 with a
- * message on stderr naming the program and errno. */
-int attach_all(const char *progs_dir, struct links *out);
-void detach_all(struct links *l);
+/* ---- errors (native/common/errfmt): one per failing request, raised by the
+ * code's name (proto/understudy/v1/errors.proto), sent as the enum's value
+ * (err_value_code); functions return -1 after setting it. */
+extern struct err_value g_err;
+static inline __attribute__((format(printf, 3, 4))) int fail(const char *code, int errnum, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	err_vset(&g_err, code, errnum, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+static inline void err_clear(void)
+{
+	memset(&g_err, 0, sizeof(g_err));
+}
 
-/* filter.c: adds tgids to the in-kernel filter (app_bits with atomic ors
- * through mmap, and the app_tgids listing). 0, or -1 with messages. */
-int filter_add(const char *pins, const uint32_t *tgids, int n);
+/* objects.c: open, load and attach bpf/trace.bpf.c through its skeleton, or
+ * with obj_path any object with the stream maps (the bench's floors). */
+int tracer_open(struct tracer *t, const char *obj_path);
+/* Fills progs (malloc'd array of n, each malloc'd) with every program's name,
+ * id, type, section and run statistics. */
+int tracer_programs(struct tracer *t, Understudy__V1__TracerProgram ***progs, size_t *n);
+void tracer_free_programs(Understudy__V1__TracerProgram **progs, size_t n);
+/* Detaches every program and frees everything (slow: a grace period a program). */
+void tracer_close(struct tracer *t);
 
-/* filter.c: removes the write_faults entries of these (exited) tgids; counts
- * what it removed. 0, or -1 with messages. */
-int faults_forget(const char *pins, const uint32_t *tgids, int n, unsigned *removed);
+/* maps.c: the filter, the write-fault map, the counters. */
+int filter_add(struct tracer *t, const uint32_t *tgids, size_t n);
+int filter_list(struct tracer *t, uint32_t **tgids, size_t *n);
+int faults_read(struct tracer *t, const uint32_t *tgids, size_t n_tgids, Understudy__V1__TracerWriteFaults *out);
+void faults_free(Understudy__V1__TracerWriteFaults *wf);
+int faults_forget(struct tracer *t, const uint32_t *tgids, size_t n, uint32_t *removed);
+/* Fills s->counters (summed) and s->per_cpu; malloc'd, freed by status_free. */
+int counters_read(struct tracer *t, Understudy__V1__TracerStatus *s);
+void status_free(Understudy__V1__TracerStatus *s);
 
-/* out.c: buffered frame output (4-byte little-endian length, then the record). */
-int out_frame(const void *rec, uint32_t len);
-int out_flush(void);
+/* out.c: frames on stdout. Records are batched; any other frame flushes the
+ * batch first, so the order on stdout is the order things happened. */
+int out_check_batch_header(void);
+int out_record(struct tracer *t, const void *rec, uint32_t len);
+int out_flush(struct tracer *t);
+int out_message(struct tracer *t, Understudy__V1__TracerOutput *o);
 
 #endif

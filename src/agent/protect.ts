@@ -11,7 +11,7 @@ import { EngineClient, type CheckpointResult } from '../native/engine.js';
 import type { AppGraph } from '../graph/graph.js';
 import { monotonicNs } from '../graph/changes.js';
 import type { DirtySet } from '../graph/model.js';
-import { readStat } from '../graph/procfs.js';
+import { readStat } from '../proc/procfs.js';
 import type { TraceSession } from '../trace/session.js';
 import { isUnderstudyError, UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
@@ -168,7 +168,7 @@ export class ProtectLoop {
 
   /** The tracer's native process of a live graph (tests, diagnostics). */
   get tracerPid(): number | undefined {
-    return this.session?.tracer.helperPid;
+    return this.session?.tracer.pid;
   }
 
   /** The tracer session of a live graph (tests, diagnostics). */

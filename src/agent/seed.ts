@@ -2,8 +2,7 @@
 // `understudy graph` draws and what a protect loop without tracing keeps. No
 // tracer and no change log (nobody asks it for a dirty set).
 import { AppGraph } from '../graph/graph.js';
-import { requireProcess } from '../trace/session.js';
-import { descendantsOf } from '../trace/tracer.js';
+import { descendantsOf, requireProcess } from '../proc/procfs.js';
 
 export function seedAppGraph(pid: number, opts: { includeChildren?: boolean } = {}): AppGraph {
   requireProcess(pid);

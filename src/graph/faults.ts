@@ -1,6 +1,6 @@
 // The kernel's write-fault counts (per process and region) taken into the
 // graph: the increase since the last reading is logged as a written region.
-import type { WriteFaultCount } from '../trace/loader.js';
+import type { WriteFaultCount } from '../trace/tracer.js';
 import type { GraphState } from './store.js';
 
 const PAGE = 4096;

@@ -1,6 +1,6 @@
 // Seeding from /proc: a process at a time (its threads, fds and mappings),
 // and the SysV IPC objects the app's processes created or last used.
-import { readExe, readFds, readMaps, readStat, readSysvipc, readThreads, type FdEntry, type MapEntry } from './procfs.js';
+import { readExe, readFds, readMaps, readStat, readSysvipc, readThreads, type FdEntry, type MapEntry } from '../proc/procfs.js';
 import type { Region } from './regions.js';
 import type { GraphState, ProcessState } from './store.js';
 

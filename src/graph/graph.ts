@@ -6,7 +6,7 @@
 // with the time it happened; epochs are marked at the real checkpoint
 // barriers (changes.ts), which is what dirtySince(N) reads. This class is the
 // graph's one face; the modules around it hold one concern each.
-import type { WriteFaultCount } from '../trace/loader.js';
+import type { WriteFaultCount } from '../trace/tracer.js';
 import type { TraceEvent } from '../trace/records.js';
 import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';

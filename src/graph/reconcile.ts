@@ -2,7 +2,7 @@
 // yet known) is repaired, and counted.
 import { logger } from '../util/log.js';
 import { readProcess } from './fromproc.js';
-import { readChildren } from './procfs.js';
+import { readChildren } from '../proc/procfs.js';
 import { normalizeRegions, type Region } from './regions.js';
 import type { GraphState } from './store.js';
 

@@ -6,7 +6,7 @@ import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { execa } from 'execa';
 import { logger } from '../util/log.js';
 import type { AppGraph } from './graph.js';
-import { listPids, readMaps, readStat } from './procfs.js';
+import { listPids, readMaps, readStat } from '../proc/procfs.js';
 import type { ExternalDependency, GraphEdge, GraphNode, GraphSnapshot } from './model.js';
 import { TCP_STATES } from '../trace/records.js';
 

@@ -5,7 +5,7 @@ import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { SyscallEvent } from '../trace/records.js';
 import { sockaddrString } from '../trace/records.js';
 import { ensureProc } from './fromproc.js';
-import { kernelDevToUser, readCwd, readSysvipc } from './procfs.js';
+import { kernelDevToUser, readCwd, readSysvipc } from '../proc/procfs.js';
 import { cutRange, insertRegion, protPerms } from './regions.js';
 import type { GraphState, ProcessState } from './store.js';
 import { bindSock } from './tcp.js';

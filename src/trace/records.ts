@@ -1,7 +1,10 @@
 // The decoder of the tracer's records (bpf/trace.h, mirrored here field for
-// field). Frames come from native/tracer as a 4-byte little-endian length and
-// one record. A record whose version, type or size is not what this file
-// knows is refused and counted, and decoding goes on with the next frame.
+// field). They come from native/tracer in batches (the `records` bytes of a
+// TracerOutput frame, src/native/tracer.ts), each record as a 4-byte
+// little-endian length and the record. A record whose version, type or size
+// is not what this file knows is refused and counted, and decoding goes on
+// with the next one. RECORD_SIZES is checked against the sizes the tracer
+// was compiled with (its hello) before any record is decoded.
 
 export const TR_VERSION = 1;
 export const TR_HDR_SIZE = 24;
@@ -14,7 +17,6 @@ export const RecordType = {
   syscall: 4,
   syscallPath: 5,
   tcpState: 6,
-  stats: 100,
 } as const;
 
 /** Size of each record type, as bpf/trace.h lays it out. */
@@ -25,7 +27,6 @@ export const RECORD_SIZES: Readonly<Record<number, number>> = {
   [RecordType.syscall]: TR_HDR_SIZE + 8 + 8 + 48 + 32,
   [RecordType.syscallPath]: TR_HDR_SIZE + 8 + 8 + 48 + 32 + 8 + 2 * PATH_MAX,
   [RecordType.tcpState]: TR_HDR_SIZE + 8 + 8 + 8 + 32,
-  [RecordType.stats]: TR_HDR_SIZE + 8 + 8 * 8,
 };
 
 /** x86_64 numbers of the syscalls bpf/trace.bpf.c reports. */
@@ -99,6 +100,7 @@ export interface TcpStateEvent extends Base {
   local: string;
   remote: string;
 }
+/** The tracer's counters (not a kernel record: a TracerStatus frame); tgid/tid: the tracer's pid. */
 export interface StatsEvent extends Base {
   type: 'stats';
   delivered: number;
@@ -227,57 +229,53 @@ export function decodeRecord(rec: Buffer): TraceEvent | keyof RefusalCounts {
         remote: family === 10 ? `[${ip(o + 40)}]:${dport}` : `${ip(o + 40)}:${dport}`,
       };
     }
-    case RecordType.stats: {
-      const counters = {} as StatsEvent['counters'];
-      COUNTER_NAMES.forEach((n, i) => (counters[n] = u64(rec, o + 8 + i * 8)));
-      return { type: 'stats', ...base, delivered: u64(rec, o), counters };
-    }
     default:
       return 'unknownType';
   }
 }
 
-/** Splits the helper's byte stream into frames and decodes them. */
+/** Counters of the kernel side by name, from the tracer's array (enum tr_counter order). */
+export function namedCounters(values: readonly number[]): StatsEvent['counters'] {
+  const counters = {} as StatsEvent['counters'];
+  COUNTER_NAMES.forEach((n, i) => (counters[n] = values[i] ?? 0));
+  return counters;
+}
+
+/** Decodes batches of length-prefixed records, counting what it refuses. */
 export class RecordStream {
   readonly refused: RefusalCounts = { badVersion: 0, unknownType: 0, badSize: 0, badFrame: 0 };
   decoded = 0;
-  /** Set at a frame length no record can have: where the next frame starts is unknown from there on. */
-  corrupt = false;
-  private pending: Buffer = Buffer.alloc(0);
+  /** No record is this long: a length above it is corrupt. */
   static readonly MAX_FRAME = 64 * 1024;
 
-  /** Feeds bytes; returns the events completed by them. */
-  push(chunk: Buffer): TraceEvent[] {
-    // Past a corrupt length, any bytes taken as a frame would be a guess: none is decoded.
-    if (this.corrupt) return [];
-    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
-    const out: TraceEvent[] = [];
+  /**
+   * Decodes one batch of whole records. A batch stands alone: a bad length or
+   * a record cut short is counted (badFrame) and ends this batch only.
+   * `onEvent` gets each event; returns how many records the batch held
+   * (decoded or refused).
+   */
+  pushBatch(batch: Buffer, onEvent: (ev: TraceEvent) => void): number {
     let off = 0;
-    while (this.pending.length - off >= 4) {
-      const len = this.pending.readUInt32LE(off);
-      if (len > RecordStream.MAX_FRAME) {
-        // A length no record can have: the stream is corrupt beyond this point.
+    let records = 0;
+    while (off < batch.length) {
+      if (batch.length - off < 4) {
         this.refused.badFrame++;
-        this.corrupt = true;
-        off = this.pending.length;
         break;
       }
-      if (this.pending.length - off - 4 < len) break;
-      const rec = this.pending.subarray(off + 4, off + 4 + len);
+      const len = batch.readUInt32LE(off);
+      if (len > RecordStream.MAX_FRAME || batch.length - off - 4 < len) {
+        this.refused.badFrame++;
+        break;
+      }
+      records++;
+      const r = decodeRecord(batch.subarray(off + 4, off + 4 + len));
       off += 4 + len;
-      const r = decodeRecord(rec);
       if (typeof r === 'string') this.refused[r]++;
       else {
         this.decoded++;
-        out.push(r);
+        onEvent(r);
       }
     }
-    this.pending = this.pending.subarray(off);
-    return out;
-  }
-
-  /** Bytes of an incomplete frame left at the end of the stream. */
-  get leftover(): number {
-    return this.pending.length;
+    return records;
   }
 }

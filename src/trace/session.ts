@@ -3,12 +3,12 @@
 // process tree; keeps the graph current; reconciles it with /proc periodically.
 import { AppGraph, type ReconcileReport } from '../graph/graph.js';
 import type { DirtySet } from '../graph/model.js';
-import { readStat } from '../graph/procfs.js';
+import { descendantsOf, isLive, readStat, requireProcess } from '../proc/procfs.js';
 import { UnderstudyError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import type { TraceEvent } from './records.js';
 import { spawnHeld, type HeldProcess } from './spawn.js';
-import { Tracer, descendantsOf, type TracerStats } from './tracer.js';
+import { Tracer, type TracerStats } from './tracer.js';
 
 const log = logger('trace');
 
@@ -30,17 +30,6 @@ export interface SessionOptions {
 let seq = 0;
 /** How long exited tgids are gathered before their write-fault entries are removed in one call. */
 const FORGET_MS = 500;
-
-export function requireProcess(pid: number): void {
-  if (!Number.isInteger(pid) || pid <= 0) throw new UnderstudyError('E_USAGE', `--pid must be a positive integer, got ${pid}`);
-  const st = readStat(pid);
-  if (!st || st.state === 'Z' || st.state === 'X') {
-    throw new UnderstudyError(
-      'E_NO_SUCH_PROCESS',
-      `no running process with PID ${pid}: give the PID of a live process (see \`ps -e\`); \`understudy check\` verifies that this kernel can trace it`,
-    );
-  }
-}
 
 export class TraceSession {
   readonly graph: AppGraph;
@@ -142,14 +131,11 @@ export class TraceSession {
 
   private async flushForgotten(): Promise<void> {
     // a pid already reused by a live process keeps its entries (a count too many, never one too few)
-    const gone = [...this.exited].filter((t) => {
-      const st = readStat(t);
-      return st === undefined || st.state === 'Z' || st.state === 'X';
-    });
+    const gone = [...this.exited].filter((t) => !isLive(t));
     this.exited.clear();
     if (gone.length === 0) return;
     try {
-      const removed = await this.tracer.pins.forgetFaultTgids(gone);
+      const removed = await this.tracer.forgetWriteFaults(gone);
       log.debug({ tgids: gone.length, removed }, 'write-fault entries of exited processes removed');
     } catch (e) {
       log.warn({ err: e, tgids: gone }, 'could not remove the write-fault entries of exited processes; the map may fill (faultMapFailures)');
@@ -164,13 +150,12 @@ export class TraceSession {
 
   /** Notices a root that is gone without reconciling the whole graph. */
   reconcileRootOnly(): void {
-    const st = readStat(this.rootPid);
-    if (!st || st.state === 'Z' || st.state === 'X') this.rootGone();
+    if (!isLive(this.rootPid)) this.rootGone();
   }
 
   /** Pulls the kernel's write-fault counts into the graph. */
   async refreshWriteFaults(): Promise<void> {
-    this.graph.applyWriteFaults(await this.tracer.pins.writeFaults());
+    this.graph.applyWriteFaults(await this.tracer.writeFaults());
   }
 
   async dirtySince(n: number): Promise<DirtySet> {
@@ -196,7 +181,7 @@ export class TraceSession {
     return this.tracer.stats();
   }
 
-  /** Stops tracing and unpins; with `kill`, kills the command it started and all its descendants. */
+  /** Stops tracing; with `kill`, kills the command it started and all its descendants. */
   async stop(opts: { kill?: boolean } = {}): Promise<TracerStats> {
     if (this.timer) clearInterval(this.timer);
     this.stopping = true;

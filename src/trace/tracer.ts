@@ -1,24 +1,28 @@
-// A running tracer for one app: the pinned programs (loader.ts), the native
-// streamer that attaches them and reads the ring buffer (native/tracer), and
-// the decoder. Events reach the listener in the order the kernel produced them.
-import type { Writable } from 'node:stream';
-import { execa, type ResultPromise } from 'execa';
-import { listPids, readStat } from '../graph/procfs.js';
-import { UnderstudyError } from '../util/errors.js';
+// A running tracer for one app: the native tracer process that owns the eBPF
+// objects (src/native/tracer.ts) and the decoder of its records (records.ts).
+// Events reach the listener in the order the kernel produced them.
+import { TracerProcess, type TracerProgram, type TracerStatus, type WriteFaultCount } from '../native/tracer.js';
+import { descendantsOf } from '../proc/procfs.js';
 import { logger } from '../util/log.js';
-import { nativeBinary } from '../util/paths.js';
-import { PinnedTracer } from './loader.js';
-import { RecordStream, type RefusalCounts, type StatsEvent, type TraceEvent } from './records.js';
+import { removeLegacyPins, requireTracingSupport, type StaleRemoval } from './loader.js';
+import { COUNTER_NAMES, RECORD_SIZES, RecordStream, TR_VERSION, namedCounters, type RefusalCounts, type StatsEvent, type TraceEvent } from './records.js';
+
+export type { TracerProgram, WriteFaultCount };
 
 const log = logger('trace');
+const SUBMITTED = COUNTER_NAMES.indexOf('submitted');
 
 export interface TracerOptions {
+  /** Names this app in log lines. */
   appId: string;
-  /** Called for every decoded event, stats records included. */
+  /** Called for every decoded event; the tracer's counters arrive as 'stats' events every statsMs. */
   onEvent: (ev: TraceEvent) => void;
   pollMs?: number;
   statsMs?: number;
+  /** Age under which pins of an earlier version are left alone (see loader.ts). */
   staleGraceMs?: number;
+  /** Tests only: the record sizes the decoder claims to expect, instead of RECORD_SIZES. */
+  recordSizes?: Readonly<Record<number, number>>;
 }
 
 export interface TracerStats {
@@ -33,105 +37,122 @@ export interface TracerStats {
 }
 
 export class Tracer {
-  private helper: ResultPromise<{ stdin: 'pipe'; stdout: 'pipe'; stderr: 'pipe'; encoding: 'buffer'; reject: false; buffer: false }> | undefined;
-  private readonly stream = new RecordStream();
-  private lastStats: StatsEvent | undefined;
-  private stderr = '';
-  private stopped = false;
+  private proc!: TracerProcess;
+  private readonly decoder = new RecordStream();
   private warnedLost = 0;
-  /** Records from the kernel decoded so far (stats records excluded). */
-  private kernelRecords = 0;
-  private exited: Promise<void> | undefined;
-  private streamEnded: Promise<void> | undefined;
+  /** Records received from the kernel (decoded or refused). */
+  private received = 0;
+  private stopping: Promise<TracerStats> | undefined;
+  private staleRemovedList: StaleRemoval[] = [];
 
-  private constructor(
-    readonly pins: PinnedTracer,
-    private readonly opts: TracerOptions,
-  ) {}
+  private constructor(private readonly opts: TracerOptions) {}
 
-  /** Loads, pins, attaches and starts streaming; resolves once every program is attached. */
+  /** Starts the native tracer: loaded, attached, record layouts agreed. The filter is empty. */
   static async start(opts: TracerOptions): Promise<Tracer> {
-    const pins = await PinnedTracer.load(opts.appId, { staleGraceMs: opts.staleGraceMs });
-    const t = new Tracer(pins, opts);
-    try {
-      await t.spawnHelper();
-    } catch (e) {
-      pins.unload();
-      throw e;
-    }
+    requireTracingSupport();
+    const t = new Tracer(opts);
+    t.staleRemovedList = await removeLegacyPins({ graceMs: opts.staleGraceMs });
+    t.proc = await TracerProcess.start({
+      recordVersion: TR_VERSION,
+      recordSizes: opts.recordSizes ?? RECORD_SIZES,
+      pollMs: opts.pollMs,
+      statsMs: opts.statsMs,
+      onRecords: (batch) => t.onRecords(batch),
+      onStats: (s) => t.onStats(s),
+      onExit: (status) => {
+        if (!t.stopping) log.error({ appId: opts.appId, status }, 'the tracer ended: the app is no longer traced');
+      },
+    });
+    log.info({ appId: opts.appId, pid: t.proc.pid, programs: t.proc.hello.programs.length }, 'tracer attached');
     return t;
   }
 
-  private async spawnHelper(): Promise<void> {
-    const args = ['--pins', this.pins.dir, '--poll-ms', String(this.opts.pollMs ?? 10), '--stats-ms', String(this.opts.statsMs ?? 1000)];
-    const child = execa(nativeBinary('tracer'), args, {
-      stdin: 'pipe',
-      stdout: 'pipe',
-      stderr: 'pipe',
-      encoding: 'buffer',
-      reject: false,
-      buffer: false,
-    });
-    this.helper = child;
-    log.debug({ pid: child.pid, args }, 'streamer started');
-    let ready: () => void = () => {};
-    const readyP = new Promise<void>((res) => (ready = res));
-    child.stdout.on('data', (chunk: Buffer) => {
-      const wasCorrupt = this.stream.corrupt;
-      const events = this.stream.push(chunk);
-      if (this.stream.corrupt && !wasCorrupt) {
-        log.error({ refused: this.stream.refused }, 'the streamer sent an impossible frame length: no record after it is decoded');
-      }
-      for (const ev of events) {
-        if (ev.type === 'stats') {
-          const first = this.lastStats === undefined;
-          this.lastStats = ev;
-          if (first) ready();
-          if (ev.counters.ringbufReserveFailures > this.warnedLost) {
-            log.warn({ lost: ev.counters.ringbufReserveFailures, new: ev.counters.ringbufReserveFailures - this.warnedLost }, 'ring buffer losses: records dropped in the kernel');
-            this.warnedLost = ev.counters.ringbufReserveFailures;
-          }
-        } else {
-          this.kernelRecords++;
-        }
-        try {
-          this.opts.onEvent(ev);
-        } catch (e) {
-          log.error({ err: e }, 'event listener failed');
-        }
-      }
-    });
-    child.stderr.on('data', (c: Buffer) => {
-      this.stderr += c.toString('utf8');
-      if (this.stderr.length > 8192) this.stderr = this.stderr.slice(-8192);
-    });
-    this.exited = child.then(() => undefined);
-    // The helper closes stdout once the last records are out, then detaches (slow: a grace period per program).
-    this.streamEnded = new Promise<void>((res) => {
-      child.stdout.once('end', () => res());
-      child.stdout.once('close', () => res());
-    });
-    const failed = this.exited.then(() => {
-      if (this.lastStats === undefined) {
-        throw new UnderstudyError(
-          'E_NATIVE',
-          `the tracer helper could not attach the eBPF programs: ${this.stderr.trim() || 'it exited without a word'}. Run \`understudy check\`.`,
-        );
-      }
-    });
-    await Promise.race([readyP, failed]);
+  private emit(ev: TraceEvent): void {
+    try {
+      this.opts.onEvent(ev);
+    } catch (e) {
+      log.error({ err: e }, 'event listener failed');
+    }
+  }
+
+  private onRecords(batch: Buffer): void {
+    this.received += this.decoder.pushBatch(batch, (ev) => this.emit(ev));
+  }
+
+  private onStats(s: TracerStatus): void {
+    const ev: StatsEvent = {
+      type: 'stats',
+      ts: Number(process.hrtime.bigint()),
+      tgid: this.proc?.pid ?? 0,
+      tid: this.proc?.pid ?? 0,
+      delivered: s.delivered,
+      counters: namedCounters(s.counters),
+    };
+    const lost = ev.counters.ringbufReserveFailures;
+    if (lost > this.warnedLost) {
+      log.warn({ lost, new: lost - this.warnedLost }, 'ring buffer losses: records dropped in the kernel');
+      this.warnedLost = lost;
+    }
+    this.emit(ev);
+  }
+
+  /** Pins of an earlier version removed at start. */
+  get staleRemoved(): StaleRemoval[] {
+    return this.staleRemovedList;
+  }
+
+  /** The native tracer's pid. */
+  get pid(): number {
+    return this.proc.pid;
+  }
+
+  /** Resolves when the native tracer has exited (after stop(), once it has detached every program). */
+  waitExit(): Promise<void> {
+    return this.proc.waitExit();
+  }
+
+  /** The programs the tracer attached, as it reported them at start. */
+  get attachedPrograms(): TracerProgram[] {
+    return this.proc.hello.programs;
   }
 
   /** Adds processes (and, with descendants, their current children) to the in-kernel filter. */
   async addProcesses(pids: number[], opts: { descendants?: boolean } = {}): Promise<number[]> {
-    await this.pins.addTgids(pids);
-    log.debug({ tgids: pids }, 'processes added to the in-kernel filter');
-    if (!opts.descendants) return pids;
+    await this.proc.addTgids(pids);
+    if (!opts.descendants) {
+      log.debug({ appId: this.opts.appId, tgids: pids }, 'processes added to the filter');
+      return pids;
+    }
     // Children forked from now on join in the kernel; those already there are found in /proc.
     const all = descendantsOf(pids);
-    const extra = all.filter((p) => !pids.includes(p));
-    await this.pins.addTgids(extra);
+    await this.proc.addTgids(all.filter((p) => !pids.includes(p)));
+    log.debug({ appId: this.opts.appId, pids, tgids: all }, 'processes added to the filter');
     return all;
+  }
+
+  /** The tgids in the in-kernel filter (its listing, app_tgids). */
+  async filterTgids(): Promise<number[]> {
+    return (await this.proc.status({ filter: true })).filterTgids;
+  }
+
+  /** The kernel-side counters (losses included), summed over CPUs. */
+  async counters(): Promise<Record<(typeof COUNTER_NAMES)[number], number>> {
+    return namedCounters((await this.proc.status()).counters);
+  }
+
+  /** The programs with the kernel's run statistics (kernel.bpf_stats_enabled). */
+  async programs(): Promise<TracerProgram[]> {
+    return (await this.proc.status({ programs: true })).programs;
+  }
+
+  /** Write-fault counts per (tgid, VMA) aggregated in the kernel: of these tgids, or all. */
+  async writeFaults(tgids?: number[]): Promise<WriteFaultCount[]> {
+    return this.proc.readWriteFaults(tgids);
+  }
+
+  /** Removes the write-fault counts of exited processes from the kernel's map; returns how many entries went. */
+  async forgetWriteFaults(tgids: number[]): Promise<number> {
+    return this.proc.forget(tgids);
   }
 
   /**
@@ -140,78 +161,49 @@ export class Tracer {
    * checkpoint barrier). Resolves false on timeout.
    */
   async sync(timeoutMs = 5000): Promise<boolean> {
-    const c = await this.pins.counters();
-    const target = c.submitted; // reserve failures are never submitted, so never counted here
     const end = Date.now() + timeoutMs;
-    while (this.kernelRecords < target) {
+    // the tracer drains the ring buffer before it replies, so the records
+    // counted here have all arrived with the reply — but one still being
+    // written by a program when the tracer drained arrives with a later one
+    const target = (await this.proc.status()).counters[SUBMITTED] ?? 0;
+    while (this.received < target) {
       if (Date.now() > end) return false;
       await new Promise((r) => setTimeout(r, 5));
+      await this.proc.status();
     }
     return true;
   }
 
-  /** The streamer's pid (it detaches after stop(), then exits). */
-  get helperPid(): number | undefined {
-    return this.helper?.pid;
-  }
-
   stats(): TracerStats {
-    const c = this.lastStats?.counters;
+    const s = this.proc.lastStats;
+    const c = namedCounters(s?.counters ?? []);
     return {
-      delivered: this.lastStats?.delivered ?? 0,
-      decoded: this.stream.decoded,
-      refused: { ...this.stream.refused },
-      lost: c?.ringbufReserveFailures ?? 0,
-      faultMapFailures: c?.faultMapFailures ?? 0,
-      filterFailures: c?.filterFailures ?? 0,
-      submitted: c?.submitted ?? 0,
+      delivered: s?.delivered ?? 0,
+      decoded: this.decoder.decoded,
+      refused: { ...this.decoder.refused },
+      lost: c.ringbufReserveFailures,
+      faultMapFailures: c.faultMapFailures,
+      filterFailures: c.filterFailures,
+      submitted: c.submitted,
     };
   }
 
   /**
-   * Stops: the helper drains the last records and ends its stream, then detaches
-   * on its own (seconds: a tracepoint grace period per program); unpins.
+   * Stops: the tracer drains the last records and ends its stream, then
+   * detaches on its own (a grace period a program; see waitExit).
    */
-  async stop(): Promise<TracerStats> {
-    if (this.stopped) return this.stats();
-    this.stopped = true;
-    const h = this.helper;
-    if (h) {
-      (h.stdin as Writable).end();
-      const timer = setTimeout(() => h.kill('SIGTERM'), 3000);
-      await Promise.race([this.streamEnded, this.exited]);
-      clearTimeout(timer);
-      // Let the helper finish detaching without holding this process open.
-      h.stdout.destroy();
-      h.stderr.destroy();
-      h.unref();
-    }
-    this.pins.unload();
-    const s = this.stats();
-    log.info(s, 'tracer stopped');
-    return s;
+  stop(): Promise<TracerStats> {
+    this.stopping ??= (async () => {
+      try {
+        await this.proc.stop();
+      } catch (e) {
+        log.warn({ err: e }, 'the tracer could not be stopped in order; the last records may be missing');
+        this.proc.kill();
+      }
+      const s = this.stats();
+      log.info(s, 'tracer stopped');
+      return s;
+    })();
+    return this.stopping;
   }
-}
-
-/** pids and all their descendants, from /proc. */
-export function descendantsOf(roots: number[]): number[] {
-  const children = new Map<number, number[]>();
-  for (const pid of listPids()) {
-    const st = readStat(pid);
-    if (!st) continue; // gone meanwhile
-    const list = children.get(st.ppid) ?? [];
-    list.push(pid);
-    children.set(st.ppid, list);
-  }
-  const out: number[] = [];
-  const todo = [...roots];
-  const seen = new Set<number>();
-  while (todo.length > 0) {
-    const p = todo.pop()!;
-    if (seen.has(p)) continue;
-    seen.add(p);
-    out.push(p);
-    todo.push(...(children.get(p) ?? []));
-  }
-  return out;
 }

@@ -2,7 +2,7 @@
 // dirty set follow the exact page ranges, and write faults are counted per region.
 import { afterEach, describe, expect, it } from 'vitest';
 import { AppGraph } from '../../src/graph/graph.js';
-import { readMaps } from '../../src/graph/procfs.js';
+import { readMaps } from '../../src/proc/procfs.js';
 import { cleanupAll, fixture, settle, spawnOutside, traceCommand } from '../trace/helpers.js';
 
 const PG = 4096;
@@ -81,8 +81,8 @@ sys.stdin.readline()
     expect(kids.size).toBe(20);
     await settle(t);
     const pid = t.session.rootPid;
-    const pins = t.session.tracer.pins;
-    const before = await pins.writeFaults();
+    const tracer = t.session.tracer;
+    const before = await tracer.writeFaults();
     expect(new Set(before.filter((f) => kids.has(f.tgid)).map((f) => f.tgid)).size).toBe(20);
     expect(before.some((f) => f.tgid === pid)).toBe(true);
 
@@ -91,7 +91,7 @@ sys.stdin.readline()
     const end = Date.now() + 10_000;
     let left = before;
     while (Date.now() < end) {
-      left = await pins.writeFaults();
+      left = await tracer.writeFaults();
       if (!left.some((f) => kids.has(f.tgid))) break;
       await new Promise((r) => setTimeout(r, 100));
     }

@@ -31,7 +31,7 @@ describe('fast forks', () => {
     }
     expect(t.session.graph.pids()).toEqual([root]);
     // dead processes left the kernel filter
-    expect(await t.session.tracer.pins.filterTgids()).toEqual([root]);
+    expect(await t.session.tracer.filterTgids()).toEqual([root]);
     expect(t.session.stats().lost).toBe(0);
   });
 });

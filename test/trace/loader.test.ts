@@ -1,70 +1,53 @@
-// Loading through bpftool: pins per app, inspection, unload, and the cleanup
-// of pins a crashed agent left behind.
-import { existsSync, readdirSync, utimesSync } from 'node:fs';
+// Pins that earlier versions left in bpffs: they loaded the tracer with
+// bpftool and pinned it under /sys/fs/bpf/understudy/<app>/. A crashed agent
+// of such a version left its folder behind; the tracer removes it at start,
+// and leaves alone the folders of an old agent still running (its programs
+// are attached) or just starting (younger than the grace period).
+import { existsSync, mkdirSync, rmSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BPFFS_ROOT, PinnedTracer } from '../../src/trace/loader.js';
+import { LEGACY_BPFFS_ROOT } from '../../src/trace/loader.js';
 import { Tracer } from '../../src/trace/tracer.js';
+import { bpfObject } from '../../src/util/paths.js';
 import { onCleanup, runCleanups } from '../helpers/cleanup.js';
 
-describe('tracer loader', () => {
+describe('pins of earlier versions', () => {
   afterEach(runCleanups);
 
-  it('pins programs and maps per app, shows them through bpftool, and unpins them', async () => {
-    const pins = await PinnedTracer.load(`loader-${process.pid}`, { staleGraceMs: 60_000 });
-    onCleanup(() => pins.unload());
-    expect(readdirSync(pins.mapsDir).sort()).toEqual(['app_bits', 'app_socks', 'app_tgids', 'counters', 'events', 'trace_rodata', 'write_faults']);
-    const progs = await pins.programs();
-    const names = progs.map((p) => p.name);
-    expect(progs.length).toBe(readdirSync(pins.progsDir).length);
-    expect(progs.length).toBe(3 + 1 + 1 + 1); // sched, page faults, TCP state, ONE sys_exit program for all syscalls
-    expect(names).toContain('btf__sched_process_fork');
-    expect(names).toContain('btf__sys_exit');
-    expect(names.some((n) => n.startsWith('tp__syscalls__'))).toBe(false); // no per-syscall perf tracepoints
-    expect(progs.filter((p) => p.type === 'tracing').length).toBe(4); // tp_btf: sched x3 + sys_exit
-    expect(progs.filter((p) => p.type === 'tracepoint').length).toBe(2); // page_fault_user, inet_sock_set_state
-    expect(readdirSync(pins.progsDir).some((n) => n.includes('raw_syscalls') || n.includes('sys_enter'))).toBe(false);
-    await pins.addTgids([process.pid, 1]);
-    expect((await pins.filterTgids()).sort((a, b) => a - b)).toEqual([1, process.pid].sort((a, b) => a - b));
-    // The filter the programs test: one bit per tgid in app_bits (word tgid/64, bit tgid%64).
-    const word = async (k: number) => {
-      const r = await execa('bpftool', ['--json', 'map', 'lookup', 'pinned', join(pins.mapsDir, 'app_bits'), 'key', ...le32(k)]);
-      return BigInt(JSON.parse(r.stdout).formatted.value);
-    };
-    expect(await word(0)).toBe(1n << 1n); // tgid 1 alone in word 0
-    const w = await word(Math.floor(process.pid / 64));
-    expect((w >> BigInt(process.pid % 64)) & 1n).toBe(1n);
-    // out of the kernel's pid range: refused with the tgid named, nothing half-done
-    await expect(pins.addTgids([1 << 22])).rejects.toThrow(/tgid 4194304 out of range/);
-    expect((await pins.filterTgids()).length).toBe(2);
-    expect((await pins.counters()).ringbufReserveFailures).toBe(0);
-    pins.unload();
-    expect(existsSync(pins.dir)).toBe(false);
-  });
+  /** What an earlier version's loader did: bpftool prog loadall, pinned per app. */
+  async function oldLoad(app: string): Promise<string> {
+    const dir = join(LEGACY_BPFFS_ROOT, app);
+    mkdirSync(dir, { recursive: true });
+    onCleanup(() => rmSync(dir, { recursive: true, force: true }));
+    await execa('bpftool', ['prog', 'loadall', bpfObject('trace'), join(dir, 'progs'), 'pinmaps', join(dir, 'maps')]);
+    return dir;
+  }
 
-  it('removes pins left by a crashed agent on the next start, and keeps those in use', async () => {
-    // A "crashed" agent: loaded and pinned, its streamer gone (nothing attached).
-    const stale = await PinnedTracer.load(`crashed-${process.pid}`, { staleGraceMs: 60_000 });
-    onCleanup(() => stale.unload());
-    // A live one: attached by its streamer.
-    const live = await Tracer.start({ appId: `live-${process.pid}`, onEvent: () => {}, staleGraceMs: 60_000 });
-    onCleanup(() => live.stop());
-    expect(existsSync(stale.dir)).toBe(true);
-
-    // It crashed a minute ago (older than the grace period that protects an agent between load and attach).
+  const aMinuteAgo = (dir: string): void => {
     const ago = new Date(Date.now() - 60_000);
-    utimesSync(stale.dir, ago, ago);
-    const next = await Tracer.start({ appId: `next-${process.pid}`, onEvent: () => {} });
+    utimesSync(dir, ago, ago);
+  };
+
+  it('removes those of a crashed agent at start, and keeps those in use or too young', async () => {
+    // in use: a folder pinning a program that is attached (here one of a running tracer's)
+    const running = await Tracer.start({ appId: 'running', onEvent: () => {} });
+    onCleanup(() => running.stop());
+    const crashed = await oldLoad(`crashed-${process.pid}`);
+    aMinuteAgo(crashed);
+    const young = await oldLoad(`young-${process.pid}`);
+    const live = join(LEGACY_BPFFS_ROOT, `live-${process.pid}`);
+    mkdirSync(join(live, 'progs'), { recursive: true });
+    onCleanup(() => rmSync(live, { recursive: true, force: true }));
+    await execa('bpftool', ['prog', 'pin', 'id', String(running.attachedPrograms[0]!.id), join(live, 'progs', 'p')]);
+    aMinuteAgo(live);
+
+    const next = await Tracer.start({ appId: 'next', onEvent: () => {}, staleGraceMs: 10_000 });
     onCleanup(() => next.stop());
-    expect(next.pins.staleRemoved.map((r) => r.appId)).toContain(`crashed-${process.pid}`);
-    expect(next.pins.staleRemoved.find((r) => r.appId === `crashed-${process.pid}`)!.programs).toBe(6);
-    expect(existsSync(stale.dir)).toBe(false);
-    expect(existsSync(live.pins.dir)).toBe(true);
-    expect(readdirSync(BPFFS_ROOT)).toContain(`live-${process.pid}`);
+    const removed = next.staleRemoved.filter((r) => r.appId.endsWith(`-${process.pid}`));
+    expect(removed).toEqual([{ appId: `crashed-${process.pid}`, path: crashed, programs: 6 }]);
+    expect(existsSync(crashed)).toBe(false);
+    expect(existsSync(young)).toBe(true);
+    expect(existsSync(live)).toBe(true);
   });
 });
-
-function le32(n: number): string[] {
-  return [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff].map(String);
-}

@@ -1,7 +1,7 @@
 // The decoder refuses records it does not know (version, type, size), counts
-// each refusal, and goes on with the next frame.
+// each refusal, and goes on with the next record of the batch.
 import { describe, expect, it } from 'vitest';
-import { RECORD_SIZES, RecordStream, RecordType, TR_VERSION, decodeRecord, sockaddrString } from '../../src/trace/records.js';
+import { RECORD_SIZES, RecordStream, RecordType, TR_VERSION, decodeRecord, sockaddrString, type TraceEvent } from '../../src/trace/records.js';
 
 function record(type: number, size: number, version = TR_VERSION): Buffer {
   const b = Buffer.alloc(size);
@@ -44,34 +44,37 @@ describe('record decoder', () => {
   it('refuses unknown versions, types and sizes, counts them, and goes on', () => {
     const s = new RecordStream();
     const good = record(RecordType.exit, RECORD_SIZES[RecordType.exit]!);
-    const stream = Buffer.concat([
+    const batch = Buffer.concat([
       frame(record(RecordType.exit, RECORD_SIZES[RecordType.exit]!, 2)), // future version
       frame(record(77, 64)), // unknown type
       frame(record(RecordType.exit, RECORD_SIZES[RecordType.exit]! + 8)), // wrong size for its type
       frame(Buffer.alloc(10)), // shorter than a header
       frame(good),
     ]);
-    // fed in awkward pieces: frames split across chunks
-    const events = [...s.push(stream.subarray(0, 7)), ...s.push(stream.subarray(7, 100)), ...s.push(stream.subarray(100))];
+    const events: TraceEvent[] = [];
+    expect(s.pushBatch(batch, (e) => events.push(e))).toBe(5);
     expect(events).toHaveLength(1);
     expect(events[0]).toMatchObject({ type: 'exit', tgid: 42, tid: 43 });
     expect(s.refused).toEqual({ badVersion: 1, unknownType: 1, badSize: 1, badFrame: 1 });
     expect(s.decoded).toBe(1);
-    expect(s.leftover).toBe(0);
   });
 
-  it('stops at an impossible frame length instead of reading garbage as records', () => {
+  it('a frame length no record can have, or a record cut short, ends its batch only', () => {
     const s = new RecordStream();
+    const events: TraceEvent[] = [];
+    const good = frame(record(RecordType.exit, RECORD_SIZES[RecordType.exit]!));
     const bad = Buffer.alloc(8);
     bad.writeUInt32LE(1 << 30, 0);
-    expect(s.push(bad)).toEqual([]);
+    // where the next record starts is unknown after the bad length: the good one after it is not read
+    expect(s.pushBatch(Buffer.concat([bad, good]), (e) => events.push(e))).toBe(0);
     expect(s.refused.badFrame).toBe(1);
-    expect(s.corrupt).toBe(true);
-    // where the next frame starts is unknown: later bytes are not read as frames, even well-formed ones
-    expect(s.push(frame(record(RecordType.exit, RECORD_SIZES[RecordType.exit]!)))).toEqual([]);
-    expect(s.decoded).toBe(0);
-    expect(s.refused.badFrame).toBe(1);
-    expect(s.leftover).toBe(0);
+    // cut short: the length says more than the batch holds
+    expect(s.pushBatch(Buffer.concat([good, good.subarray(0, good.length - 1)]), (e) => events.push(e))).toBe(1);
+    expect(s.refused.badFrame).toBe(2);
+    // the next batch starts clean
+    expect(s.pushBatch(good, (e) => events.push(e))).toBe(1);
+    expect(events).toHaveLength(2);
+    expect(s.decoded).toBe(2);
   });
 
   it('names socket addresses', () => {

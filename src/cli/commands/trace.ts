@@ -8,7 +8,7 @@ export const traceCommand: Command = {
   help:
     '  -- CMD ARGS       run CMD traced from its first instruction; stops when it exits\n' +
     '  --pid PID         trace a running process and its descendants; stops when it exits\n' +
-    '  --app-id ID       name of the pin folder under /sys/fs/bpf/understudy (default trace-<pid>-1)\n' +
+    "  --app-id ID       the app's name in log lines (default trace-<pid>-1)\n" +
     'Ctrl-C or SIGTERM stops tracing; with --pid the process is left running.',
   options: {
     pid: { type: 'string' },

@@ -1,6 +1,8 @@
-// Readers of /proc for the graph: one process at a time, tolerant of a
-// process that vanishes mid-read (undefined or empty results, never a throw).
+// Readers of /proc, shared by the tracer, the graph and the CLI: one process
+// at a time, tolerant of a process that vanishes mid-read (undefined or empty
+// results, never a throw), and the process tree (descendantsOf).
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { UnderstudyError } from '../util/errors.js';
 
 export interface ProcStat {
   pid: number;
@@ -32,6 +34,46 @@ export function listPids(): number[] {
   return readdirSync('/proc')
     .filter((d) => /^\d+$/.test(d))
     .map(Number);
+}
+
+/** Whether pid is a process that runs (not gone, not a zombie). */
+export function isLive(pid: number): boolean {
+  const st = readStat(pid);
+  return st !== undefined && st.state !== 'Z' && st.state !== 'X';
+}
+
+/** Refuses a PID that is not a live process, with what to do about it. */
+export function requireProcess(pid: number): void {
+  if (!Number.isInteger(pid) || pid <= 0) throw new UnderstudyError('E_USAGE', `--pid must be a positive integer, got ${pid}`);
+  if (!isLive(pid)) {
+    throw new UnderstudyError(
+      'E_NO_SUCH_PROCESS',
+      `no running process with PID ${pid}: give the PID of a live process (see \`ps -e\`); \`understudy check\` verifies that this kernel can trace it`,
+    );
+  }
+}
+
+/** pids and all their descendants, from /proc. */
+export function descendantsOf(roots: number[]): number[] {
+  const children = new Map<number, number[]>();
+  for (const pid of listPids()) {
+    const st = readStat(pid);
+    if (!st) continue; // gone meanwhile
+    const list = children.get(st.ppid) ?? [];
+    list.push(pid);
+    children.set(st.ppid, list);
+  }
+  const out: number[] = [];
+  const todo = [...roots];
+  const seen = new Set<number>();
+  while (todo.length > 0) {
+    const p = todo.pop()!;
+    if (seen.has(p)) continue;
+    seen.add(p);
+    out.push(p);
+    todo.push(...(children.get(p) ?? []));
+  }
+  return out;
 }
 
 export function readThreads(pid: number): number[] {
