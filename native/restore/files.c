@@ -21,9 +21,9 @@ static int cmp_fd(const void *a, const void *b)
 	return x->fd - y->fd;
 }
 
-static const char *tty_path(int fd, char *buf, size_t len)
+static const char *tty_path(struct restorer *rs, int fd, char *buf, size_t len)
 {
-	if (R.tty == TTY_INHERIT) {
+	if (rs->tty == TTY_INHERIT) {
 		for (int k = fd <= 2 ? fd : 0; k <= 2; k++) {
 			if (!isatty(k))
 				continue;
@@ -39,6 +39,7 @@ static const char *tty_path(int fd, char *buf, size_t len)
  * ends parked above the highest fd, need it. Never above the hard limit. */
 static int nofile_early(struct rproc *p)
 {
+	RS_OF(p);
 	for (size_t i = 0; i < p->pr->n_rlimits; i++) {
 		Understudy__V1__Rlimit *r = p->pr->rlimits[i];
 		struct rlimit cur;
@@ -58,6 +59,7 @@ static int nofile_early(struct rproc *p)
 
 int files_restore(struct rproc *p)
 {
+	RS_OF(p);
 	if (nofile_early(p))
 		return -1;
 	struct rtask *t = &p->tasks[0];
@@ -79,10 +81,10 @@ int files_restore(struct rproc *p)
 		const char *path = f->path;
 		long flags = f->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC);
 		if (f->kind == UNDERSTUDY__V1__FD__KIND__TTY) {
-			path = tty_path(f->fd, tb, sizeof(tb));
+			path = tty_path(rs, f->fd, tb, sizeof(tb));
 			flags = (f->flags & (O_ACCMODE | O_APPEND | O_NONBLOCK)) | O_NOCTTY;
 		}
-		uint64_t sp = scratch_str(p->pid, path);
+		uint64_t sp = scratch_str(p, path);
 		if (!sp) {
 			rc = -1;
 			break;
@@ -113,17 +115,18 @@ int files_restore(struct rproc *p)
 
 int proc_misc_restore(struct rproc *p)
 {
+	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	char what[600];
 	if (pr->cwd && pr->cwd[0]) {
-		uint64_t sp = scratch_str(p->pid, pr->cwd);
+		uint64_t sp = scratch_str(p, pr->cwd);
 		snprintf(what, sizeof(what), "chdir(%s)", pr->cwd);
 		if (!sp || inj_ok(t, what, SYS_chdir, sp, 0, 0, 0, 0, 0, NULL))
 			return -1;
 	}
 	if (pr->root && pr->root[0] && strcmp(pr->root, "/")) {
-		uint64_t sp = scratch_str(p->pid, pr->root);
+		uint64_t sp = scratch_str(p, pr->root);
 		snprintf(what, sizeof(what), "chroot(%s)", pr->root);
 		if (!sp || inj_ok(t, what, SYS_chroot, sp, 0, 0, 0, 0, 0, NULL))
 			return -1;
@@ -161,6 +164,7 @@ int proc_misc_restore(struct rproc *p)
  * them the thread may lack the capabilities the restore needs) */
 int creds_restore(struct rproc *p)
 {
+	RS_OF(p);
 	Proc *pr = p->pr;
 	for (size_t k = 0; k < p->ntasks; k++) {
 		struct rtask *t = &p->tasks[k];

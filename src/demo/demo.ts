@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { EngineClient, type CheckpointResult } from '../engine/client.js';
 import { AppGraph } from '../graph/graph.js';
 import { snapshot } from '../graph/sockets.js';
-import { restore, type RestoreResult } from '../restore/restore.js';
+import { restore, type RestoreResult } from '../native/restorer.js';
 import { descendantsOf } from '../trace/tracer.js';
 import { UnderstudyError } from '../util/errors.js';
 

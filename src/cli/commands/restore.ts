@@ -2,7 +2,7 @@
 // (epoch 0 + deltas up to --epoch), with its PIDs, in a new PID namespace; the
 // app then runs detached from the CLI. Refusals (corrupt page, missing delta,
 // changed file, PID in use, other kernel) name what is wrong.
-import { restore, type TtyMode } from '../../restore/restore.js';
+import { restore, type TtyMode } from '../../native/restorer.js';
 import { UnderstudyError } from '../../util/errors.js';
 import { EPOCH_MAX, intFlag, stringFlag, type Command } from '../command.js';
 
