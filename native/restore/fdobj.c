@@ -330,3 +330,25 @@ int fdobj_finish(struct restorer *rs)
 				return -1;
 	return 0;
 }
+
+/* the process array moved (apply added or removed processes): the records
+ * of descriptions and pipes follow their process by index; a record of a
+ * removed process (map[i] < 0) is dropped */
+void fdobj_rebase(struct restorer *rs, const struct rproc *old_base, struct rproc *new_base, const int *map)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < rs->nofds; i++) {
+		int to = map[rs->ofds[i].p - old_base];
+		if (to < 0)
+			continue;
+		rs->ofds[o] = rs->ofds[i];
+		rs->ofds[o++].p = &new_base[to];
+	}
+	rs->nofds = o;
+	for (size_t i = 0; i < rs->npipes; i++) {
+		if (!rs->pipes[i].creator)
+			continue;
+		int to = map[rs->pipes[i].creator - old_base];
+		rs->pipes[i].creator = to < 0 ? NULL : &new_base[to];
+	}
+}

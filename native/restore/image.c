@@ -456,3 +456,45 @@ int image_verify_refs(struct image *im, pid_t pid, const struct page_ref *v, siz
 		}
 	return 0;
 }
+
+/* The service's apply (apply.c): the chain grows by one epoch, target + 1,
+ * which must be a delta of the same image over the current target. Its
+ * metadata is read and checked like any epoch's, its pages.bin mapped; the
+ * earlier epochs stay as they are. */
+int image_extend(struct image *im, uint32_t epoch)
+{
+	if (epoch != im->target + 1)
+		return fail("E_IMAGE_CHAIN", 0, "epoch %u cannot be applied to a clone at epoch %u: deltas apply one after the other", epoch,
+			    im->target);
+	struct epoch_img *nep = realloc(im->ep, (size_t)(epoch + 1) * sizeof(*nep));
+	if (!nep)
+		return fail("E_RESTORE", ENOMEM, "realloc for %u epochs", epoch + 1);
+	im->ep = nep;
+	struct epoch_img *e = &im->ep[epoch];
+	memset(e, 0, sizeof(*e));
+	e->epoch = epoch;
+	snprintf(e->dir, sizeof(e->dir), "%s/epoch-%06u", im->dir, epoch);
+	struct stat st;
+	if (stat(e->dir, &st))
+		return fail("E_IMAGE_CHAIN", errno, "epoch %u is not in the image (%s)", epoch, e->dir);
+	im->nep = epoch + 1;   /* from here on image_close frees it */
+	if (read_meta(e))
+		return -1;
+	if (e->meta->epoch != epoch)
+		return fail("E_IMAGE_CHAIN", 0, "%s/meta.pb says it is epoch %u, not %u", e->dir, e->meta->epoch, epoch);
+	if (strcmp(e->meta->image_id, im->last->image_id))
+		return fail("E_IMAGE_CHAIN", 0, "epoch %u (%s) belongs to image %s, the clone to image %s: the chain is broken", epoch, e->dir,
+			    e->meta->image_id, im->last->image_id);
+	if (e->meta->full)
+		return fail("E_UNSUPPORTED", 0,
+			    "epoch %u (%s) is a full epoch, not a delta (the engine lost continuity): build the clone again from it", epoch,
+			    e->dir);
+	if (e->meta->parent_epoch != epoch - 1)
+		return fail("E_IMAGE_CHAIN", 0, "epoch %u (%s) is a delta over epoch %u, expected %u", epoch, e->dir, e->meta->parent_epoch,
+			    epoch - 1);
+	if (map_pages(e))
+		return -1;
+	im->target = epoch;
+	im->last = e->meta;
+	return 0;
+}

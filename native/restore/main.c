@@ -70,6 +70,7 @@ static void fill_clone(struct restorer *rs, Understudy__V1__CloneInfo *ci, Under
 	ph->finish_ns = rs->phase[PH_FINISH];
 	ph->apply_ns = rs->phase[PH_APPLY];
 	ci->phases = ph;
+	ci->stub = rs->state == RS_BUILT ? rs->stub : 0;
 }
 
 /* one request -> one reply written to out_fd; false when the reply could

@@ -562,7 +562,7 @@ int mem_restore(struct rproc *p)
 	return rc;
 }
 
-int mem_mm_map(struct rproc *p)
+static int mm_map(struct rproc *p, bool set_exe)
 {
 	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
@@ -585,10 +585,16 @@ int mem_mm_map(struct rproc *p)
 	mm.env_end = pr->mm->env_end;
 	mm.auxv = (__u64 *)(uintptr_t)(SCR_TABLE);
 	mm.auxv_size = pr->auxv.len;
+	long exe = -1;
+	if (!set_exe) {
+		mm.exe_fd = (__u32)-1;
+		if (poke(p->pid, SCR_TABLE, pr->auxv.data, pr->auxv.len) || poke(p->pid, SCR_ARGS, &mm, sizeof(mm)))
+			return -1;
+		return inj_ok(t, "prctl(PR_SET_MM, PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, SCR_ARGS, sizeof(mm), 0, 0, NULL);
+	}
 	uint64_t sp = scratch_str(p, pr->exe->path);
 	if (!sp)
 		return -1;
-	long exe;
 	char what[600];
 	snprintf(what, sizeof(what), "open(%s) as the executable", pr->exe->path);
 	if (inj_ok(t, what, SYS_openat, AT_FDCWD, sp, O_RDONLY | O_CLOEXEC, 0, 0, 0, &exe))
@@ -599,4 +605,14 @@ int mem_mm_map(struct rproc *p)
 	if (inj_ok(t, "prctl(PR_SET_MM, PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, SCR_ARGS, sizeof(mm), 0, 0, NULL))
 		return -1;
 	return inj_ok(t, "close(exe fd)", SYS_close, exe, 0, 0, 0, 0, 0, NULL);
+}
+
+int mem_mm_map(struct rproc *p)
+{
+	return mm_map(p, !p->keep_exe);
+}
+
+int mem_mm_fields(struct rproc *p)
+{
+	return mm_map(p, false);
 }

@@ -82,6 +82,8 @@ int image_verify_pages(struct image *im);
 /* crc32 of every page that will be written, on all cores */
 int image_verify_refs(struct image *im, pid_t pid, const struct page_ref *v, size_t n);
 /* The pages of process `pid` as of the last epoch, sorted by vaddr. */
+/* apply: epoch target + 1 (a delta of the same image) joins the chain */
+int image_extend(struct image *im, uint32_t epoch);
 int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n);
 void image_close(struct image *im);
 
@@ -115,6 +117,7 @@ struct rproc {
 	struct rtask *tasks;       /* tasks[0] is the leader */
 	size_t ntasks;
 	bool created;
+	bool keep_exe;             /* apply: a fork of its parent keeps the executable it inherited */
 	struct page_ref *pages;
 	size_t npages;
 };
@@ -206,6 +209,8 @@ int mem_clean(struct rproc *p);
 int mem_specials(struct rproc *p);
 int mem_restore(struct rproc *p);
 int mem_mm_map(struct rproc *p);
+/* the mm fields and auxv again, the executable left as it is (apply) */
+int mem_mm_fields(struct rproc *p);
 uint64_t mem_pick_stub(struct restorer *rs);
 
 /* ---- files.c ---- */
@@ -221,6 +226,7 @@ int fdobj_place(struct rproc *p, const Understudy__V1__Fd *f, int base, bool *do
 void fdobj_register(struct rproc *p, const Understudy__V1__Fd *f);
 int fdobj_epolls(struct rproc *p);
 int fdobj_finish(struct restorer *rs);
+void fdobj_rebase(struct restorer *rs, const struct rproc *old_base, struct rproc *new_base, const int *map);
 
 /* ---- locks.c: file locks, taken again once every fd is in place ---- */
 int locks_plan(struct restorer *rs);
@@ -230,6 +236,7 @@ int locks_restore(struct restorer *rs);
 int signals_reset(struct rproc *p);
 int threads_create(struct rproc *p);
 int task_state_restore(struct rproc *p);
+int thread_state_restore(struct rproc *p, struct rtask *t, const Thr *old);
 
 /* ---- sched.c ---- */
 /* refuses an image whose scheduling values are not valid ones */

@@ -59,13 +59,25 @@ int threads_create(struct rproc *p)
 	return 0;
 }
 
-int task_state_restore(struct rproc *p)
+/* robust list, clear-child-tid, rseq and sigaltstack of one thread, set by
+ * itself; with `old` (an apply: what the thread has now) rseq is registered
+ * only when it changed, the old registration dropped first */
+int thread_state_restore(struct rproc *p, struct rtask *t, const Thr *old)
 {
 	RS_OF(p);
-	for (size_t k = 0; k < p->ntasks; k++) {
-		struct rtask *t = &p->tasks[k];
+	{
 		Thr *th = t->th;
 		char what[160];
+		bool rseq_same = old && ((!old->rseq || !old->rseq->abi_pointer) == (!th->rseq || !th->rseq->abi_pointer)) &&
+				 (!th->rseq || !th->rseq->abi_pointer ||
+				  (old->rseq->abi_pointer == th->rseq->abi_pointer && old->rseq->abi_size == th->rseq->abi_size &&
+				   old->rseq->signature == th->rseq->signature));
+		if (old && !rseq_same && old->rseq && old->rseq->abi_pointer) {
+			snprintf(what, sizeof(what), "rseq unregister(0x%llx) in tid %d", (unsigned long long)old->rseq->abi_pointer, t->tid);
+			if (inj_ok(t, what, 334 /* rseq */, old->rseq->abi_pointer, old->rseq->abi_size, 1 /* RSEQ_FLAG_UNREGISTER */,
+				   old->rseq->signature, 0, 0, NULL))
+				return -1;
+		}
 		if (th->robust_list) {
 			snprintf(what, sizeof(what), "set_robust_list(0x%llx) in tid %d", (unsigned long long)th->robust_list, t->tid);
 			if (inj_ok(t, what, SYS_set_robust_list, th->robust_list, th->robust_list_len ? th->robust_list_len : 24, 0, 0, 0, 0, NULL))
@@ -73,7 +85,7 @@ int task_state_restore(struct rproc *p)
 		}
 		if (inj_ok(t, "set_tid_address", SYS_set_tid_address, th->clear_tid, 0, 0, 0, 0, 0, NULL))
 			return -1;
-		if (th->rseq && th->rseq->abi_pointer) {
+		if (th->rseq && th->rseq->abi_pointer && !rseq_same) {
 			snprintf(what, sizeof(what), "rseq(0x%llx, %u, sig 0x%x) in tid %d", (unsigned long long)th->rseq->abi_pointer,
 				 th->rseq->abi_size, th->rseq->signature, t->tid);
 			if (inj_ok(t, what, 334 /* rseq */, th->rseq->abi_pointer, th->rseq->abi_size, 0, th->rseq->signature, 0, 0, NULL))
@@ -93,6 +105,14 @@ int task_state_restore(struct rproc *p)
 				return -1;
 		}
 	}
+	return 0;
+}
+
+int task_state_restore(struct rproc *p)
+{
+	for (size_t k = 0; k < p->ntasks; k++)
+		if (thread_state_restore(p, &p->tasks[k], NULL))
+			return -1;
 	return 0;
 }
 

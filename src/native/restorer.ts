@@ -71,6 +71,8 @@ export interface CloneInfo {
   /** Build/check: from the restorer's start; resume: the resume itself. */
   totalNs: number;
   phases: Phases;
+  /** Build: the restorer's stub region (64 pages) in every process of the held clone; 0 otherwise. */
+  stub: number;
 }
 
 export interface ApplyResult {
@@ -127,6 +129,7 @@ function cloneInfo(c: understudy.v1.ICloneInfo): CloneInfo {
     bytes: Number(c.bytes ?? 0),
     totalNs: Number(c.totalNs ?? 0),
     phases,
+    stub: Number(c.stub ?? 0),
   };
 }
 
