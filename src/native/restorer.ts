@@ -10,7 +10,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, requireVersion } from '../engine/frames.js';
-import { understudy } from '../gen/proto.js';
+import { understudy } from '../gen/restore.js';
 import { UnderstudyError, type ErrorCode } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { nativeBinary } from '../util/paths.js';
