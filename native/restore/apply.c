@@ -14,14 +14,14 @@
  *      threads that exited leave with an injected exit(), new ones are
  *      created by the leader with their tids; per-thread state, signal
  *      handlers, scheduling, working directory, umask, rlimits and file
- *      offsets follow the delta;
+ *      offsets and pending signals follow the delta;
  *   4. processes that appeared are created by their real parent in the clone
  *      (clone3, same pids), emptied, and rebuilt from the image like at build.
  * Registers, signal masks, comm, timer values and credentials are taken from
  * the newest epoch at resume, so they need nothing here. What is refused (the
  * restorer answers E_UNSUPPORTED and kills the clone): fds opened, closed or
  * changed other than in their offset, pipe/eventfd/epoll contents, POSIX
- * timers created or deleted, pending signals, sessions and process groups,
+ * timers created or deleted, sessions and process groups,
  * the root directory, [vdso]/[vvar] moves, a region on the restorer's stub,
  * a process that exited with the root, a process re-created on its old pid. */
 #include <errno.h>
@@ -141,29 +141,6 @@ static bool timers_same(const Proc *o, const Proc *n)
 	return true;
 }
 
-static bool pending_same(const Proc *o, const Proc *n)
-{
-	if (o->n_shared_pending != n->n_shared_pending)
-		return false;
-	for (size_t i = 0; i < n->n_shared_pending; i++)
-		if (!MSG_EQ(o->shared_pending[i], n->shared_pending[i]))
-			return false;
-	for (size_t t = 0; t < n->n_threads; t++) {
-		const Thr *b = n->threads[t];
-		const Thr *a = NULL;
-		for (size_t k = 0; k < o->n_threads && !a; k++)
-			if (o->threads[k]->tid == b->tid)
-				a = o->threads[k];
-		size_t na = a ? a->n_pending : 0;
-		if (na != b->n_pending)
-			return false;
-		for (size_t i = 0; i < na; i++)
-			if (!MSG_EQ(a->pending[i], b->pending[i]))
-				return false;
-	}
-	return true;
-}
-
 static int specials_refused(const Proc *o, const Proc *n, uint32_t ep)
 {
 	size_t a = 0, b = 0;
@@ -194,8 +171,6 @@ static int proc_refused(struct restorer *rs, const Proc *o, const Proc *n, uint3
 		return refuse(n->pid, ep, "its root directory changed");
 	if (!timers_same(o, n))
 		return refuse(n->pid, ep, "POSIX timers were created or deleted");
-	if (!pending_same(o, n))
-		return refuse(n->pid, ep, "its pending signals changed");
 	if (fds_refused(o, n, ep) || specials_refused(o, n, ep))
 		return -1;
 	bool leader = false;
@@ -273,8 +248,7 @@ static int wait_gone(pid_t tid)
 }
 
 /* the clone's copy of a process that exited: killed; its parent in the clone
- * reaps it and takes back the SIGCHLD it got (unless one was pending in the
- * image) */
+ * reaps it (the SIGCHLD it gets goes with the parent's pending signals) */
 static int proc_remove(struct restorer *rs, struct rproc *p, const Meta *m)
 {
 	struct rproc *par = p->parent >= 0 ? &rs->procs[p->parent] : NULL;
@@ -291,22 +265,6 @@ static int proc_remove(struct restorer *rs, struct rproc *p, const Meta *m)
 	snprintf(what, sizeof(what), "wait4(%d) of its exited child", p->pr->ns_pid);
 	if (inj_ok(&par->tasks[0], what, SYS_wait4, p->pr->ns_pid, 0, __WALL, 0, 0, 0, NULL))
 		return -1;
-	const Proc *npar = find_pr(m, par->pr->pid);
-	bool chld_pending = false;
-	for (size_t i = 0; npar && i < npar->n_shared_pending; i++)
-		chld_pending |= npar->shared_pending[i]->signo == SIGCHLD;
-	if (!chld_pending) {
-		struct rtask *t = &par->tasks[0];
-		RS_OF(par);
-		uint64_t set = 1ULL << (SIGCHLD - 1);
-		struct {
-			int64_t s, ns;
-		} zero = { 0, 0 };
-		long ret;
-		if (poke(par->pid, SCR_ARGS, &set, sizeof(set)) || poke(par->pid, SCR_ARGS + 64, &zero, sizeof(zero)) ||
-		    inj(t, SYS_rt_sigtimedwait, SCR_ARGS, 0, SCR_ARGS + 64, 8, 0, 0, &ret, NULL))
-			return -1;
-	}
 	return 0;
 }
 
@@ -551,10 +509,16 @@ static bool sigactions_same(const Proc *o, const Proc *n)
 	return true;
 }
 
-/* a thread that exited between the epochs leaves with an injected exit() */
+/* a thread that exited between the epochs leaves with an injected exit(),
+ * its clear-child-tid and robust list dropped first: its exit must not
+ * write into the app's memory (a new thread may have its stack and its
+ * struct pthread at the same place already) */
 static int thread_exit(struct rtask *t)
 {
 	RS_OF_TASK(t);
+	if (inj_ok(t, "set_tid_address(NULL) before exit", SYS_set_tid_address, 0, 0, 0, 0, 0, 0, NULL) ||
+	    inj_ok(t, "set_robust_list(NULL) before exit", SYS_set_robust_list, 0, 24, 0, 0, 0, 0, NULL))
+		return -1;
 	struct user_regs_struct r = t->base;
 	r.rax = SYS_exit;
 	r.orig_rax = -1;
@@ -567,32 +531,42 @@ static int thread_exit(struct rtask *t)
 	return wait_gone(t->tid);
 }
 
-static int threads_apply(struct rproc *p, const Proc *o, const Proc *n, struct apply_stats *st)
+/* threads that exited leave first, before any page is written (their tids
+ * may come back for new ones) */
+static int threads_exit(struct rproc *p, const Proc *n, struct apply_stats *st)
 {
-	RS_OF(p);
-	/* exited ones first (their tids may come back for new ones) */
 	size_t keep = 0;
 	for (size_t k = 0; k < p->ntasks; k++) {
 		struct rtask *t = &p->tasks[k];
-		Thr *nt = NULL;
-		for (size_t i = 0; i < n->n_threads && !nt; i++)
-			if (n->threads[i]->tid == t->th->tid)
-				nt = n->threads[i];
-		if (!nt) {
+		bool lives = false;
+		for (size_t i = 0; i < n->n_threads && !lives; i++)
+			lives = n->threads[i]->tid == t->th->tid;
+		if (!lives) {
 			vlog("pid %d: thread %d exited: leaves the clone", p->pid, t->tid);
 			if (thread_exit(t))
 				return -1;
 			st->threads_removed++;
 			continue;
 		}
-		const Thr *old = t->th;
-		p->tasks[keep] = *t;
-		p->tasks[keep].th = nt;
-		if (thread_state_restore(p, &p->tasks[keep], old))
-			return -1;
-		keep++;
+		p->tasks[keep++] = *t;
 	}
 	p->ntasks = keep;
+	return 0;
+}
+
+static int threads_apply(struct rproc *p, const Proc *o, const Proc *n, struct apply_stats *st)
+{
+	RS_OF(p);
+	(void)st;
+	for (size_t k = 0; k < p->ntasks; k++) {
+		struct rtask *t = &p->tasks[k];
+		const Thr *old = t->th;
+		for (size_t i = 0; i < n->n_threads; i++)
+			if (n->threads[i]->tid == old->tid)
+				t->th = n->threads[i];
+		if (thread_state_restore(p, t, old))
+			return -1;
+	}
 	/* new ones, created by the leader with their ids */
 	size_t add = 0;
 	for (size_t i = 0; i < n->n_threads; i++) {
@@ -638,16 +612,44 @@ static int threads_apply(struct rproc *p, const Proc *o, const Proc *n, struct a
 	return 0;
 }
 
+/* pending signals: every thread's queue emptied (rt_sigtimedwait on every
+ * signal, no wait), then the delta's queued again by the threads that
+ * receive them; this also drops what the apply itself raised (a SIGCHLD of
+ * a child reaped above) */
+static int pending_apply(struct rproc *p)
+{
+	RS_OF(p);
+	uint64_t all = ~0ULL;
+	int64_t zero[2] = { 0, 0 };
+	if (poke(p->pid, SCR_ARGS, &all, sizeof(all)) || poke(p->pid, SCR_ARGS + 64, zero, sizeof(zero)))
+		return -1;
+	for (size_t k = 0; k < p->ntasks; k++) {
+		struct rtask *t = &p->tasks[k];
+		for (int n = 0;; n++) {
+			long ret;
+			if (inj(t, SYS_rt_sigtimedwait, SCR_ARGS, 0, SCR_ARGS + 64, 8, 0, 0, &ret, NULL))
+				return -1;
+			if (ret == -EAGAIN)
+				break;
+			if (ret < 0 && ret != -EINTR)
+				return fail("E_RESTORE", (int)-ret, "rt_sigtimedwait to empty the pending signals of tid %d", t->tid);
+			if (n > 4096)
+				return fail("E_RESTORE", 0, "tid %d: more than 4096 pending signals to empty", t->tid);
+		}
+	}
+	return signals_queue(p);
+}
+
 static int proc_apply(struct restorer *rs, struct rproc *p, Proc *n, uint32_t ep, struct apply_stats *st)
 {
 	Proc *o = p->pr;
 	p->pr = n;
-	if (regions_apply(p, o, n, st) || pages_apply(rs, p, n, ep, st) || mem_mm_fields(p) || misc_apply(p, o, n) ||
+	if (threads_exit(p, n, st) || regions_apply(p, o, n, st) || pages_apply(rs, p, n, ep, st) || mem_mm_fields(p) || misc_apply(p, o, n) ||
 	    threads_apply(p, o, n, st))
 		return -1;
 	if (!sigactions_same(o, n) && (signals_reset(p) || signals_restore(p)))
 		return -1;
-	return sched_restore(p);
+	return pending_apply(p) || sched_restore(p) ? -1 : 0;
 }
 
 /* ---- 4. processes that appeared ---- */

@@ -3,7 +3,7 @@
 // the resume its memory is compared, page by page in every private region of
 // every process, and its region map line by line, with a clone of epoch 20
 // built directly; after it the fixture checks its own state and says PASS.
-import { closeSync, existsSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RestoreError, RestorerClient, type CloneInfo } from '../../src/native/restorer.js';
@@ -92,6 +92,32 @@ async function gone(c: CloneInfo): Promise<void> {
   await waitFor(`pids ${pids.join(',')} to be free`, () => pids.every((p) => !exists(p)), 10_000);
 }
 
+/**
+ * Every process of session sid gone. The fixture leads its session; a child
+ * it forks while the engine kills the app can escape the kill, and holds the
+ * session's id (the root's pid) for as long as it lives: the root's pid is
+ * then not free for a clone.
+ */
+async function killSession(sid: number): Promise<void> {
+  const members = (): number[] =>
+    readdirSync('/proc')
+      .filter((n) => /^\d+$/.test(n))
+      .map(Number)
+      .filter((p) => {
+        try {
+          const st = readFileSync(`/proc/${p}/stat`, 'utf8');
+          return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[3]) === sid;
+        } catch {
+          return false;
+        }
+      });
+  await waitFor(`session ${sid} to be empty`, () => {
+    const m = members();
+    killPids(m);
+    return m.length === 0;
+  });
+}
+
 function start(): RestorerClient {
   const r = RestorerClient.start({ timeoutMs: 60_000 });
   onCleanup(() => r.kill());
@@ -104,7 +130,9 @@ interface Totals {
   unmapped: number;
   reprotected: number;
   procsAdded: number;
+  procsRemoved: number;
   threadsAdded: number;
+  threadsRemoved: number;
 }
 
 /** Epoch 20 built directly (the reference), then epoch 0 built and 1..20 applied in place: both compared, then resumed. */
@@ -123,7 +151,7 @@ async function hotClone(img: string, ctl: string, deltas: number): Promise<{ clo
   const hot = start();
   const b0 = await hot.build({ imageDir: img, epoch: 0 });
   expect(b0.epoch).toBe(0);
-  const totals: Totals = { pages: 0, mapped: 0, unmapped: 0, reprotected: 0, procsAdded: 0, threadsAdded: 0 };
+  const totals: Totals = { pages: 0, mapped: 0, unmapped: 0, reprotected: 0, procsAdded: 0, procsRemoved: 0, threadsAdded: 0, threadsRemoved: 0 };
   let pids = b0.pids;
   for (let e = 1; e <= deltas; e++) {
     const a = await hot.apply(e);
@@ -134,6 +162,8 @@ async function hotClone(img: string, ctl: string, deltas: number): Promise<{ clo
     totals.reprotected += a.regionsReprotected;
     totals.procsAdded += a.processesAdded;
     totals.threadsAdded += a.threadsAdded;
+    totals.procsRemoved += a.processesRemoved;
+    totals.threadsRemoved += a.threadsRemoved;
     pids = a.pids;
   }
   expect([...pids].sort()).toEqual([...direct.pids].sort());
@@ -194,6 +224,25 @@ describe('a hot clone: deltas applied in place to a stopped clone', () => {
     expect([...clone.pids].sort()).toEqual([fx.pid, child].sort());
     expect(totals.procsAdded).toBe(1);
     expect(totals.threadsAdded).toBe(1);
+  });
+
+  it('rs_churn: regions moved (mremap), re-protected, re-mapped, children and threads born and exited between epochs, all in place, then PASS', async () => {
+    const ctl = tmp('hot-churn');
+    const img = join(tmp('hot-churn-img'), 'image');
+    const fx = await startFixture('rs_churn', ctl);
+    await dumpAndKill(fx.pid, img, 20, 10, async (epoch) => {
+      if (epoch === 0) writeFileSync(join(ctl, 'churn'), '');
+    });
+    await killSession(fx.pid);
+    const { clone, totals } = await hotClone(img, ctl, 20);
+    expect(clone.pids[0]).toBe(fx.pid);
+    expect(totals.mapped).toBeGreaterThan(0);
+    expect(totals.unmapped).toBeGreaterThan(0);
+    expect(totals.reprotected).toBeGreaterThan(0);
+    expect(totals.procsAdded, 'children born between epochs').toBeGreaterThan(0);
+    expect(totals.procsRemoved, 'children exited between epochs').toBeGreaterThan(0);
+    expect(totals.threadsAdded, 'threads born between epochs').toBeGreaterThan(0);
+    expect(totals.threadsRemoved, 'threads exited between epochs').toBeGreaterThan(0);
   });
 
   it('a delta out of order is refused and the clone is killed, nothing of it left', async () => {
