@@ -828,6 +828,7 @@ int svc_apply_stats(struct restorer *rs, uint32_t epoch, struct svc_result *out,
 		goto failed;
 	}
 	free(map);
+	image_release_before(&rs->im, epoch);
 	st->ns = now_ns() - t0;
 	rs->phase[PH_APPLY] += st->ns;
 	vlog("epoch %u applied in place: %u pages, %u regions mapped, %u unmapped, %u re-protected, +%u/-%u processes, +%u/-%u threads",

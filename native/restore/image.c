@@ -498,3 +498,20 @@ int image_extend(struct image *im, uint32_t epoch)
 	im->last = e->meta;
 	return 0;
 }
+
+/* A clone at epoch `epoch` needs nothing of the epochs before it any more
+ * (a process born later is read from its birth epoch on): their metadata is
+ * freed and their pages.bin unmapped, so a hot clone fed deltas for hours
+ * holds one epoch. */
+void image_release_before(struct image *im, uint32_t epoch)
+{
+	for (uint32_t k = 0; k < epoch && k < im->nep; k++) {
+		if (im->ep[k].pages)
+			munmap((void *)im->ep[k].pages, im->ep[k].pages_len);
+		im->ep[k].pages = NULL;
+		im->ep[k].pages_len = 0;
+		if (im->ep[k].meta)
+			understudy__v1__epoch_meta__free_unpacked(im->ep[k].meta, NULL);
+		im->ep[k].meta = NULL;
+	}
+}

@@ -84,6 +84,8 @@ int image_verify_refs(struct image *im, pid_t pid, const struct page_ref *v, siz
 /* The pages of process `pid` as of the last epoch, sorted by vaddr. */
 /* apply: epoch target + 1 (a delta of the same image) joins the chain */
 int image_extend(struct image *im, uint32_t epoch);
+/* frees the epochs before `epoch` (apply, once the clone is at it) */
+void image_release_before(struct image *im, uint32_t epoch);
 int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n);
 void image_close(struct image *im);
 
