@@ -165,7 +165,8 @@ static int proc_refused(struct restorer *rs, const Proc *o, const Proc *n, uint3
 {
 	if (n->new_process)
 		return refuse(n->pid, ep, "a new process on the pid of one that exited");
-	if (o->sid != n->sid || o->pgid != n->pgid || o->ppid != n->ppid)
+	bool root = rs->procs[0].pr->pid == n->pid;   /* its parent is outside the app */
+	if (o->sid != n->sid || o->pgid != n->pgid || (!root && o->ppid != n->ppid))
 		return refuse(n->pid, ep, "its parent, session or process group changed");
 	if (strcmp(o->root ? o->root : "", n->root ? n->root : ""))
 		return refuse(n->pid, ep, "its root directory changed");
@@ -768,6 +769,17 @@ int svc_apply_stats(struct restorer *rs, uint32_t epoch, struct svc_result *out,
 				rc = fail("E_UNSUPPORTED", 0, "epoch %u: new pid %d's parent %d is not part of the app", epoch, n->pid, n->ppid);
 			else if (n->ns_pid == 1)
 				rc = fail("E_UNSUPPORTED", 0, "epoch %u: new pid %d is pid 1 of a namespace", epoch, n->pid);
+			for (size_t f = 0; !rc && f < n->n_fds; f++) {
+				const Fd *fd = n->fds[f];
+				bool kernel_obj = fd->kind == UNDERSTUDY__V1__FD__KIND__PIPE || fd->kind == UNDERSTUDY__V1__FD__KIND__EVENTFD ||
+						  fd->kind == UNDERSTUDY__V1__FD__KIND__EPOLL;
+				if (kernel_obj && !fdobj_known(rs, fd->ofd_id)) {
+					char what[300];
+					snprintf(what, sizeof(what), "new process: its fd %d (%s) is a pipe, eventfd or epoll no process of the clone holds",
+						 fd->fd, fd->path ? fd->path : "");
+					rc = refuse(n->pid, epoch, what);
+				}
+			}
 		} else if (proc_refused(rs, rs->procs[k].pr, n, epoch)) {
 			rc = -1;
 		}

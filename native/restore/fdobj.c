@@ -352,3 +352,9 @@ void fdobj_rebase(struct restorer *rs, const struct rproc *old_base, struct rpro
 		rs->pipes[i].creator = to < 0 ? NULL : &new_base[to];
 	}
 }
+
+/* apply: is this description already in place in a process of the clone? */
+bool fdobj_known(struct restorer *rs, uint64_t ofd_id)
+{
+	return ofd_id && ofd_find(rs, ofd_id) != NULL;
+}

@@ -54,10 +54,7 @@ static void fill_clone(struct restorer *rs, Understudy__V1__CloneInfo *ci, Under
 		pids[i] = check_only ? rs->procs[i].pr->pid : rs->procs[i].pid;
 	ci->n_pids = rs->nprocs;
 	ci->pids = pids;
-	ci->threads = check_only ? 0 : (uint32_t)svc_threads(rs);
-	if (check_only)
-		for (size_t i = 0; i < rs->nprocs; i++)
-			ci->threads += rs->procs[i].ntasks;
+	ci->threads = (uint32_t)svc_threads(rs);
 	ci->reaper = rs->reaper;
 	ci->root_is_init = rs->root_is_init;
 	ci->bytes = rs->bytes_written;

@@ -228,6 +228,7 @@ int fdobj_place(struct rproc *p, const Understudy__V1__Fd *f, int base, bool *do
 void fdobj_register(struct rproc *p, const Understudy__V1__Fd *f);
 int fdobj_epolls(struct rproc *p);
 int fdobj_finish(struct restorer *rs);
+bool fdobj_known(struct restorer *rs, uint64_t ofd_id);
 void fdobj_rebase(struct restorer *rs, const struct rproc *old_base, struct rproc *new_base, const int *map);
 
 /* ---- locks.c: file locks, taken again once every fd is in place ---- */
