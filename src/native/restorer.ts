@@ -10,10 +10,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, requireVersion } from '../engine/frames.js';
-import { understudy } from '../gen/restore.js';
 import { UnderstudyError, type ErrorCode } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { nativeBinary } from '../util/paths.js';
+import { decodeReply, encodeRequest, ERROR_CODE_NAMES, type CloneInfoMsg, type ReplyMsg, type RequestMsg } from './restorer-wire.js';
 
 const log = logger('restorer');
 export const RESTORER_VERSION = 1;
@@ -108,33 +108,34 @@ const CODES: readonly ErrorCode[] = [
 ];
 
 function codeName(v: number): ErrorCode {
-  const name = (understudy.v1.ErrorCode as unknown as Record<number, string | undefined>)[v] ?? '';
+  const name = ERROR_CODE_NAMES[v] ?? '';
   return (CODES as readonly string[]).includes(name) ? (name as ErrorCode) : 'E_RESTORE';
 }
 
-function cloneInfo(c: understudy.v1.ICloneInfo): CloneInfo {
-  const p = c.phases ?? {};
-  const phases: Phases = { read_ns: Number(p.readNs ?? 0), verify_ns: Number(p.verifyNs ?? 0), check_ns: Number(p.checkNs ?? 0) };
-  if (p.treeNs) phases.tree_ns = Number(p.treeNs);
-  if (p.rebuildNs) phases.rebuild_ns = Number(p.rebuildNs);
-  if (p.finishNs) phases.finish_ns = Number(p.finishNs);
-  if (p.applyNs) phases.apply_ns = Number(p.applyNs);
+function cloneInfo(c: CloneInfoMsg | undefined): CloneInfo {
+  if (!c) throw new UnderstudyError('E_FRAME', 'restorer reply: ok but without its result');
+  const p = c.phases;
+  const phases: Phases = { read_ns: p.readNs, verify_ns: p.verifyNs, check_ns: p.checkNs };
+  if (p.treeNs) phases.tree_ns = p.treeNs;
+  if (p.rebuildNs) phases.rebuild_ns = p.rebuildNs;
+  if (p.finishNs) phases.finish_ns = p.finishNs;
+  if (p.applyNs) phases.apply_ns = p.applyNs;
   return {
-    epoch: c.epoch ?? 0,
-    imageId: c.imageId ?? '',
-    pids: (c.pids ?? []).map(Number),
-    threads: c.threads ?? 0,
-    reaper: c.reaper ?? 0,
+    epoch: c.epoch,
+    imageId: c.imageId,
+    pids: c.pids,
+    threads: c.threads,
+    reaper: c.reaper,
     nsPid1: c.rootIsInit ? 'root' : 'reaper',
-    bytes: Number(c.bytes ?? 0),
-    totalNs: Number(c.totalNs ?? 0),
+    bytes: c.bytes,
+    totalNs: c.totalNs,
     phases,
-    stub: Number(c.stub ?? 0),
+    stub: c.stub,
   };
 }
 
 interface Pending {
-  resolve(r: understudy.v1.RestorerReply): void;
+  resolve(r: ReplyMsg): void;
   reject(e: Error): void;
   timer: NodeJS.Timeout;
 }
@@ -207,9 +208,9 @@ export class RestorerClient {
       return;
     }
     for (const f of frames) {
-      let rep: understudy.v1.RestorerReply;
+      let rep: ReplyMsg;
       try {
-        rep = understudy.v1.RestorerReply.decode(f);
+        rep = decodeReply(f);
       } catch (e) {
         log.error({ err: e }, 'undecodable reply from the restorer; killing it');
         this.child.kill('SIGKILL');
@@ -226,11 +227,11 @@ export class RestorerClient {
     }
   }
 
-  private async request(cmd: Omit<understudy.v1.IRestorerRequest, 'version' | 'id'>): Promise<understudy.v1.RestorerReply> {
+  private async request(cmd: Omit<RequestMsg, 'version' | 'id'>): Promise<ReplyMsg> {
     if (this.exited) throw new UnderstudyError('E_RESTORE', `the restorer ${this.exitInfo}`);
     const id = this.nextId++;
-    const msg = understudy.v1.RestorerRequest.encode({ version: RESTORER_VERSION, id, ...cmd }).finish();
-    const rep = await new Promise<understudy.v1.RestorerReply>((resolve, reject) => {
+    const msg = encodeRequest({ version: RESTORER_VERSION, id, ...cmd });
+    const rep = await new Promise<ReplyMsg>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         // traced with PTRACE_O_EXITKILL: killing the restorer kills a half-built clone
@@ -242,7 +243,7 @@ export class RestorerClient {
     });
     requireVersion('restorer reply', rep.version, RESTORER_VERSION);
     if (!rep.ok) {
-      const killed = rep.killed.map(Number);
+      const killed = rep.killed;
       const m = rep.error || `restore failed (error code ${rep.errorCode})`;
       throw new RestoreError(
         codeName(rep.errorCode),
@@ -256,47 +257,32 @@ export class RestorerClient {
   /** Creates and rebuilds the clone at an epoch; it stays seized and stopped. */
   async build(o: BuildOptions): Promise<CloneInfo> {
     checkEpoch(o.epoch);
-    const rep = await this.request({
-      build: { imageDir: o.imageDir, epoch: o.epoch ?? -1, tty: o.tty === 'inherit' ? understudy.v1.TtyMode.TTY_INHERIT : understudy.v1.TtyMode.TTY_NULL },
-    });
-    return cloneInfo(rep.build as understudy.v1.CloneInfo);
+    const rep = await this.request({ build: { imageDir: o.imageDir, epoch: o.epoch ?? -1, tty: o.tty === 'inherit' ? 1 : 0 } });
+    return cloneInfo(rep.build);
   }
 
   /** Applies epoch (the clone's + 1) of the same image in place to the stopped clone. */
   async apply(epoch: number): Promise<ApplyResult> {
     checkEpoch(epoch);
-    const a = (await this.request({ apply: { epoch } })).apply as understudy.v1.ApplyResult;
-    return {
-      epoch: a.epoch,
-      bytes: Number(a.bytes),
-      pages: a.pages,
-      regionsMapped: a.regionsMapped,
-      regionsUnmapped: a.regionsUnmapped,
-      regionsReprotected: a.regionsReprotected,
-      processesAdded: a.processesAdded,
-      processesRemoved: a.processesRemoved,
-      threadsAdded: a.threadsAdded,
-      threadsRemoved: a.threadsRemoved,
-      pids: a.pids.map(Number),
-      applyNs: Number(a.applyNs),
-    };
+    const a = (await this.request({ apply: { epoch } })).apply;
+    if (!a) throw new UnderstudyError('E_FRAME', 'restorer reply: ok but without its result');
+    return { ...a };
   }
 
   /** Lets the clone run (detached: it outlives the restorer). */
   async resume(): Promise<CloneInfo> {
-    return cloneInfo((await this.request({ resume: {} })).resume as understudy.v1.CloneInfo);
+    return cloneInfo((await this.request({ resume: {} })).resume);
   }
 
   /** Checks an image and this node; creates nothing. */
   async check(o: { imageDir: string; epoch?: number }): Promise<CloneInfo> {
     checkEpoch(o.epoch);
-    return cloneInfo((await this.request({ check: { imageDir: o.imageDir, epoch: o.epoch ?? -1 } })).check as understudy.v1.CloneInfo);
+    return cloneInfo((await this.request({ check: { imageDir: o.imageDir, epoch: o.epoch ?? -1 } })).check);
   }
 
   /** Kills the clone held (if any); the host pids killed. */
   async abort(): Promise<number[]> {
-    const a = (await this.request({ abort: {} })).abort as understudy.v1.AbortResult;
-    return a.killed.map(Number);
+    return (await this.request({ abort: {} })).abort?.killed ?? [];
   }
 
   /** Ends the request stream: the restorer aborts a clone it still holds, and exits. */
