@@ -342,6 +342,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       bytes: f.bytes,
       restoreNs: b.totalNs + f.totalNs,
       phases: { ...b.phases, finish_ns: f.phases.finish_ns ?? 0 },
+      stub: 0, // unmapped by the resume
     };
     log.info({ pids: res.pids, epoch: res.epoch, ms: res.restoreNs / 1e6 }, 'app restored');
     return res;
