@@ -18,10 +18,12 @@
  *   4. processes that appeared are created by their real parent in the clone
  *      (clone3, same pids), emptied, and rebuilt from the image like at build.
  * Registers, signal masks, comm, timer values and credentials are taken from
- * the newest epoch at resume, so they need nothing here. What is refused (the
- * restorer answers E_UNSUPPORTED and kills the clone): fds opened, closed or
- * changed other than in their offset, pipe/eventfd/epoll contents, POSIX
- * timers created or deleted, sessions and process groups,
+ * the newest epoch at resume, so they need nothing here. Fds closed since
+ * the last epoch are closed, new files, directories, devices and terminals
+ * opened, dups of a description the clone holds taken from their holder.
+ * What is refused (the restorer answers E_UNSUPPORTED and kills the clone): a
+ * new pipe or epoll, changed pipe/eventfd/epoll contents, a new fd with a
+ * lock, POSIX timers created or deleted, sessions and process groups,
  * the root directory, [vdso]/[vvar] moves, a region on the restorer's stub,
  * a process that exited with the root, a process re-created on its old pid. */
 #include <errno.h>
@@ -98,32 +100,88 @@ static int refuse(pid_t pid, uint32_t epoch, const char *what)
 		    epoch);
 }
 
-/* fds: the same set, each the same but for its offset */
-static int fds_refused(const Proc *o, const Proc *n, uint32_t ep)
+/* the same fd but for its offset (and its file's size and mtime, which
+ * change as it is written: a file's identity is its path, dev and inode) */
+static bool fd_same(Fd *a, Fd *b)
+{
+	uint64_t pa = a->pos, pb = b->pos;
+	Understudy__V1__FileId *fa = a->file, *fb = b->file;
+	bool same_file = (!fa) == (!fb) && (!fa || (!strcmp(fa->path ? fa->path : "", fb->path ? fb->path : "") && fa->dev == fb->dev &&
+						     fa->ino == fb->ino));
+	a->pos = b->pos = 0;
+	a->file = b->file = NULL;
+	bool eq = a->fd == b->fd && same_file && MSG_EQ(a, b);
+	a->pos = pa;
+	b->pos = pb;
+	a->file = fa;
+	b->file = fb;
+	return eq;
+}
+
+static Fd *fd_of(const Proc *pr, int fd)
+{
+	for (size_t i = 0; i < pr->n_fds; i++)
+		if (pr->fds[i]->fd == fd)
+			return pr->fds[i];
+	return NULL;
+}
+
+/* fds opened or changed since the last epoch: files, directories, devices
+ * and terminals are opened again; a dup of a description the clone holds is
+ * taken from its holder; what else changed is refused */
+static int fds_refused(struct restorer *rs, const Proc *o, const Proc *n, uint32_t ep)
 {
 	char what[400];
-	if (o->n_fds != n->n_fds) {
-		snprintf(what, sizeof(what), "its fds changed (%zu then, %zu now)", o->n_fds, n->n_fds);
-		return refuse(n->pid, ep, what);
-	}
 	for (size_t i = 0; i < n->n_fds; i++) {
-		Fd *a = o->fds[i], *b = n->fds[i];
-		/* a file's size and mtime change as it is written: its identity is path, dev, inode */
-		uint64_t pa = a->pos, pb = b->pos;
-		Understudy__V1__FileId *fa = a->file, *fb = b->file;
-		bool same_file = (!fa) == (!fb) && (!fa || (!strcmp(fa->path ? fa->path : "", fb->path ? fb->path : "") && fa->dev == fb->dev &&
-							     fa->ino == fb->ino));
-		a->pos = b->pos = 0;
-		a->file = b->file = NULL;
-		bool eq = a->fd == b->fd && same_file && MSG_EQ(a, b);
-		a->pos = pa;
-		b->pos = pb;
-		a->file = fa;
-		b->file = fb;
-		if (!eq) {
-			snprintf(what, sizeof(what), "fd %d (%s) changed other than in its offset", b->fd, b->path ? b->path : "");
+		Fd *b = n->fds[i], *a = fd_of(o, b->fd);
+		if (a && fd_same(a, b))
+			continue;
+		const char *why = NULL;
+		bool obj = b->kind == UNDERSTUDY__V1__FD__KIND__PIPE || b->kind == UNDERSTUDY__V1__FD__KIND__EVENTFD ||
+			   b->kind == UNDERSTUDY__V1__FD__KIND__EPOLL;
+		if (a && a->kind == b->kind && a->ofd_id && a->ofd_id == b->ofd_id && obj)
+			why = "its pipe data, eventfd count or epoll interests changed";
+		else if (b->n_locks)
+			why = "it is new or changed and holds a file lock";
+		else if (b->kind == UNDERSTUDY__V1__FD__KIND__UNKNOWN || b->kind == UNDERSTUDY__V1__FD__KIND__EPOLL)
+			why = "a new epoll or an fd of unknown kind";
+		else if (b->kind == UNDERSTUDY__V1__FD__KIND__PIPE && !fdobj_known(rs, b->ofd_id))
+			why = "a new pipe";
+		if (why) {
+			snprintf(what, sizeof(what), "fd %d (%s): %s", b->fd, b->path ? b->path : "", why);
 			return refuse(n->pid, ep, what);
 		}
+	}
+	return 0;
+}
+
+static int fds_apply(struct rproc *p, const Proc *o, const Proc *n, struct apply_stats *st)
+{
+	RS_OF(p);
+	char what[300];
+	int base = 3;
+	for (size_t i = 0; i < n->n_fds; i++)
+		if (n->fds[i]->fd >= base)
+			base = n->fds[i]->fd + 1;
+	for (size_t i = 0; i < o->n_fds; i++) {
+		Fd *a = o->fds[i], *b = fd_of(n, a->fd);
+		if (b && fd_same(a, b))
+			continue;
+		snprintf(what, sizeof(what), "close(fd %d, %s) closed or replaced since the last epoch", a->fd, a->path ? a->path : "");
+		if (inj_ok(&p->tasks[0], what, SYS_close, a->fd, 0, 0, 0, 0, 0, NULL))
+			return -1;
+		fdobj_forget(rs, p, a->fd);
+		st->fds_closed++;
+	}
+	for (size_t i = 0; i < n->n_fds; i++) {
+		Fd *b = n->fds[i], *a = fd_of(o, b->fd);
+		if (a && fd_same(a, b))
+			continue;
+		bool done;
+		if (fdobj_place(p, b, base, &done) || (!done && files_open_one(p, b)))
+			return -1;
+		vlog("pid %d: fd %d (%s) opened in place", p->pid, b->fd, b->path ? b->path : "");
+		st->fds_opened++;
 	}
 	return 0;
 }
@@ -172,7 +230,7 @@ static int proc_refused(struct restorer *rs, const Proc *o, const Proc *n, uint3
 		return refuse(n->pid, ep, "its root directory changed");
 	if (!timers_same(o, n))
 		return refuse(n->pid, ep, "POSIX timers were created or deleted");
-	if (fds_refused(o, n, ep) || specials_refused(o, n, ep))
+	if (fds_refused(rs, o, n, ep) || specials_refused(o, n, ep))
 		return -1;
 	bool leader = false;
 	for (size_t t = 0; t < n->n_threads; t++)
@@ -488,10 +546,11 @@ static int misc_apply(struct rproc *p, const Proc *o, const Proc *n)
 			return fail("E_RESTORE", errno, "prlimit(pid %d, resource %d, %llu/%llu)", p->pid, r->resource,
 				    (unsigned long long)want.rlim_cur, (unsigned long long)want.rlim_max);
 	}
-	/* file offsets */
+	/* offsets of the fds that stayed */
 	for (size_t i = 0; i < n->n_fds; i++) {
-		const Fd *a = o->fds[i], *b = n->fds[i];
-		if (a->pos == b->pos || (b->kind != UNDERSTUDY__V1__FD__KIND__REGULAR && b->kind != UNDERSTUDY__V1__FD__KIND__DIRECTORY))
+		Fd *b = n->fds[i], *a = fd_of(o, b->fd);
+		if (!a || !fd_same(a, b) || a->pos == b->pos ||
+		    (b->kind != UNDERSTUDY__V1__FD__KIND__REGULAR && b->kind != UNDERSTUDY__V1__FD__KIND__DIRECTORY))
 			continue;
 		snprintf(what, sizeof(what), "lseek(fd %d, %llu) (%s)", b->fd, (unsigned long long)b->pos, b->path);
 		if (inj_ok(t, what, SYS_lseek, b->fd, (long)b->pos, SEEK_SET, 0, 0, 0, NULL))
@@ -645,7 +704,8 @@ static int proc_apply(struct restorer *rs, struct rproc *p, Proc *n, uint32_t ep
 {
 	Proc *o = p->pr;
 	p->pr = n;
-	if (threads_exit(p, n, st) || regions_apply(p, o, n, st) || pages_apply(rs, p, n, ep, st) || mem_mm_fields(p) || misc_apply(p, o, n) ||
+	if (threads_exit(p, n, st) || regions_apply(p, o, n, st) || pages_apply(rs, p, n, ep, st) || mem_mm_fields(p) || fds_apply(p, o, n, st) ||
+	    misc_apply(p, o, n) ||
 	    threads_apply(p, o, n, st))
 		return -1;
 	if (!sigactions_same(o, n) && (signals_reset(p) || signals_restore(p)))

@@ -358,3 +358,12 @@ bool fdobj_known(struct restorer *rs, uint64_t ofd_id)
 {
 	return ofd_id && ofd_find(rs, ofd_id) != NULL;
 }
+
+void fdobj_forget(struct restorer *rs, const struct rproc *p, int fd)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < rs->nofds; i++)
+		if (rs->ofds[i].p != p || rs->ofds[i].fd != fd)
+			rs->ofds[o++] = rs->ofds[i];
+	rs->nofds = o;
+}

@@ -57,12 +57,50 @@ static int nofile_early(struct rproc *p)
 	return 0;
 }
 
+/* fd f of the image opened by path in p (a file, directory, device or
+ * terminal), at its number, offset and close-on-exec flag */
+int files_open_one(struct rproc *p, const Understudy__V1__Fd *f)
+{
+	RS_OF(p);
+	struct rtask *t = &p->tasks[0];
+	char tb[256];
+	const char *path = f->path;
+	long flags = f->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC);
+	if (f->kind == UNDERSTUDY__V1__FD__KIND__TTY) {
+		path = tty_path(rs, f->fd, tb, sizeof(tb));
+		flags = (f->flags & (O_ACCMODE | O_APPEND | O_NONBLOCK)) | O_NOCTTY;
+	}
+	uint64_t sp = scratch_str(p, path);
+	if (!sp)
+		return -1;
+	char what[600];
+	snprintf(what, sizeof(what), "open(%s) for fd %d", path, f->fd);
+	long nfd;
+	int rc;
+	if ((rc = inj_ok(t, what, SYS_openat, AT_FDCWD, sp, flags, 0, 0, 0, &nfd)))
+		return rc;
+	if (nfd != f->fd) {
+		snprintf(what, sizeof(what), "dup3(%ld, %d) for %s", nfd, f->fd, path);
+		if ((rc = inj_ok(t, what, SYS_dup3, nfd, f->fd, f->cloexec ? O_CLOEXEC : 0, 0, 0, 0, NULL)))
+			return rc;
+		rc = inj_ok(t, "close", SYS_close, nfd, 0, 0, 0, 0, 0, NULL);
+	} else if (f->cloexec) {
+		rc = inj_ok(t, "fcntl(F_SETFD, FD_CLOEXEC)", SYS_fcntl, nfd, F_SETFD, FD_CLOEXEC, 0, 0, 0, NULL);
+	}
+	if (!rc && f->pos && f->kind == UNDERSTUDY__V1__FD__KIND__REGULAR) {
+		snprintf(what, sizeof(what), "lseek(fd %d of %s, %llu)", f->fd, path, (unsigned long long)f->pos);
+		rc = inj_ok(t, what, SYS_lseek, f->fd, f->pos, SEEK_SET, 0, 0, 0, NULL);
+	}
+	if (!rc)
+		fdobj_register(p, f);
+	return rc;
+}
+
 int files_restore(struct rproc *p)
 {
 	RS_OF(p);
 	if (nofile_early(p))
 		return -1;
-	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	Understudy__V1__Fd **v = malloc((pr->n_fds + 1) * sizeof(*v));
 	if (!v)
@@ -77,37 +115,7 @@ int files_restore(struct rproc *p)
 		bool done;
 		if ((rc = fdobj_place(p, f, base, &done)) || done)
 			continue;
-		char tb[256];
-		const char *path = f->path;
-		long flags = f->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC);
-		if (f->kind == UNDERSTUDY__V1__FD__KIND__TTY) {
-			path = tty_path(rs, f->fd, tb, sizeof(tb));
-			flags = (f->flags & (O_ACCMODE | O_APPEND | O_NONBLOCK)) | O_NOCTTY;
-		}
-		uint64_t sp = scratch_str(p, path);
-		if (!sp) {
-			rc = -1;
-			break;
-		}
-		char what[600];
-		snprintf(what, sizeof(what), "open(%s) for fd %d", path, f->fd);
-		long nfd;
-		if ((rc = inj_ok(t, what, SYS_openat, AT_FDCWD, sp, flags, 0, 0, 0, &nfd)))
-			break;
-		if (nfd != f->fd) {
-			snprintf(what, sizeof(what), "dup3(%ld, %d) for %s", nfd, f->fd, path);
-			if ((rc = inj_ok(t, what, SYS_dup3, nfd, f->fd, f->cloexec ? O_CLOEXEC : 0, 0, 0, 0, NULL)))
-				break;
-			rc = inj_ok(t, "close", SYS_close, nfd, 0, 0, 0, 0, 0, NULL);
-		} else if (f->cloexec) {
-			rc = inj_ok(t, "fcntl(F_SETFD, FD_CLOEXEC)", SYS_fcntl, nfd, F_SETFD, FD_CLOEXEC, 0, 0, 0, NULL);
-		}
-		if (!rc && f->pos && f->kind == UNDERSTUDY__V1__FD__KIND__REGULAR) {
-			snprintf(what, sizeof(what), "lseek(fd %d of %s, %llu)", f->fd, path, (unsigned long long)f->pos);
-			rc = inj_ok(t, what, SYS_lseek, f->fd, f->pos, SEEK_SET, 0, 0, 0, NULL);
-		}
-		if (!rc)
-			fdobj_register(p, f);
+		rc = files_open_one(p, f);
 	}
 	free(v);
 	return rc || fdobj_epolls(p) ? -1 : 0;

@@ -137,6 +137,8 @@ static bool serve_one(struct restorer *rs, const Understudy__V1__RestorerRequest
 			ar.n_pids = pids ? rs->nprocs : 0;
 			ar.pids = pids;
 			ar.apply_ns = st.ns;
+			ar.fds_opened = st.fds_opened;
+			ar.fds_closed = st.fds_closed;
 			rep.result_case = UNDERSTUDY__V1__RESTORER_REPLY__RESULT_APPLY;
 			rep.apply = &ar;
 		}

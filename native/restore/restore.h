@@ -217,6 +217,8 @@ uint64_t mem_pick_stub(struct restorer *rs);
 
 /* ---- files.c ---- */
 int files_restore(struct rproc *p);
+/* one fd of the image opened by path (file, directory, device, terminal) */
+int files_open_one(struct rproc *p, const Understudy__V1__Fd *f);
 int proc_misc_restore(struct rproc *p);
 int creds_restore(struct rproc *p);
 
@@ -229,6 +231,8 @@ void fdobj_register(struct rproc *p, const Understudy__V1__Fd *f);
 int fdobj_epolls(struct rproc *p);
 int fdobj_finish(struct restorer *rs);
 bool fdobj_known(struct restorer *rs, uint64_t ofd_id);
+/* apply: fd of p was closed: no description is taken from it any more */
+void fdobj_forget(struct restorer *rs, const struct rproc *p, int fd);
 void fdobj_rebase(struct restorer *rs, const struct rproc *old_base, struct rproc *new_base, const int *map);
 
 /* ---- locks.c: file locks, taken again once every fd is in place ---- */

@@ -17,6 +17,7 @@ struct apply_stats {
 	uint64_t bytes, ns;
 	uint32_t pages, mapped, unmapped, reprotected;
 	uint32_t procs_added, procs_removed, threads_added, threads_removed;
+	uint32_t fds_opened, fds_closed;
 };
 /* apply.c: epoch (the clone's + 1) applied in place to the built clone */
 int svc_apply_stats(struct restorer *rs, uint32_t epoch, struct svc_result *out, struct apply_stats *st);

@@ -59,6 +59,8 @@ export interface ApplyResultMsg {
   threadsRemoved: number;
   pids: number[];
   applyNs: number;
+  fdsOpened: number;
+  fdsClosed: number;
 }
 
 export interface ReplyMsg {
@@ -249,11 +251,11 @@ function cloneInfo(b: Uint8Array): CloneInfoMsg {
 function applyResult(b: Uint8Array): ApplyResultMsg {
   const a: ApplyResultMsg = {
     epoch: 0, bytes: 0, pages: 0, regionsMapped: 0, regionsUnmapped: 0, regionsReprotected: 0, processesAdded: 0,
-    processesRemoved: 0, threadsAdded: 0, threadsRemoved: 0, pids: [], applyNs: 0,
+    processesRemoved: 0, threadsAdded: 0, threadsRemoved: 0, pids: [], applyNs: 0, fdsOpened: 0, fdsClosed: 0,
   };
   const keys: (keyof ApplyResultMsg | null)[] = [
     'epoch', 'bytes', 'pages', 'regionsMapped', 'regionsUnmapped', 'regionsReprotected', 'processesAdded', 'processesRemoved',
-    'threadsAdded', 'threadsRemoved', null, 'applyNs',
+    'threadsAdded', 'threadsRemoved', null, 'applyNs', 'fdsOpened', 'fdsClosed',
   ];
   fields(b, (f, w, r) => {
     if (f === 11 && (w === 0 || w === 2)) {

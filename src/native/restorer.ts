@@ -88,6 +88,9 @@ export interface ApplyResult {
   threadsRemoved: number;
   pids: number[];
   applyNs: number;
+  /** Fds opened again (or taken from a holder of their description), and closed. */
+  fdsOpened: number;
+  fdsClosed: number;
 }
 
 /** A refused or failed request; `killed` lists what the restorer had created (all killed again). */

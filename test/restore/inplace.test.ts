@@ -133,6 +133,8 @@ interface Totals {
   procsRemoved: number;
   threadsAdded: number;
   threadsRemoved: number;
+  fdsOpened: number;
+  fdsClosed: number;
 }
 
 /** Epoch 20 built directly (the reference), then epoch 0 built and 1..20 applied in place: both compared, then resumed. */
@@ -151,7 +153,7 @@ async function hotClone(img: string, ctl: string, deltas: number): Promise<{ clo
   const hot = start();
   const b0 = await hot.build({ imageDir: img, epoch: 0 });
   expect(b0.epoch).toBe(0);
-  const totals: Totals = { pages: 0, mapped: 0, unmapped: 0, reprotected: 0, procsAdded: 0, procsRemoved: 0, threadsAdded: 0, threadsRemoved: 0 };
+  const totals: Totals = { pages: 0, mapped: 0, unmapped: 0, reprotected: 0, procsAdded: 0, procsRemoved: 0, threadsAdded: 0, threadsRemoved: 0, fdsOpened: 0, fdsClosed: 0 };
   let pids = b0.pids;
   for (let e = 1; e <= deltas; e++) {
     const a = await hot.apply(e);
@@ -164,6 +166,8 @@ async function hotClone(img: string, ctl: string, deltas: number): Promise<{ clo
     totals.threadsAdded += a.threadsAdded;
     totals.procsRemoved += a.processesRemoved;
     totals.threadsRemoved += a.threadsRemoved;
+    totals.fdsOpened += a.fdsOpened;
+    totals.fdsClosed += a.fdsClosed;
     pids = a.pids;
   }
   expect([...pids].sort()).toEqual([...direct.pids].sort());
@@ -226,7 +230,7 @@ describe('a hot clone: deltas applied in place to a stopped clone', () => {
     expect(totals.threadsAdded).toBe(1);
   });
 
-  it('rs_churn: regions moved (mremap), re-protected, re-mapped, children and threads born and exited between epochs, all in place, then PASS', async () => {
+  it('rs_churn: regions moved (mremap), re-protected, re-mapped, files opened and closed, children and threads born and exited between epochs, all in place, then PASS', async () => {
     const ctl = tmp('hot-churn');
     const img = join(tmp('hot-churn-img'), 'image');
     const fx = await startFixture('rs_churn', ctl);
@@ -243,6 +247,8 @@ describe('a hot clone: deltas applied in place to a stopped clone', () => {
     expect(totals.procsRemoved, 'children exited between epochs').toBeGreaterThan(0);
     expect(totals.threadsAdded, 'threads born between epochs').toBeGreaterThan(0);
     expect(totals.threadsRemoved, 'threads exited between epochs').toBeGreaterThan(0);
+    expect(totals.fdsOpened, 'files opened between epochs').toBeGreaterThan(0);
+    expect(totals.fdsClosed, 'files closed between epochs').toBeGreaterThan(0);
   });
 
   it('a delta out of order is refused and the clone is killed, nothing of it left', async () => {

@@ -40,7 +40,7 @@ describe('restorer frames without the protobuf runtime', () => {
     expect(decodeReply(v1.RestorerReply.encode({ version: 1, id: 4, ok: true, check: info }).finish()).check).toEqual(info);
     const apply = {
       epoch: 4, bytes: 8192, pages: 2, regionsMapped: 1, regionsUnmapped: 2, regionsReprotected: 3, processesAdded: 4,
-      processesRemoved: 5, threadsAdded: 6, threadsRemoved: 7, pids: [10, 11], applyNs: 99,
+      processesRemoved: 5, threadsAdded: 6, threadsRemoved: 7, pids: [10, 11], applyNs: 99, fdsOpened: 8, fdsClosed: 9,
     };
     expect(decodeReply(v1.RestorerReply.encode({ version: 1, id: 5, ok: true, apply }).finish()).apply).toEqual(apply);
     expect(decodeReply(v1.RestorerReply.encode({ version: 1, id: 6, ok: true, abort: { killed: [5, 6] } }).finish()).abort).toEqual({ killed: [5, 6] });
