@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RestoreError, RestorerClient, type CloneInfo } from '../../src/native/restorer.js';
 import { readEpochMeta, processesOf } from '../../src/image/store.js';
-import { dumpAndKill, epochDir, exists, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import { dumpAndKill, editMeta, epochDir, exists, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -273,5 +273,26 @@ describe('a hot clone: deltas applied in place to a stopped clone', () => {
     expect(c.pids).toEqual([fx.pid]);
     await r.close();
     expect(await verdict(ctl)).toBe('PASS');
+  });
+
+  it('a change the apply does not rebuild (here a process group moved) is refused before the clone is touched, and the clone is killed', async () => {
+    const ctl = tmp('hot-refuse');
+    const img = join(tmp('hot-refuse-img'), 'image');
+    const fx = await startFixture('rs_counter', ctl);
+    await dumpAndKill(fx.pid, img, 2);
+    editMeta(epochDir(img, 2), (m) => {
+      const p = processesOf(m).find((x) => x.pid === fx.pid)!;
+      p.pgid = p.pgid + 1;
+    });
+    const r = start();
+    const b = await r.build({ imageDir: img, epoch: 0 });
+    await r.apply(1);
+    const err = await r.apply(2).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RestoreError);
+    expect((err as RestoreError).code).toBe('E_UNSUPPORTED');
+    expect((err as RestoreError).message).toContain(`epoch 2 cannot be applied in place: pid ${fx.pid}: its parent, session or process group changed`);
+    expect(new Set((err as RestoreError).killed)).toEqual(new Set([b.reaper, ...b.pids].filter((p) => p > 0)));
+    await gone(b);
+    await r.close();
   });
 });
