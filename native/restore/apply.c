@@ -39,6 +39,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <limits.h>
 #include <unistd.h>
 #include "restore.h"
 #include "service.h"
@@ -475,43 +476,98 @@ out:
 	return rc;
 }
 
-/* the delta's pages of the process, through /proc/PID/mem (which writes
- * read-only and PROT_NONE private regions too, as their tracer may) */
+/* the delta's pages of the process: batched process_vm_writev into writable
+ * regions; /proc/PID/mem (which, for the tracer, writes read-only and
+ * PROT_NONE private regions too) for the others and for a batch the fast
+ * path could not write whole */
+struct wbatch {
+	pid_t pid;
+	int memfd;
+	const char *path;
+	struct iovec loc[IOV_MAX], rem[IOV_MAX];
+	int n;
+	size_t bytes;
+};
+
+static int mem_pwrite(struct wbatch *w, const uint8_t *src, uint64_t at, size_t len)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t r = pwrite(w->memfd, src + done, len - done, (off_t)(at + done));
+		if (r <= 0)
+			return fail("E_RESTORE", r < 0 ? errno : EIO, "pwrite(%s, 0x%llx, %zu bytes) of a delta's pages", w->path,
+				    (unsigned long long)(at + done), len - done);
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+static int batch_flush(struct wbatch *w)
+{
+	if (!w->n)
+		return 0;
+	ssize_t r = process_vm_writev(w->pid, w->loc, w->n, w->rem, w->n, 0);
+	int rc = 0;
+	if (r != (ssize_t)w->bytes)
+		for (int i = 0; i < w->n && !rc; i++)
+			rc = mem_pwrite(w, w->loc[i].iov_base, (uint64_t)(uintptr_t)w->rem[i].iov_base, w->loc[i].iov_len);
+	w->n = 0;
+	w->bytes = 0;
+	return rc;
+}
+
 static int pages_apply(struct restorer *rs, struct rproc *p, const Proc *n, uint32_t ep, struct apply_stats *st)
 {
 	if (!n->n_pages)
 		return 0;
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/mem", p->pid);
-	int fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
+	struct wbatch *w = malloc(sizeof(*w));
+	if (!w)
+		return fail("E_RESTORE", ENOMEM, "malloc for a write batch");
+	w->pid = p->pid;
+	w->path = path;
+	w->n = 0;
+	w->bytes = 0;
+	w->memfd = open(path, O_RDWR | O_CLOEXEC);
+	if (w->memfd < 0) {
+		free(w);
 		return fail("E_RESTORE", errno, "open(%s)", path);
+	}
 	const struct epoch_img *e = &rs->im.ep[ep];
 	int rc = 0;
+	size_t k0 = 0;   /* runs and regions are both in address order */
 	for (size_t r = 0; r < n->n_pages && !rc; r++) {
 		const Understudy__V1__PageRun *run = n->pages[r];
 		uint64_t va = run->vaddr, end = run->vaddr + (uint64_t)run->npages * PAGE_SZ;
+		if (r && run->vaddr < n->pages[r - 1]->vaddr)
+			k0 = 0;
+		while (k0 < n->n_vmas && n->vmas[k0]->end <= va)
+			k0++;
 		/* clipped to the private regions (a page elsewhere has nowhere to go) */
-		for (size_t k = 0; k < n->n_vmas && !rc; k++) {
+		for (size_t k = k0; k < n->n_vmas && n->vmas[k]->start < end && !rc; k++) {
 			const Vma *v = n->vmas[k];
 			uint64_t s = va > v->start ? va : v->start, t = end < v->end ? end : v->end;
 			if (s >= t || !is_private_data(v))
 				continue;
 			const uint8_t *src = e->pages + run->offset + (s - va);
-			size_t len = t - s, done = 0;
-			while (done < len) {
-				ssize_t w = pwrite(fd, src + done, len - done, (off_t)(s + done));
-				if (w <= 0) {
-					rc = fail("E_RESTORE", w < 0 ? errno : EIO, "pwrite(%s, 0x%llx, %zu bytes) of epoch %u's pages", path,
-						  (unsigned long long)(s + done), len - done, ep);
-					break;
-				}
-				done += (size_t)w;
+			if (!(v->prot & PROT_WRITE)) {
+				rc = mem_pwrite(w, src, s, t - s);
+			} else {
+				w->loc[w->n] = (struct iovec){ (void *)src, t - s };
+				w->rem[w->n] = (struct iovec){ (void *)(uintptr_t)s, t - s };
+				w->n++;
+				w->bytes += t - s;
+				if (w->n == IOV_MAX || w->bytes >= (64u << 20))
+					rc = batch_flush(w);
 			}
-			st->bytes += done;
+			st->bytes += t - s;
 		}
 	}
-	close(fd);
+	if (!rc)
+		rc = batch_flush(w);
+	close(w->memfd);
+	free(w);
 	rs->bytes_written += st->bytes;
 	return rc;
 }
