@@ -103,6 +103,16 @@ int thread_state_restore(struct rproc *p, struct rtask *t, const Thr *old)
 				 t->tid);
 			if (inj_ok(t, what, SYS_sigaltstack, SCR_ALTSTACK, 0, 0, 0, 0, 0, NULL))
 				return -1;
+		} else if (old && old->sigaltstack && old->sigaltstack->sp && !(old->sigaltstack->flags & SS_DISABLE)) {
+			/* an apply: the thread dropped its alternate stack since */
+			struct {
+				uint64_t sp;
+				int32_t flags, pad;
+				uint64_t size;
+			} ss = { 0, SS_DISABLE, 0, 0 };
+			if (poke(p->pid, SCR_ALTSTACK, &ss, sizeof(ss)) ||
+			    inj_ok(t, "sigaltstack(SS_DISABLE)", SYS_sigaltstack, SCR_ALTSTACK, 0, 0, 0, 0, 0, NULL))
+				return -1;
 		}
 	}
 	return 0;
