@@ -295,4 +295,23 @@ describe('a hot clone: deltas applied in place to a stopped clone', () => {
     await gone(b);
     await r.close();
   });
+
+  it('a clone held when its agent goes away dies with it: the request stream closed, or the restorer killed', async () => {
+    const ctl = tmp('hot-gone');
+    const img = join(tmp('hot-gone-img'), 'image');
+    const fx = await startFixture('rs_malloc', ctl);
+    await dumpAndKill(fx.pid, img, 2);
+    const r1 = start();
+    const b1 = await r1.build({ imageDir: img, epoch: 0 });
+    await r1.apply(1);
+    expect(b1.pids.every((p) => exists(p))).toBe(true);
+    await r1.close(); // end of the request stream: an abort
+    await gone(b1);
+    const r2 = start();
+    const b2 = await r2.build({ imageDir: img, epoch: 1 });
+    expect(b2.pids).toEqual([fx.pid]);
+    r2.kill('SIGKILL'); // PTRACE_O_EXITKILL and the reaper's PDEATHSIG
+    await gone(b2);
+  });
 });
+
