@@ -303,7 +303,8 @@ static int wait_gone(pid_t tid)
 		if (WIFEXITED(s) || WIFSIGNALED(s))
 			return 0;
 		/* a stop on the way out (PTRACE_EVENT_EXIT is not asked for): let it go on */
-		ptrace(PTRACE_CONT, tid, 0, 0);
+		if (ptrace(PTRACE_CONT, tid, 0, 0) && errno != ESRCH)
+			return fail("E_RESTORE", errno, "ptrace(PTRACE_CONT, tid %d) on its way out", tid);
 	}
 }
 
