@@ -838,3 +838,62 @@ out:
 	free(mb);
 	return rc;
 }
+
+/* The service's apply (apply.c): the chain grows by one epoch, target + 1,
+ * which must be a delta of the same image over the current target. Its
+ * metadata is read and checked like any epoch's, its pages.bin mapped; the
+ * earlier epochs stay as they are. */
+int img_extend(struct image *im, uint32_t epoch, struct err_value *e)
+{
+	if (epoch != im->target + 1)
+		return err_set(e, "E_IMAGE_CHAIN", 0, "epoch %u cannot be applied to a clone at epoch %u: deltas apply one after the other", epoch,
+			    im->target);
+	struct epoch_img *nep = realloc(im->ep, (size_t)(epoch + 1) * sizeof(*nep));
+	if (!nep)
+		return err_set(e, "E_RESTORE", ENOMEM, "realloc for %u epochs", epoch + 1);
+	im->ep = nep;
+	struct epoch_img *ep = &im->ep[epoch];
+	memset(ep, 0, sizeof(*ep));
+	ep->epoch = epoch;
+	snprintf(ep->dir, sizeof(ep->dir), "%s/epoch-%06u", im->dir, epoch);
+	struct stat st;
+	if (stat(ep->dir, &st))
+		return err_set(e, "E_IMAGE_CHAIN", errno, "epoch %u is not in the image (%s)", epoch, ep->dir);
+	im->nep = epoch + 1;   /* from here on image_close frees it */
+	if (img_meta_read(ep->dir, "E_IMAGE_CHAIN", &ep->meta, e))
+		return -1;
+	if (ep->meta->epoch != epoch)
+		return err_set(e, "E_IMAGE_CHAIN", 0, "%s/meta.pb says it is epoch %u, not %u", ep->dir, ep->meta->epoch, epoch);
+	if (strcmp(ep->meta->image_id, im->last->image_id))
+		return err_set(e, "E_IMAGE_CHAIN", 0, "epoch %u (%s) belongs to image %s, the clone to image %s: the chain is broken", epoch, ep->dir,
+			    ep->meta->image_id, im->last->image_id);
+	if (ep->meta->full)
+		return err_set(e, "E_UNSUPPORTED", 0,
+			    "epoch %u (%s) is a full epoch, not a delta (the engine lost continuity): build the clone again from it", epoch,
+			    ep->dir);
+	if (ep->meta->parent_epoch != epoch - 1)
+		return err_set(e, "E_IMAGE_CHAIN", 0, "epoch %u (%s) is a delta over epoch %u, expected %u", epoch, ep->dir, ep->meta->parent_epoch,
+			    epoch - 1);
+	if (map_pages(ep, e))
+		return -1;
+	im->target = epoch;
+	im->last = ep->meta;
+	return 0;
+}
+
+/* A clone at epoch `epoch` needs nothing of the epochs before it any more
+ * (a process born later is read from its birth epoch on): their metadata is
+ * freed and their pages.bin unmapped, so a hot clone fed deltas for hours
+ * holds one epoch. */
+void img_release_before(struct image *im, uint32_t epoch)
+{
+	for (uint32_t k = 0; k < epoch && k < im->nep; k++) {
+		if (im->ep[k].pages)
+			munmap((void *)im->ep[k].pages, im->ep[k].pages_len);
+		im->ep[k].pages = NULL;
+		im->ep[k].pages_len = 0;
+		if (im->ep[k].meta)
+			understudy__v1__epoch_meta__free_unpacked(im->ep[k].meta, NULL);
+		im->ep[k].meta = NULL;
+	}
+}

@@ -58,6 +58,12 @@ int64_t img_newest(const char *dir, struct err_value *e);
  * maps the pages of each. */
 int img_open(struct image *im, const char *dir, int64_t epoch, struct err_value *e);
 void img_close(struct image *im);
+/* A clone at epoch target takes the next delta (target + 1) of the same
+ * image: its metadata read and checked, its pages.bin mapped. A full epoch is
+ * refused (E_UNSUPPORTED: the clone must be built again from it). */
+int img_extend(struct image *im, uint32_t epoch, struct err_value *e);
+/* Frees the metadata and unmaps the pages of every epoch before `epoch`. */
+void img_release_before(struct image *im, uint32_t epoch);
 /* Every page run of every epoch used lies inside its pages.bin and has a crc
  * per page. */
 int img_check_runs(const struct image *im, struct err_value *e);

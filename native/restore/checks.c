@@ -20,14 +20,14 @@ struct idc {
 	int64_t mtime;
 	bool ok;
 };
-static struct idc *cache;
-static size_t ncache, capcache;
 
 /* The file must be the one checkpointed: same size and same content
  * (ELF build-id, or crc32 of the whole file), or the same mtime when the
  * capture could not hash it. dev/ino may differ (another node's copy). */
-int check_file_id(const Understudy__V1__FileId *id, const char *what, pid_t pid)
+int check_file_id(struct restorer *rs, const Understudy__V1__FileId *id, const char *what, pid_t pid)
 {
+	struct idc *cache = rs->idcache;
+	size_t ncache = rs->nidc;
 	if (!id || !id->path || !id->path[0])
 		return 0;
 	for (size_t i = 0; i < ncache; i++)
@@ -77,21 +77,28 @@ int check_file_id(const Understudy__V1__FileId *id, const char *what, pid_t pid)
 	}
 	close(fd);
 	if (!rc && ncache < 4096) {
-		if (ncache == capcache) {
-			size_t nc = capcache ? capcache * 2 : 32;
+		if (ncache == rs->capidc) {
+			size_t nc = rs->capidc ? rs->capidc * 2 : 32;
 			struct idc *n = realloc(cache, nc * sizeof(*n));
 			if (!n)
 				return 0;
-			cache = n;
-			capcache = nc;
+			rs->idcache = cache = n;
+			rs->capidc = nc;
 		}
 		snprintf(cache[ncache].path, sizeof(cache[ncache].path), "%s", id->path);
 		cache[ncache].size = id->size;
 		cache[ncache].mtime = id->mtime_ns;
 		cache[ncache].ok = true;
-		ncache++;
+		rs->nidc = ncache + 1;
 	}
 	return rc;
+}
+
+void checks_free(struct restorer *rs)
+{
+	free(rs->idcache);
+	rs->idcache = NULL;
+	rs->nidc = rs->capidc = 0;
 }
 
 static int check_kernel(Understudy__V1__EpochMeta *m)
@@ -182,13 +189,14 @@ static int check_specials(const Proc *pr)
 	return rc;
 }
 
-int check_all(struct image *im)
+/* the processes of m; with `known`, only those known() says false for
+ * (apply: the processes a delta adds) have their pids checked as free */
+int check_meta(struct restorer *rs, Understudy__V1__EpochMeta *m, bool (*known)(struct restorer *, pid_t))
 {
-	Understudy__V1__EpochMeta *m = im->last;
 	if (check_kernel(m))
 		return -1;
 	if (!m->n_processes)
-		return fail("E_NOT_AN_IMAGE", 0, "epoch %u of %s has no process", m->epoch, im->dir);
+		return fail("E_NOT_AN_IMAGE", 0, "epoch %u of %s has no process", m->epoch, rs->im.dir);
 	for (size_t i = 0; i < m->n_processes; i++) {
 		Proc *pr = m->processes[i];
 		if (!pr->n_vmas)
@@ -198,7 +206,7 @@ int check_all(struct image *im)
 			return fail("E_IMAGE_CORRUPT", 0, "epoch %u: pid %d has no threads in the image", m->epoch, pr->pid);
 		if (check_specials(pr) || sched_check(pr))
 			return -1;
-		if (check_file_id(pr->exe, "executable", pr->pid))
+		if (check_file_id(rs, pr->exe, "executable", pr->pid))
 			return -1;
 		for (size_t v = 0; v < pr->n_vmas; v++) {
 			Vma *vm = pr->vmas[v];
@@ -216,7 +224,7 @@ int check_all(struct image *im)
 					if ((uint64_t)fs.st_size + PAGE_SZ - 1 < vm->pgoff + (vm->end - vm->start) - PAGE_SZ + 1)
 						return fail("E_FILE_CHANGED", 0, "pid %d: shared mapped file %s is %lld bytes now, too short for its mapping of %llu bytes at offset %llu",
 							    pr->pid, fp, (long long)fs.st_size, (unsigned long long)(vm->end - vm->start), (unsigned long long)vm->pgoff);
-				} else if (check_file_id(vm->file, "mapped file", pr->pid)) {
+				} else if (check_file_id(rs, vm->file, "mapped file", pr->pid)) {
 					return -1;
 				}
 			}
@@ -242,7 +250,7 @@ int check_all(struct image *im)
 			return fail("E_FILE_CHANGED", errno, "pid %d: its working directory %s cannot be found on this node", pr->pid, pr->cwd);
 		/* an app adopted in the host's namespace gets its host pids back too;
 		 * one that had a namespace of its own needs only a new namespace */
-		if (R.root_is_init)
+		if (rs->root_is_init || (known && known(rs, pr->pid)))
 			continue;
 		if (check_pid_free(pr->pid, "pid", pr->pid))
 			return -1;
@@ -251,4 +259,9 @@ int check_all(struct image *im)
 				return -1;
 	}
 	return 0;
+}
+
+int check_all(struct restorer *rs)
+{
+	return check_meta(rs, rs->im.last, NULL);
 }

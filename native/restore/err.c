@@ -7,7 +7,8 @@
 #include <time.h>
 #include "restore.h"
 
-struct err_value g_err;
+__thread struct err_value g_err;
+static uint64_t t0;
 bool g_verbose;
 
 int fail(const char *code, int errnum, const char *fmt, ...)
@@ -32,7 +33,7 @@ void vlog(const char *fmt, ...)
 		return;
 	va_list ap;
 	va_start(ap, fmt);
-	fprintf(stderr, "[restore %.3f ms] ", (now_ns() - R.t_start) / 1e6);
+	fprintf(stderr, "[restore %.3f ms] ", (now_ns() - (t0 ? t0 : (t0 = now_ns()))) / 1e6);
 	vfprintf(stderr, fmt, ap);
 	fputc('\n', stderr);
 	va_end(ap);

@@ -45,16 +45,11 @@ struct rpipe {
 	struct rproc *creator;               /* NULL until created */
 	int tmp[2];                          /* temporary fds of the ends in the creator, -1 once claimed */
 };
-static struct ofd *ofds;
-static size_t nofds, capofds;
-static struct rpipe *pipes;
-static size_t npipes;
-
-static struct rpipe *pipe_find(uint64_t id)
+static struct rpipe *pipe_find(struct restorer *rs, uint64_t id)
 {
-	for (size_t i = 0; i < npipes; i++)
-		if (pipes[i].id == id)
-			return &pipes[i];
+	for (size_t i = 0; i < rs->npipes; i++)
+		if (rs->pipes[i].id == id)
+			return &rs->pipes[i];
 	return NULL;
 }
 
@@ -68,26 +63,26 @@ static bool has_fd(const Proc *pr, int fd)
 
 /* Everything that can be wrong in the image is refused here, before any
  * process is created. */
-int fdobj_plan(void)
+int fdobj_plan(struct restorer *rs)
 {
 	size_t total = 0;
-	for (size_t i = 0; i < R.nprocs; i++)
-		total += R.procs[i].pr->n_fds;
-	pipes = calloc(total + 1, sizeof(*pipes));
-	ofds = calloc(total + 1, sizeof(*ofds));
-	if (!pipes || !ofds)
+	for (size_t i = 0; i < rs->nprocs; i++)
+		total += rs->procs[i].pr->n_fds;
+	rs->pipes = calloc(total + 1, sizeof(*rs->pipes));
+	rs->ofds = calloc(total + 1, sizeof(*rs->ofds));
+	if (!rs->pipes || !rs->ofds)
 		return fail("E_RESTORE", ENOMEM, "calloc for %zu fds", total);
-	capofds = total + 1;
-	for (size_t i = 0; i < R.nprocs; i++) {
-		Proc *pr = R.procs[i].pr;
+	rs->capofds = total + 1;
+	for (size_t i = 0; i < rs->nprocs; i++) {
+		Proc *pr = rs->procs[i].pr;
 		for (size_t k = 0; k < pr->n_fds; k++) {
 			Fd *f = pr->fds[k];
 			if (f->kind == UNDERSTUDY__V1__FD__KIND__PIPE) {
 				if (!f->pipe || !f->pipe->id)
 					return fail("E_IMAGE_CORRUPT", 0, "pid %d fd %d is a pipe without its pipe record", pr->pid, f->fd);
-				struct rpipe *rp = pipe_find(f->pipe->id);
+				struct rpipe *rp = pipe_find(rs, f->pipe->id);
 				if (!rp) {
-					rp = &pipes[npipes++];
+					rp = &rs->pipes[rs->npipes++];
 					rp->id = f->pipe->id;
 					rp->tmp[0] = rp->tmp[1] = -1;
 				}
@@ -119,26 +114,28 @@ int fdobj_plan(void)
 	return 0;
 }
 
-static struct ofd *ofd_find(uint64_t id)
+static struct ofd *ofd_find(struct restorer *rs, uint64_t id)
 {
 	if (!id)
 		return NULL;
-	for (size_t i = 0; i < nofds; i++)
-		if (ofds[i].id == id)
-			return &ofds[i];
+	for (size_t i = 0; i < rs->nofds; i++)
+		if (rs->ofds[i].id == id)
+			return &rs->ofds[i];
 	return NULL;
 }
 
 void fdobj_register(struct rproc *p, const Fd *f)
 {
-	if (!f->ofd_id || ofd_find(f->ofd_id) || nofds == capofds)
+	RS_OF(p);
+	if (!f->ofd_id || ofd_find(rs, f->ofd_id) || rs->nofds == rs->capofds)
 		return;
-	ofds[nofds++] = (struct ofd){ f->ofd_id, p, f->fd };
+	rs->ofds[rs->nofds++] = (struct ofd){ f->ofd_id, p, f->fd };
 }
 
 /* fd x of p becomes fd n (with close-on-exec as given); x is gone after */
 static int move_fd(struct rproc *p, long x, int n, bool cloexec)
 {
+	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
 	char what[96];
 	if (x == n) {
@@ -155,6 +152,7 @@ static int move_fd(struct rproc *p, long x, int n, bool cloexec)
 /* fd n of p becomes the description held by q at its fd qfd */
 static int share_from(struct rproc *p, struct rproc *q, int qfd, int n, bool cloexec)
 {
+	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
 	char what[160];
 	if (p == q) {
@@ -176,6 +174,7 @@ static int share_from(struct rproc *p, struct rproc *q, int qfd, int n, bool clo
 
 static int set_status_flags(struct rproc *p, const Fd *f)
 {
+	RS_OF(p);
 	long fl = f->flags & (O_NONBLOCK | O_APPEND);
 	char what[96];
 	snprintf(what, sizeof(what), "fcntl(fd %d, F_SETFL, 0%lo)", f->fd, fl);
@@ -184,6 +183,7 @@ static int set_status_flags(struct rproc *p, const Fd *f)
 
 static int pipe_create(struct rproc *p, struct rpipe *rp, int base)
 {
+	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
 	char what[160];
 	if (inj_ok(t, "pipe2", SYS_pipe2, SCR_FDOBJ, O_CLOEXEC | O_NONBLOCK, 0, 0, 0, 0, NULL))
@@ -238,15 +238,16 @@ static int close_tmp(struct rpipe *rp, int e)
 
 int fdobj_place(struct rproc *p, const Fd *f, int base, bool *done)
 {
+	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
 	char what[160];
 	*done = true;
-	struct ofd *o = ofd_find(f->ofd_id);
+	struct ofd *o = ofd_find(rs, f->ofd_id);
 	if (o)
 		return share_from(p, o->p, o->fd, f->fd, f->cloexec);
 	switch (f->kind) {
 	case UNDERSTUDY__V1__FD__KIND__PIPE: {
-		struct rpipe *rp = pipe_find(f->pipe->id);
+		struct rpipe *rp = pipe_find(rs, f->pipe->id);
 		if (!rp->creator && pipe_create(p, rp, base))
 			return -1;
 		int e = f->pipe->write_end ? 1 : 0;
@@ -294,12 +295,13 @@ int fdobj_place(struct rproc *p, const Fd *f, int base, bool *done)
 /* the interest lists of the epoll instances p created, once all its fds exist */
 int fdobj_epolls(struct rproc *p)
 {
+	RS_OF(p);
 	Proc *pr = p->pr;
 	for (size_t i = 0; i < pr->n_fds; i++) {
 		Fd *f = pr->fds[i];
 		if (f->kind != UNDERSTUDY__V1__FD__KIND__EPOLL)
 			continue;
-		struct ofd *o = ofd_find(f->ofd_id);
+		struct ofd *o = ofd_find(rs, f->ofd_id);
 		if (o && (o->p != p || o->fd != f->fd))
 			continue;   /* a dup, or created by another process: filled there */
 		for (size_t k = 0; k < f->epoll->n_targets; k++) {
@@ -320,11 +322,48 @@ int fdobj_epolls(struct rproc *p)
 }
 
 /* pipe ends no process of the app held: closed for good */
-int fdobj_finish(void)
+int fdobj_finish(struct restorer *rs)
 {
-	for (size_t i = 0; i < npipes; i++)
+	for (size_t i = 0; i < rs->npipes; i++)
 		for (int e = 0; e < 2; e++)
-			if (pipes[i].creator && pipes[i].tmp[e] >= 0 && close_tmp(&pipes[i], e))
+			if (rs->pipes[i].creator && rs->pipes[i].tmp[e] >= 0 && close_tmp(&rs->pipes[i], e))
 				return -1;
 	return 0;
+}
+
+/* the process array moved (apply added or removed processes): the records
+ * of descriptions and pipes follow their process by index; a record of a
+ * removed process (map[i] < 0) is dropped */
+void fdobj_rebase(struct restorer *rs, const struct rproc *old_base, struct rproc *new_base, const int *map)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < rs->nofds; i++) {
+		int to = map[rs->ofds[i].p - old_base];
+		if (to < 0)
+			continue;
+		rs->ofds[o] = rs->ofds[i];
+		rs->ofds[o++].p = &new_base[to];
+	}
+	rs->nofds = o;
+	for (size_t i = 0; i < rs->npipes; i++) {
+		if (!rs->pipes[i].creator)
+			continue;
+		int to = map[rs->pipes[i].creator - old_base];
+		rs->pipes[i].creator = to < 0 ? NULL : &new_base[to];
+	}
+}
+
+/* apply: is this description already in place in a process of the clone? */
+bool fdobj_known(struct restorer *rs, uint64_t ofd_id)
+{
+	return ofd_id && ofd_find(rs, ofd_id) != NULL;
+}
+
+void fdobj_forget(struct restorer *rs, const struct rproc *p, int fd)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < rs->nofds; i++)
+		if (rs->ofds[i].p != p || rs->ofds[i].fd != fd)
+			rs->ofds[o++] = rs->ofds[i];
+	rs->nofds = o;
 }

@@ -21,9 +21,9 @@ static int cmp_fd(const void *a, const void *b)
 	return x->fd - y->fd;
 }
 
-static const char *tty_path(int fd, char *buf, size_t len)
+static const char *tty_path(struct restorer *rs, int fd, char *buf, size_t len)
 {
-	if (R.tty == TTY_INHERIT) {
+	if (rs->tty == TTY_INHERIT) {
 		for (int k = fd <= 2 ? fd : 0; k <= 2; k++) {
 			if (!isatty(k))
 				continue;
@@ -39,6 +39,7 @@ static const char *tty_path(int fd, char *buf, size_t len)
  * ends parked above the highest fd, need it. Never above the hard limit. */
 static int nofile_early(struct rproc *p)
 {
+	RS_OF(p);
 	for (size_t i = 0; i < p->pr->n_rlimits; i++) {
 		Understudy__V1__Rlimit *r = p->pr->rlimits[i];
 		struct rlimit cur;
@@ -56,11 +57,50 @@ static int nofile_early(struct rproc *p)
 	return 0;
 }
 
+/* fd f of the image opened by path in p (a file, directory, device or
+ * terminal), at its number, offset and close-on-exec flag */
+int files_open_one(struct rproc *p, const Understudy__V1__Fd *f)
+{
+	RS_OF(p);
+	struct rtask *t = &p->tasks[0];
+	char tb[256];
+	const char *path = f->path;
+	long flags = f->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC);
+	if (f->kind == UNDERSTUDY__V1__FD__KIND__TTY) {
+		path = tty_path(rs, f->fd, tb, sizeof(tb));
+		flags = (f->flags & (O_ACCMODE | O_APPEND | O_NONBLOCK)) | O_NOCTTY;
+	}
+	uint64_t sp = scratch_str(p, path);
+	if (!sp)
+		return -1;
+	char what[600];
+	snprintf(what, sizeof(what), "open(%s) for fd %d", path, f->fd);
+	long nfd;
+	int rc;
+	if ((rc = inj_ok(t, what, SYS_openat, AT_FDCWD, sp, flags, 0, 0, 0, &nfd)))
+		return rc;
+	if (nfd != f->fd) {
+		snprintf(what, sizeof(what), "dup3(%ld, %d) for %s", nfd, f->fd, path);
+		if ((rc = inj_ok(t, what, SYS_dup3, nfd, f->fd, f->cloexec ? O_CLOEXEC : 0, 0, 0, 0, NULL)))
+			return rc;
+		rc = inj_ok(t, "close", SYS_close, nfd, 0, 0, 0, 0, 0, NULL);
+	} else if (f->cloexec) {
+		rc = inj_ok(t, "fcntl(F_SETFD, FD_CLOEXEC)", SYS_fcntl, nfd, F_SETFD, FD_CLOEXEC, 0, 0, 0, NULL);
+	}
+	if (!rc && f->pos && f->kind == UNDERSTUDY__V1__FD__KIND__REGULAR) {
+		snprintf(what, sizeof(what), "lseek(fd %d of %s, %llu)", f->fd, path, (unsigned long long)f->pos);
+		rc = inj_ok(t, what, SYS_lseek, f->fd, f->pos, SEEK_SET, 0, 0, 0, NULL);
+	}
+	if (!rc)
+		fdobj_register(p, f);
+	return rc;
+}
+
 int files_restore(struct rproc *p)
 {
+	RS_OF(p);
 	if (nofile_early(p))
 		return -1;
-	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	Understudy__V1__Fd **v = malloc((pr->n_fds + 1) * sizeof(*v));
 	if (!v)
@@ -75,37 +115,7 @@ int files_restore(struct rproc *p)
 		bool done;
 		if ((rc = fdobj_place(p, f, base, &done)) || done)
 			continue;
-		char tb[256];
-		const char *path = f->path;
-		long flags = f->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC);
-		if (f->kind == UNDERSTUDY__V1__FD__KIND__TTY) {
-			path = tty_path(f->fd, tb, sizeof(tb));
-			flags = (f->flags & (O_ACCMODE | O_APPEND | O_NONBLOCK)) | O_NOCTTY;
-		}
-		uint64_t sp = scratch_str(p->pid, path);
-		if (!sp) {
-			rc = -1;
-			break;
-		}
-		char what[600];
-		snprintf(what, sizeof(what), "open(%s) for fd %d", path, f->fd);
-		long nfd;
-		if ((rc = inj_ok(t, what, SYS_openat, AT_FDCWD, sp, flags, 0, 0, 0, &nfd)))
-			break;
-		if (nfd != f->fd) {
-			snprintf(what, sizeof(what), "dup3(%ld, %d) for %s", nfd, f->fd, path);
-			if ((rc = inj_ok(t, what, SYS_dup3, nfd, f->fd, f->cloexec ? O_CLOEXEC : 0, 0, 0, 0, NULL)))
-				break;
-			rc = inj_ok(t, "close", SYS_close, nfd, 0, 0, 0, 0, 0, NULL);
-		} else if (f->cloexec) {
-			rc = inj_ok(t, "fcntl(F_SETFD, FD_CLOEXEC)", SYS_fcntl, nfd, F_SETFD, FD_CLOEXEC, 0, 0, 0, NULL);
-		}
-		if (!rc && f->pos && f->kind == UNDERSTUDY__V1__FD__KIND__REGULAR) {
-			snprintf(what, sizeof(what), "lseek(fd %d of %s, %llu)", f->fd, path, (unsigned long long)f->pos);
-			rc = inj_ok(t, what, SYS_lseek, f->fd, f->pos, SEEK_SET, 0, 0, 0, NULL);
-		}
-		if (!rc)
-			fdobj_register(p, f);
+		rc = files_open_one(p, f);
 	}
 	free(v);
 	return rc || fdobj_epolls(p) ? -1 : 0;
@@ -113,17 +123,18 @@ int files_restore(struct rproc *p)
 
 int proc_misc_restore(struct rproc *p)
 {
+	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	char what[600];
 	if (pr->cwd && pr->cwd[0]) {
-		uint64_t sp = scratch_str(p->pid, pr->cwd);
+		uint64_t sp = scratch_str(p, pr->cwd);
 		snprintf(what, sizeof(what), "chdir(%s)", pr->cwd);
 		if (!sp || inj_ok(t, what, SYS_chdir, sp, 0, 0, 0, 0, 0, NULL))
 			return -1;
 	}
 	if (pr->root && pr->root[0] && strcmp(pr->root, "/")) {
-		uint64_t sp = scratch_str(p->pid, pr->root);
+		uint64_t sp = scratch_str(p, pr->root);
 		snprintf(what, sizeof(what), "chroot(%s)", pr->root);
 		if (!sp || inj_ok(t, what, SYS_chroot, sp, 0, 0, 0, 0, 0, NULL))
 			return -1;
@@ -161,6 +172,7 @@ int proc_misc_restore(struct rproc *p)
  * them the thread may lack the capabilities the restore needs) */
 int creds_restore(struct rproc *p)
 {
+	RS_OF(p);
 	Proc *pr = p->pr;
 	for (size_t k = 0; k < p->ntasks; k++) {
 		struct rtask *t = &p->tasks[k];

@@ -30,3 +30,14 @@ int image_verify_refs(struct image *im, pid_t pid, const struct page_ref *v, siz
 {
 	return img_verify_refs(im, pid, v, n, &g_err);
 }
+
+/* The service's apply (apply.c): the chain grows by one delta. */
+int image_extend(struct image *im, uint32_t epoch)
+{
+	return img_extend(im, epoch, &g_err);
+}
+
+void image_release_before(struct image *im, uint32_t epoch)
+{
+	img_release_before(im, epoch);
+}

@@ -51,6 +51,7 @@ int seize_task(pid_t tid, bool interrupt)
  * inherited from the restorer's thread (rseq registration) */
 int task_prepare(struct rtask *t)
 {
+	RS_OF_TASK(t);
 	uint64_t all = ~0ULL;
 	if (ptrace(PTRACE_SETSIGMASK, t->tid, (void *)8, &all))
 		return fail("E_RESTORE", errno, "ptrace(PTRACE_SETSIGMASK, tid %d)", t->tid);
@@ -73,10 +74,11 @@ int task_prepare(struct rtask *t)
 
 int inj(struct rtask *t, long nr, long a0, long a1, long a2, long a3, long a4, long a5, long *ret, pid_t *child)
 {
+	RS_OF_TASK(t);
 	struct user_regs_struct r = t->base;
 	r.rax = nr;
 	r.orig_rax = -1;
-	r.rip = R.stub;
+	r.rip = rs->stub;
 	r.rdi = a0;
 	r.rsi = a1;
 	r.rdx = a2;
@@ -109,7 +111,7 @@ int inj(struct rtask *t, long nr, long a0, long a1, long a2, long a3, long a4, l
 	}
 	if (ptrace(PTRACE_GETREGS, t->tid, 0, &r))
 		return fail("E_RESTORE", errno, "ptrace(PTRACE_GETREGS, tid %d) after syscall %ld", t->tid, nr);
-	if (r.rip != R.stub + 2)
+	if (r.rip != rs->stub + 2)
 		return fail("E_RESTORE", 0, "tid %d: injected syscall %ld ended at rip 0x%llx, not after the stub's syscall instruction", t->tid,
 			    nr, (unsigned long long)r.rip);
 	*ret = (long)r.rax;
@@ -119,14 +121,16 @@ int inj(struct rtask *t, long nr, long a0, long a1, long a2, long a3, long a4, l
 /* the host pid of the process task t belongs to (for error messages) */
 static pid_t pid_of(const struct rtask *t)
 {
-	for (size_t i = 0; i < R.nprocs; i++)
-		if (t >= R.procs[i].tasks && t < R.procs[i].tasks + R.procs[i].ntasks)
-			return R.procs[i].pid;
+	RS_OF_TASK(t);
+	for (size_t i = 0; i < rs->nprocs; i++)
+		if (t >= rs->procs[i].tasks && t < rs->procs[i].tasks + rs->procs[i].ntasks)
+			return rs->procs[i].pid;
 	return t->tid;
 }
 
 int inj_ok(struct rtask *t, const char *what, long nr, long a0, long a1, long a2, long a3, long a4, long a5, long *ret)
 {
+	RS_OF_TASK(t);
 	long r;
 	if (inj(t, nr, a0, a1, a2, a3, a4, a5, &r, NULL))
 		return -1;
@@ -155,8 +159,10 @@ int peek(pid_t pid, uint64_t addr, void *dst, size_t len)
 	return 0;
 }
 
-uint64_t scratch_str(pid_t pid, const char *s)
+uint64_t scratch_str(struct rproc *p, const char *s)
 {
+	RS_OF(p);
+	pid_t pid = p->pid;
 	size_t n = strlen(s) + 1;
 	if (n > SCR_PATH_LEN) {
 		fail("E_RESTORE", ENAMETOOLONG, "path of %zu bytes does not fit the stub scratch area", n);
@@ -175,6 +181,7 @@ uint64_t scratch_str(pid_t pid, const char *s)
  * what names it in errors. */
 int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, pid_t ns_id, pid_t host_id, const char *what, pid_t *out)
 {
+	RS_OF_TASK(t);
 	pid_t tids[2] = { ns_id, host_id };
 	struct clone_args a = { 0 };
 	a.flags = flags;

@@ -57,10 +57,10 @@ static void range_str(const Lock *l, char *b, size_t n)
 		snprintf(b, n, "bytes %lld-%lld", (long long)l->start, (long long)l->end);
 }
 
-static int locks_validate(void)
+static int locks_validate(struct restorer *rs)
 {
-	for (size_t i = 0; i < R.nprocs; i++) {
-		Proc *pr = R.procs[i].pr;
+	for (size_t i = 0; i < rs->nprocs; i++) {
+		Proc *pr = rs->procs[i].pr;
 		for (size_t k = 0; k < pr->n_fds; k++) {
 			Understudy__V1__Fd *f = pr->fds[k];
 			for (size_t j = 0; j < f->n_locks; j++) {
@@ -81,12 +81,12 @@ static int locks_validate(void)
 	return 0;
 }
 
-static bool restored_pid(pid_t p)
+static bool restored_pid(struct restorer *rs, pid_t p)
 {
-	if (p == R.reaper)
+	if (p == rs->reaper)
 		return true;
-	for (size_t i = 0; i < R.nprocs; i++)
-		if (R.procs[i].pid == p)
+	for (size_t i = 0; i < rs->nprocs; i++)
+		if (rs->procs[i].pid == p)
 			return true;
 	return false;
 }
@@ -130,7 +130,7 @@ static bool line_conflicts(const char *line, const Lock *l, dev_t dev, ino_t ino
 
 /* ", held by pid N (comm) fd M outside the app (its POSIX WRITE lock on bytes a-b)";
  * the restored processes are skipped once they exist (created) */
-static void find_holder(const Lock *l, dev_t dev, ino_t ino, bool created, char *out, size_t olen)
+static void find_holder(struct restorer *rs, const Lock *l, dev_t dev, ino_t ino, bool created, char *out, size_t olen)
 {
 	snprintf(out, olen, ", held by a process outside the app (not found in /proc)");
 	DIR *d = opendir("/proc");
@@ -142,7 +142,7 @@ static void find_holder(const Lock *l, dev_t dev, ino_t ino, bool created, char 
 		if (de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
 		pid_t p = atoi(de->d_name);
-		if (p == getpid() || (created && restored_pid(p)))
+		if (p == getpid() || (created && restored_pid(rs, p)))
 			continue;
 		char dp[64];
 		snprintf(dp, sizeof(dp), "/proc/%d/fdinfo", p);
@@ -186,13 +186,13 @@ static void find_holder(const Lock *l, dev_t dev, ino_t ino, bool created, char 
 	closedir(d);
 }
 
-static int held(const Proc *pr, int fd, const Understudy__V1__Fd *f, const Lock *l, dev_t dev, ino_t ino, bool created)
+static int held(struct restorer *rs, const Proc *pr, int fd, const Understudy__V1__Fd *f, const Lock *l, dev_t dev, ino_t ino, bool created)
 {
-	char rs[64], holder[400];
-	range_str(l, rs, sizeof(rs));
-	find_holder(l, dev, ino, created, holder, sizeof(holder));
+	char rng[64], holder[400];
+	range_str(l, rng, sizeof(rng));
+	find_holder(rs, l, dev, ino, created, holder, sizeof(holder));
 	return fail("E_LOCK_HELD", 0, "pid %d fd %d (%s): cannot take back its %s %s lock on %s%s", pr->ns_pid, fd, f->path, kind_str(l),
-		    l->write ? "write" : "read", rs, holder);
+		    l->write ? "write" : "read", rng, holder);
 }
 
 /* Before any process exists: a conflicting lock already on the file (held
@@ -202,7 +202,7 @@ static int held(const Proc *pr, int fd, const Understudy__V1__Fd *f, const Lock 
  * for in /proc/locks. A lock taken after this check still fails the restore
  * when the app's lock is taken (locks_restore). A file that cannot be opened
  * is left to the checks that name it. */
-static int precheck(const Proc *pr, const Understudy__V1__Fd *f, const Lock *l, char **proclocks)
+static int precheck(struct restorer *rs, const Proc *pr, const Understudy__V1__Fd *f, const Lock *l, char **proclocks)
 {
 	struct stat st;
 	if (l->kind == UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK) {
@@ -238,7 +238,7 @@ static int precheck(const Proc *pr, const Understudy__V1__Fd *f, const Lock *l, 
 			char line[256];
 			snprintf(line, sizeof(line), "%.*s", (int)strcspn(s, "\n"), s);
 			if (!strstr(line, "->") && line_conflicts(line, l, st.st_dev, st.st_ino, desc, sizeof(desc)))
-				return held(pr, f->fd, f, l, st.st_dev, st.st_ino, false);
+				return held(rs, pr, f->fd, f, l, st.st_dev, st.st_ino, false);
 		}
 		return 0;
 	}
@@ -251,17 +251,18 @@ static int precheck(const Proc *pr, const Understudy__V1__Fd *f, const Lock *l, 
 	if (fstat(x, &st) || fcntl(x, F_OFD_GETLK, &q))
 		rc = fail("E_RESTORE", errno, "checking the %s lock of pid %d fd %d (%s): fcntl(F_OFD_GETLK)", kind_str(l), pr->ns_pid, f->fd, f->path);
 	else if (q.l_type != F_UNLCK)
-		rc = held(pr, f->fd, f, l, st.st_dev, st.st_ino, false);
+		rc = held(rs, pr, f->fd, f, l, st.st_dev, st.st_ino, false);
 	close(x);
 	return rc;
 }
 
 static int take(struct rproc *p, int fd, const Understudy__V1__Fd *f, const Lock *l)
 {
+	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
 	long ret;
-	char what[256], rs[64];
-	range_str(l, rs, sizeof(rs));
+	char what[256], rng[64];
+	range_str(l, rng, sizeof(rng));
 	if (l->kind == UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK) {
 		if (inj(t, SYS_flock, fd, (l->write ? LOCK_EX : LOCK_SH) | LOCK_NB, 0, 0, 0, 0, &ret, NULL))
 			return -1;
@@ -275,11 +276,11 @@ static int take(struct rproc *p, int fd, const Understudy__V1__Fd *f, const Lock
 			return -1;
 	}
 	if (ret == 0) {
-		vlog("pid %d fd %d (%s): %s %s lock on %s taken", p->pid, fd, f->path, kind_str(l), l->write ? "write" : "read", rs);
+		vlog("pid %d fd %d (%s): %s %s lock on %s taken", p->pid, fd, f->path, kind_str(l), l->write ? "write" : "read", rng);
 		return 0;
 	}
 	snprintf(what, sizeof(what), "pid %d fd %d (%s): cannot take back its %s %s lock on %s", p->pr->ns_pid, fd, f->path, kind_str(l),
-		 l->write ? "write" : "read", rs);
+		 l->write ? "write" : "read", rng);
 	if (ret != -EAGAIN && ret != -EACCES)
 		return fail("E_RESTORE", (int)-ret, "%s: %s", what, l->kind == UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK ? "flock" : "fcntl");
 	/* someone else holds a conflicting lock: name them */
@@ -288,29 +289,29 @@ static int take(struct rproc *p, int fd, const Understudy__V1__Fd *f, const Lock
 	snprintf(lp, sizeof(lp), "/proc/%d/fd/%d", p->pid, fd);
 	if (stat(lp, &st))
 		return fail("E_LOCK_HELD", 0, "%s, held by a process outside the app (stat(%s): %s)", what, lp, strerror(errno));
-	return held(p->pr, fd, f, l, st.st_dev, st.st_ino, true);
+	return held(rs, p->pr, fd, f, l, st.st_dev, st.st_ino, true);
 }
 
 /* the process that took a flock lock, if it holds the description too */
-static struct rproc *flock_taker(const Lock *l, uint64_t ofd_id, int *fd)
+static struct rproc *flock_taker(struct restorer *rs, const Lock *l, uint64_t ofd_id, int *fd)
 {
-	for (size_t i = 0; ofd_id && l->pid > 0 && i < R.nprocs; i++) {
-		Proc *pr = R.procs[i].pr;
+	for (size_t i = 0; ofd_id && l->pid > 0 && i < rs->nprocs; i++) {
+		Proc *pr = rs->procs[i].pr;
 		if (pr->pid != l->pid)
 			continue;
 		for (size_t k = 0; k < pr->n_fds; k++)
 			if (pr->fds[k]->ofd_id == ofd_id) {
 				*fd = pr->fds[k]->fd;
-				return &R.procs[i];
+				return &rs->procs[i];
 			}
 	}
 	return NULL;
 }
 
-int locks_restore(void)
+int locks_restore(struct restorer *rs)
 {
-	for (size_t i = 0; i < R.nprocs; i++) {
-		struct rproc *p = &R.procs[i];
+	for (size_t i = 0; i < rs->nprocs; i++) {
+		struct rproc *p = &rs->procs[i];
 		for (size_t k = 0; k < p->pr->n_fds; k++) {
 			const Understudy__V1__Fd *f = p->pr->fds[k];
 			for (size_t j = 0; j < f->n_locks; j++) {
@@ -318,7 +319,7 @@ int locks_restore(void)
 				struct rproc *owner = p;
 				int fd = f->fd;
 				if (l->kind == UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK) {
-					struct rproc *q = flock_taker(l, f->ofd_id, &fd);
+					struct rproc *q = flock_taker(rs, l, f->ofd_id, &fd);
 					if (q)
 						owner = q;
 					else
@@ -332,20 +333,20 @@ int locks_restore(void)
 	return 0;
 }
 
-int locks_plan(void)
+int locks_plan(struct restorer *rs)
 {
-	if (locks_validate())
+	if (locks_validate(rs))
 		return -1;
 	/* test hook: leave conflicts to the moment the locks are taken */
 	if (getenv("UNDERSTUDY_RESTORE_NO_LOCK_PRECHECK"))
 		return 0;
 	char *proclocks = NULL;
 	int rc = 0;
-	for (size_t i = 0; !rc && i < R.nprocs; i++) {
-		Proc *pr = R.procs[i].pr;
+	for (size_t i = 0; !rc && i < rs->nprocs; i++) {
+		Proc *pr = rs->procs[i].pr;
 		for (size_t k = 0; !rc && k < pr->n_fds; k++)
 			for (size_t j = 0; !rc && j < pr->fds[k]->n_locks; j++)
-				rc = precheck(pr, pr->fds[k], pr->fds[k]->locks[j], &proclocks);
+				rc = precheck(rs, pr, pr->fds[k], pr->fds[k]->locks[j], &proclocks);
 	}
 	free(proclocks);
 	return rc;

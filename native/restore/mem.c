@@ -80,18 +80,18 @@ static bool is_special_kind(const Vma *v)
 
 /* Candidate stub addresses: free in every process of the image, with a wide
  * margin around (stack guard gaps, growth). */
-uint64_t mem_pick_stub(void)
+uint64_t mem_pick_stub(struct restorer *rs)
 {
 	size_t total = 0;
-	for (size_t i = 0; i < R.nprocs; i++)
-		total += R.procs[i].pr->n_vmas;
+	for (size_t i = 0; i < rs->nprocs; i++)
+		total += rs->procs[i].pr->n_vmas;
 	struct { uint64_t s, e; } *v = malloc((total + 2) * sizeof(*v));
 	if (!v)
 		return 0;
 	size_t n = 0;
-	for (size_t i = 0; i < R.nprocs; i++)
-		for (size_t k = 0; k < R.procs[i].pr->n_vmas; k++) {
-			Vma *m = R.procs[i].pr->vmas[k];
+	for (size_t i = 0; i < rs->nprocs; i++)
+		for (size_t k = 0; k < rs->procs[i].pr->n_vmas; k++) {
+			Vma *m = rs->procs[i].pr->vmas[k];
 			if (m->start >= 0x800000000000ULL)
 				continue;
 			v[n].s = m->start;
@@ -128,12 +128,13 @@ uint64_t mem_pick_stub(void)
 			prev_end = v[i].e;
 	}
 	free(v);
-	tree_set_stub_candidates(cands, nc);
+	tree_set_stub_candidates(rs, cands, nc);
 	return nc ? cands[0] : 0;
 }
 
 int mem_clean(struct rproc *p)
 {
+	RS_OF(p);
 	struct cur_map *m;
 	size_t n;
 	if (read_cur_maps(p->pid, &m, &n))
@@ -143,7 +144,7 @@ int mem_clean(struct rproc *p)
 	for (size_t i = 0; i < n && !rc; i++) {
 		if (special_name(m[i].name))
 			continue;
-		if (m[i].start >= R.stub && m[i].end <= R.stub + STUB_PAGES * PAGE_SZ)
+		if (m[i].start >= rs->stub && m[i].end <= rs->stub + STUB_PAGES * PAGE_SZ)
 			continue;
 		char what[320];
 		snprintf(what, sizeof(what), "munmap(0x%llx-0x%llx %s) of the skeleton", (unsigned long long)m[i].start,
@@ -158,6 +159,7 @@ int mem_clean(struct rproc *p)
 
 int mem_specials(struct rproc *p)
 {
+	RS_OF(p);
 	struct cur_map *m;
 	size_t n;
 	if (read_cur_maps(p->pid, &m, &n))
@@ -261,6 +263,7 @@ static int write_range_v(struct rproc *p, struct page_ref *pv, size_t i0, size_t
 
 static int uffd_copy_run(struct rproc *p, int uffd, uint64_t dst, const uint8_t *src, size_t len)
 {
+	RS_OF(p);
 	size_t done = 0;
 	while (done < len) {
 		struct uffdio_copy c = { .dst = dst + done, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done, .mode = 0 };
@@ -282,6 +285,7 @@ static int uffd_copy_run(struct rproc *p, int uffd, uint64_t dst, const uint8_t 
 
 static int write_range_v(struct rproc *p, struct page_ref *pv, size_t i0, size_t i1, uint64_t *written, int uffd)
 {
+	RS_OF(p);
 	struct iovec loc[IOV_MAX], rem[IOV_MAX];
 	size_t i = i0;
 	while (i < i1) {
@@ -289,7 +293,7 @@ static int write_range_v(struct rproc *p, struct page_ref *pv, size_t i0, size_t
 		size_t bytes = 0;
 		while (i < i1 && cnt < IOV_MAX && bytes < (64u << 20)) {
 			struct page_ref *r = &pv[i];
-			struct epoch_img *e = &R.im.ep[r->ep];
+			struct epoch_img *e = &rs->im.ep[r->ep];
 			size_t len = PAGE_SZ;
 			size_t j = i + 1;
 			while (j < i1 && pv[j].ep == r->ep && pv[j].vaddr == r->vaddr + len && pv[j].off == r->off + len) {
@@ -341,10 +345,11 @@ static void *write_part(void *arg)
 /* two writers for large sets: the kernel fills the app's pages on both cores */
 static int write_set(struct rproc *p, struct page_ref *pv, size_t n, int uffd)
 {
+	RS_OF(p);
 	if (n < 16384) {
 		uint64_t b = 0;
 		int rc = write_range_v(p, pv, 0, n, &b, uffd);
-		R.bytes_written += b;
+		rs->bytes_written += b;
 		return rc;
 	}
 	struct wjob j2 = { p, pv, uffd, n / 2, n, 0, { { 0 }, { 0 }, 0 }, 0 };
@@ -354,7 +359,7 @@ static int write_set(struct rproc *p, struct page_ref *pv, size_t n, int uffd)
 	int rc = write_range_v(p, pv, 0, started ? n / 2 : n, &b, uffd);
 	if (started)
 		pthread_join(th, NULL);
-	R.bytes_written += b + j2.bytes;
+	rs->bytes_written += b + j2.bytes;
 	if (!rc && started && j2.rc) {
 		g_err = j2.err;
 		rc = -1;
@@ -366,6 +371,7 @@ static int write_set(struct rproc *p, struct page_ref *pv, size_t n, int uffd)
  * by an injected userfaultfd(), taken with pidfd_getfd, closed in the app. */
 static int uffd_open(struct rproc *p)
 {
+	RS_OF(p);
 	long tfd;
 	if (inj_ok(&p->tasks[0], "userfaultfd", 323 /* userfaultfd */, O_CLOEXEC | O_NONBLOCK, 0, 0, 0, 0, 0, &tfd))
 		return -1;
@@ -391,6 +397,7 @@ static int uffd_open(struct rproc *p)
 
 static int write_pages(struct rproc *p)
 {
+	RS_OF(p);
 	Proc *pr = p->pr;
 	/* pages in anonymous regions go through UFFDIO_COPY, the others
 	 * (private file mappings) through process_vm_writev */
@@ -461,6 +468,7 @@ static int write_pages(struct rproc *p)
 
 int mem_restore(struct rproc *p)
 {
+	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	/* drop page refs outside every region (nothing to write them to) */
@@ -510,7 +518,7 @@ int mem_restore(struct rproc *p)
 			if (!rc && nl > 7 && nl < 90 && !strncmp(v->name, "[anon:", 6) && v->name[nl - 1] == ']') {
 				char nm[96];
 				snprintf(nm, sizeof(nm), "%.*s", (int)(nl - 7), v->name + 6);
-				uint64_t sp = scratch_str(p->pid, nm);
+				uint64_t sp = scratch_str(p, nm);
 				rc = sp ? inj_ok(t, "prctl(PR_SET_VMA_ANON_NAME)", SYS_prctl, 0x53564d41 /* PR_SET_VMA */, 0, v->start, len, sp, 0, NULL) : -1;
 			}
 			continue;
@@ -521,7 +529,7 @@ int mem_restore(struct rproc *p)
 		if (fd < 0 || strcmp(fd_path, path) || fd_rw != rw) {
 			if (fd >= 0)
 				inj_ok(t, "close", SYS_close, fd, 0, 0, 0, 0, 0, NULL);
-			uint64_t sp = scratch_str(p->pid, path);
+			uint64_t sp = scratch_str(p, path);
 			if (!sp) {
 				rc = -1;
 				break;
@@ -554,8 +562,9 @@ int mem_restore(struct rproc *p)
 	return rc;
 }
 
-int mem_mm_map(struct rproc *p)
+static int mm_map(struct rproc *p, bool set_exe)
 {
+	RS_OF(p);
 	struct rtask *t = &p->tasks[0];
 	Proc *pr = p->pr;
 	if (!pr->mm)
@@ -576,10 +585,16 @@ int mem_mm_map(struct rproc *p)
 	mm.env_end = pr->mm->env_end;
 	mm.auxv = (__u64 *)(uintptr_t)(SCR_TABLE);
 	mm.auxv_size = pr->auxv.len;
-	uint64_t sp = scratch_str(p->pid, pr->exe->path);
+	long exe = -1;
+	if (!set_exe) {
+		mm.exe_fd = (__u32)-1;
+		if (poke(p->pid, SCR_TABLE, pr->auxv.data, pr->auxv.len) || poke(p->pid, SCR_ARGS, &mm, sizeof(mm)))
+			return -1;
+		return inj_ok(t, "prctl(PR_SET_MM, PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, SCR_ARGS, sizeof(mm), 0, 0, NULL);
+	}
+	uint64_t sp = scratch_str(p, pr->exe->path);
 	if (!sp)
 		return -1;
-	long exe;
 	char what[600];
 	snprintf(what, sizeof(what), "open(%s) as the executable", pr->exe->path);
 	if (inj_ok(t, what, SYS_openat, AT_FDCWD, sp, O_RDONLY | O_CLOEXEC, 0, 0, 0, &exe))
@@ -590,4 +605,14 @@ int mem_mm_map(struct rproc *p)
 	if (inj_ok(t, "prctl(PR_SET_MM, PR_SET_MM_MAP)", SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, SCR_ARGS, sizeof(mm), 0, 0, NULL))
 		return -1;
 	return inj_ok(t, "close(exe fd)", SYS_close, exe, 0, 0, 0, 0, 0, NULL);
+}
+
+int mem_mm_map(struct rproc *p)
+{
+	return mm_map(p, !p->keep_exe);
+}
+
+int mem_mm_fields(struct rproc *p)
+{
+	return mm_map(p, false);
 }

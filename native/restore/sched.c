@@ -32,6 +32,7 @@ int sched_check(const Proc *pr)
 
 int sched_restore(struct rproc *p)
 {
+	RS_OF(p);
 	static uint8_t online[MASK_MAX];
 	static long online_len = -1;
 	if (online_len < 0) {

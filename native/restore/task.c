@@ -27,6 +27,7 @@
 
 int signals_reset(struct rproc *p)
 {
+	RS_OF(p);
 	uint64_t ksa[4] = { 0, 0, 0, 0 };   /* SIG_DFL */
 	if (poke(p->pid, SCR_ARGS, ksa, sizeof(ksa)))
 		return -1;
@@ -42,12 +43,13 @@ int signals_reset(struct rproc *p)
 
 int threads_create(struct rproc *p)
 {
+	RS_OF(p);
 	struct rtask *lead = &p->tasks[0];
 	for (size_t k = 1; k < p->ntasks; k++) {
 		struct rtask *t = &p->tasks[k];
 		uint64_t flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
 		pid_t got;
-		if (inj_clone3(lead, p->pid, flags, 0, thr_ns_tid(t->th), R.root_is_init ? 0 : t->th->tid, "CLONE_THREAD",
+		if (inj_clone3(lead, p->pid, flags, 0, thr_ns_tid(t->th), rs->root_is_init ? 0 : t->th->tid, "CLONE_THREAD",
 			       &got))
 			return -1;
 		t->tid = got;
@@ -57,12 +59,25 @@ int threads_create(struct rproc *p)
 	return 0;
 }
 
-int task_state_restore(struct rproc *p)
+/* robust list, clear-child-tid, rseq and sigaltstack of one thread, set by
+ * itself; with `old` (an apply: what the thread has now) rseq is registered
+ * only when it changed, the old registration dropped first */
+int thread_state_restore(struct rproc *p, struct rtask *t, const Thr *old)
 {
-	for (size_t k = 0; k < p->ntasks; k++) {
-		struct rtask *t = &p->tasks[k];
+	RS_OF(p);
+	{
 		Thr *th = t->th;
 		char what[160];
+		bool rseq_same = old && ((!old->rseq || !old->rseq->abi_pointer) == (!th->rseq || !th->rseq->abi_pointer)) &&
+				 (!th->rseq || !th->rseq->abi_pointer ||
+				  (old->rseq->abi_pointer == th->rseq->abi_pointer && old->rseq->abi_size == th->rseq->abi_size &&
+				   old->rseq->signature == th->rseq->signature));
+		if (old && !rseq_same && old->rseq && old->rseq->abi_pointer) {
+			snprintf(what, sizeof(what), "rseq unregister(0x%llx) in tid %d", (unsigned long long)old->rseq->abi_pointer, t->tid);
+			if (inj_ok(t, what, 334 /* rseq */, old->rseq->abi_pointer, old->rseq->abi_size, 1 /* RSEQ_FLAG_UNREGISTER */,
+				   old->rseq->signature, 0, 0, NULL))
+				return -1;
+		}
 		if (th->robust_list) {
 			snprintf(what, sizeof(what), "set_robust_list(0x%llx) in tid %d", (unsigned long long)th->robust_list, t->tid);
 			if (inj_ok(t, what, SYS_set_robust_list, th->robust_list, th->robust_list_len ? th->robust_list_len : 24, 0, 0, 0, 0, NULL))
@@ -70,7 +85,7 @@ int task_state_restore(struct rproc *p)
 		}
 		if (inj_ok(t, "set_tid_address", SYS_set_tid_address, th->clear_tid, 0, 0, 0, 0, 0, NULL))
 			return -1;
-		if (th->rseq && th->rseq->abi_pointer) {
+		if (th->rseq && th->rseq->abi_pointer && !rseq_same) {
 			snprintf(what, sizeof(what), "rseq(0x%llx, %u, sig 0x%x) in tid %d", (unsigned long long)th->rseq->abi_pointer,
 				 th->rseq->abi_size, th->rseq->signature, t->tid);
 			if (inj_ok(t, what, 334 /* rseq */, th->rseq->abi_pointer, th->rseq->abi_size, 0, th->rseq->signature, 0, 0, NULL))
@@ -88,13 +103,32 @@ int task_state_restore(struct rproc *p)
 				 t->tid);
 			if (inj_ok(t, what, SYS_sigaltstack, SCR_ALTSTACK, 0, 0, 0, 0, 0, NULL))
 				return -1;
+		} else if (old && old->sigaltstack && old->sigaltstack->sp && !(old->sigaltstack->flags & SS_DISABLE)) {
+			/* an apply: the thread dropped its alternate stack since */
+			struct {
+				uint64_t sp;
+				int32_t flags, pad;
+				uint64_t size;
+			} ss = { 0, SS_DISABLE, 0, 0 };
+			if (poke(p->pid, SCR_ALTSTACK, &ss, sizeof(ss)) ||
+			    inj_ok(t, "sigaltstack(SS_DISABLE)", SYS_sigaltstack, SCR_ALTSTACK, 0, 0, 0, 0, 0, NULL))
+				return -1;
 		}
 	}
 	return 0;
 }
 
+int task_state_restore(struct rproc *p)
+{
+	for (size_t k = 0; k < p->ntasks; k++)
+		if (thread_state_restore(p, &p->tasks[k], NULL))
+			return -1;
+	return 0;
+}
+
 int signals_restore(struct rproc *p)
 {
+	RS_OF(p);
 	Proc *pr = p->pr;
 	struct rtask *lead = &p->tasks[0];
 	for (size_t i = 0; i < pr->n_sigactions; i++) {
@@ -116,6 +150,7 @@ int signals_restore(struct rproc *p)
  * pending for the whole process, by the leader): its own siginfo, any si_code */
 static int queue_one(struct rproc *p, struct rtask *t, const Understudy__V1__SigInfo *s, bool per_thread)
 {
+	RS_OF(p);
 	if (s->raw.len != 128)
 		return fail("E_IMAGE_CORRUPT", 0, "%s %d: pending signal %d has a %zu-byte siginfo", per_thread ? "tid" : "pid",
 			    per_thread ? t->tid : p->pid, s->signo, s->raw.len);
@@ -130,6 +165,7 @@ static int queue_one(struct rproc *p, struct rtask *t, const Understudy__V1__Sig
 
 int signals_queue(struct rproc *p)
 {
+	RS_OF(p);
 	for (size_t i = 0; i < p->pr->n_shared_pending; i++)
 		if (queue_one(p, &p->tasks[0], p->pr->shared_pending[i], false))
 			return -1;
@@ -189,6 +225,7 @@ static void fix_restart(pid_t pid, struct rtask *t, struct user_regs_struct *r)
 
 static int set_comm(struct rproc *p, struct rtask *t, const char *comm)
 {
+	RS_OF(p);
 	if (!comm || !comm[0])
 		return 0;
 	char b[16] = { 0 };
@@ -200,14 +237,15 @@ static int set_comm(struct rproc *p, struct rtask *t, const char *comm)
 
 int tasks_finish(struct rproc *p)
 {
+	RS_OF(p);
 	for (size_t k = 0; k < p->ntasks; k++)
 		if (set_comm(p, &p->tasks[k], p->tasks[k].th->comm))
 			return -1;
 	if (timers_arm(p))
 		return -1;
 	char what[128];
-	snprintf(what, sizeof(what), "munmap of the stub region 0x%llx", (unsigned long long)R.stub);
-	if (inj_ok(&p->tasks[0], what, SYS_munmap, R.stub, STUB_PAGES * PAGE_SZ, 0, 0, 0, 0, NULL))
+	snprintf(what, sizeof(what), "munmap of the stub region 0x%llx", (unsigned long long)rs->stub);
+	if (inj_ok(&p->tasks[0], what, SYS_munmap, rs->stub, STUB_PAGES * PAGE_SZ, 0, 0, 0, 0, NULL))
 		return -1;
 	for (size_t k = 0; k < p->ntasks; k++) {
 		struct rtask *t = &p->tasks[k];
@@ -238,6 +276,7 @@ int tasks_finish(struct rproc *p)
  * they are let go. */
 static bool was_stopped(const struct rproc *p)
 {
+	RS_OF(p);
 	for (size_t k = 0; k < p->ntasks; k++)
 		if (p->tasks[k].th && p->tasks[k].th->state == 'T')
 			return true;
@@ -261,11 +300,11 @@ static char task_state(pid_t pid, pid_t tid)
 	return e && e[1] == ' ' ? e[2] : 0;
 }
 
-int tasks_detach(void)
+int tasks_detach(struct restorer *rs)
 {
 	int rc = 0;
-	for (size_t i = 0; i < R.nprocs; i++) {
-		struct rproc *p = &R.procs[i];
+	for (size_t i = 0; i < rs->nprocs; i++) {
+		struct rproc *p = &rs->procs[i];
 		bool stop = was_stopped(p);
 		for (size_t k = 0; k < p->ntasks; k++) {
 			struct rtask *t = &p->tasks[k];

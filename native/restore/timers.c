@@ -40,11 +40,11 @@ static bool has_thread(const Proc *pr, int ns_tid)
 
 /* before any process exists: the image's timers hold together, and this
  * kernel can give timers their ids back */
-int timers_check(void)
+int timers_check(struct restorer *rs)
 {
 	bool any = false;
-	for (size_t i = 0; i < R.nprocs; i++) {
-		Proc *pr = R.procs[i].pr;
+	for (size_t i = 0; i < rs->nprocs; i++) {
+		Proc *pr = rs->procs[i].pr;
 		for (size_t k = 0; k < pr->n_itimers; k++) {
 			Understudy__V1__ITimer *it = pr->itimers[k];
 			if (it->which > 2)
@@ -72,6 +72,7 @@ int timers_check(void)
 
 int timers_create(struct rproc *p)
 {
+	RS_OF(p);
 	Proc *pr = p->pr;
 	if (!pr->n_posix_timers)
 		return 0;
@@ -121,6 +122,7 @@ static struct timeval to_tv(uint64_t ns)
 
 int timers_arm(struct rproc *p)
 {
+	RS_OF(p);
 	Proc *pr = p->pr;
 	struct rtask *lead = &p->tasks[0];
 	char what[200];

@@ -30,27 +30,32 @@
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
-static int ready_pipe[2] = { -1, -1 };
-/* restorer -> reaper "commit" byte, reaper -> restorer acknowledgement: the
- * reaper dies with the restorer (PR_SET_PDEATHSIG) until the restore is done */
-static int commit_pipe[2] = { -1, -1 }, ack_pipe[2] = { -1, -1 };
-static uint64_t stub_cands[16];
-static int nstub;
+/* (the restorer -> reaper "commit" byte and its acknowledgement: the reaper
+ * dies with the restorer (PR_SET_PDEATHSIG) until the restore is done) */
+
+void restorer_init(struct restorer *rs)
+{
+	memset(rs, 0, sizeof(*rs));
+	rs->ready_pipe[0] = rs->ready_pipe[1] = -1;
+	rs->commit_pipe[0] = rs->commit_pipe[1] = -1;
+	rs->ack_pipe[0] = rs->ack_pipe[1] = -1;
+	rs->tty = TTY_NULL;
+}
 
 /* index of the process whose pid in the image is pid */
-static int find_idx(pid_t pid)
+static int find_idx(struct restorer *rs, pid_t pid)
 {
-	for (size_t i = 0; i < R.nprocs; i++)
-		if (R.procs[i].pr->pid == pid)
+	for (size_t i = 0; i < rs->nprocs; i++)
+		if (rs->procs[i].pr->pid == pid)
 			return (int)i;
 	return -1;
 }
 
-int tree_plan(void)
+int tree_plan(struct restorer *rs)
 {
-	Understudy__V1__EpochMeta *m = R.im.last;
-	R.procs = calloc(m->n_processes, sizeof(*R.procs));
-	if (!R.procs)
+	Understudy__V1__EpochMeta *m = rs->im.last;
+	rs->procs = calloc(m->n_processes, sizeof(*rs->procs));
+	if (!rs->procs)
 		return fail("E_RESTORE", ENOMEM, "calloc for %zu processes", m->n_processes);
 	/* breadth first from the root: a parent is always created before its children */
 	Proc *root = NULL;
@@ -63,35 +68,39 @@ int tree_plan(void)
 		return fail("E_UNSUPPORTED", 0,
 			    "the app's root (pid %d) is pid %d of a nested PID namespace without being its pid 1: this layout is not restored",
 			    root->pid, root->ns_pid);
-	R.root_is_init = root->ns_pid == 1;
-	R.procs[0].pr = root;
-	R.procs[0].pid = root->pid;
-	R.procs[0].parent = -1;
-	R.nprocs = 1;
-	for (size_t head = 0; head < R.nprocs; head++) {
+	rs->root_is_init = root->ns_pid == 1;
+	rs->procs[0].rs = rs;
+	rs->procs[0].pr = root;
+	rs->procs[0].pid = root->pid;
+	rs->procs[0].parent = -1;
+	rs->nprocs = 1;
+	for (size_t head = 0; head < rs->nprocs; head++) {
 		for (size_t i = 0; i < m->n_processes; i++) {
 			Proc *pr = m->processes[i];
-			if (pr->ppid != R.procs[head].pr->pid || pr == root)
+			if (pr->ppid != rs->procs[head].pr->pid || pr == root)
 				continue;
-			struct rproc *c = &R.procs[R.nprocs++];
+			struct rproc *c = &rs->procs[rs->nprocs++];
+			c->rs = rs;
 			c->pr = pr;
 			c->pid = pr->pid;
 			c->parent = head;
 		}
 	}
-	if (R.nprocs != m->n_processes) {
+	if (rs->nprocs != m->n_processes) {
 		for (size_t i = 0; i < m->n_processes; i++)
-			if (find_idx(m->processes[i]->pid) < 0)
+			if (find_idx(rs, m->processes[i]->pid) < 0)
 				return fail("E_UNSUPPORTED", 0,
 					    "pid %d's parent %d is not part of the app (an orphan re-parented outside it): it cannot be "
 					    "recreated by its real parent",
 					    m->processes[i]->pid, m->processes[i]->ppid);
 	}
-	for (size_t i = 0; i < R.nprocs; i++) {
-		struct rproc *p = &R.procs[i];
+	for (size_t i = 0; i < rs->nprocs; i++) {
+		struct rproc *p = &rs->procs[i];
 		p->tasks = calloc(p->pr->n_threads + 1, sizeof(struct rtask));
 		if (!p->tasks)
 			return fail("E_RESTORE", ENOMEM, "calloc for the threads of pid %d", p->pid);
+		for (size_t t = 0; t <= p->pr->n_threads; t++)
+			p->tasks[t].proc = p;
 		/* leader first */
 		p->tasks[0].tid = p->pid;
 		p->ntasks = 1;
@@ -113,15 +122,15 @@ int tree_plan(void)
 
 /* ---- code that runs in the new namespace (copies of the restorer) ---- */
 
-static __attribute__((noreturn)) void skeleton_main(void)
+static __attribute__((noreturn)) void skeleton_main(struct restorer *rs)
 {
 	uint64_t got = 0;
-	for (int i = 0; i < nstub && !got; i++) {
-		void *a = mmap((void *)stub_cands[i], STUB_PAGES * PAGE_SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+	for (int i = 0; i < rs->nstub && !got; i++) {
+		void *a = mmap((void *)rs->stub_cands[i], STUB_PAGES * PAGE_SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
 			       -1, 0);
 		if (a == MAP_FAILED)
 			continue;
-		if ((uint64_t)a != stub_cands[i]) {
+		if ((uint64_t)a != rs->stub_cands[i]) {
 			munmap(a, STUB_PAGES * PAGE_SZ);
 			continue;
 		}
@@ -133,7 +142,7 @@ static __attribute__((noreturn)) void skeleton_main(void)
 			_exit(121);
 		got = (uint64_t)a;
 	}
-	fd_write_all(ready_pipe[1], &got, sizeof(got));   /* the restorer times out if it fails */
+	fd_write_all(rs->ready_pipe[1], &got, sizeof(got));   /* the restorer times out if it fails */
 	if (!got)
 		_exit(122);
 	for (;;)
@@ -146,7 +155,7 @@ static long clone3_raw(struct clone_args *a)
 }
 
 /* (only for an app adopted in the host's namespace: its host pids come back too) */
-static __attribute__((noreturn)) void reaper_main(pid_t root_ns, pid_t root_host)
+static __attribute__((noreturn)) void reaper_main(struct restorer *rs, pid_t root_ns, pid_t root_host)
 {
 	prctl(PR_SET_NAME, "understudy-init", 0, 0, 0);
 	setsid();
@@ -157,24 +166,24 @@ static __attribute__((noreturn)) void reaper_main(pid_t root_ns, pid_t root_host
 	a.set_tid_size = 2;
 	long c = clone3_raw(&a);
 	if (c == 0)
-		skeleton_main();
+		skeleton_main(rs);
 	if (c < 0) {
 		uint64_t zero = 0;
 		int e = errno;
-		fd_write_all(ready_pipe[1], &zero, sizeof(zero));
-		fd_write_all(ready_pipe[1], &e, sizeof(e));
+		fd_write_all(rs->ready_pipe[1], &zero, sizeof(zero));
+		fd_write_all(rs->ready_pipe[1], &e, sizeof(e));
 		_exit(123);
 	}
 	/* pid 1 of the app's namespace: reap until the app is gone. It is a copy
 	 * of the restorer: let go of the image (its pages.bin mappings would pin
 	 * the files for as long as the app runs). */
-	for (uint32_t k = 0; k < R.im.nep; k++)
-		if (R.im.ep[k].pages)
-			munmap((void *)R.im.ep[k].pages, R.im.ep[k].pages_len);
+	for (uint32_t k = 0; k < rs->im.nep; k++)
+		if (rs->im.ep[k].pages)
+			munmap((void *)rs->im.ep[k].pages, rs->im.ep[k].pages_len);
 	/* every fd the restorer had (its stdout, whatever its caller passed
 	 * down): the reaper must not hold anyone's pipe open. It keeps only
 	 * the commit pipe (as fd 0) and the acknowledgement pipe (as fd 1). */
-	int cfd = fcntl(commit_pipe[0], F_DUPFD, 1000), afd = fcntl(ack_pipe[1], F_DUPFD, 1000);
+	int cfd = fcntl(rs->commit_pipe[0], F_DUPFD, 1000), afd = fcntl(rs->ack_pipe[1], F_DUPFD, 1000);
 	if (cfd < 0 || afd < 0 || dup2(cfd, 0) < 0 || dup2(afd, 1) < 0)
 		_exit(126);   /* no acknowledgement: the restorer fails and kills the namespace */
 	syscall(436 /* close_range */, 2, ~0U, 0);
@@ -216,35 +225,35 @@ static __attribute__((noreturn)) void reaper_main(pid_t root_ns, pid_t root_host
 /* The restore is done: the reaper must outlive the restorer from now on.
  * Nothing to do when the app's root is pid 1 of its namespace (it cleared
  * its own PDEATHSIG once seized). */
-int tree_commit(void)
+int tree_commit(struct restorer *rs)
 {
-	if (R.root_is_init || commit_pipe[1] < 0)
+	if (rs->root_is_init || rs->commit_pipe[1] < 0)
 		return 0;
 	int rc = 0;
 	char a = 0;
-	if (write(commit_pipe[1], "c", 1) != 1) {
-		rc = fail("E_RESTORE", errno, "telling the namespace's reaper (pid %d) that the restore is done", R.reaper);
+	if (write(rs->commit_pipe[1], "c", 1) != 1) {
+		rc = fail("E_RESTORE", errno, "telling the namespace's reaper (pid %d) that the restore is done", rs->reaper);
 		goto out;
 	}
-	struct pollfd pf = { ack_pipe[0], POLLIN, 0 };
+	struct pollfd pf = { rs->ack_pipe[0], POLLIN, 0 };
 	int pr;
 	while ((pr = poll(&pf, 1, 2000)) < 0 && errno == EINTR)
 		;
-	if (pr <= 0 || read(ack_pipe[0], &a, 1) != 1 || a != 'a')
+	if (pr <= 0 || read(rs->ack_pipe[0], &a, 1) != 1 || a != 'a')
 		rc = fail("E_RESTORE", pr == 0 ? ETIMEDOUT : EPIPE,
-			  "the namespace's reaper (pid %d) did not confirm within 2 s that it outlives the restorer", R.reaper);
+			  "the namespace's reaper (pid %d) did not confirm within 2 s that it outlives the restorer", rs->reaper);
 out:
-	close(commit_pipe[1]);
-	close(ack_pipe[0]);
-	commit_pipe[1] = ack_pipe[0] = -1;
+	close(rs->commit_pipe[1]);
+	close(rs->ack_pipe[0]);
+	rs->commit_pipe[1] = rs->ack_pipe[0] = -1;
 	return rc;
 }
 
 /* ---- restorer side ---- */
 
-static int read_ready(uint64_t *addr, int *cerr)
+static int read_ready(struct restorer *rs, uint64_t *addr, int *cerr)
 {
-	struct pollfd pf = { ready_pipe[0], POLLIN, 0 };
+	struct pollfd pf = { rs->ready_pipe[0], POLLIN, 0 };
 	size_t got = 0;
 	uint8_t buf[12];
 	uint64_t until = now_ns() + 5000000000ULL;
@@ -252,7 +261,7 @@ static int read_ready(uint64_t *addr, int *cerr)
 		int ms = (int)((until - now_ns()) / 1000000);
 		if ((int64_t)(until - now_ns()) <= 0 || poll(&pf, 1, ms) == 0)
 			return fail("E_RESTORE", ETIMEDOUT, "the new namespace's first process did not report ready within 5 s");
-		ssize_t r = read(ready_pipe[0], buf + got, sizeof(buf) - got);
+		ssize_t r = read(rs->ready_pipe[0], buf + got, sizeof(buf) - got);
 		if (r <= 0) {
 			if (r < 0 && errno == EINTR)
 				continue;
@@ -263,7 +272,7 @@ static int read_ready(uint64_t *addr, int *cerr)
 	memcpy(addr, buf, 8);
 	*cerr = 0;
 	if (*addr == 0 && got < 12) {
-		ssize_t r = read(ready_pipe[0], buf + got, 12 - got);
+		ssize_t r = read(rs->ready_pipe[0], buf + got, 12 - got);
 		if (r > 0)
 			got += r;
 	}
@@ -272,21 +281,21 @@ static int read_ready(uint64_t *addr, int *cerr)
 	return 0;
 }
 
-static bool is_app_id(pid_t id)
+static bool is_app_id(struct restorer *rs, pid_t id)
 {
-	for (size_t i = 0; i < R.nprocs; i++)
-		for (size_t t = 0; t < R.procs[i].ntasks; t++)
-			if (R.procs[i].tasks[t].tid == id)
+	for (size_t i = 0; i < rs->nprocs; i++)
+		for (size_t t = 0; t < rs->procs[i].ntasks; t++)
+			if (rs->procs[i].tasks[t].tid == id)
 				return true;
 	return false;
 }
 
-static int start_namespace(void)
+static int start_namespace(struct restorer *rs)
 {
-	struct rproc *root = &R.procs[0];
-	if (pipe2(ready_pipe, O_CLOEXEC))
+	struct rproc *root = &rs->procs[0];
+	if (pipe2(rs->ready_pipe, O_CLOEXEC))
 		return fail("E_RESTORE", errno, "pipe2");
-	if (!R.root_is_init && (pipe2(commit_pipe, O_CLOEXEC) || pipe2(ack_pipe, O_CLOEXEC)))
+	if (!rs->root_is_init && (pipe2(rs->commit_pipe, O_CLOEXEC) || pipe2(rs->ack_pipe, O_CLOEXEC)))
 		return fail("E_RESTORE", errno, "pipe2");
 	/* the first process of the namespace (the app's root as pid 1, or the
 	 * reaper) is this process's child: it dies with this process
@@ -302,7 +311,7 @@ static int start_namespace(void)
 		a.exit_signal = SIGCHLD;
 		/* pid 1 of the new namespace is the app's root (its host pid is free) */
 		pid_t tids[1] = { 1 };
-		if (R.root_is_init) {
+		if (rs->root_is_init) {
 			a.set_tid = (uint64_t)(uintptr_t)tids;
 			a.set_tid_size = 1;
 		}
@@ -312,50 +321,50 @@ static int start_namespace(void)
 		if (c < 0) {
 			int e = errno;
 			close(self);
-			return fail("E_RESTORE", e, "clone3(CLONE_NEWPID%s) for the app's PID namespace", R.root_is_init ? ", set_tid {1}" : "");
+			return fail("E_RESTORE", e, "clone3(CLONE_NEWPID%s) for the app's PID namespace", rs->root_is_init ? ", set_tid {1}" : "");
 		}
 		if (c == 0) {
-			close(ready_pipe[0]);
+			close(rs->ready_pipe[0]);
 			struct pollfd gone = { self, POLLIN, 0 };
 			if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) || poll(&gone, 1, 0) != 0)
 				_exit(124);
-			if (R.root_is_init) {
+			if (rs->root_is_init) {
 				/* a session of its own if it led one (`understudy run`'s
 				 * apps, daemons); otherwise it stays in the restorer's
 				 * session, which is outside the namespace as its old one
 				 * was: getsid() gives 0 in both cases */
 				if (root->pr->ns_sid == 1)
 					setsid();
-				skeleton_main();
+				skeleton_main(rs);
 			}
-			reaper_main(root->pr->ns_pid, root->pid);
+			reaper_main(rs, root->pr->ns_pid, root->pid);
 		}
-		R.reaper = c;
-		if (R.root_is_init) {
+		rs->reaper = c;
+		if (rs->root_is_init) {
 			root->pid = (pid_t)c;
 			root->tasks[0].tid = (pid_t)c;
-		} else if (is_app_id(c)) {
+		} else if (is_app_id(rs, c)) {
 			/* the kernel gave the reaper a pid the app needs: try again */
 			kill(c, SIGKILL);
 			waitpid(c, NULL, 0);
-			R.reaper = 0;
+			rs->reaper = 0;
 			continue;
 		}
 		break;
 	}
 	close(self);
-	if (!R.reaper)
+	if (!rs->reaper)
 		return fail("E_PID_TAKEN", 0, "could not start the namespace's reaper on a pid the app does not need");
-	close(ready_pipe[1]);
-	ready_pipe[1] = -1;
-	if (!R.root_is_init) {
-		close(commit_pipe[0]);
-		close(ack_pipe[1]);
-		commit_pipe[0] = ack_pipe[1] = -1;
+	close(rs->ready_pipe[1]);
+	rs->ready_pipe[1] = -1;
+	if (!rs->root_is_init) {
+		close(rs->commit_pipe[0]);
+		close(rs->ack_pipe[1]);
+		rs->commit_pipe[0] = rs->ack_pipe[1] = -1;
 	}
 	uint64_t stub = 0;
 	int cerr = 0;
-	if (read_ready(&stub, &cerr))
+	if (read_ready(rs, &stub, &cerr))
 		return -1;
 	if (!stub) {
 		if (cerr)
@@ -363,10 +372,10 @@ static int start_namespace(void)
 				    root->pr->ns_pid, root->pid);
 		return fail("E_RESTORE", 0, "no free address for the stub region in the app's root");
 	}
-	R.stub = stub;
-	close(ready_pipe[0]);
-	ready_pipe[0] = -1;
-	vlog("namespace up: reaper %d, root %d, stub 0x%llx", R.reaper, root->pid, (unsigned long long)stub);
+	rs->stub = stub;
+	close(rs->ready_pipe[0]);
+	rs->ready_pipe[0] = -1;
+	vlog("namespace up: reaper %d, root %d, stub 0x%llx", rs->reaper, root->pid, (unsigned long long)stub);
 	/* test hook: die before the root is seized, as a restorer killed just
 	 * then would */
 	const char *die = getenv("UNDERSTUDY_RESTORE_DIE_BEFORE_SEIZE");
@@ -378,17 +387,17 @@ static int start_namespace(void)
 	root->created = true;
 	/* traced with PTRACE_O_EXITKILL from here on; and the app must outlive
 	 * this process once restored */
-	if (R.root_is_init && inj_ok(t, "prctl(PR_SET_PDEATHSIG, 0)", SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0, 0, NULL))
+	if (rs->root_is_init && inj_ok(t, "prctl(PR_SET_PDEATHSIG, 0)", SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0, 0, NULL))
 		return -1;
 	return 0;
 }
 
-static int create_child(struct rproc *p)
+int tree_create_child(struct restorer *rs, struct rproc *p)
 {
-	struct rproc *par = &R.procs[p->parent];
+	struct rproc *par = &rs->procs[p->parent];
 	struct rtask *pt = &par->tasks[0];
 	pid_t got = 0;
-	int rc = inj_clone3(pt, par->pid, 0, SIGCHLD, p->pr->ns_pid, R.root_is_init ? 0 : p->pid, "a child", &got);
+	int rc = inj_clone3(pt, par->pid, 0, SIGCHLD, p->pr->ns_pid, rs->root_is_init ? 0 : p->pid, "a child", &got);
 	if (got > 0) {
 		/* from here on the cleanup kills it by this pid (never by the image's) */
 		p->pid = got;
@@ -398,33 +407,33 @@ static int create_child(struct rproc *p)
 	return rc || task_prepare(&p->tasks[0]) ? -1 : 0;
 }
 
-int tree_create(void)
+int tree_create(struct restorer *rs)
 {
-	for (size_t i = 0; i < R.nprocs; i++) {
-		struct rproc *p = &R.procs[i];
+	for (size_t i = 0; i < rs->nprocs; i++) {
+		struct rproc *p = &rs->procs[i];
 		if (i == 0) {
-			if (start_namespace())
+			if (start_namespace(rs))
 				return -1;
 			/* the root skeleton: drop what it inherited from the restorer */
 			if (mem_clean(p) || signals_reset(p))
 				return -1;
-		} else if (create_child(p)) {
+		} else if (tree_create_child(rs, p)) {
 			return -1;
 		}
-		if (p->pr->sid == p->pr->pid && !(i == 0 && R.root_is_init) &&
+		if (p->pr->sid == p->pr->pid && !(i == 0 && rs->root_is_init) &&
 		    inj_ok(&p->tasks[0], "setsid", SYS_setsid, 0, 0, 0, 0, 0, 0, NULL))
 			return -1;
 	}
 	/* process groups: leaders first, then members (same session only) */
 	for (int pass = 0; pass < 2; pass++)
-		for (size_t i = 0; i < R.nprocs; i++) {
-			struct rproc *p = &R.procs[i];
+		for (size_t i = 0; i < rs->nprocs; i++) {
+			struct rproc *p = &rs->procs[i];
 			if (p->pr->sid == p->pr->pid)
 				continue;   /* a session leader leads its group */
 			bool leader = p->pr->pgid == p->pr->pid;
 			if ((pass == 0) != leader)
 				continue;
-			if (!leader && find_idx(p->pr->pgid) < 0)
+			if (!leader && find_idx(rs, p->pr->pgid) < 0)
 				continue;   /* a group outside the app: keep the inherited one */
 			if (inj_ok(&p->tasks[0], "setpgid", SYS_setpgid, 0, leader ? 0 : p->pr->ns_pgid, 0, 0, 0, 0, NULL))
 				return -1;
@@ -432,13 +441,13 @@ int tree_create(void)
 	return 0;
 }
 
-void tree_kill(void)
+void tree_kill(struct restorer *rs)
 {
-	if (R.reaper > 0)
-		kill(R.reaper, SIGKILL);
-	for (size_t i = 0; i < R.nprocs; i++)
-		if (R.procs[i].created)
-			kill(R.procs[i].pid, SIGKILL);
+	if (rs->reaper > 0)
+		kill(rs->reaper, SIGKILL);
+	for (size_t i = 0; i < rs->nprocs; i++)
+		if (rs->procs[i].created)
+			kill(rs->procs[i].pid, SIGKILL);
 	uint64_t until = now_ns() + 3000000000ULL;
 	while (now_ns() < until) {
 		int st;
@@ -448,12 +457,12 @@ void tree_kill(void)
 		if (w <= 0)
 			usleep(1000);
 	}
-	R.reaper = 0;
+	rs->reaper = 0;
 }
 
-int tree_set_stub_candidates(const uint64_t *c, int n)
+int tree_set_stub_candidates(struct restorer *rs, const uint64_t *c, int n)
 {
-	nstub = n > 16 ? 16 : n;
-	memcpy(stub_cands, c, nstub * sizeof(uint64_t));
+	rs->nstub = n > 16 ? 16 : n;
+	memcpy(rs->stub_cands, c, rs->nstub * sizeof(uint64_t));
 	return 0;
 }

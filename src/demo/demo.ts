@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ProtectLoop } from '../agent/protect.js';
 import { snapshot } from '../graph/sockets.js';
-import { restore, type RestoreResult } from '../restore/restore.js';
+import { restore, type RestoreResult } from '../native/restorer.js';
 import { UnderstudyError } from '../util/errors.js';
 
 /** The demo app: a counter held in memory, written (overwritten) to a file 20 times a second. */

@@ -84,8 +84,8 @@ describe('the log file and level', () => {
     const rep = JSON.parse(r.stdout) as { pids: number[]; reaper: number };
     onCleanup(() => killPids([rep.reaper, ...rep.pids]));
     const restore = readLog(restoreLog);
-    expect(componentsAt(restore, DEBUG)).toEqual(expect.arrayContaining(['cli', 'restore']));
-    expect(restore.find((l) => l.component === 'restore' && l.level === INFO)?.msg).toBe('app restored');
+    expect(componentsAt(restore, DEBUG)).toEqual(expect.arrayContaining(['cli', 'restorer']));
+    expect(restore.find((l) => l.component === 'restorer' && l.level === INFO)?.msg).toBe('app restored');
 
     const traceLog = join(dir, 'trace.log');
     const t = await runCli(['trace', '--log-file', traceLog, '--log-level', 'debug', '--', '/bin/true']);
@@ -103,7 +103,7 @@ describe('the log file and level', () => {
     const r = await runCli(['demo', '--config', config]);
     expect(r.exitCode, r.stderr).toBe(0);
     const lines = readLog(logFile);
-    expect(componentsAt(lines, DEBUG)).toEqual(expect.arrayContaining(['agent', 'cli', 'engine', 'graph', 'restore']));
+    expect(componentsAt(lines, DEBUG)).toEqual(expect.arrayContaining(['agent', 'cli', 'engine', 'graph', 'restorer']));
     expect(lines.find((l) => l.component === 'cli')).toMatchObject({ msg: 'command started', command: 'demo', logLevel: 'debug', logFile });
   });
 
@@ -136,7 +136,7 @@ describe('the log file and level', () => {
     onCleanup(() => killPids([rep.reaper, ...rep.pids]));
     const info = readLog(infoLog);
     // the restorer's info line is there, its debug lines and the CLI's are not
-    expect(info.filter((l) => l.level === INFO).map((l) => `${l.component}: ${l.msg}`)).toEqual(['restore: app restored']);
+    expect(info.filter((l) => l.level === INFO).map((l) => `${l.component}: ${l.msg}`)).toEqual(['restorer: app restored']);
     expect(info.filter((l) => l.level < INFO)).toEqual([]);
 
     // and at warn, not even that: a restore that succeeds writes nothing

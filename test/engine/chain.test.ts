@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EngineClient, type ChainPosition } from '../../src/native/engine.js';
 import { memoryDigest, readEpochMeta, reconstruct } from '../../src/image/store.js';
-import { restore } from '../../src/restore/restore.js';
+import { restore } from '../../src/native/restorer.js';
 import * as rs from '../restore/helpers.js';
 import { onCleanup, runCleanups, startFixture, tmp } from './helpers.js';
 

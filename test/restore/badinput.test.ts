@@ -5,7 +5,7 @@ import { copyFileSync, cpSync, readdirSync, readFileSync, rmSync, statSync, writ
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { RestoreError, restore } from '../../src/restore/restore.js';
+import { RestoreError, restore } from '../../src/native/restorer.js';
 import { nativeBinary } from '../../src/util/paths.js';
 import { readEpochMeta, processesOf } from '../../src/image/store.js';
 import { EngineClient } from '../../src/native/engine.js';

@@ -10,7 +10,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { EngineClient } from '../../src/native/engine.js';
 import { understudy } from '../../src/gen/proto.js';
 import { compact, processesOf, readEpochMeta, rewriteEpochMeta } from '../../src/image/store.js';
-import { restore } from '../../src/restore/restore.js';
+import { restore } from '../../src/native/restorer.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
 import { TestCluster } from '../helpers/nodes.js';
 import {

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
-import { restore } from '../../src/restore/restore.js';
+import { restore } from '../../src/native/restorer.js';
 import { cutToCheckpoint, dumpAndKill, epochDir, fixturePython, killPids, onCleanup, runCleanups, startFixture, tmp, waitFor } from './helpers.js';
 import { FIXTURES, roundTrip } from './roundtrip.js';
 

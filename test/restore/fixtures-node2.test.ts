@@ -3,7 +3,7 @@
 import { cpSync, existsSync, mkdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { restore } from '../../src/restore/restore.js';
+import { restore } from '../../src/native/restorer.js';
 import { TestCluster } from '../helpers/nodes.js';
 import { dumpAndKill, killPids, onCleanup, runCleanups, startFixture, tmp, verdict } from './helpers.js';
 import { FIXTURES } from './roundtrip.js';

@@ -7,7 +7,7 @@ import { EngineClient } from '../../src/native/engine.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { restore } from '../../src/restore/restore.js';
+import { restore } from '../../src/native/restorer.js';
 import { TestCluster } from '../helpers/nodes.js';
 import { buildDir } from '../../src/util/paths.js';
 import {

@@ -4,7 +4,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { restore } from '../../src/restore/restore.js';
+import { restore } from '../../src/native/restorer.js';
 import { dumpAndKill, killPids, onCleanup, python, runCleanups, sleep, tmp, waitFor } from './helpers.js';
 
 afterEach(runCleanups);

@@ -11,7 +11,7 @@ import { EngineClient } from '../../src/native/engine.js';
 import { understudy } from '../../src/gen/proto.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
-import { RestoreError, restore } from '../../src/restore/restore.js';
+import { RestoreError, restore } from '../../src/native/restorer.js';
 import {
   alive,
   epochDir,

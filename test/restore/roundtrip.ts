@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
-import { restore } from '../../src/restore/restore.js';
+import { restore } from '../../src/native/restorer.js';
 import { alive, dumpAndKill, killPids, onCleanup, startFixture, tmp, verdict, waitFor } from './helpers.js';
 
 export const FIXTURES = [

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { processesOf, rewriteEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
-import { RestoreError, restore } from '../../src/restore/restore.js';
+import { RestoreError, restore } from '../../src/native/restorer.js';
 import { alive, dumpAndKill, epochDir, killPids, onCleanup, python, runCleanups, tmp, waitFor } from './helpers.js';
 
 afterEach(runCleanups);

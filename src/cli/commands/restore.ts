@@ -2,7 +2,7 @@
 // (epoch 0 + deltas up to --epoch), with its PIDs, in a new PID namespace; the
 // app then runs detached from the CLI. Refusals (corrupt page, missing delta,
 // changed file, PID in use, other kernel) name what is wrong.
-import type { TtyMode } from '../../restore/restore.js';
+import type { TtyMode } from '../../native/restorer.js';
 import { UnderstudyError } from '../../util/errors.js';
 import { EPOCH_MAX, intFlag, stringFlag, type Command } from '../command.js';
 
@@ -24,7 +24,7 @@ export const restoreCommand: Command = {
   },
   needsRoot: true,
   async run(ctx, values) {
-    const { restore } = await import('../../restore/restore.js');
+    const { restore } = await import('../../native/restorer.js');
     const dir = stringFlag(values, 'dir', '-D/--dir');
     const epoch = intFlag(values, 'epoch', 0, EPOCH_MAX);
     const tty = values.tty ?? 'null';
