@@ -44,7 +44,8 @@ describe('understudy check', () => {
     expect(r.stdout).toMatch(/2 of 15 features missing/);
 
     const j = await runCli(['check', '--json', '--only', 'ringbuf,btf'], { env: { UNDERSTUDY_CHECK_DISABLE: 'ringbuf' } });
-    expect(j.exitCode).toBe(1);
+    expect(j.exitCode, j.stderr).toBe(1);
+    expect(j.stdout, `no JSON report; stderr: ${j.stderr}`).not.toBe('');
     const report = JSON.parse(j.stdout) as { ok: boolean; probes: JsonProbe[] };
     expect(report.ok).toBe(false);
     expect(report.probes.map((p) => [p.id, p.ok])).toEqual([
