@@ -26,19 +26,7 @@
  * One error per failing command: a stable code, a message naming the call,
  * the object and errno. Functions return -1 after setting it. Per thread:
  * the memory workers and the epoch writer run beside the tracer. */
-extern __thread struct err_value g_err;
-static inline __attribute__((format(printf, 3, 4))) int fail(const char *code, int errnum, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	err_vset(&g_err, code, errnum, fmt, ap);
-	va_end(ap);
-	return -1;
-}
-static inline void err_clear(void)
-{
-	memset(&g_err, 0, sizeof(g_err));
-}
+#include "fail.h"
 
 /* ---- prof.c: clock, and the per-step profile of a pause ------------------ */
 uint64_t now_ns(void);

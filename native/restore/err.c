@@ -11,15 +11,6 @@ __thread struct err_value g_err;
 static uint64_t t0;
 bool g_verbose;
 
-int fail(const char *code, int errnum, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	err_vset(&g_err, code, errnum, fmt, ap);   /* keeps the first (root) cause */
-	va_end(ap);
-	return -1;
-}
-
 uint64_t now_ns(void)
 {
 	struct timespec ts;

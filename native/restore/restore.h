@@ -51,8 +51,7 @@ static inline pid_t thr_ns_tid(const Thr *th)
 }
 
 /* ---- err.c ---- */
-extern __thread struct err_value g_err;   /* the first error of the current request (errfmt.h) */
-int fail(const char *code, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#include "fail.h"   /* g_err: the first error of the current request; fail() */
 uint64_t now_ns(void);
 extern bool g_verbose;
 void vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -28,7 +28,7 @@
 #include "frame.h"
 #include "tracer.h"
 
-struct err_value g_err;
+__thread struct err_value g_err;
 
 #define MAX_REQUEST (16u << 20)
 

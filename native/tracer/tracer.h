@@ -45,19 +45,7 @@ struct tracer {
 /* ---- errors (native/common/errfmt): one per failing request, raised by the
  * code's name (proto/understudy/v1/errors.proto), sent as the enum's value
  * (err_value_code); functions return -1 after setting it. */
-extern struct err_value g_err;
-static inline __attribute__((format(printf, 3, 4))) int fail(const char *code, int errnum, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	err_vset(&g_err, code, errnum, fmt, ap);
-	va_end(ap);
-	return -1;
-}
-static inline void err_clear(void)
-{
-	memset(&g_err, 0, sizeof(g_err));
-}
+#include "fail.h"
 
 /* objects.c: open, load and attach bpf/trace.bpf.c through its skeleton, or
  * with obj_path any object with the stream maps (the bench's floors). */

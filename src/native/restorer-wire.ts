@@ -59,6 +59,7 @@ export interface ApplyResultMsg {
   threadsRemoved: number;
   pids: number[];
   applyNs: number;
+  /** Fds opened again (or taken from a holder of their description), and closed. */
   fdsOpened: number;
   fdsClosed: number;
 }

@@ -13,7 +13,7 @@ import { DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, requireVersion } from './
 import { UnderstudyError, type ErrorCode } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { nativeBinary } from '../util/paths.js';
-import { decodeReply, encodeRequest, ERROR_CODE_NAMES, type CloneInfoMsg, type ReplyMsg, type RequestMsg } from './restorer-wire.js';
+import { decodeReply, encodeRequest, ERROR_CODE_NAMES, type ApplyResultMsg, type CloneInfoMsg, type ReplyMsg, type RequestMsg } from './restorer-wire.js';
 
 const log = logger('restorer');
 export const RESTORER_VERSION = 1;
@@ -75,23 +75,8 @@ export interface CloneInfo {
   stub: number;
 }
 
-export interface ApplyResult {
-  epoch: number;
-  bytes: number;
-  pages: number;
-  regionsMapped: number;
-  regionsUnmapped: number;
-  regionsReprotected: number;
-  processesAdded: number;
-  processesRemoved: number;
-  threadsAdded: number;
-  threadsRemoved: number;
-  pids: number[];
-  applyNs: number;
-  /** Fds opened again (or taken from a holder of their description), and closed. */
-  fdsOpened: number;
-  fdsClosed: number;
-}
+/** What an in-place apply did (the restorer's ApplyResult message). */
+export type ApplyResult = ApplyResultMsg;
 
 /** A refused or failed request; `killed` lists what the restorer had created (all killed again). */
 export class RestoreError extends UnderstudyError {
