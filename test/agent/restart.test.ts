@@ -4,13 +4,14 @@
 // then deltas; the image restores to the app of the last epoch. And a crashing
 // engine is not restarted forever: the give-up is an E_ENGINE_DIED that says so,
 // the app released and running.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ProtectLoop } from '../../src/agent/protect.js';
 import { listEpochs, readEpochMeta } from '../../src/image/store.js';
 import { restore } from '../../src/restore/restore.js';
 import * as rs from '../restore/helpers.js';
+import { runCli } from '../helpers/cli.js';
 import { onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from '../engine/helpers.js';
 
 /** Times the process went to sleep by itself (rs_counter sleeps 1 ms between rounds of counting). */
@@ -163,5 +164,34 @@ describe('an engine the protect loop restarts', () => {
     for (const e of loop.epochs) expect(readEpochMeta(e.epochDir).imageId).toBe(loop.chain.imageId);
     expect(procState(fx.pid).tracer).toBe(0);
     expect(await settledState(fx.pid)).toBe('S');
+  }, 60_000);
+
+  it('understudy dump --incremental goes on past a killed engine to its last epoch; --no-restart-engine fails with the code', async () => {
+    const fx = await startFixture({ mb: 2 });
+    for (const restart of [true, false]) {
+      const dir = join(tmp('img'), 'image');
+      const run = runCli(['dump', '--pid', String(fx.pid), '-D', dir, '--epochs', '6', '--interval-ms', '100', '--leave-running', ...(restart ? [] : ['--no-restart-engine'])]);
+      await waitFor(() => existsSync(join(dir, 'epoch-000002')) || undefined, 20_000, 'epoch 2');
+      // the dump's engine is the app's tracer
+      const engine = procState(fx.pid).tracer;
+      expect(engine).toBeGreaterThan(0);
+      process.kill(engine, 'SIGKILL');
+      const r = await run;
+      if (restart) {
+        expect(r.exitCode, r.stderr).toBe(0);
+        const cont = Number(/engine \d+ continues the chain at epoch (\d+) \(full\)/.exec(r.stdout)?.[1]);
+        expect(cont).toBeGreaterThanOrEqual(3);
+        const metas = listEpochs(dir).map((e) => readEpochMeta(e.path));
+        expect(metas.map((m) => m.epoch)).toEqual([0, 1, 2, 3, 4, 5, 6]);
+        expect(metas.filter((m) => m.full).map((m) => m.epoch)).toEqual([0, cont]);
+        expect(new Set(metas.map((m) => m.imageId)).size).toBe(1);
+      } else {
+        expect(r.exitCode).toBe(1);
+        expect(r.stderr).toMatch(/checkpoint engine .* exited while protecting app .* keeps running/);
+      }
+      expect(procState(fx.pid).tracer).toBe(0);
+      expect(await settledState(fx.pid)).toBe('S');
+      expect(await fx.write(2, restart ? 1 : 2)).toHaveLength(2);
+    }
   }, 60_000);
 });
