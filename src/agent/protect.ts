@@ -109,7 +109,8 @@ interface LoopEvents {
   /**
    * A stage of the epoch under way, as the engine reports it ('released': the
    * app runs again, the write is under way); 'retry' (the engine was busy, it is
-   * asked again) and 'skipped' (still busy: no epoch this time) are the loop's.
+   * asked again), 'skipped' (still busy: no epoch this time) and 'lost' (the
+   * engine died before writing it; restartEngine) are the loop's.
    */
   stage: { epoch: number; stage: string };
   epoch: EpochTaken;
@@ -302,6 +303,9 @@ export class ProtectLoop {
   private restartEngine(dead: EngineClient, why: UnderstudyError): Promise<void> {
     if (dead !== this.engineClient) return this.restarting ?? Promise.resolve();
     this.restarting ??= (async () => {
+      // one that was killed after a timeout may not be gone yet: the app is ours again only once it is
+      if (dead.alive) dead.kill('SIGKILL');
+      await dead.waitExit();
       let last = why;
       while (this.st === 'running') {
         if (this.restartsInRow >= this.opts.maxEngineRestarts) {
