@@ -3,8 +3,9 @@
 // the chain's next epoch in full (same image id, parent the newest written),
 // then deltas; the image restores to the app of the last epoch. And a crashing
 // engine is not restarted forever: the give-up is an E_ENGINE_DIED that says so,
-// the app released and running.
-import { existsSync, readFileSync } from 'node:fs';
+// the app released and running. An epoch on disk the agent never heard of is
+// refused, not skipped over.
+import { cpSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ProtectLoop } from '../../src/agent/protect.js';
@@ -193,5 +194,26 @@ describe('an engine the protect loop restarts', () => {
       expect(await settledState(fx.pid)).toBe('S');
       expect(await fx.write(2, restart ? 1 : 2)).toHaveLength(2);
     }
+  }, 60_000);
+
+  it('an epoch on disk the agent never heard of (renamed, its reply lost) is not skipped over: E_IMAGE_CHAIN, the app released', async () => {
+    const fx = await startFixture({ mb: 2 });
+    const img = join(tmp('img'), 'image');
+    const loop = protect({ pid: fx.pid, imageDir: img, graph: 'none' });
+    await loop.start();
+    await loop.requestEpoch();
+    // as if the engine had renamed epoch 2 into place and died before its reply
+    cpSync(join(img, 'epoch-000001'), join(img, 'epoch-000002'), { recursive: true });
+    const dead = loop.enginePid!;
+    process.kill(dead, 'SIGKILL');
+    await waitFor(() => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000, 'a new engine');
+    await expect(loop.requestEpoch()).rejects.toMatchObject({
+      code: 'E_IMAGE_CHAIN',
+      message: expect.stringMatching(/parent epoch 1 is not the newest epoch in .* which is 2/),
+    });
+    expect(await loop.ended).toMatchObject({ reason: 'failed', epochs: 2, error: { code: 'E_IMAGE_CHAIN' } });
+    expect(procState(fx.pid).tracer).toBe(0);
+    expect(await settledState(fx.pid)).toBe('S');
+    expect(await fx.write(2, 3)).toHaveLength(2);
   }, 60_000);
 });
