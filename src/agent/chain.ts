@@ -4,6 +4,9 @@
 // id, epoch, parent epoch), so an engine the agent restarts continues the
 // chain; an epoch the engine reports out of order, over another parent or of
 // another image is refused here (E_IMAGE_CHAIN).
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { readEpochMeta } from '../image/store.js';
 import type { CheckpointResult } from '../native/engine.js';
 import { UnderstudyError } from '../util/errors.js';
 
@@ -112,6 +115,58 @@ export class EpochChain {
       );
     }
     this.writtenNewest = Math.max(this.writtenNewest, r.epoch);
+  }
+
+  /**
+   * The epoch at `pos` as an engine that died before its reply left it: in
+   * place in the image directory (renamed whole, so complete), of this image,
+   * over the parent asked for. Its figures are what meta.pb keeps (pages,
+   * pause, processes, the capture's wall time); the rest are 0. Undefined when
+   * it is not there; E_IMAGE_CHAIN when something else is in its place.
+   */
+  writtenWithoutReply(pos: ChainPosition): CheckpointResult | undefined {
+    const dir = join(this.imageDir, `epoch-${String(pos.epoch).padStart(6, '0')}`);
+    if (pos.imageId === undefined || !existsSync(join(dir, 'meta.pb'))) return undefined;
+    const m = readEpochMeta(dir);
+    if (m.epoch !== pos.epoch || m.imageId !== pos.imageId || (pos.parentEpoch !== undefined && m.parentEpoch !== pos.parentEpoch)) {
+      throw new UnderstudyError(
+        'E_IMAGE_CHAIN',
+        `${dir} is epoch ${m.epoch} of image ${m.imageId} over epoch ${m.parentEpoch}, not epoch ${pos.epoch} of image ${pos.imageId} over epoch ${pos.parentEpoch ?? 'none'}`,
+      );
+    }
+    const pageSize = m.pageSize || 4096;
+    // 64-bit fields may decode as Long
+    const pagesBytes = Number(m.pagesBytes);
+    const timeUnixNs = Number(m.timeUnixNs);
+    // the capture's time on the wall clock, as CLOCK_MONOTONIC (the trace events' clock), give or take the gap between the two reads
+    const barrierAtNs = timeUnixNs > 0 ? Math.max(0, timeUnixNs - (Date.now() * 1e6 - Number(process.hrtime.bigint()))) : 0;
+    return {
+      epoch: m.epoch,
+      full: m.full,
+      epochDir: dir,
+      verifyFullEpochDir: '',
+      pauseNs: Number(m.pauseNs),
+      barrierAtNs,
+      barrierNs: 0,
+      stateNs: 0,
+      scanNs: 0,
+      copyNs: 0,
+      writeNs: 0,
+      pages: Math.floor(pagesBytes / pageSize),
+      bytes: pagesBytes,
+      processes: m.processes.length,
+      threads: m.processes.reduce((n, p) => n + (p.threads?.length ?? 0), 0),
+      perProcess: [],
+      imageId: m.imageId,
+      parentEpoch: m.parentEpoch,
+      fsynced: false,
+      streamed: false,
+      queuedNs: 0,
+      epochsInFlight: 0,
+      crcNs: 0,
+      ioNs: 0,
+      syncNs: 0,
+    };
   }
 
   /** The newest epoch an engine reported written (-1: none). */

@@ -109,8 +109,10 @@ interface LoopEvents {
   /**
    * A stage of the epoch under way, as the engine reports it ('released': the
    * app runs again, the write is under way); 'retry' (the engine was busy, it is
-   * asked again), 'skipped' (still busy: no epoch this time) and 'lost' (the
-   * engine died before writing it; restartEngine) are the loop's.
+   * asked again), 'skipped' (still busy: no epoch this time), 'lost' (the
+   * engine died before writing it; restartEngine) and 'recovered' (it died
+   * after putting it in place, before its reply: the epoch is taken from the
+   * image directory) are the loop's.
    */
   stage: { epoch: number; stage: string };
   epoch: EpochTaken;
@@ -468,6 +470,16 @@ export class ProtectLoop {
         try {
           result = await checkpoint();
         } catch (e) {
+          // the engine died after it put this epoch in place, before its reply: the epoch is taken
+          // (checked here, before a new engine's attach rewinds the chain: that waits for I/O)
+          if (this.opts.restartEngine && !engine.alive && this.st === 'running' && isUnderstudyError(e)) {
+            result = this.chain.writtenWithoutReply(at);
+            if (result) {
+              log.warn({ app: this.opts.pid, epoch: next, err: e.message }, 'the engine died before its reply; the epoch is in place and taken');
+              this.emit('stage', { epoch: next, stage: 'recovered' });
+              break;
+            }
+          }
           // E_BUSY: the engine gave up this capture (the app was released) and says to try again
           if (!isUnderstudyError(e) || e.code !== 'E_BUSY' || attempt >= BUSY_ATTEMPTS || !engine.alive) throw e;
           log.warn({ app: this.opts.pid, epoch: next, attempt, err: e.message }, 'checkpoint busy; trying again');
@@ -511,7 +523,7 @@ export class ProtectLoop {
       if (!this.failure && (this.exiting || (this.st === 'running' && this.rootGone()))) this.appExited();
       // the engine died with it (killed after a timeout, or on its own): the epoch is lost, a new
       // engine continues the chain from the newest epoch written
-      else if (!this.failure && this.st === 'running' && this.opts.restartEngine && !captured && (!engine.alive || err.code === 'E_TIMEOUT')) {
+      else if (!this.failure && this.st === 'running' && this.opts.restartEngine && !captured && (err.code === 'E_ENGINE_DIED' || err.code === 'E_TIMEOUT')) {
         log.warn({ app: this.opts.pid, epoch: pos?.epoch, err: err.message }, 'epoch lost with its engine');
         this.emit('stage', { epoch: pos?.epoch ?? this.chain.next().epoch, stage: 'lost' });
         void this.restartEngine(engine, err);

@@ -5,11 +5,11 @@
 // engine is not restarted forever: the give-up is an E_ENGINE_DIED that says so,
 // the app released and running. An epoch on disk the agent never heard of is
 // refused, not skipped over.
-import { cpSync, existsSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ProtectLoop } from '../../src/agent/protect.js';
-import { listEpochs, readEpochMeta } from '../../src/image/store.js';
+import { listEpochs, readEpochMeta, rewriteEpochMeta } from '../../src/image/store.js';
 import { restore } from '../../src/restore/restore.js';
 import * as rs from '../restore/helpers.js';
 import { runCli } from '../helpers/cli.js';
@@ -215,5 +215,54 @@ describe('an engine the protect loop restarts', () => {
     expect(procState(fx.pid).tracer).toBe(0);
     expect(await settledState(fx.pid)).toBe('S');
     expect(await fx.write(2, 3)).toHaveLength(2);
+  }, 60_000);
+
+  it('an epoch the dead engine put in place before its reply is taken from the image directory; the chain goes on after it', async () => {
+    const fx = await startFixture({ mb: 2 });
+    const img = join(tmp('img'), 'image');
+    // each write held 500 ms: time to put epoch 2 in place as the engine would have, and kill it
+    const loop = protect({ pid: fx.pid, imageDir: img, graph: 'none', debug: { writeDelayMs: 500 } });
+    const stages: string[] = [];
+    let released: () => void = () => {};
+    const wasReleased = new Promise<void>((res) => (released = res));
+    loop.on('stage', (s) => {
+      stages.push(`${s.stage}-${s.epoch}`);
+      if (s.epoch === 2 && s.stage === 'released') released();
+    });
+    await loop.start();
+    await fx.write(4, 1);
+    await loop.requestEpoch();
+    await fx.write(4, 2);
+    const e2p = loop.requestEpoch();
+    await wasReleased;
+    // epoch 1's directory, named and described as epoch 2 over epoch 1, renamed into place whole
+    const e1dir = join(img, 'epoch-000001');
+    const staged = join(img, '.staged-2');
+    cpSync(e1dir, staged, { recursive: true });
+    rewriteEpochMeta(staged, (m) => {
+      m.epoch = 2;
+      m.parentEpoch = 1;
+    });
+    renameSync(staged, join(img, 'epoch-000002'));
+    const dead = loop.enginePid!;
+    process.kill(dead, 'SIGKILL');
+    const e2 = await e2p;
+    expect(e2.record).toMatchObject({ epoch: 2, parent: 1, full: false, trigger: 'request', epochDir: join(img, 'epoch-000002') });
+    expect(e2.record.bytes).toBe(Number(readEpochMeta(e1dir).pagesBytes));
+    expect(e2.record.pages).toBe(e2.record.bytes / 4096);
+    expect(e2.record.pauseNs).toBeGreaterThan(0);
+    // the capture's time, not the recovery's: before the kill
+    expect(e2.record.barrierAtNs).toBeGreaterThan(0);
+    expect(e2.record.barrierAtNs).toBeLessThan(Number(process.hrtime.bigint()));
+    expect(e2.result.imageId).toBe(loop.chain.imageId);
+    expect(stages).toContain('recovered-2');
+    expect(stages).not.toContain('lost-2');
+    await waitFor(() => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000, 'a new engine');
+    const e3 = await loop.requestEpoch();
+    expect(e3.record).toMatchObject({ epoch: 3, parent: 2, full: true });
+    expect(await loop.stop()).toEqual({ reason: 'stopped', epochs: 4 });
+    expect(listEpochs(img).map((e) => e.epoch)).toEqual([0, 1, 2, 3]);
+    expect(procState(fx.pid).tracer).toBe(0);
+    expect(await settledState(fx.pid)).toBe('S');
   }, 60_000);
 });
