@@ -3,7 +3,8 @@
 // the chain's next epoch in full (same image id, parent the newest written),
 // then deltas; the image restores to the app of the last epoch. And a crashing
 // engine is not restarted forever: the give-up is an E_ENGINE_DIED that says so,
-// the app released and running. An epoch on disk the agent never heard of is
+// the app released and running. An epoch the dead engine put in place before
+// its reply is taken from the directory; anything else beyond the chain is
 // refused, not skipped over.
 import { cpSync, existsSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
@@ -196,13 +197,13 @@ describe('an engine the protect loop restarts', () => {
     }
   }, 60_000);
 
-  it('an epoch on disk the agent never heard of (renamed, its reply lost) is not skipped over: E_IMAGE_CHAIN, the app released', async () => {
+  it('an epoch on disk beyond the chain that no capture waits for is not skipped over: E_IMAGE_CHAIN, the app released', async () => {
     const fx = await startFixture({ mb: 2 });
     const img = join(tmp('img'), 'image');
     const loop = protect({ pid: fx.pid, imageDir: img, graph: 'none' });
     await loop.start();
     await loop.requestEpoch();
-    // as if the engine had renamed epoch 2 into place and died before its reply
+    // an epoch 2 nobody asked for
     cpSync(join(img, 'epoch-000001'), join(img, 'epoch-000002'), { recursive: true });
     const dead = loop.enginePid!;
     process.kill(dead, 'SIGKILL');
@@ -262,6 +263,31 @@ describe('an engine the protect loop restarts', () => {
     expect(e3.record).toMatchObject({ epoch: 3, parent: 2, full: true });
     expect(await loop.stop()).toEqual({ reason: 'stopped', epochs: 4 });
     expect(listEpochs(img).map((e) => e.epoch)).toEqual([0, 1, 2, 3]);
+    expect(procState(fx.pid).tracer).toBe(0);
+    expect(await settledState(fx.pid)).toBe('S');
+  }, 60_000);
+
+  it('what stands where the unanswered epoch should be but is not it (another epoch, another parent) fails the loop with E_IMAGE_CHAIN', async () => {
+    const fx = await startFixture({ mb: 2 });
+    const img = join(tmp('img'), 'image');
+    const loop = protect({ pid: fx.pid, imageDir: img, graph: 'none', debug: { writeDelayMs: 500 } });
+    let released: () => void = () => {};
+    const wasReleased = new Promise<void>((res) => (released = res));
+    loop.on('stage', (s) => s.epoch === 2 && s.stage === 'released' && released());
+    await loop.start();
+    await loop.requestEpoch();
+    const e2p = loop.requestEpoch();
+    await wasReleased;
+    // epoch 1's directory under epoch 2's name, its meta.pb unchanged (epoch 1 over epoch 0)
+    const staged = join(img, '.staged-2');
+    cpSync(join(img, 'epoch-000001'), staged, { recursive: true });
+    renameSync(staged, join(img, 'epoch-000002'));
+    process.kill(loop.enginePid!, 'SIGKILL');
+    await expect(e2p).rejects.toMatchObject({
+      code: 'E_IMAGE_CHAIN',
+      message: expect.stringMatching(/epoch-000002 is epoch 1 of image [0-9a-f]{32} over epoch 0, not epoch 2 of image [0-9a-f]{32} over epoch 1/),
+    });
+    expect(await loop.ended).toMatchObject({ reason: 'failed', epochs: 2, error: { code: 'E_IMAGE_CHAIN' } });
     expect(procState(fx.pid).tracer).toBe(0);
     expect(await settledState(fx.pid)).toBe('S');
   }, 60_000);
