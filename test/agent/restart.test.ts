@@ -291,4 +291,30 @@ describe('an engine the protect loop restarts', () => {
     expect(procState(fx.pid).tracer).toBe(0);
     expect(await settledState(fx.pid)).toBe('S');
   }, 60_000);
+
+  it('with a live graph the tracer outlives the engine: the new engine\'s full epoch still comes with the dirty set since the last barrier', async () => {
+    const fx = await startFixture({ mb: 2 });
+    const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'live' });
+    await loop.start();
+    const tracer = loop.tracerPid!;
+    const dead = loop.enginePid!;
+    process.kill(dead, 'SIGKILL');
+    await waitFor(() => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000, 'a new engine');
+    // command 0: pages of the region written, done-0 written and renamed, after barrier 0
+    await fx.write(6, 1);
+    const e1 = await loop.requestEpoch();
+    expect(e1.record).toMatchObject({ epoch: 1, parent: 0, full: true });
+    expect(loop.tracerPid).toBe(tracer);
+    expect(e1.dirty).toMatchObject({ since: 0, epoch: 1 });
+    expect(e1.dirty!.paths.some((p) => p.op === 'rename' && p.path2?.endsWith('/done-0') === true)).toBe(true);
+    // (its memory regions come from write faults, and no page was write-protected between the
+    // old engine's death and the new one's first barrier: the epoch is full, the set may lack them)
+    // and the next delta only what came after barrier 1
+    await fx.write(3, 2);
+    const e2 = await loop.requestEpoch();
+    expect(e2.record).toMatchObject({ epoch: 2, parent: 1, full: false });
+    expect(e2.dirty!.paths.some((p) => p.path2?.endsWith('/done-0') === true)).toBe(false);
+    expect(e2.dirty!.paths.some((p) => p.op === 'rename' && p.path2?.endsWith('/done-1') === true)).toBe(true);
+    await loop.stop();
+  }, 60_000);
 });
