@@ -317,4 +317,20 @@ describe('an engine the protect loop restarts', () => {
     expect(e2.dirty!.paths.some((p) => p.op === 'rename' && p.path2?.endsWith('/done-1') === true)).toBe(true);
     await loop.stop();
   }, 60_000);
+
+  it('a stop while the new engine attaches waits for it, then detaches it: nothing left behind, the app running untraced', async () => {
+    const fx = await startFixture({ mb: 2 });
+    const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'none' });
+    await loop.start();
+    const dead = loop.enginePid!;
+    process.kill(dead, 'SIGKILL');
+    // the new engine is started; its attach is under way
+    const fresh = await waitFor(() => (loop.enginePid !== dead ? loop.enginePid : undefined), 10_000, 'a new engine');
+    expect(await loop.stop()).toEqual({ reason: 'stopped', epochs: 1 });
+    expect(existsSync(`/proc/${dead}`)).toBe(false);
+    await waitFor(() => !existsSync(`/proc/${fresh}`) || undefined, 10_000, 'the new engine to exit');
+    expect(procState(fx.pid).tracer).toBe(0);
+    expect(await settledState(fx.pid)).toBe('S');
+    expect(await fx.write(2, 1)).toHaveLength(2);
+  }, 60_000);
 });
