@@ -4,9 +4,12 @@
 // schedule says so or one is requested; it marks the graph at each epoch's
 // real barrier; it hands each epoch, in order, to its sinks (where replication
 // will ship it), the next barrier not waiting for an earlier epoch's write or
-// sinks beyond maxAhead epochs. The app's safety comes first: whatever fails, the
-// engine is closed or dies, and the kernel releases the app, which keeps
-// running; the failure is reported as an UnderstudyError, thrown or emitted.
+// sinks beyond maxAhead epochs. The loop owns the chain: every checkpoint names
+// its image, epoch and parent, so an engine that dies is replaced (restartEngine)
+// and the new one continues the same chain. The app's safety comes first:
+// whatever fails, the engine is closed or dies, and the kernel releases the app,
+// which keeps running; the failure is reported as an UnderstudyError, thrown or
+// emitted.
 import { EngineClient, type CheckpointResult } from '../native/engine.js';
 import type { AppGraph } from '../graph/graph.js';
 import { monotonicNs } from '../graph/changes.js';
@@ -24,6 +27,10 @@ const log = logger('agent');
 const BUSY_ATTEMPTS = 3;
 const BUSY_RETRY_MS = 20;
 const DEFAULT_MAX_AHEAD = 4;
+/** Engines started in a row, none of which wrote an epoch, before the loop gives up. */
+const DEFAULT_MAX_ENGINE_RESTARTS = 3;
+/** Pause before the n-th restart in a row: n times this. */
+const RESTART_BACKOFF_MS = 100;
 
 /**
  * How the loop keeps the app's dependency graph: 'live' traces the app (eBPF)
@@ -52,6 +59,17 @@ export interface ProtectOptions {
    */
   maxAhead?: number;
   engine?: { binary?: string; timeoutMs?: number; env?: Record<string, string | undefined> };
+  /**
+   * An engine that dies (E_ENGINE_DIED, or killed after a timeout) once the
+   * loop runs is replaced: a new engine attaches to the app and continues the
+   * same chain, its first epoch full. The epochs the dead engine had not
+   * written are lost (stage 'lost'; a requestEpoch() for one rejects with its
+   * error). Default: on with incremental (a loop of one epoch has nothing to
+   * continue). Off: the loop fails, the app released.
+   */
+  restartEngine?: boolean;
+  /** Restarts in a row with no epoch written in between before the loop fails (default 3). */
+  maxEngineRestarts?: number;
   /** Period of the live graph's reconciliation with /proc, ms (default 0: none). */
   reconcileMs?: number;
   /** Test hooks passed with every checkpoint request. */
@@ -91,10 +109,15 @@ interface LoopEvents {
   /**
    * A stage of the epoch under way, as the engine reports it ('released': the
    * app runs again, the write is under way); 'retry' (the engine was busy, it is
-   * asked again) and 'skipped' (still busy: no epoch this time) are the loop's.
+   * asked again), 'skipped' (still busy: no epoch this time), 'lost' (the
+   * engine died before writing it; restartEngine) and 'recovered' (it died
+   * after putting it in place, before its reply: the epoch is taken from the
+   * image directory) are the loop's.
    */
   stage: { epoch: number; stage: string };
   epoch: EpochTaken;
+  /** A new engine is attached to the app after the one before died; the chain continues at `nextEpoch` (full). */
+  restarted: { enginePid: number; attempt: number; nextEpoch: number; error: UnderstudyError };
   failed: UnderstudyError;
   ended: LoopEnd;
 }
@@ -118,20 +141,37 @@ export class ProtectLoop {
   /** When each of the last maxAhead epochs begun is handled, oldest first. */
   private handledTails: Promise<void>[] = [];
   private failure: UnderstudyError | undefined;
-  private readonly listeners: { [K in keyof LoopEvents]: ((v: LoopEvents[K]) => void)[] } = { stage: [], epoch: [], failed: [], ended: [] };
+  private readonly listeners: { [K in keyof LoopEvents]: ((v: LoopEvents[K]) => void)[] } = { stage: [], epoch: [], restarted: [], failed: [], ended: [] };
   private endWith: (e: LoopEnd) => void = () => {};
   private scheduleDoneWith: () => void = () => {};
   /** The app's root exited: the loop is ending, an epoch that fails now does not fail the loop. */
   private exiting = false;
   private tearingDown: Promise<UnderstudyError | undefined> | undefined;
+  /** A restart of the engine under way. */
+  private restarting: Promise<void> | undefined;
+  /** Engines started since the last epoch written. */
+  private restartsInRow = 0;
   /** Resolves when the loop has ended (stopped, app exited, or failed); never rejects. */
   readonly ended: Promise<LoopEnd>;
   /** Resolves when the schedule has taken its maxDeltas, or the loop ended. */
   readonly scheduleDone: Promise<void>;
-  private readonly opts: Required<Pick<ProtectOptions, 'includeChildren' | 'incremental' | 'graph' | 'reconcileMs'>> & ProtectOptions;
+  private readonly opts: Required<Pick<ProtectOptions, 'includeChildren' | 'incremental' | 'graph' | 'reconcileMs' | 'restartEngine' | 'maxEngineRestarts'>> &
+    ProtectOptions;
 
   constructor(opts: ProtectOptions) {
-    this.opts = { includeChildren: true, incremental: true, graph: 'live', reconcileMs: 0, ...opts };
+    const incremental = opts.incremental ?? true;
+    this.opts = {
+      includeChildren: true,
+      incremental,
+      graph: 'live',
+      reconcileMs: 0,
+      restartEngine: incremental,
+      maxEngineRestarts: DEFAULT_MAX_ENGINE_RESTARTS,
+      ...opts,
+    };
+    if (!(Number.isInteger(this.opts.maxEngineRestarts) && this.opts.maxEngineRestarts >= 0)) {
+      throw new UnderstudyError('E_USAGE', `maxEngineRestarts must be a non-negative integer, got ${this.opts.maxEngineRestarts}`);
+    }
     this.opts.schedule = checkSchedule(opts.schedule ?? {});
     if (opts.maxAhead !== undefined && !(Number.isInteger(opts.maxAhead) && opts.maxAhead >= 1)) {
       throw new UnderstudyError('E_USAGE', `maxAhead must be an integer of at least 1, got ${opts.maxAhead}`);
@@ -227,13 +267,7 @@ export class ProtectLoop {
         const { seedAppGraph } = await import('./seed.js');
         this.graphOf = seedAppGraph(pid, { includeChildren: this.opts.includeChildren });
       }
-      const engine = EngineClient.start(this.opts.engine ?? {});
-      this.engineClient = engine;
-      void engine.waitExit().then(() => {
-        if (this.st === 'starting' || this.st === 'running') {
-          this.fail(new UnderstudyError('E_ENGINE_DIED', `the checkpoint engine (pid ${engine.pid}) exited while protecting app ${pid}; the kernel released the app, which keeps running`));
-        }
-      });
+      const engine = this.startEngine();
       const a = await engine.attach(pid, { includeChildren: this.opts.includeChildren, trackDirty: this.opts.incremental });
       log.info({ app: pid, pids: a.pids, threads: a.threads, seizeMs: a.seizeNs / 1e6, graph: this.opts.graph }, 'app attached');
     } catch (e) {
@@ -242,6 +276,83 @@ export class ProtectLoop {
       await this.tearingDown;
       throw err;
     }
+  }
+
+  /** Starts an engine and watches it: its death restarts it (restartEngine, once running) or fails the loop. */
+  private startEngine(): EngineClient {
+    const engine = EngineClient.start(this.opts.engine ?? {});
+    this.engineClient = engine;
+    void engine.waitExit().then(() => {
+      // an engine closed by the loop, or one already replaced
+      if (engine !== this.engineClient || (this.st !== 'starting' && this.st !== 'running')) return;
+      const err = new UnderstudyError(
+        'E_ENGINE_DIED',
+        `the checkpoint engine (pid ${engine.pid}) exited while protecting app ${this.opts.pid}; the kernel released the app, which keeps running`,
+      );
+      if (this.st === 'running' && this.opts.restartEngine) void this.restartEngine(engine, err);
+      else this.fail(err);
+    });
+    return engine;
+  }
+
+  /**
+   * The engine died while the loop runs: a new one attaches to the app (which
+   * the kernel released and which kept running) and the chain goes on from
+   * the newest epoch written, its next epoch full. Gives up, failing the loop
+   * with E_ENGINE_DIED, after maxEngineRestarts engines in a row that wrote
+   * no epoch. Once per dead engine; captures wait for it.
+   */
+  private restartEngine(dead: EngineClient, why: UnderstudyError): Promise<void> {
+    if (dead !== this.engineClient) return this.restarting ?? Promise.resolve();
+    this.restarting ??= (async () => {
+      // one that was killed after a timeout may not be gone yet: the app is ours again only once it is
+      if (dead.alive) dead.kill('SIGKILL');
+      await dead.waitExit();
+      let last = why;
+      while (this.st === 'running') {
+        if (this.restartsInRow >= this.opts.maxEngineRestarts) {
+          const newest = this.chain.newestWritten;
+          this.fail(
+            new UnderstudyError(
+              'E_ENGINE_DIED',
+              `the checkpoint engine died ${this.restartsInRow + 1} times in a row while protecting app ${this.opts.pid}, ` +
+                `${this.restartsInRow} restart(s) writing no epoch; the agent gave up (the limit is ${this.opts.maxEngineRestarts}): ` +
+                `the app is released and keeps running, the chain in ${this.opts.imageDir} ends at epoch ${newest < 0 ? 'none' : newest}. Last: ${last.message}`,
+              { cause: last },
+            ),
+          );
+          return;
+        }
+        this.restartsInRow++;
+        const attempt = this.restartsInRow;
+        log.warn({ app: this.opts.pid, attempt, err: last.message }, 'the checkpoint engine died; starting a new one');
+        await new Promise((r) => setTimeout(r, RESTART_BACKOFF_MS * (attempt - 1)));
+        if (this.st !== 'running') return;
+        const engine = this.startEngine();
+        try {
+          await engine.attach(this.opts.pid, { includeChildren: this.opts.includeChildren, trackDirty: this.opts.incremental });
+        } catch (e) {
+          const err = asUnderstudyError(e);
+          if (this.st !== 'running') return;
+          if (this.rootGone()) return this.appExited();
+          // the new engine died too (or hung and was killed): once more, within the bound
+          if ((err.code === 'E_ENGINE_DIED' || err.code === 'E_TIMEOUT') && !engine.alive) {
+            last = err;
+            continue;
+          }
+          await engine.close().catch(() => undefined);
+          return this.fail(err);
+        }
+        if (this.st !== 'running' || engine !== this.engineClient) return;
+        // what the dead engine captured and had not written is lost: the chain goes on after the newest written
+        this.chain.rewind();
+        const nextEpoch = this.chain.next().epoch;
+        log.info({ app: this.opts.pid, engine: engine.pid, attempt, nextEpoch }, 'a new checkpoint engine continues the chain');
+        this.emit('restarted', { enginePid: engine.pid, attempt, nextEpoch, error: last });
+        return;
+      }
+    })().finally(() => (this.restarting = undefined));
+    return this.restarting;
   }
 
   /** Attaches (unless attach() did), takes epoch 0 and arms the schedule; on failure the app is released and the error thrown. */
@@ -328,6 +439,8 @@ export class ProtectLoop {
   }
 
   private async epochNow(trigger: EpochTrigger, released: () => void, before: Promise<void>): Promise<EpochTaken> {
+    // a new engine is being attached: this capture goes to it
+    if (this.restarting) await this.restarting;
     const engine = this.engineClient;
     if (!engine || (this.st !== 'running' && this.st !== 'starting')) {
       throw this.failure ?? new UnderstudyError('E_USAGE', `app ${this.opts.pid}: no epoch, the protect loop is ${this.st}`);
@@ -343,7 +456,8 @@ export class ProtectLoop {
       const checkpoint = (): Promise<CheckpointResult> =>
         engine.checkpoint({
           imageDir: at.imageDir,
-          // when CheckpointCmd carries the chain: chain: { imageId: at.imageId ?? '', epoch: at.epoch, parentEpoch: at.parentEpoch }
+          // the agent's chain: a new engine continues it; '' only for epoch 0 of a new image
+          chain: { imageId: at.imageId ?? '', epoch: at.epoch, parentEpoch: at.parentEpoch },
           debugStallMs: this.opts.debug?.stallMs,
           debugWriteDelayMs: this.opts.debug?.writeDelayMs,
           onProgress: (stage) => {
@@ -356,6 +470,16 @@ export class ProtectLoop {
         try {
           result = await checkpoint();
         } catch (e) {
+          // the engine died after it put this epoch in place, before its reply: the epoch is taken
+          // (checked here, before a new engine's attach rewinds the chain: that waits for I/O)
+          if (this.opts.restartEngine && !engine.alive && this.st === 'running' && isUnderstudyError(e)) {
+            result = this.chain.writtenWithoutReply(at);
+            if (result) {
+              log.warn({ app: this.opts.pid, epoch: next, err: e.message }, 'the engine died before its reply; the epoch is in place and taken');
+              this.emit('stage', { epoch: next, stage: 'recovered' });
+              break;
+            }
+          }
           // E_BUSY: the engine gave up this capture (the app was released) and says to try again
           if (!isUnderstudyError(e) || e.code !== 'E_BUSY' || attempt >= BUSY_ATTEMPTS || !engine.alive) throw e;
           log.warn({ app: this.opts.pid, epoch: next, attempt, err: e.message }, 'checkpoint busy; trying again');
@@ -365,6 +489,9 @@ export class ProtectLoop {
       }
       released();
       captured = true;
+      // checked against what was asked before anything else: an epoch the chain cannot take fails the loop
+      this.chain.written(result, at);
+      this.restartsInRow = 0;
       // the epochs before this one are recorded and shipped first
       await before;
       if (this.failure) throw this.failure;
@@ -389,10 +516,18 @@ export class ProtectLoop {
     } catch (e) {
       released();
       // nothing of it was written: its position goes to the next capture
-      if (pos && !captured) this.chain.unreserve(pos);
+      // (an engine that died loses every capture it had not written: the restart rewinds the chain)
+      if (pos && !captured && engine.alive) this.chain.unreserve(pos);
       const err = this.failure ?? asUnderstudyError(e);
       // an app that exited during the epoch ends the loop; it did not fail it
       if (!this.failure && (this.exiting || (this.st === 'running' && this.rootGone()))) this.appExited();
+      // the engine died with it (killed after a timeout, or on its own): the epoch is lost, a new
+      // engine continues the chain from the newest epoch written
+      else if (!this.failure && this.st === 'running' && this.opts.restartEngine && !captured && (err.code === 'E_ENGINE_DIED' || err.code === 'E_TIMEOUT')) {
+        log.warn({ app: this.opts.pid, epoch: pos?.epoch, err: err.message }, 'epoch lost with its engine');
+        this.emit('stage', { epoch: pos?.epoch ?? this.chain.next().epoch, stage: 'lost' });
+        void this.restartEngine(engine, err);
+      }
       // still busy after the retries: this epoch is skipped (nothing was written, the app runs,
       // its writes stay tracked), the schedule goes on; epoch 0 is not skipped, start() fails
       else if (!this.failure && err.code === 'E_BUSY' && this.st === 'running' && engine.alive) {
@@ -491,6 +626,7 @@ export class ProtectLoop {
       this.st = 'stopping';
       this.disarm();
       await this.doneTail;
+      await this.restarting;
       const err = await this.teardown(this.failure ? 'leave' : opts.app ?? 'leave');
       this.failure ??= err;
       this.finish(this.failure ? { reason: 'failed', error: this.failure, epochs: this.chain.epochs.length } : { reason: 'stopped', epochs: this.chain.epochs.length }, this.failure ? 'failed' : 'stopped');

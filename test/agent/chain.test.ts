@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { EpochChain } from '../../src/agent/chain.js';
 import type { CheckpointResult } from '../../src/native/engine.js';
 
-function result(epoch: number, full: boolean): CheckpointResult {
+function result(epoch: number, full: boolean, over: Partial<CheckpointResult> = {}): CheckpointResult {
   return {
     epoch,
     full,
@@ -31,6 +31,7 @@ function result(epoch: number, full: boolean): CheckpointResult {
     crcNs: 0,
     ioNs: 0,
     syncNs: 0,
+    ...over,
   };
 }
 
@@ -67,5 +68,38 @@ describe('the epoch chain', () => {
     expect(() => c.append(result(2, false), 'interval')).toThrow(/epoch 2 of \/img where the chain expects epoch 1/);
     expect(() => c.append(result(0, true), 'interval')).toThrow(expect.objectContaining({ code: 'E_IMAGE_CHAIN' }));
     expect(c.epochs).toHaveLength(1);
+  });
+
+  it('takes the image id from epoch 0, refuses another image or another parent, and asks for no delta before the id is known', () => {
+    const c = new EpochChain('/img');
+    const p0 = c.reserve();
+    expect(p0).toMatchObject({ epoch: 0, imageId: undefined });
+    // epoch 1 before epoch 0's reply named the image: refused, not sent with an empty id
+    expect(() => c.reserve()).toThrow(expect.objectContaining({ code: 'E_IMAGE_CHAIN' }));
+    c.written(result(0, true), p0);
+    expect(c.imageId).toBe('ab'.repeat(16));
+    c.append(result(0, true), 'start');
+    const p1 = c.reserve();
+    expect(p1).toEqual({ imageDir: '/img', imageId: 'ab'.repeat(16), epoch: 1, parentEpoch: 0 });
+    expect(() => c.written(result(1, false, { imageId: 'cd'.repeat(16) }), p1)).toThrow(/as image cdcd.*the chain is image abab/);
+    expect(() => c.written(result(1, false, { parentEpoch: 3 }), p1)).toThrow(/over parent epoch 3; the chain's parent is epoch 0/);
+    expect(() => c.written(result(2, false), p1)).toThrow(/wrote epoch 2 .* asked for epoch 1/);
+    expect(() => c.append(result(1, false, { parentEpoch: 3 }), 'interval')).toThrow(expect.objectContaining({ code: 'E_IMAGE_CHAIN' }));
+    expect(() => c.append(result(1, false, { imageId: '' }), 'interval')).toThrow(expect.objectContaining({ code: 'E_IMAGE_CHAIN' }));
+    expect(c.epochs).toHaveLength(1);
+    expect(c.newestWritten).toBe(0);
+  });
+
+  it('rewinds to the newest epoch written when the engine that had later captures died', () => {
+    const c = new EpochChain('/img');
+    c.written(result(0, true), c.reserve());
+    c.append(result(0, true), 'start');
+    const p1 = c.reserve();
+    c.reserve(); // epoch 2, captured, lost with the engine
+    c.reserve(); // epoch 3, likewise
+    c.written(result(1, false), p1); // written, its record waits for its sinks
+    c.rewind();
+    // a restarted engine writes epoch 2 (full) over epoch 1
+    expect(c.next()).toMatchObject({ epoch: 2, parentEpoch: 1, imageId: 'ab'.repeat(16) });
   });
 });

@@ -125,7 +125,8 @@ describe('the protect loop', () => {
   it('an engine killed between epochs: the app keeps running untraced, the failure is E_ENGINE_DIED, emitted and thrown', async () => {
     const fx = await startFixture({ mb: 4, threads: 2 });
     const img = join(tmp('img'), 'image');
-    const loop = protect({ pid: fx.pid, imageDir: img, graph: 'live', schedule: { intervalMs: 100 } });
+    // without restartEngine (test/agent/restart.test.ts has the restart)
+    const loop = protect({ pid: fx.pid, imageDir: img, graph: 'live', schedule: { intervalMs: 100 }, restartEngine: false });
     const failed: string[] = [];
     loop.on('failed', (e) => failed.push(e.code));
     await loop.start();
@@ -192,6 +193,46 @@ describe('the protect loop', () => {
     // epoch 3 waited for epoch 1 to be shipped: two ahead at most
     expect(b[3]! - b[1]!).toBeGreaterThanOrEqual(300e6);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(4 * 300);
+    await loop.stop();
+  });
+
+  it("the next barrier comes while the engine's writer still writes the epoch before; results come back in order, chained", async () => {
+    const fx = await startFixture({ mb: 2 });
+    const img = join(tmp('img'), 'image');
+    // each epoch's write held 400 ms by the engine's test hook; epochs due every 20 ms
+    const loop = protect({ pid: fx.pid, imageDir: img, graph: 'none', schedule: { intervalMs: 20, maxDeltas: 3 }, debug: { writeDelayMs: 400 } });
+    const order: string[] = [];
+    loop.on('stage', (s) => s.stage === 'released' && order.push(`released-${s.epoch}`));
+    const inFlight = new Map<number, number>();
+    loop.on('epoch', (e) => {
+      order.push(`written-${e.record.epoch}`);
+      inFlight.set(e.record.epoch, e.result.epochsInFlight);
+    });
+    await loop.start();
+    await loop.scheduleDone;
+    const es = loop.epochs;
+    expect(es.map((e) => [e.epoch, e.parent])).toEqual([
+      [0, undefined],
+      [1, 0],
+      [2, 1],
+      [3, 2],
+    ]);
+    // epoch 2 captured (released) before epoch 1 was written, and 3 before 2
+    expect(order.indexOf('released-2')).toBeLessThan(order.indexOf('written-1'));
+    expect(order.indexOf('released-3')).toBeLessThan(order.indexOf('written-2'));
+    expect(order.filter((o) => o.startsWith('written'))).toEqual(['written-0', 'written-1', 'written-2', 'written-3']);
+    for (const k of [2, 3]) {
+      const prev = es[k - 1]!;
+      // the barrier of epoch k fell inside the write of epoch k-1 (its release + writeNs) ...
+      expect(es[k]!.barrierAtNs).toBeLessThan(prev.barrierAtNs + prev.pauseNs + prev.writeNs);
+      expect(es[k]!.barrierAtNs - prev.barrierAtNs).toBeLessThan(300e6);
+    }
+    // ... as the engine says: an earlier epoch was in flight at its capture
+    expect(inFlight.get(0)).toBe(0);
+    expect(inFlight.get(2)).toBeGreaterThanOrEqual(1);
+    expect(inFlight.get(3)).toBeGreaterThanOrEqual(1);
+    expect(es[2]!.writeNs).toBeGreaterThanOrEqual(400e6);
+    expect(listEpochs(img).map((e) => e.epoch)).toEqual([0, 1, 2, 3]);
     await loop.stop();
   });
 

@@ -1,8 +1,9 @@
 // `understudy dump`: checkpoint a running process tree into an image
 // directory, CRIU-style. One full checkpoint by default; with --incremental
 // the engine stays attached and writes delta epochs (dirty tracking needs a
-// live engine between epochs). Like CRIU, the app is killed after a
-// successful dump unless --leave-running.
+// live engine between epochs; an engine that dies is replaced and the new one
+// continues the chain, its next epoch full, unless --no-restart-engine). Like
+// CRIU, the app is killed after a successful dump unless --leave-running.
 import type { CheckpointResult } from '../../native/engine.js';
 import { intFlag, missingFlag, PID_MAX, stringFlag, type Command } from '../command.js';
 
@@ -16,7 +17,7 @@ function line(r: CheckpointResult): string {
 export const dumpCommand: Command = {
   name: 'dump',
   summary: 'checkpoint a running process tree into an image directory (like criu dump)',
-  usage: '--pid PID -D DIR [--leave-running] [--incremental [--epochs N] [--interval-ms M]] [--json]',
+  usage: '--pid PID -D DIR [--leave-running] [--incremental [--epochs N] [--interval-ms M] [--no-restart-engine]] [--json]',
   help:
     '  --pid PID          the root process of the app (its children are included)\n' +
     '  -D, --dir DIR      image directory (created; must not hold an image yet)\n' +
@@ -25,6 +26,8 @@ export const dumpCommand: Command = {
     '                     dirty-page tracking; stops after --epochs deltas or on SIGINT/SIGTERM\n' +
     '  --epochs N         number of delta epochs after epoch 0 (implies --incremental)\n' +
     '  --interval-ms M    time between epochs (default 1000)\n' +
+    '  --no-restart-engine  with --incremental: fail when the checkpoint engine dies (default: a new\n' +
+    '                     engine continues the chain with a full epoch; 3 restarts in a row at most)\n' +
     '  --no-children      only the given process, not its descendants',
   options: {
     pid: { type: 'string' },
@@ -34,6 +37,7 @@ export const dumpCommand: Command = {
     epochs: { type: 'string' },
     'interval-ms': { type: 'string' },
     'no-children': { type: 'boolean' },
+    'no-restart-engine': { type: 'boolean' },
   },
   needsRoot: true,
   async run(ctx, values) {
@@ -53,6 +57,10 @@ export const dumpCommand: Command = {
       incremental,
       graph: 'none',
       schedule: incremental ? { intervalMs, maxDeltas: epochs } : { maxDeltas: 0 },
+      restartEngine: incremental && values['no-restart-engine'] !== true,
+    });
+    loop.on('restarted', (r) => {
+      if (!ctx.json) ctx.out(`the checkpoint engine died (${r.error.code}); engine ${r.enginePid} continues the chain at epoch ${r.nextEpoch} (full)`);
     });
     const results: CheckpointResult[] = [];
     loop.on('epoch', (e) => {
