@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ProtectLoop } from '../../src/agent/protect.js';
 import { listEpochs, readEpochMeta, rewriteEpochMeta } from '../../src/image/store.js';
-import { restore } from '../../src/restore/restore.js';
+import { restore } from '../../src/native/restorer.js';
 import * as rs from '../restore/helpers.js';
 import { runCli } from '../helpers/cli.js';
 import { onCleanup, procState, runCleanups, settledState, startFixture, tmp, waitFor } from '../engine/helpers.js';
@@ -43,17 +43,17 @@ describe('an engine the protect loop restarts', () => {
     const failed: string[] = [];
     loop.on('failed', (e) => failed.push(e.code));
     await loop.start();
-    await waitFor(() => loop.epochs.length >= 4 || undefined, 10_000, 'three deltas');
+    await waitFor('three deltas', () => loop.epochs.length >= 4 || undefined, 10_000);
     const first = loop.enginePid!;
     process.kill(first, 'SIGKILL');
-    await waitFor(() => restarted.length >= 1 || undefined, 10_000, 'a new engine');
+    await waitFor('a new engine', () => restarted.length >= 1 || undefined, 10_000);
     // the kernel released the app and the new engine only seized it: it runs (counts, sleeps 1 ms, again)
     expect(procState(fx.pid).state).not.toMatch(/^[tT]$/);
     const s0 = sleeps(fx.pid);
     await rs.sleep(200);
     expect(sleeps(fx.pid)).toBeGreaterThan(s0 + 20);
     const cont = restarted[0]!.nextEpoch;
-    await waitFor(() => (loop.epochs.at(-1)?.epoch ?? 0) >= cont + 3 || undefined, 10_000, 'three epochs after the restart');
+    await waitFor('three epochs after the restart', () => (loop.epochs.at(-1)?.epoch ?? 0) >= cont + 3 || undefined, 10_000);
     expect(restarted).toEqual([{ attempt: 1, nextEpoch: cont, enginePid: loop.enginePid!, code: 'E_ENGINE_DIED' }]);
     expect(loop.enginePid).not.toBe(first);
     expect(failed).toEqual([]);
@@ -116,7 +116,7 @@ describe('an engine the protect loop restarts', () => {
     for (let round = 1; round <= 2; round++) {
       const dead = loop.enginePid!;
       process.kill(dead, 'SIGKILL');
-      await waitFor(() => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000, 'a new engine');
+      await waitFor('a new engine', () => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000);
       await fx.write(4, round);
       // one restart allowed in a row: the second kill is survived only because the first new engine wrote an epoch
       const e = await loop.requestEpoch();
@@ -146,11 +146,11 @@ describe('an engine the protect loop restarts', () => {
     loop.on('restarted', (r) => restarted.push(r.nextEpoch));
     await loop.start();
     // epoch 1 being written, epoch 2 captured behind it
-    await waitFor(() => released.includes(2) || undefined, 10_000, 'epoch 2 captured');
+    await waitFor('epoch 2 captured', () => released.includes(2) || undefined, 10_000);
     expect(loop.epochs).toHaveLength(1);
     process.kill(loop.enginePid!, 'SIGKILL');
-    await waitFor(() => restarted.length > 0 || undefined, 10_000, 'a new engine');
-    await waitFor(() => loop.epochs.length >= 4 || undefined, 20_000, 'epochs from the new engine');
+    await waitFor('a new engine', () => restarted.length > 0 || undefined, 10_000);
+    await waitFor('epochs from the new engine', () => loop.epochs.length >= 4 || undefined, 20_000);
     // nothing after epoch 0 was written: epochs 1 and 2 (and any captured after them) are lost,
     // and the new engine writes epoch 1 again, in full, over epoch 0
     expect(lost.slice(0, 2)).toEqual([1, 2]);
@@ -173,7 +173,7 @@ describe('an engine the protect loop restarts', () => {
     for (const restart of [true, false]) {
       const dir = join(tmp('img'), 'image');
       const run = runCli(['dump', '--pid', String(fx.pid), '-D', dir, '--epochs', '6', '--interval-ms', '100', '--leave-running', ...(restart ? [] : ['--no-restart-engine'])]);
-      await waitFor(() => existsSync(join(dir, 'epoch-000002')) || undefined, 20_000, 'epoch 2');
+      await waitFor('epoch 2', () => existsSync(join(dir, 'epoch-000002')) || undefined, 20_000);
       // the dump's engine is the app's tracer
       const engine = procState(fx.pid).tracer;
       expect(engine).toBeGreaterThan(0);
@@ -207,7 +207,7 @@ describe('an engine the protect loop restarts', () => {
     cpSync(join(img, 'epoch-000001'), join(img, 'epoch-000002'), { recursive: true });
     const dead = loop.enginePid!;
     process.kill(dead, 'SIGKILL');
-    await waitFor(() => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000, 'a new engine');
+    await waitFor('a new engine', () => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000);
     await expect(loop.requestEpoch()).rejects.toMatchObject({
       code: 'E_IMAGE_CHAIN',
       message: expect.stringMatching(/parent epoch 1 is not the newest epoch in .* which is 2/),
@@ -258,7 +258,7 @@ describe('an engine the protect loop restarts', () => {
     expect(e2.result.imageId).toBe(loop.chain.imageId);
     expect(stages).toContain('recovered-2');
     expect(stages).not.toContain('lost-2');
-    await waitFor(() => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000, 'a new engine');
+    await waitFor('a new engine', () => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000);
     const e3 = await loop.requestEpoch();
     expect(e3.record).toMatchObject({ epoch: 3, parent: 2, full: true });
     expect(await loop.stop()).toEqual({ reason: 'stopped', epochs: 4 });
@@ -299,7 +299,7 @@ describe('an engine the protect loop restarts', () => {
     const tracer = loop.tracerPid!;
     const dead = loop.enginePid!;
     process.kill(dead, 'SIGKILL');
-    await waitFor(() => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000, 'a new engine');
+    await waitFor('a new engine', () => (loop.enginePid !== dead && loop.state === 'running') || undefined, 10_000);
     // command 0: pages of the region written, done-0 written and renamed, after barrier 0
     await fx.write(6, 1);
     const e1 = await loop.requestEpoch();
@@ -325,10 +325,10 @@ describe('an engine the protect loop restarts', () => {
     const dead = loop.enginePid!;
     process.kill(dead, 'SIGKILL');
     // the new engine is started; its attach is under way
-    const fresh = await waitFor(() => (loop.enginePid !== dead ? loop.enginePid : undefined), 10_000, 'a new engine');
+    const fresh = await waitFor('a new engine', () => (loop.enginePid !== dead ? loop.enginePid : undefined), 10_000);
     expect(await loop.stop()).toEqual({ reason: 'stopped', epochs: 1 });
     expect(existsSync(`/proc/${dead}`)).toBe(false);
-    await waitFor(() => !existsSync(`/proc/${fresh}`) || undefined, 10_000, 'the new engine to exit');
+    await waitFor('the new engine to exit', () => !existsSync(`/proc/${fresh}`) || undefined, 10_000);
     expect(procState(fx.pid).tracer).toBe(0);
     expect(await settledState(fx.pid)).toBe('S');
     expect(await fx.write(2, 1)).toHaveLength(2);
