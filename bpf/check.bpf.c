@@ -26,7 +26,7 @@ struct {
 /* The tracer's own hook (bpf/trace.bpf.c): the BTF raw tracepoint at every
  * syscall exit, with the task read through its trusted BTF pointer, so that a
  * kernel which passes this probe can load the tracer's programs. */
-#define CHECK_NR_GETPPID 110	/* x86_64 */
+#define CHECK_NR_GETPPID 110 /* x86_64 */
 #define CHECK_NR_GETPGID 121
 
 static __always_inline int is_target(struct pt_regs *regs, __u64 nr)
@@ -65,7 +65,7 @@ int BPF_PROG(check_ringbuf_getpgid, struct pt_regs *regs, long ret)
 	seq = bpf_map_lookup_elem(&counters, &key);
 	if (!seq)
 		return 0;
-	*seq += 1;	/* one thread of one process: no race */
+	*seq += 1; /* one thread of one process: no race */
 	r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
 	if (!r)
 		return 0;

@@ -51,7 +51,7 @@ int engine_task(struct bpf_iter__task *ctx)
 		struct hrtimer_clock_base *cb = BPF_CORE_READ(sig, real_timer.base);
 		if (cb && BPF_CORE_READ(cb, running) == &sig->real_timer)
 			r.d |= ET_RT_RUNNING;
-		r.x = (BPF_CORE_READ(sig, shared_pending.signal.sig[0]) >> (14 - 1)) & 1;   /* SIGALRM */
+		r.x = (BPF_CORE_READ(sig, shared_pending.signal.sig[0]) >> (14 - 1)) & 1; /* SIGALRM */
 		r.c = bpf_ktime_get_ns();
 		bpf_seq_write(seq, &r, sizeof(r));
 		r.kind = ET_ITCPU;
@@ -75,7 +75,7 @@ int engine_task(struct bpf_iter__task *ctx)
 		if (bpf_probe_read_kernel(&ka, sizeof(ka), &sh->action[i]))
 			break;
 		if (!ka.sa.sa_handler)
-			continue;   /* SIG_DFL */
+			continue; /* SIG_DFL */
 		r.kind = ET_SIGACT;
 		r.x = i + 1;
 		r.a = (__u64)ka.sa.sa_handler;

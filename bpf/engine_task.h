@@ -26,8 +26,8 @@ enum et_kind {
 	ET_ITCPU = 4,
 };
 
-#define ET_RT_ENQUEUED 1   /* hrtimer state: queued */
-#define ET_RT_RUNNING 2    /* its callback runs right now (base->running == timer) */
+#define ET_RT_ENQUEUED 1 /* hrtimer state: queued */
+#define ET_RT_RUNNING 2	 /* its callback runs right now (base->running == timer) */
 
 struct et_rec {
 	__u32 kind;
@@ -36,8 +36,8 @@ struct et_rec {
 	__u32 x;
 	__u64 a, b, c, d;
 	union {
-		char comm[16];   /* ET_TASK: the thread's name (TASK_COMM_LEN) */
-		__u64 cpu[2];    /* ET_ITCPU */
+		char comm[16]; /* ET_TASK: the thread's name (TASK_COMM_LEN) */
+		__u64 cpu[2];  /* ET_ITCPU */
 	};
 };
 

@@ -260,16 +260,16 @@ static __always_inline void track_sock(__u64 sk, __u32 tgid)
 }
 
 enum kind {
-	K_NONE = 0,  /* not watched: return at once */
-	K_PLAIN,     /* args + ret */
-	K_FD_RET,    /* + fd info of the returned fd */
-	K_FD_ARG,    /* + fd info of args[p0] */
-	K_WRITE,     /* regular-file write on args[0]: + fd info + f_pos after */
-	K_PIPE,      /* int[2] at args[p0] */
-	K_PATH,      /* string at args[p0]; fd info of ret when p1 == 1 */
-	K_PATH2,     /* strings at args[p0] and args[p1] */
-	K_SOCKADDR,  /* sockaddr at args[1], length args[2]; fd info of args[0] */
-	K_ACCEPT,    /* fd info of ret, the new socket is tracked */
+	K_NONE = 0, /* not watched: return at once */
+	K_PLAIN,    /* args + ret */
+	K_FD_RET,   /* + fd info of the returned fd */
+	K_FD_ARG,   /* + fd info of args[p0] */
+	K_WRITE,    /* regular-file write on args[0]: + fd info + f_pos after */
+	K_PIPE,	    /* int[2] at args[p0] */
+	K_PATH,	    /* string at args[p0]; fd info of ret when p1 == 1 */
+	K_PATH2,    /* strings at args[p0] and args[p1] */
+	K_SOCKADDR, /* sockaddr at args[1], length args[2]; fd info of args[0] */
+	K_ACCEPT,   /* fd info of ret, the new socket is tracked */
 };
 
 /* What each watched x86_64 syscall reports: kind | p0 << 8 | p1 << 16, by
@@ -280,73 +280,72 @@ enum kind {
 #define SC_TABLE_LEN 512
 static const __u32 sc_table[SC_TABLE_LEN] = {
 	/* fd lifecycle */
-	SC(2, K_PATH, 0, 1),        /* open */
-	SC(257, K_PATH, 1, 1),      /* openat */
-	SC(437, K_PATH, 1, 1),      /* openat2 */
-	SC(85, K_PATH, 0, 1),       /* creat */
-	SC(3, K_PLAIN, 0, 0),       /* close */
-	SC(436, K_PLAIN, 0, 0),     /* close_range */
-	SC(32, K_FD_RET, 0, 0),     /* dup */
-	SC(33, K_FD_RET, 0, 0),     /* dup2 */
-	SC(292, K_FD_RET, 0, 0),    /* dup3 */
-	SC(22, K_PIPE, 0, 0),       /* pipe */
-	SC(293, K_PIPE, 0, 0),      /* pipe2 */
-	SC(41, K_FD_RET, 0, 0),     /* socket */
-	SC(53, K_PIPE, 3, 0),       /* socketpair */
-	SC(43, K_ACCEPT, 0, 0),     /* accept */
-	SC(288, K_ACCEPT, 0, 0),    /* accept4 */
-	SC(42, K_SOCKADDR, 0, 0),   /* connect */
-	SC(49, K_SOCKADDR, 0, 0),   /* bind */
-	SC(50, K_FD_ARG, 0, 0),     /* listen */
-	SC(284, K_FD_RET, 0, 0),    /* eventfd */
-	SC(290, K_FD_RET, 0, 0),    /* eventfd2 */
-	SC(213, K_FD_RET, 0, 0),    /* epoll_create */
-	SC(291, K_FD_RET, 0, 0),    /* epoll_create1 */
-	SC(283, K_FD_RET, 0, 0),    /* timerfd_create */
-	SC(282, K_FD_RET, 0, 0),    /* signalfd */
-	SC(289, K_FD_RET, 0, 0),    /* signalfd4 */
-	SC(319, K_PATH, 0, 1),      /* memfd_create */
-	SC(294, K_FD_RET, 0, 0),    /* inotify_init1 */
+	SC(2, K_PATH, 0, 1),	  /* open */
+	SC(257, K_PATH, 1, 1),	  /* openat */
+	SC(437, K_PATH, 1, 1),	  /* openat2 */
+	SC(85, K_PATH, 0, 1),	  /* creat */
+	SC(3, K_PLAIN, 0, 0),	  /* close */
+	SC(436, K_PLAIN, 0, 0),	  /* close_range */
+	SC(32, K_FD_RET, 0, 0),	  /* dup */
+	SC(33, K_FD_RET, 0, 0),	  /* dup2 */
+	SC(292, K_FD_RET, 0, 0),  /* dup3 */
+	SC(22, K_PIPE, 0, 0),	  /* pipe */
+	SC(293, K_PIPE, 0, 0),	  /* pipe2 */
+	SC(41, K_FD_RET, 0, 0),	  /* socket */
+	SC(53, K_PIPE, 3, 0),	  /* socketpair */
+	SC(43, K_ACCEPT, 0, 0),	  /* accept */
+	SC(288, K_ACCEPT, 0, 0),  /* accept4 */
+	SC(42, K_SOCKADDR, 0, 0), /* connect */
+	SC(49, K_SOCKADDR, 0, 0), /* bind */
+	SC(50, K_FD_ARG, 0, 0),	  /* listen */
+	SC(284, K_FD_RET, 0, 0),  /* eventfd */
+	SC(290, K_FD_RET, 0, 0),  /* eventfd2 */
+	SC(213, K_FD_RET, 0, 0),  /* epoll_create */
+	SC(291, K_FD_RET, 0, 0),  /* epoll_create1 */
+	SC(283, K_FD_RET, 0, 0),  /* timerfd_create */
+	SC(282, K_FD_RET, 0, 0),  /* signalfd */
+	SC(289, K_FD_RET, 0, 0),  /* signalfd4 */
+	SC(319, K_PATH, 0, 1),	  /* memfd_create */
+	SC(294, K_FD_RET, 0, 0),  /* inotify_init1 */
 	/* address space */
-	SC(9, K_FD_ARG, 4, 0),      /* mmap */
-	SC(11, K_PLAIN, 0, 0),      /* munmap */
-	SC(25, K_PLAIN, 0, 0),      /* mremap */
-	SC(10, K_PLAIN, 0, 0),      /* mprotect */
-	SC(12, K_PLAIN, 0, 0),      /* brk */
+	SC(9, K_FD_ARG, 4, 0), /* mmap */
+	SC(11, K_PLAIN, 0, 0), /* munmap */
+	SC(25, K_PLAIN, 0, 0), /* mremap */
+	SC(10, K_PLAIN, 0, 0), /* mprotect */
+	SC(12, K_PLAIN, 0, 0), /* brk */
 	/* file data and names */
-	SC(1, K_WRITE, 0, 0),       /* write */
-	SC(20, K_WRITE, 0, 0),      /* writev */
-	SC(18, K_WRITE, 0, 0),      /* pwrite64 */
-	SC(296, K_WRITE, 0, 0),     /* pwritev */
-	SC(328, K_WRITE, 0, 0),     /* pwritev2 */
-	SC(77, K_FD_ARG, 0, 0),     /* ftruncate */
-	SC(285, K_FD_ARG, 0, 0),    /* fallocate */
-	SC(82, K_PATH2, 0, 1),      /* rename */
-	SC(264, K_PATH2, 1, 3),     /* renameat */
-	SC(316, K_PATH2, 1, 3),     /* renameat2 */
-	SC(87, K_PATH, 0, 0),       /* unlink */
-	SC(263, K_PATH, 1, 0),      /* unlinkat */
-	SC(83, K_PATH, 0, 0),       /* mkdir */
-	SC(258, K_PATH, 1, 0),      /* mkdirat */
-	SC(84, K_PATH, 0, 0),       /* rmdir */
+	SC(1, K_WRITE, 0, 0),	 /* write */
+	SC(20, K_WRITE, 0, 0),	 /* writev */
+	SC(18, K_WRITE, 0, 0),	 /* pwrite64 */
+	SC(296, K_WRITE, 0, 0),	 /* pwritev */
+	SC(328, K_WRITE, 0, 0),	 /* pwritev2 */
+	SC(77, K_FD_ARG, 0, 0),	 /* ftruncate */
+	SC(285, K_FD_ARG, 0, 0), /* fallocate */
+	SC(82, K_PATH2, 0, 1),	 /* rename */
+	SC(264, K_PATH2, 1, 3),	 /* renameat */
+	SC(316, K_PATH2, 1, 3),	 /* renameat2 */
+	SC(87, K_PATH, 0, 0),	 /* unlink */
+	SC(263, K_PATH, 1, 0),	 /* unlinkat */
+	SC(83, K_PATH, 0, 0),	 /* mkdir */
+	SC(258, K_PATH, 1, 0),	 /* mkdirat */
+	SC(84, K_PATH, 0, 0),	 /* rmdir */
 	/* IPC */
-	SC(29, K_PLAIN, 0, 0),      /* shmget */
-	SC(30, K_PLAIN, 0, 0),      /* shmat */
-	SC(67, K_PLAIN, 0, 0),      /* shmdt */
-	SC(68, K_PLAIN, 0, 0),      /* msgget */
-	SC(64, K_PLAIN, 0, 0),      /* semget */
-	SC(240, K_PATH, 0, 1),      /* mq_open */
+	SC(29, K_PLAIN, 0, 0), /* shmget */
+	SC(30, K_PLAIN, 0, 0), /* shmat */
+	SC(67, K_PLAIN, 0, 0), /* shmdt */
+	SC(68, K_PLAIN, 0, 0), /* msgget */
+	SC(64, K_PLAIN, 0, 0), /* semget */
+	SC(240, K_PATH, 0, 1), /* mq_open */
 	/* filtered below: only F_DUPFD* and MADV_DONTNEED are reported */
-	SC(72, K_FD_RET, 0, 0),     /* fcntl */
-	SC(28, K_PLAIN, 0, 0),      /* madvise */
+	SC(72, K_FD_RET, 0, 0), /* fcntl */
+	SC(28, K_PLAIN, 0, 0),	/* madvise */
 };
 
 struct sargs {
 	__u64 args[8]; /* 6 used; 8 so that an index masked with 7 stays inside */
 };
 
-static __always_inline void fill_sc(struct tr_syscall *r, __u16 type, __u32 size, __u64 id, __u32 nr, long ret,
-				    struct sargs *s)
+static __always_inline void fill_sc(struct tr_syscall *r, __u16 type, __u32 size, __u64 id, __u32 nr, long ret, struct sargs *s)
 {
 	fill_hdr(&r->hdr, type, size, id);
 	r->nr = nr;
@@ -427,8 +426,8 @@ int BPF_PROG(btf__sys_exit, struct pt_regs *regs, long ret)
 			__u64 len = s->args[2];
 			if (len > TR_PATH_MAX)
 				len = TR_PATH_MAX;
-			if (len > 0 && bpf_probe_read_user(r->path[0], len & (TR_PATH_MAX - 1) ? len & (TR_PATH_MAX - 1) : TR_PATH_MAX,
-							   (void *)s->args[1]) == 0)
+			if (len > 0 &&
+			    bpf_probe_read_user(r->path[0], len & (TR_PATH_MAX - 1) ? len & (TR_PATH_MAX - 1) : TR_PATH_MAX, (void *)s->args[1]) == 0)
 				r->path_len[0] = len;
 			struct file *f = fd_info(task, s->args[0], r->sc.aux);
 			if (f) {
@@ -465,7 +464,7 @@ int BPF_PROG(btf__sys_exit, struct pt_regs *regs, long ret)
 			track_sock(r->aux[3], id >> 32);
 		}
 	} else if (kind == K_PIPE && ret == 0) {
-		int fds[2] = {-1, -1};
+		int fds[2] = { -1, -1 };
 		if (bpf_probe_read_user(fds, sizeof(fds), (void *)s->args[p0]) == 0) {
 			__u64 a[3] = {};
 			r->aux[0] = fds[0];
@@ -508,7 +507,7 @@ int tp__exceptions__page_fault_user(struct pf_ctx *ctx)
 	__u32 tgid = t->tgid;
 	if (!is_app(tgid))
 		return 0;
-	struct tr_fault_key k = {.tgid = tgid};
+	struct tr_fault_key k = { .tgid = tgid };
 	__u64 start = 0;
 	if (bpf_find_vma(t, ctx->address, vma_start_cb, &start, 0) == 0 && start)
 		k.vm_start = start;

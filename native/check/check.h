@@ -8,15 +8,15 @@
 #include <sys/types.h>
 
 #define CHECK_VERSION 1
-#define CHECK_DETAIL_MAX 1024	/* keeps a result frame under PIPE_BUF */
-#define CHECK_WAIT_MS 3000	/* bound for waits inside a probe */
+#define CHECK_DETAIL_MAX 1024 /* keeps a result frame under PIPE_BUF */
+#define CHECK_WAIT_MS 3000    /* bound for waits inside a probe */
 
 /* State of one probe run, filled in by the probe inside its own process. */
 struct probe_ctx {
 	const char *id;
-	bool forced_off;	/* named in UNDERSTUDY_CHECK_DISABLE */
+	bool forced_off; /* named in UNDERSTUDY_CHECK_DISABLE */
 	int timeout_ms;
-	bool done;		/* ok or fail already recorded */
+	bool done; /* ok or fail already recorded */
 	bool ok;
 	int err;
 	char detail[CHECK_DETAIL_MAX];
@@ -81,18 +81,18 @@ int run_cmd(struct probe_ctx *c, const char *const argv[], pid_t netns_pid);
  * intermediate process, so it is not a child of the caller.
  */
 struct target {
-	pid_t pid;		/* the target */
-	pid_t direct;		/* our direct child: the target or its parent */
-	int cmd_fd;		/* write end: commands to the target */
-	int resp_fd;		/* read end: answers from the target */
-	int aux_fd;		/* target's fd number of a pipe end it holds */
-	uint64_t aux_ino;	/* and that pipe's inode (as the target saw it) */
+	pid_t pid;	  /* the target */
+	pid_t direct;	  /* our direct child: the target or its parent */
+	int cmd_fd;	  /* write end: commands to the target */
+	int resp_fd;	  /* read end: answers from the target */
+	int aux_fd;	  /* target's fd number of a pipe end it holds */
+	uint64_t aux_ino; /* and that pipe's inode (as the target saw it) */
 	uint64_t aux_dev;
 };
 #define TARGET_BUF_SIZE 64
-extern char target_buf[TARGET_BUF_SIZE];	/* same address in the target */
+extern char target_buf[TARGET_BUF_SIZE]; /* same address in the target */
 #define TARGET_BUF_BEFORE "understudy-pvm-before"
-#define TARGET_BUF_AFTER  "understudy-pvm-AFTER!"
+#define TARGET_BUF_AFTER "understudy-pvm-AFTER!"
 
 int target_start(struct probe_ctx *c, struct target *t, bool grandchild);
 /* 'p': target answers 'p' (it is alive and running normally) */

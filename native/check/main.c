@@ -82,8 +82,7 @@ static int parse_id_list(const char *list, bool *sel, bool strict, const char *w
 			if (i >= 0)
 				sel[i] = true;
 			else {
-				fprintf(stderr, "understudy-check: %s: unknown probe id '%.*s'\n",
-					what, (int)len, p);
+				fprintf(stderr, "understudy-check: %s: unknown probe id '%.*s'\n", what, (int)len, p);
 				if (strict)
 					return -1;
 			}
@@ -97,8 +96,7 @@ static int parse_id_list(const char *list, bool *sel, bool strict, const char *w
 
 /* ------------------------------------------------------------ probe child */
 
-static __attribute__((noreturn)) void run_in_child(const struct probe_def *p, bool forced_off,
-						   int timeout_ms, int result_fd)
+static __attribute__((noreturn)) void run_in_child(const struct probe_def *p, bool forced_off, int timeout_ms, int result_fd)
 {
 	struct probe_ctx c = { .id = p->id, .forced_off = forced_off, .timeout_ms = timeout_ms };
 	Understudy__V1__ProbeResult r = UNDERSTUDY__V1__PROBE_RESULT__INIT;
@@ -116,12 +114,11 @@ static __attribute__((noreturn)) void run_in_child(const struct probe_def *p, bo
 	r.errno_value = c.err;
 	if (frame_write(result_fd, &r.base) < 0) {
 		char msg[128];
-		fprintf(stderr, "understudy-check: %s\n",
-			err_format(msg, sizeof(msg), errno, "write(result pipe fd %d)", result_fd));
+		fprintf(stderr, "understudy-check: %s\n", err_format(msg, sizeof(msg), errno, "write(result pipe fd %d)", result_fd));
 		exit(123);
 	}
 	close(result_fd);
-	exit(0);	/* exit, not _exit: lets LeakSanitizer check the probe */
+	exit(0); /* exit, not _exit: lets LeakSanitizer check the probe */
 }
 
 /* ------------------------------------------------------------ parent side */
@@ -147,8 +144,10 @@ static void sweep(pid_t pgid)
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (mono_ns() >= deadline) {
-			fprintf(stderr, "understudy-check: warning: children of the probe "
-					"in group %d could not be reaped\n", (int)pgid);
+			fprintf(stderr,
+				"understudy-check: warning: children of the probe "
+				"in group %d could not be reaped\n",
+				(int)pgid);
 			return;
 		}
 		/* Kill our children by /proc scan: orphans that left the group. */
@@ -195,8 +194,7 @@ static void append(char *buf, size_t size, const char *fmt, ...)
 }
 
 /* Runs one probe in a child; fills *out (detail in detail_buf). */
-static void run_probe(const struct probe_def *p, bool forced_off, int timeout_ms,
-		      Understudy__V1__ProbeResult *out, char *detail, size_t detail_size)
+static void run_probe(const struct probe_def *p, bool forced_off, int timeout_ms, Understudy__V1__ProbeResult *out, char *detail, size_t detail_size)
 {
 	Understudy__V1__ProbeResult *got = NULL;
 	uint64_t t0 = mono_ns();
@@ -232,7 +230,7 @@ static void run_probe(const struct probe_def *p, bool forced_off, int timeout_ms
 			_exit(122);
 		run_in_child(p, forced_off, timeout_ms, pipefd[1]);
 	}
-	setpgid(pid, pid);	/* also here, so the group exists before any kill */
+	setpgid(pid, pid); /* also here, so the group exists before any kill */
 	close(pipefd[1]);
 
 	while (!exited) {
@@ -259,8 +257,7 @@ static void run_probe(const struct probe_def *p, bool forced_off, int timeout_ms
 					free(buf);
 				} else if (r < 0) {
 					char m[128];
-					fprintf(stderr, "understudy-check: %s: %s\n", p->id,
-						err_format(m, sizeof(m), errno, "read(result pipe)"));
+					fprintf(stderr, "understudy-check: %s: %s\n", p->id, err_format(m, sizeof(m), errno, "read(result pipe)"));
 				}
 				if (r != 1 || !got)
 					pipe_open = false;
@@ -318,13 +315,11 @@ static void run_probe(const struct probe_def *p, bool forced_off, int timeout_ms
 		append(detail, detail_size, "probe process %s", status_text(status, st, sizeof(st)));
 	} else if (!got) {
 		out->ok = false;
-		append(detail, detail_size, "probe process %s without reporting a result",
-		       status_text(status, st, sizeof(st)));
+		append(detail, detail_size, "probe process %s without reporting a result", status_text(status, st, sizeof(st)));
 	} else if (WEXITSTATUS(status) != 0) {
 		/* e.g. LeakSanitizer's exit code in an ASan build */
 		out->ok = false;
-		append(detail, detail_size, "; then the probe process %s",
-		       status_text(status, st, sizeof(st)));
+		append(detail, detail_size, "; then the probe process %s", status_text(status, st, sizeof(st)));
 	}
 done:
 	out->duration_ns = mono_ns() - t0;
@@ -376,8 +371,10 @@ int main(int argc, char **argv)
 			errno = 0;
 			timeout_ms = strtol(val, &end, 10);
 			if (errno || end == val || *end || timeout_ms <= 0 || timeout_ms > MAX_TIMEOUT_MS) {
-				fprintf(stderr, "understudy-check: --timeout-ms: '%s' is not a number of "
-						"milliseconds in 1..%d\n", val, MAX_TIMEOUT_MS);
+				fprintf(stderr,
+					"understudy-check: --timeout-ms: '%s' is not a number of "
+					"milliseconds in 1..%d\n",
+					val, MAX_TIMEOUT_MS);
 				usage();
 				return 2;
 			}
@@ -391,8 +388,7 @@ int main(int argc, char **argv)
 	/* Orphans of a probe come back to us, so sweep() can reap them. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {
 		char m[128];
-		fprintf(stderr, "understudy-check: warning: %s\n",
-			err_format(m, sizeof(m), errno, "prctl(PR_SET_CHILD_SUBREAPER)"));
+		fprintf(stderr, "understudy-check: warning: %s\n", err_format(m, sizeof(m), errno, "prctl(PR_SET_CHILD_SUBREAPER)"));
 	}
 
 	for (size_t i = 0; i < NPROBES; i++) {
@@ -405,12 +401,10 @@ int main(int argc, char **argv)
 		if (!r.ok)
 			failed = 1;
 		if (verbose)
-			fprintf(stderr, "understudy-check: %-18s %s  %s\n", r.id, r.ok ? "ok  " : "FAIL",
-			r.detail);
+			fprintf(stderr, "understudy-check: %-18s %s  %s\n", r.id, r.ok ? "ok  " : "FAIL", r.detail);
 		if (frame_write(STDOUT_FILENO, &r.base) < 0) {
 			char m[128];
-			fprintf(stderr, "understudy-check: %s\n",
-				err_format(m, sizeof(m), errno, "write(stdout)"));
+			fprintf(stderr, "understudy-check: %s\n", err_format(m, sizeof(m), errno, "write(stdout)"));
 			return 1;
 		}
 	}

@@ -18,7 +18,6 @@
 #include "../../bpf/check.h"
 #include "check.skel.h"
 
-
 static int libbpf_to_stderr(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
 	if (level == LIBBPF_DEBUG)
@@ -68,12 +67,11 @@ int probe_bpf_syscall(struct probe_ctx *c)
 		goto out;
 	}
 	if (back != val) {
-		probe_failx(c, "bpf(BPF_MAP_LOOKUP_ELEM, map fd %d) returned 0x%llx, wrote 0x%llx",
-			    fd, (unsigned long long)back, (unsigned long long)val);
+		probe_failx(c, "bpf(BPF_MAP_LOOKUP_ELEM, map fd %d) returned 0x%llx, wrote 0x%llx", fd, (unsigned long long)back,
+			    (unsigned long long)val);
 		goto out;
 	}
-	probe_ok(c, "BPF_MAP_CREATE(array) gave fd %d; update/lookup round trip of 0x%llx ok",
-		 fd, (unsigned long long)val);
+	probe_ok(c, "BPF_MAP_CREATE(array) gave fd %d; update/lookup round trip of 0x%llx ok", fd, (unsigned long long)val);
 out:
 	close(fd);
 	return c->ok ? 0 : -1;
@@ -95,7 +93,7 @@ int probe_btf(struct probe_ctx *c)
 	btf = btf__parse(path, NULL);
 	if (!btf)
 		return probe_fail(c, errno, "btf__parse(%s)", path);
-	n = btf__type_cnt(btf) - 1;	/* type 0 is void */
+	n = btf__type_cnt(btf) - 1; /* type 0 is void */
 	task_id = btf__find_by_name_kind(btf, "task_struct", BTF_KIND_STRUCT);
 	if (task_id < 0) {
 		int e = -task_id;
@@ -103,8 +101,7 @@ int probe_btf(struct probe_ctx *c)
 		return probe_fail(c, e, "btf__find_by_name_kind(%s, struct task_struct)", path);
 	}
 	btf__free(btf);
-	return probe_ok(c, "%s: %u types in %lld bytes; struct task_struct is type %d",
-			path, n, (long long)sb.st_size, (int)task_id);
+	return probe_ok(c, "%s: %u types in %lld bytes; struct task_struct is type %d", path, n, (long long)sb.st_size, (int)task_id);
 }
 
 static struct check_bpf *open_skel(struct probe_ctx *c, bool want_ringbuf)
@@ -126,8 +123,7 @@ static struct check_bpf *open_skel(struct probe_ctx *c, bool want_ringbuf)
 	err = check_bpf__load(skel);
 	if (err) {
 		probe_fail(c, -err, "check_bpf__load(%s, CO-RE against /sys/kernel/btf/vmlinux)",
-			   want_ringbuf ? "tp_btf/sys_exit check_ringbuf_getpgid + ringbuf map"
-					: "tp_btf/sys_exit check_count_getppid");
+			   want_ringbuf ? "tp_btf/sys_exit check_ringbuf_getpgid + ringbuf map" : "tp_btf/sys_exit check_count_getppid");
 		check_bpf__destroy(skel);
 		return NULL;
 	}
@@ -163,14 +159,17 @@ int probe_tracepoint_attach(struct probe_ctx *c)
 		goto out;
 	}
 	if (count != (__u64)calls) {
-		probe_failx(c, "tp_btf/sys_exit counted %llu getppid calls of pid %d, "
-			    "expected %d", (unsigned long long)count, (int)getpid(), calls);
+		probe_failx(c,
+			    "tp_btf/sys_exit counted %llu getppid calls of pid %d, "
+			    "expected %d",
+			    (unsigned long long)count, (int)getpid(), calls);
 		goto out;
 	}
 	memset(&info, 0, sizeof(info));
 	if (bpf_obj_get_info_by_fd(bpf_program__fd(skel->progs.check_count_getppid), &info, &info_len))
 		info.id = 0;
-	probe_ok(c, "attached prog id %u to tp_btf/sys_exit (the tracer's hook), filtered to pid %d "
+	probe_ok(c,
+		 "attached prog id %u to tp_btf/sys_exit (the tracer's hook), filtered to pid %d "
 		 "through bpf_get_current_task_btf()->tgid; counted %llu of %d getppid calls",
 		 info.id, (int)getpid(), (unsigned long long)count, calls);
 out:
@@ -225,7 +224,7 @@ int probe_ringbuf(struct probe_ctx *c)
 		goto out;
 	}
 	for (int i = 0; i < want; i++)
-		syscall(SYS_getpgid, (long)(CHECK_RB_ARG_BASE + (unsigned)i));	/* ESRCH */
+		syscall(SYS_getpgid, (long)(CHECK_RB_ARG_BASE + (unsigned)i)); /* ESRCH */
 	deadline = mono_ns() + (uint64_t)CHECK_WAIT_MS * 1000000ull;
 	while (st.n < want && mono_ns() < deadline) {
 		int r = ring_buffer__poll(rb, 100);
@@ -234,32 +233,30 @@ int probe_ringbuf(struct probe_ctx *c)
 			goto out;
 		}
 	}
-	ring_buffer__consume(rb);	/* anything beyond the expected records */
+	ring_buffer__consume(rb); /* anything beyond the expected records */
 	if (st.bad_size) {
-		probe_failx(c, "ring buffer delivered a %d-byte record, expected %zu",
-			    st.bad_size, sizeof(struct check_rb_record));
+		probe_failx(c, "ring buffer delivered a %d-byte record, expected %zu", st.bad_size, sizeof(struct check_rb_record));
 		goto out;
 	}
 	if (st.n != want) {
-		probe_failx(c, "ring_buffer__poll delivered %d records within %d ms, expected %d",
-			    st.n, CHECK_WAIT_MS, want);
+		probe_failx(c, "ring_buffer__poll delivered %d records within %d ms, expected %d", st.n, CHECK_WAIT_MS, want);
 		goto out;
 	}
 	for (int i = 0; i < want; i++) {
 		const struct check_rb_record *r = &st.rec[i];
-		if (r->magic != CHECK_RB_MAGIC || r->seq != (__u32)(i + 1) || r->tgid != tgid ||
-		    r->arg != CHECK_RB_ARG_BASE + (unsigned)i) {
-			probe_failx(c, "ring buffer record %d: magic 0x%x seq %u tgid %u arg 0x%llx, "
-				    "expected 0x%x %d %u 0x%llx", i, r->magic, r->seq, r->tgid,
-				    (unsigned long long)r->arg, CHECK_RB_MAGIC, i + 1, tgid,
+		if (r->magic != CHECK_RB_MAGIC || r->seq != (__u32)(i + 1) || r->tgid != tgid || r->arg != CHECK_RB_ARG_BASE + (unsigned)i) {
+			probe_failx(c,
+				    "ring buffer record %d: magic 0x%x seq %u tgid %u arg 0x%llx, "
+				    "expected 0x%x %d %u 0x%llx",
+				    i, r->magic, r->seq, r->tgid, (unsigned long long)r->arg, CHECK_RB_MAGIC, i + 1, tgid,
 				    (unsigned long long)(CHECK_RB_ARG_BASE + (unsigned)i));
 			goto out;
 		}
 	}
-	probe_ok(c, "%d records from tp_btf/sys_exit (getpgid) consumed with ring_buffer__poll "
+	probe_ok(c,
+		 "%d records from tp_btf/sys_exit (getpgid) consumed with ring_buffer__poll "
 		 "in order: seq 1..%d, args 0x%llx..0x%llx, tgid %u",
-		 want, want, (unsigned long long)CHECK_RB_ARG_BASE,
-		 (unsigned long long)(CHECK_RB_ARG_BASE + (unsigned)want - 1), tgid);
+		 want, want, (unsigned long long)CHECK_RB_ARG_BASE, (unsigned long long)(CHECK_RB_ARG_BASE + (unsigned)want - 1), tgid);
 out:
 	bpf_link__destroy(link);
 	ring_buffer__free(rb);

@@ -26,7 +26,10 @@ static size_t page_size(void)
 
 static const char *feature_names(__u64 f, char *buf, size_t size)
 {
-	static const struct { __u64 bit; const char *name; } names[] = {
+	static const struct {
+		__u64 bit;
+		const char *name;
+	} names[] = {
 		{ UFFD_FEATURE_WP_ASYNC, "WP_ASYNC" },
 		{ UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED" },
 	};
@@ -81,8 +84,7 @@ static int uffd_open_wp_async(struct probe_ctx *c, bool gate, __u64 *offered, __
 	if (ioctl(fd, UFFDIO_API, &api) < 0) {
 		int e = errno;
 		close(fd);
-		return probe_fail(c, e, "UFFDIO_API(uffd %d, features=%s; kernel offers 0x%llx)", fd,
-				  feature_names(*enabled, names, sizeof(names)),
+		return probe_fail(c, e, "UFFDIO_API(uffd %d, features=%s; kernel offers 0x%llx)", fd, feature_names(*enabled, names, sizeof(names)),
 				  (unsigned long long)*offered);
 	}
 	return fd;
@@ -101,9 +103,10 @@ static int uffd_wp_range(struct probe_ctx *c, int uffd, void *addr, size_t len)
 	if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0)
 		return probe_fail(c, errno, "UFFDIO_REGISTER(uffd %d, %p+0x%zx, MODE_WP)", uffd, addr, len);
 	if (!(reg.ioctls & (1ULL << _UFFDIO_WRITEPROTECT)))
-		return probe_failx(c, "UFFDIO_REGISTER(uffd %d, %p+0x%zx, MODE_WP) does not offer "
-				   "UFFDIO_WRITEPROTECT (ioctls 0x%llx)", uffd, addr, len,
-				   (unsigned long long)reg.ioctls);
+		return probe_failx(c,
+				   "UFFDIO_REGISTER(uffd %d, %p+0x%zx, MODE_WP) does not offer "
+				   "UFFDIO_WRITEPROTECT (ioctls 0x%llx)",
+				   uffd, addr, len, (unsigned long long)reg.ioctls);
 	memset(&wp, 0, sizeof(wp));
 	wp.range = reg.range;
 	wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
@@ -178,8 +181,10 @@ int probe_uffd_wp_async(struct probe_ctx *c)
 		}
 		wp_before[i] = (e & KABI_PM_UFFD_WP) != 0;
 		if (!wp_before[i]) {
-			probe_failx(c, "page %zu at %p not write-protected after UFFDIO_WRITEPROTECT "
-				    "(pagemap entry 0x%llx)", i, base + i * psz, (unsigned long long)e);
+			probe_failx(c,
+				    "page %zu at %p not write-protected after UFFDIO_WRITEPROTECT "
+				    "(pagemap entry 0x%llx)",
+				    i, base + i * psz, (unsigned long long)e);
 			goto out;
 		}
 	}
@@ -196,9 +201,11 @@ int probe_uffd_wp_async(struct probe_ctx *c)
 	r = wait_fd(done[0], POLLIN, CHECK_WAIT_MS);
 	if (r <= 0) {
 		/* Blocked in the fault: not async. Exiting the probe ends the thread. */
-		probe_fail(c, r < 0 ? errno : ETIMEDOUT, "write to write-protected page %p "
-			   "(blocked: the kernel did not resolve it asynchronously)", base + psz);
-		done[0] = done[1] = -1;	/* left open for the writer, which may still run */
+		probe_fail(c, r < 0 ? errno : ETIMEDOUT,
+			   "write to write-protected page %p "
+			   "(blocked: the kernel did not resolve it asynchronously)",
+			   base + psz);
+		done[0] = done[1] = -1; /* left open for the writer, which may still run */
 		goto out;
 	}
 	r = pthread_join(th, NULL);
@@ -214,19 +221,18 @@ int probe_uffd_wp_async(struct probe_ctx *c)
 		wp_after[i] = (e & KABI_PM_UFFD_WP) != 0;
 	}
 	if (!(enabled & UFFD_FEATURE_WP_UNPOPULATED))
-		wp_after[3] = true;	/* not protected in the first place */
-	if (base[psz] != 'W' || base[2 * psz + 7] != 'W' || !wp_after[0] || wp_after[1] ||
-	    wp_after[2] || !wp_after[3]) {
-		probe_failx(c, "after writing pages 1 and 2 of 4: uffd-wp bits %d%d%d%d, expected 1001",
-			    wp_after[0], wp_after[1], wp_after[2], wp_after[3]);
+		wp_after[3] = true; /* not protected in the first place */
+	if (base[psz] != 'W' || base[2 * psz + 7] != 'W' || !wp_after[0] || wp_after[1] || wp_after[2] || !wp_after[3]) {
+		probe_failx(c, "after writing pages 1 and 2 of 4: uffd-wp bits %d%d%d%d, expected 1001", wp_after[0], wp_after[1], wp_after[2],
+			    wp_after[3]);
 		goto out;
 	}
-	probe_ok(c, "kernel offers features 0x%llx; enabled %s (0x%llx); %s; writes to 2 of 4 "
+	probe_ok(c,
+		 "kernel offers features 0x%llx; enabled %s (0x%llx); %s; writes to 2 of 4 "
 		 "protected pages completed without blocking (first in %llu ns) and cleared "
-		 "exactly their uffd-wp bits", (unsigned long long)offered,
-		 feature_names(enabled, names, sizeof(names)), (unsigned long long)enabled,
-		 (enabled & UFFD_FEATURE_WP_UNPOPULATED) ? "the unpopulated page was protected too"
-							 : "unpopulated pages not protectable",
+		 "exactly their uffd-wp bits",
+		 (unsigned long long)offered, feature_names(enabled, names, sizeof(names)), (unsigned long long)enabled,
+		 (enabled & UFFD_FEATURE_WP_UNPOPULATED) ? "the unpopulated page was protected too" : "unpopulated pages not protectable",
 		 (unsigned long long)w.first_ns);
 out:
 	if (done[0] >= 0) {
@@ -241,8 +247,7 @@ out:
 	return c->ok ? 0 : -1;
 }
 
-static long pagemap_scan(int pm, char *start, char *end, struct page_region *vec, size_t n,
-			 __u64 *walk_end)
+static long pagemap_scan(int pm, char *start, char *end, struct page_region *vec, size_t n, __u64 *walk_end)
 {
 	struct pm_scan_arg arg;
 	long r;
@@ -292,13 +297,17 @@ int probe_pagemap_scan(struct probe_ctx *c)
 		goto out;
 	n = pagemap_scan(pm, base, end, vec, 16, &walk_end);
 	if (n < 0) {
-		probe_fail(c, errno, "ioctl(/proc/self/pagemap fd %d, PAGEMAP_SCAN, %p-%p, "
-			   "WP_MATCHING|CHECK_WPASYNC)", pm, base, end);
+		probe_fail(c, errno,
+			   "ioctl(/proc/self/pagemap fd %d, PAGEMAP_SCAN, %p-%p, "
+			   "WP_MATCHING|CHECK_WPASYNC)",
+			   pm, base, end);
 		goto out;
 	}
 	if (n != 0) {
-		probe_failx(c, "PAGEMAP_SCAN of freshly protected %p-%p reported %ld written "
-			    "regions, expected 0", base, end, n);
+		probe_failx(c,
+			    "PAGEMAP_SCAN of freshly protected %p-%p reported %ld written "
+			    "regions, expected 0",
+			    base, end, n);
 		goto out;
 	}
 	base[3 * psz] = 'W';
@@ -307,33 +316,33 @@ int probe_pagemap_scan(struct probe_ctx *c)
 	n = pagemap_scan(pm, base, end, vec, 16, &walk_end);
 	scan_ns = mono_ns() - t0;
 	if (n < 0) {
-		probe_fail(c, errno, "ioctl(/proc/self/pagemap fd %d, PAGEMAP_SCAN, %p-%p, "
-			   "WP_MATCHING|CHECK_WPASYNC) after writes", pm, base, end);
+		probe_fail(c, errno,
+			   "ioctl(/proc/self/pagemap fd %d, PAGEMAP_SCAN, %p-%p, "
+			   "WP_MATCHING|CHECK_WPASYNC) after writes",
+			   pm, base, end);
 		goto out;
 	}
-	if (n != 2 || vec[0].start != (__u64)(unsigned long)(base + 3 * psz) ||
-	    vec[0].end != vec[0].start + psz || vec[0].categories != PAGE_IS_WRITTEN ||
-	    vec[1].start != (__u64)(unsigned long)(base + 11 * psz) ||
-	    vec[1].end != vec[1].start + psz || vec[1].categories != PAGE_IS_WRITTEN) {
+	if (n != 2 || vec[0].start != (__u64)(unsigned long)(base + 3 * psz) || vec[0].end != vec[0].start + psz ||
+	    vec[0].categories != PAGE_IS_WRITTEN || vec[1].start != (__u64)(unsigned long)(base + 11 * psz) || vec[1].end != vec[1].start + psz ||
+	    vec[1].categories != PAGE_IS_WRITTEN) {
 		char got[256] = "";
 		size_t off = 0;
 		for (long i = 0; i < n && i < 16 && off < sizeof(got); i++) {
 			int k = snprintf(got + off, sizeof(got) - off, " [%lld,%lld)/0x%llx",
 					 (long long)(vec[i].start - (unsigned long)base) / (long long)psz,
-					 (long long)(vec[i].end - (unsigned long)base) / (long long)psz,
-					 (unsigned long long)vec[i].categories);
+					 (long long)(vec[i].end - (unsigned long)base) / (long long)psz, (unsigned long long)vec[i].categories);
 			if (k < 0)
 				break;
 			off += (size_t)k;
 		}
-		probe_failx(c, "PAGEMAP_SCAN after writing pages 3 and 11 of 16 reported %ld "
+		probe_failx(c,
+			    "PAGEMAP_SCAN after writing pages 3 and 11 of 16 reported %ld "
 			    "regions (in pages):%s; expected [3,4) and [11,12) with PAGE_IS_WRITTEN",
 			    n, got);
 		goto out;
 	}
 	if (walk_end != (__u64)(unsigned long)end) {
-		probe_failx(c, "PAGEMAP_SCAN stopped at 0x%llx, expected the end %p",
-			    (unsigned long long)walk_end, end);
+		probe_failx(c, "PAGEMAP_SCAN stopped at 0x%llx, expected the end %p", (unsigned long long)walk_end, end);
 		goto out;
 	}
 	n = pagemap_scan(pm, base, end, vec, 16, &walk_end);
@@ -342,11 +351,14 @@ int probe_pagemap_scan(struct probe_ctx *c)
 		goto out;
 	}
 	if (n != 0) {
-		probe_failx(c, "second PAGEMAP_SCAN reported %ld written regions: pages were not "
-			    "re-protected", n);
+		probe_failx(c,
+			    "second PAGEMAP_SCAN reported %ld written regions: pages were not "
+			    "re-protected",
+			    n);
 		goto out;
 	}
-	probe_ok(c, "after writing pages 3 and 11 of 16 WP_ASYNC pages, PAGEMAP_SCAN "
+	probe_ok(c,
+		 "after writing pages 3 and 11 of 16 WP_ASYNC pages, PAGEMAP_SCAN "
 		 "(WP_MATCHING|CHECK_WPASYNC, PAGE_IS_WRITTEN) returned exactly [3,4) and "
 		 "[11,12) in %llu ns and re-protected them: the next scan found none",
 		 (unsigned long long)scan_ns);
@@ -376,37 +388,34 @@ int probe_process_vm(struct probe_ctx *c)
 	remote = (struct iovec){ target_buf, sizeof(target_buf) };
 	n = process_vm_readv(t.pid, &local, 1, &remote, 1, 0);
 	if (n < 0) {
-		probe_fail(c, errno, "process_vm_readv(pid %d, %p, %zu)", (int)t.pid,
-			   (void *)target_buf, sizeof(target_buf));
+		probe_fail(c, errno, "process_vm_readv(pid %d, %p, %zu)", (int)t.pid, (void *)target_buf, sizeof(target_buf));
 		goto out;
 	}
 	if (n != (ssize_t)sizeof(buf) || strcmp(buf, TARGET_BUF_BEFORE) != 0) {
-		probe_failx(c, "process_vm_readv(pid %d, %p) read %zd bytes \"%.*s\", expected \"%s\"",
-			    (int)t.pid, (void *)target_buf, n, (int)sizeof(buf), buf, TARGET_BUF_BEFORE);
+		probe_failx(c, "process_vm_readv(pid %d, %p) read %zd bytes \"%.*s\", expected \"%s\"", (int)t.pid, (void *)target_buf, n,
+			    (int)sizeof(buf), buf, TARGET_BUF_BEFORE);
 		goto out;
 	}
 	local = (struct iovec){ (void *)after, strlen(after) + 1 };
 	n = process_vm_writev(t.pid, &local, 1, &remote, 1, 0);
 	if (n < 0) {
-		probe_fail(c, errno, "process_vm_writev(pid %d, %p, %zu)", (int)t.pid,
-			   (void *)target_buf, local.iov_len);
+		probe_fail(c, errno, "process_vm_writev(pid %d, %p, %zu)", (int)t.pid, (void *)target_buf, local.iov_len);
 		goto out;
 	}
 	if (n != (ssize_t)local.iov_len) {
-		probe_failx(c, "process_vm_writev(pid %d, %p) wrote %zd of %zu bytes", (int)t.pid,
-			    (void *)target_buf, n, local.iov_len);
+		probe_failx(c, "process_vm_writev(pid %d, %p) wrote %zd of %zu bytes", (int)t.pid, (void *)target_buf, n, local.iov_len);
 		goto out;
 	}
 	if (target_query_buf(c, &t, &answer) < 0)
 		goto out;
 	if (answer != 'Y') {
-		probe_failx(c, "pid %d does not see the value written at %p by process_vm_writev",
-			    (int)t.pid, (void *)target_buf);
+		probe_failx(c, "pid %d does not see the value written at %p by process_vm_writev", (int)t.pid, (void *)target_buf);
 		goto out;
 	}
-	probe_ok(c, "process_vm_readv read \"%s\" (%zu bytes) at %p of pid %d; process_vm_writev "
-		 "wrote \"%s\" there and the target saw it", TARGET_BUF_BEFORE, sizeof(buf),
-		 (void *)target_buf, (int)t.pid, after);
+	probe_ok(c,
+		 "process_vm_readv read \"%s\" (%zu bytes) at %p of pid %d; process_vm_writev "
+		 "wrote \"%s\" there and the target saw it",
+		 TARGET_BUF_BEFORE, sizeof(buf), (void *)target_buf, (int)t.pid, after);
 out:
 	target_stop(&t);
 	return c->ok ? 0 : -1;
@@ -475,8 +484,7 @@ static void find_vdso(const char *maps, struct vdso_region r[VDSO_MAX], int coun
 		if (sscanf(line, "%lx-%lx", &s, &e) == 2) {
 			for (int i = 0; i < VDSO_MAX; i++) {
 				size_t nlen = strlen(vdso_names[i]);
-				if (ll >= nlen && memcmp(line + ll - nlen, vdso_names[i], nlen) == 0 &&
-				    (ll == nlen || line[ll - nlen - 1] == ' ')) {
+				if (ll >= nlen && memcmp(line + ll - nlen, vdso_names[i], nlen) == 0 && (ll == nlen || line[ll - nlen - 1] == ' ')) {
 					count[i]++;
 					r[i].present = true;
 					r[i].start = s;
@@ -489,15 +497,14 @@ static void find_vdso(const char *maps, struct vdso_region r[VDSO_MAX], int coun
 }
 
 struct vdso_report {
-	int err;		/* errno of the failed call, 0 when all moved */
-	int failed;		/* index of the region whose move failed, -1: reservation */
+	int err;    /* errno of the failed call, 0 when all moved */
+	int failed; /* index of the region whose move failed, -1: reservation */
 	unsigned long reserve;
 };
 
 /* The child: moves the regions, reports, waits to be inspected. It must not
  * call into the vDSO afterwards (glibc's pointers are stale): raw syscalls. */
-static __attribute__((noreturn)) void vdso_child(struct vdso_region r[VDSO_MAX], int rep_fd,
-						 int hold_fd)
+static __attribute__((noreturn)) void vdso_child(struct vdso_region r[VDSO_MAX], int rep_fd, int hold_fd)
 {
 	struct vdso_report rep = { .err = 0, .failed = -1 };
 	unsigned long lo = ~0ul, hi = 0;
@@ -522,8 +529,7 @@ static __attribute__((noreturn)) void vdso_child(struct vdso_region r[VDSO_MAX],
 		if (!r[i].present)
 			continue;
 		to = (char *)res + (r[i].start - lo);
-		if (mremap((void *)r[i].start, r[i].end - r[i].start, r[i].end - r[i].start,
-			   MREMAP_MAYMOVE | MREMAP_FIXED, to) == MAP_FAILED) {
+		if (mremap((void *)r[i].start, r[i].end - r[i].start, r[i].end - r[i].start, MREMAP_MAYMOVE | MREMAP_FIXED, to) == MAP_FAILED) {
 			rep.err = errno;
 			rep.failed = i;
 			break;
@@ -532,7 +538,7 @@ static __attribute__((noreturn)) void vdso_child(struct vdso_region r[VDSO_MAX],
 report:
 	if (syscall(SYS_write, rep_fd, &rep, sizeof(rep)) != (long)sizeof(rep))
 		syscall(SYS_exit_group, 1);
-	syscall(SYS_read, hold_fd, &c, 1);	/* until the probe has looked (or EOF) */
+	syscall(SYS_read, hold_fd, &c, 1); /* until the probe has looked (or EOF) */
 	syscall(SYS_exit_group, 0);
 	__builtin_unreachable();
 }
@@ -553,8 +559,7 @@ int probe_vdso_mremap(struct probe_ctx *c)
 	find_vdso(maps, r, count);
 	free(maps);
 	if (!r[2].present || !r[0].present)
-		return probe_failx(c, "/proc/self/maps lists %s[vvar] and %s[vdso]",
-				   r[0].present ? "" : "no ", r[2].present ? "" : "no ");
+		return probe_failx(c, "/proc/self/maps lists %s[vvar] and %s[vdso]", r[0].present ? "" : "no ", r[2].present ? "" : "no ");
 	for (int i = 0; i < VDSO_MAX; i++) {
 		r[i].new_start = 0;
 		if (r[i].present && r[i].start < lo)
@@ -587,9 +592,11 @@ int probe_vdso_mremap(struct probe_ctx *c)
 		if (rep.failed < 0)
 			probe_fail(c, rep.err, "mmap(PROT_NONE reservation) in pid %d", (int)pid);
 		else
-			probe_fail(c, rep.err, "mremap(%s 0x%lx-0x%lx, MREMAP_MAYMOVE|MREMAP_FIXED, "
-				   "0x%lx) in pid %d", vdso_names[rep.failed], r[rep.failed].start,
-				   r[rep.failed].end, rep.reserve + (r[rep.failed].start - lo), (int)pid);
+			probe_fail(c, rep.err,
+				   "mremap(%s 0x%lx-0x%lx, MREMAP_MAYMOVE|MREMAP_FIXED, "
+				   "0x%lx) in pid %d",
+				   vdso_names[rep.failed], r[rep.failed].start, r[rep.failed].end, rep.reserve + (r[rep.failed].start - lo),
+				   (int)pid);
 		goto out;
 	}
 	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
@@ -610,25 +617,26 @@ int probe_vdso_mremap(struct probe_ctx *c)
 			continue;
 		}
 		want = rep.reserve + (r[i].start - lo);
-		if (!moved[i].present || count[i] != 1 || moved[i].start != want ||
-		    moved[i].end - moved[i].start != r[i].end - r[i].start) {
-			probe_failx(c, "%s: %s was 0x%lx-0x%lx; after mremap to 0x%lx it lists %d such "
-				    "line(s)%s0x%lx-0x%lx", path, vdso_names[i], r[i].start, r[i].end,
-				    want, count[i], moved[i].present ? ", the last at " : "",
+		if (!moved[i].present || count[i] != 1 || moved[i].start != want || moved[i].end - moved[i].start != r[i].end - r[i].start) {
+			probe_failx(c,
+				    "%s: %s was 0x%lx-0x%lx; after mremap to 0x%lx it lists %d such "
+				    "line(s)%s0x%lx-0x%lx",
+				    path, vdso_names[i], r[i].start, r[i].end, want, count[i], moved[i].present ? ", the last at " : "",
 				    moved[i].present ? moved[i].start : 0, moved[i].present ? moved[i].end : 0);
 			goto out;
 		}
-		int k = snprintf(what + off, sizeof(what) - off, "%s%s 0x%lx->0x%lx (%lu KiB)",
-				 off ? ", " : "", vdso_names[i], r[i].start, want,
+		int k = snprintf(what + off, sizeof(what) - off, "%s%s 0x%lx->0x%lx (%lu KiB)", off ? ", " : "", vdso_names[i], r[i].start, want,
 				 (r[i].end - r[i].start) / 1024);
 		if (k > 0 && (size_t)k < sizeof(what) - off)
 			off += (size_t)k;
 	}
-	probe_ok(c, "moved with mremap(MREMAP_MAYMOVE|MREMAP_FIXED) in pid %d: %s; "
-		 "/proc/PID/maps lists the same names and sizes at the new addresses", (int)pid, what);
+	probe_ok(c,
+		 "moved with mremap(MREMAP_MAYMOVE|MREMAP_FIXED) in pid %d: %s; "
+		 "/proc/PID/maps lists the same names and sizes at the new addresses",
+		 (int)pid, what);
 out:
 	if (hold_pipe[1] >= 0)
-		close(hold_pipe[1]);	/* releases the child */
+		close(hold_pipe[1]); /* releases the child */
 	if (hold_pipe[0] >= 0)
 		close(hold_pipe[0]);
 	if (rep_pipe[0] >= 0)

@@ -91,8 +91,7 @@ static int wait_inq(struct probe_ctx *c, int fd, const char *who, int want)
 		if (inq == want)
 			return 0;
 		if (mono_ns() >= deadline)
-			return probe_failx(c, "%s fd %d has %d bytes queued after %d ms, expected %d",
-					   who, fd, inq, CHECK_WAIT_MS, want);
+			return probe_failx(c, "%s fd %d has %d bytes queued after %d ms, expected %d", who, fd, inq, CHECK_WAIT_MS, want);
 		wait_fd(fd, POLLIN, 10);
 	}
 }
@@ -116,8 +115,7 @@ int probe_tcp_repair(struct probe_ctx *c)
 		probe_fail(c, errno, "socket(AF_INET, SOCK_STREAM)");
 		goto out;
 	}
-	if (bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(lfd, 1) < 0 ||
-	    getsockname(lfd, (struct sockaddr *)&addr, &alen) < 0) {
+	if (bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(lfd, 1) < 0 || getsockname(lfd, (struct sockaddr *)&addr, &alen) < 0) {
 		probe_fail(c, errno, "bind/listen(fd %d, 127.0.0.1)", lfd);
 		goto out;
 	}
@@ -139,8 +137,7 @@ int probe_tcp_repair(struct probe_ctx *c)
 		probe_fail(c, errno, "write(connected socket)");
 		goto out;
 	}
-	if (wait_inq(c, cfd, "client", (int)sizeof(s2c) - 1) < 0 ||
-	    wait_inq(c, sfd, "server", (int)sizeof(c2s) - 1) < 0)
+	if (wait_inq(c, cfd, "client", (int)sizeof(s2c) - 1) < 0 || wait_inq(c, sfd, "server", (int)sizeof(c2s) - 1) < 0)
 		goto out;
 	if (probe_gate(c, "setsockopt(TCP_REPAIR)") < 0)
 		goto out;
@@ -151,11 +148,11 @@ int probe_tcp_repair(struct probe_ctx *c)
 	if (repair_read(c, sfd, "server", &sv) < 0)
 		goto out;
 	/* Each side's receive sequence is where the other side's send queue ends. */
-	if (cv.recv_seq != sv.send_seq || sv.recv_seq != cv.send_seq ||
-	    cv.inq != (int)sizeof(s2c) - 1) {
-		probe_failx(c, "TCP_QUEUE_SEQ: client recv %u send %u, server recv %u send %u "
-			    "(client has %d unread bytes): the sides disagree", cv.recv_seq,
-			    cv.send_seq, sv.recv_seq, sv.send_seq, cv.inq);
+	if (cv.recv_seq != sv.send_seq || sv.recv_seq != cv.send_seq || cv.inq != (int)sizeof(s2c) - 1) {
+		probe_failx(c,
+			    "TCP_QUEUE_SEQ: client recv %u send %u, server recv %u send %u "
+			    "(client has %d unread bytes): the sides disagree",
+			    cv.recv_seq, cv.send_seq, sv.recv_seq, sv.send_seq, cv.inq);
 		goto out;
 	}
 	crep = srep = false;
@@ -166,15 +163,18 @@ int probe_tcp_repair(struct probe_ctx *c)
 		if (n < 0)
 			probe_fail(c, errno, "recv(client fd %d) after TCP_REPAIR off", cfd);
 		else
-			probe_failx(c, "recv(client fd %d) after TCP_REPAIR off read %zd bytes, expected "
-				    "%zu", cfd, n, sizeof(s2c) - 1);
+			probe_failx(c,
+				    "recv(client fd %d) after TCP_REPAIR off read %zd bytes, expected "
+				    "%zu",
+				    cfd, n, sizeof(s2c) - 1);
 		goto out;
 	}
-	probe_ok(c, "fresh netns, 127.0.0.1 connection to port %d, client in TCP_REPAIR with %d "
+	probe_ok(c,
+		 "fresh netns, 127.0.0.1 connection to port %d, client in TCP_REPAIR with %d "
 		 "unread bytes: recv seq %u, send seq %u (matching the server's send/recv), "
 		 "window snd_wl1 %u snd_wnd %u max_window %u rcv_wnd %u rcv_wup %u; repair off, "
-		 "unread data still readable", ntohs(addr.sin_port), cv.inq, cv.recv_seq,
-		 cv.send_seq, cv.win.snd_wl1, cv.win.snd_wnd, cv.win.max_window, cv.win.rcv_wnd,
+		 "unread data still readable",
+		 ntohs(addr.sin_port), cv.inq, cv.recv_seq, cv.send_seq, cv.win.snd_wl1, cv.win.snd_wnd, cv.win.max_window, cv.win.rcv_wnd,
 		 cv.win.rcv_wup);
 out:
 	if (crep)
@@ -196,7 +196,7 @@ out:
 
 struct ns_holder {
 	pid_t pid;
-	int hold_fd;	/* closing it lets the holder exit */
+	int hold_fd; /* closing it lets the holder exit */
 };
 
 /* A child that unshares a network namespace and keeps it alive. */
@@ -217,7 +217,10 @@ static int ns_holder_start(struct probe_ctx *c, struct ns_holder *h)
 	h->pid = fork_helper();
 	if (h->pid < 0) {
 		int e = errno;
-		close(ready[0]); close(ready[1]); close(hold[0]); close(hold[1]);
+		close(ready[0]);
+		close(ready[1]);
+		close(hold[0]);
+		close(hold[1]);
 		return probe_fail(c, e, "fork(netns holder)");
 	}
 	if (h->pid == 0) {
@@ -312,15 +315,13 @@ int probe_netns_veth(struct probe_ctx *c)
 		goto out;
 	snprintf(pid_b, sizeof(pid_b), "%d", (int)b.pid);
 	{
-		const char *const add[] = { "ip", "link", "add", "usck0", "type", "veth", "peer", "name",
-					    "usck1", "netns", pid_b, NULL };
+		const char *const add[] = { "ip", "link", "add", "usck0", "type", "veth", "peer", "name", "usck1", "netns", pid_b, NULL };
 		const char *const addr_a[] = { "ip", "addr", "add", "10.213.77.1/30", "dev", "usck0", NULL };
 		const char *const up_a[] = { "ip", "link", "set", "usck0", "up", NULL };
 		const char *const addr_b[] = { "ip", "addr", "add", "10.213.77.2/30", "dev", "usck1", NULL };
 		const char *const up_b[] = { "ip", "link", "set", "usck1", "up", NULL };
 
-		if (run_cmd(c, add, a.pid) < 0 || run_cmd(c, addr_a, a.pid) < 0 ||
-		    run_cmd(c, up_a, a.pid) < 0 || run_cmd(c, addr_b, b.pid) < 0 ||
+		if (run_cmd(c, add, a.pid) < 0 || run_cmd(c, addr_a, a.pid) < 0 || run_cmd(c, up_a, a.pid) < 0 || run_cmd(c, addr_b, b.pid) < 0 ||
 		    run_cmd(c, up_b, b.pid) < 0)
 			goto out;
 	}
@@ -338,23 +339,23 @@ int probe_netns_veth(struct probe_ctx *c)
 		goto out;
 	}
 	if (bind(rfd, (struct sockaddr *)&da, sizeof(da)) < 0) {
-		probe_fail(c, errno, "bind(fd %d, 10.213.77.2:%d) in the netns of pid %d", rfd,
-			   VETH_PORT, (int)b.pid);
+		probe_fail(c, errno, "bind(fd %d, 10.213.77.2:%d) in the netns of pid %d", rfd, VETH_PORT, (int)b.pid);
 		goto out;
 	}
 	/* The first datagram may wait on ARP; resend if a link was still coming up. */
 	t0 = mono_ns();
 	for (r = 0; r == 0 && sends < 3; sends++) {
 		if (sendto(sfd, msg, sizeof(msg) - 1, 0, (struct sockaddr *)&da, sizeof(da)) < 0) {
-			probe_fail(c, errno, "sendto(fd %d, 10.213.77.2:%d) from the netns of pid %d",
-				   sfd, VETH_PORT, (int)a.pid);
+			probe_fail(c, errno, "sendto(fd %d, 10.213.77.2:%d) from the netns of pid %d", sfd, VETH_PORT, (int)a.pid);
 			goto out;
 		}
 		r = wait_fd(rfd, POLLIN, CHECK_WAIT_MS / 3);
 	}
 	if (r <= 0) {
-		probe_fail(c, r < 0 ? errno : ETIMEDOUT, "poll(fd %d, 10.213.77.2:%d) for the datagram "
-			   "over usck0-usck1 (%d sent)", rfd, VETH_PORT, sends);
+		probe_fail(c, r < 0 ? errno : ETIMEDOUT,
+			   "poll(fd %d, 10.213.77.2:%d) for the datagram "
+			   "over usck0-usck1 (%d sent)",
+			   rfd, VETH_PORT, sends);
 		goto out;
 	}
 	n = recvfrom(rfd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &flen);
@@ -363,21 +364,24 @@ int probe_netns_veth(struct probe_ctx *c)
 		goto out;
 	}
 	inet_ntop(AF_INET, &from.sin_addr, src, sizeof(src));
-	if (n != (ssize_t)sizeof(msg) - 1 || memcmp(buf, msg, (size_t)n) != 0 ||
-	    from.sin_addr.s_addr != sa.sin_addr.s_addr) {
-		probe_failx(c, "received %zd bytes from %s over the veth, expected \"%s\" from "
-			    "10.213.77.1", n, src, msg);
+	if (n != (ssize_t)sizeof(msg) - 1 || memcmp(buf, msg, (size_t)n) != 0 || from.sin_addr.s_addr != sa.sin_addr.s_addr) {
+		probe_failx(c,
+			    "received %zd bytes from %s over the veth, expected \"%s\" from "
+			    "10.213.77.1",
+			    n, src, msg);
 		goto out;
 	}
-	probe_ok(c, "netns of pid %d (usck0 10.213.77.1/30) and of pid %d (usck1 10.213.77.2/30) "
+	probe_ok(c,
+		 "netns of pid %d (usck0 10.213.77.1/30) and of pid %d (usck1 10.213.77.2/30) "
 		 "joined by a veth pair made with ip(8); a UDP datagram crossed from %s in %.1f ms "
-		 "(%d sent)", (int)a.pid, (int)b.pid, src, (double)(mono_ns() - t0) / 1e6, sends);
+		 "(%d sent)",
+		 (int)a.pid, (int)b.pid, src, (double)(mono_ns() - t0) / 1e6, sends);
 out:
 	if (sfd >= 0)
 		close(sfd);
 	if (rfd >= 0)
 		close(rfd);
-	ns_holder_stop(&a);	/* the veth pair goes with the namespaces */
+	ns_holder_stop(&a); /* the veth pair goes with the namespaces */
 	ns_holder_stop(&b);
 	return c->ok ? 0 : -1;
 }
@@ -394,8 +398,7 @@ struct nfq_state {
 	int payload_ok[8];
 };
 
-static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *nfmsg, struct nfq_data *nfa,
-		     void *data)
+static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *nfmsg, struct nfq_data *nfa, void *data)
 {
 	struct nfq_state *s = data;
 	struct nfqnl_msg_packet_hdr *ph = nfq_get_msg_packet_hdr(nfa);
@@ -412,9 +415,8 @@ static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *nfmsg, struct nfq
 	snprintf(want, sizeof(want), "nfq-%d", s->n + 1);
 	if (len >= (int)sizeof(struct iphdr)) {
 		const struct iphdr *ip = (const struct iphdr *)pkt;
-		int off = ip->ihl * 4 + 8;	/* past the UDP header */
-		if (ip->protocol == IPPROTO_UDP && len - off == (int)strlen(want) &&
-		    memcmp(pkt + off, want, strlen(want)) == 0)
+		int off = ip->ihl * 4 + 8; /* past the UDP header */
+		if (ip->protocol == IPPROTO_UDP && len - off == (int)strlen(want) && memcmp(pkt + off, want, strlen(want)) == 0)
 			s->payload_ok[s->n] = 1;
 	}
 	s->n++;
@@ -423,14 +425,12 @@ static int on_packet(struct nfq_q_handle *qh, struct nfgenmsg *nfmsg, struct nfq
 
 int probe_nfqueue_hold(struct probe_ctx *c)
 {
-	struct sockaddr_in dst = { .sin_family = AF_INET, .sin_addr.s_addr = LOOPBACK,
-				   .sin_port = htons(NFQ_PORT) };
+	struct sockaddr_in dst = { .sin_family = AF_INET, .sin_addr.s_addr = LOOPBACK, .sin_port = htons(NFQ_PORT) };
 	struct nfq_state st = { 0 };
 	struct nfq_handle *h = NULL;
 	struct nfq_q_handle *qh = NULL;
 	char port[16], queue[16], buf[65536];
-	const char *iptables = access("/usr/sbin/iptables", X_OK) == 0 ? "/usr/sbin/iptables"
-								       : "iptables";
+	const char *iptables = access("/usr/sbin/iptables", X_OK) == 0 ? "/usr/sbin/iptables" : "iptables";
 	int rfd = -1, sfd = -1, nfd, r;
 	uint32_t max_id = 0;
 	uint64_t t_sent, t_verdict;
@@ -454,7 +454,7 @@ int probe_nfqueue_hold(struct probe_ctx *c)
 		probe_fail(c, errno, "nfq_open()");
 		goto out;
 	}
-	if (nfq_bind_pf(h, AF_INET) < 0) {	/* a no-op on kernels >= 3.8, kept for older */
+	if (nfq_bind_pf(h, AF_INET) < 0) { /* a no-op on kernels >= 3.8, kept for older */
 		probe_fail(c, errno, "nfq_bind_pf(AF_INET)");
 		goto out;
 	}
@@ -470,9 +470,8 @@ int probe_nfqueue_hold(struct probe_ctx *c)
 	snprintf(port, sizeof(port), "%d", NFQ_PORT);
 	snprintf(queue, sizeof(queue), "%d", NFQ_QUEUE);
 	{
-		const char *const rule[] = { iptables, "-A", "OUTPUT", "-o", "lo", "-p", "udp",
-					     "--dport", port, "-j", "NFQUEUE", "--queue-num", queue,
-					     NULL };
+		const char *const rule[] = { iptables,	"-A", "OUTPUT", "-o",	   "lo",	  "-p",	 "udp",
+					     "--dport", port, "-j",	"NFQUEUE", "--queue-num", queue, NULL };
 		if (run_cmd(c, rule, 0) < 0)
 			goto out;
 	}
@@ -492,8 +491,10 @@ int probe_nfqueue_hold(struct probe_ctx *c)
 
 		r = left > 0 ? wait_fd(nfd, POLLIN, left) : 0;
 		if (r <= 0) {
-			probe_fail(c, r < 0 ? errno : ETIMEDOUT, "recv(nfqueue %d socket fd %d): %d of %d "
-				   "packets queued", NFQ_QUEUE, nfd, st.n, NFQ_PACKETS);
+			probe_fail(c, r < 0 ? errno : ETIMEDOUT,
+				   "recv(nfqueue %d socket fd %d): %d of %d "
+				   "packets queued",
+				   NFQ_QUEUE, nfd, st.n, NFQ_PACKETS);
 			goto out;
 		}
 		n = recv(nfd, buf, sizeof(buf), 0);
@@ -507,8 +508,7 @@ int probe_nfqueue_hold(struct probe_ctx *c)
 	}
 	for (int i = 0; i < NFQ_PACKETS; i++) {
 		if (!st.payload_ok[i]) {
-			probe_failx(c, "queued packet %d (id %u) is not the datagram \"nfq-%d\"", i + 1,
-				    st.ids[i], i + 1);
+			probe_failx(c, "queued packet %d (id %u) is not the datagram \"nfq-%d\"", i + 1, st.ids[i], i + 1);
 			goto out;
 		}
 		if (i > 0 && st.ids[i] <= st.ids[i - 1]) {
@@ -538,8 +538,10 @@ int probe_nfqueue_hold(struct probe_ctx *c)
 		snprintf(want, sizeof(want), "nfq-%d", i);
 		r = wait_fd(rfd, POLLIN, CHECK_WAIT_MS);
 		if (r <= 0) {
-			probe_fail(c, r < 0 ? errno : ETIMEDOUT, "recv(fd %d, 127.0.0.1:%d) of released "
-				   "datagram %d", rfd, NFQ_PORT, i);
+			probe_fail(c, r < 0 ? errno : ETIMEDOUT,
+				   "recv(fd %d, 127.0.0.1:%d) of released "
+				   "datagram %d",
+				   rfd, NFQ_PORT, i);
 			goto out;
 		}
 		n = recv(rfd, buf, sizeof(buf), MSG_DONTWAIT);
@@ -548,16 +550,15 @@ int probe_nfqueue_hold(struct probe_ctx *c)
 			goto out;
 		}
 		if (n != (ssize_t)strlen(want) || memcmp(buf, want, (size_t)n) != 0) {
-			probe_failx(c, "released datagram %d is \"%.*s\", expected \"%s\"", i,
-				    (int)(n > 32 ? 32 : n), buf, want);
+			probe_failx(c, "released datagram %d is \"%.*s\", expected \"%s\"", i, (int)(n > 32 ? 32 : n), buf, want);
 			goto out;
 		}
 	}
-	probe_ok(c, "fresh netns: iptables NFQUEUE rule sent %d UDP datagrams to queue %d (ids "
+	probe_ok(c,
+		 "fresh netns: iptables NFQUEUE rule sent %d UDP datagrams to queue %d (ids "
 		 "%u..%u); held %.1f ms with nothing delivered, then one nfq_set_verdict_batch"
 		 "(id %u, NF_ACCEPT) released all %d, received in order",
-		 NFQ_PACKETS, NFQ_QUEUE, st.ids[0], max_id, (double)(t_verdict - t_sent) / 1e6,
-		 max_id, NFQ_PACKETS);
+		 NFQ_PACKETS, NFQ_QUEUE, st.ids[0], max_id, (double)(t_verdict - t_sent) / 1e6, max_id, NFQ_PACKETS);
 out:
 	if (qh)
 		nfq_destroy_queue(qh);

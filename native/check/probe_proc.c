@@ -30,11 +30,13 @@ static int seize_and_interrupt(struct probe_ctx *c, pid_t pid, int *status)
 		return probe_fail(c, errno, "ptrace(PTRACE_INTERRUPT, pid %d)", (int)pid);
 	w = wait_pid_timeout(pid, status, CHECK_WAIT_MS);
 	if (w != pid)
-		return probe_fail(c, w < 0 ? errno : ETIMEDOUT, "waitpid(pid %d, __WALL) for the "
-				  "interrupt stop", (int)pid);
+		return probe_fail(c, w < 0 ? errno : ETIMEDOUT,
+				  "waitpid(pid %d, __WALL) for the "
+				  "interrupt stop",
+				  (int)pid);
 	if (!WIFSTOPPED(*status) || (*status >> 16) != PTRACE_EVENT_STOP)
-		return probe_failx(c, "waitpid(pid %d, __WALL): %s, expected a PTRACE_EVENT_STOP stop",
-				   (int)pid, status_text(*status, st, sizeof(st)));
+		return probe_failx(c, "waitpid(pid %d, __WALL): %s, expected a PTRACE_EVENT_STOP stop", (int)pid,
+				   status_text(*status, st, sizeof(st)));
 	return 0;
 }
 
@@ -63,10 +65,11 @@ int probe_ptrace_seize(struct probe_ctx *c)
 		goto out;
 	if (target_ping(c, &t) < 0)
 		goto out;
-	probe_ok(c, "seized pid %d (child of %d, not of the prober %d) blocked in read(); PTRACE_INTERRUPT gave "
+	probe_ok(c,
+		 "seized pid %d (child of %d, not of the prober %d) blocked in read(); PTRACE_INTERRUPT gave "
 		 "waitpid status 0x%x (PTRACE_EVENT_STOP, SIG%s); detached, and the target "
-		 "answered a ping", (int)t.pid, (int)t.direct, (int)getpid(), status,
-		 sigabbrev_np(WSTOPSIG(status)));
+		 "answered a ping",
+		 (int)t.pid, (int)t.direct, (int)getpid(), status, sigabbrev_np(WSTOPSIG(status)));
 out:
 	if (seized)
 		ptrace(PTRACE_DETACH, t.pid, NULL, NULL);
@@ -75,8 +78,7 @@ out:
 }
 
 /* Finds the bytes 0f 05 (syscall) in an executable mapping of pid. */
-static int find_syscall_insn(struct probe_ctx *c, pid_t pid, unsigned long *addr, char *where,
-			     size_t where_size)
+static int find_syscall_insn(struct probe_ctx *c, pid_t pid, unsigned long *addr, char *where, size_t where_size)
 {
 	char path[64], line[512];
 	FILE *maps;
@@ -120,8 +122,7 @@ static int find_syscall_insn(struct probe_ctx *c, pid_t pid, unsigned long *addr
 				if (buf[i] == 0x0f && buf[i + 1] == 0x05) {
 					*addr = a + (unsigned long)i;
 					line[strcspn(line, "\n")] = '\0';
-					snprintf(where, where_size, "%s", name_at && line[name_at]
-						 ? line + name_at : "anonymous");
+					snprintf(where, where_size, "%s", name_at && line[name_at] ? line + name_at : "anonymous");
 					break;
 				}
 			}
@@ -131,8 +132,10 @@ static int find_syscall_insn(struct probe_ctx *c, pid_t pid, unsigned long *addr
 	fclose(maps);
 	close(mem);
 	if (!*addr)
-		return probe_failx(c, "no syscall instruction (0f 05) in the executable mappings of "
-				   "pid %d", (int)pid);
+		return probe_failx(c,
+				   "no syscall instruction (0f 05) in the executable mappings of "
+				   "pid %d",
+				   (int)pid);
 	return 0;
 }
 
@@ -162,7 +165,7 @@ int probe_syscall_inject(struct probe_ctx *c)
 	regs = saved;
 	regs.rip = insn;
 	regs.rax = SYS_getpid;
-	regs.orig_rax = (unsigned long long)-1;	/* no syscall restart on resume */
+	regs.orig_rax = (unsigned long long)-1; /* no syscall restart on resume */
 	if (ptrace(PTRACE_SETREGS, t.pid, NULL, &regs) < 0) {
 		probe_fail(c, errno, "ptrace(PTRACE_SETREGS, pid %d, rip=0x%lx)", (int)t.pid, insn);
 		goto out;
@@ -173,13 +176,12 @@ int probe_syscall_inject(struct probe_ctx *c)
 	}
 	w = wait_pid_timeout(t.pid, &status, CHECK_WAIT_MS);
 	if (w != t.pid) {
-		probe_fail(c, w < 0 ? errno : ETIMEDOUT, "waitpid(pid %d) after PTRACE_SINGLESTEP",
-			   (int)t.pid);
+		probe_fail(c, w < 0 ? errno : ETIMEDOUT, "waitpid(pid %d) after PTRACE_SINGLESTEP", (int)t.pid);
 		goto out;
 	}
 	if (!WIFSTOPPED(status) || WSTOPSIG(status) != SIGTRAP) {
-		probe_failx(c, "waitpid(pid %d) after PTRACE_SINGLESTEP: %s, expected a SIGTRAP stop",
-			    (int)t.pid, status_text(status, st, sizeof(st)));
+		probe_failx(c, "waitpid(pid %d) after PTRACE_SINGLESTEP: %s, expected a SIGTRAP stop", (int)t.pid,
+			    status_text(status, st, sizeof(st)));
 		goto out;
 	}
 	if (ptrace(PTRACE_GETREGS, t.pid, NULL, &regs) < 0) {
@@ -187,9 +189,10 @@ int probe_syscall_inject(struct probe_ctx *c)
 		goto out;
 	}
 	if ((long long)regs.rax != (long long)t.pid || regs.rip != insn + 2) {
-		probe_failx(c, "injected getpid at 0x%lx in pid %d returned rax=%lld with rip=0x%llx, "
-			    "expected %d at 0x%lx", insn, (int)t.pid, (long long)regs.rax,
-			    regs.rip, (int)t.pid, insn + 2);
+		probe_failx(c,
+			    "injected getpid at 0x%lx in pid %d returned rax=%lld with rip=0x%llx, "
+			    "expected %d at 0x%lx",
+			    insn, (int)t.pid, (long long)regs.rax, regs.rip, (int)t.pid, insn + 2);
 		goto out;
 	}
 	if (ptrace(PTRACE_SETREGS, t.pid, NULL, &saved) < 0) {
@@ -201,11 +204,11 @@ int probe_syscall_inject(struct probe_ctx *c)
 		goto out;
 	if (target_ping(c, &t) < 0 || target_ping(c, &t) < 0)
 		goto out;
-	probe_ok(c, "pid %d (not our child) stopped in syscall %lld (read, rax=%lld); injected getpid "
+	probe_ok(c,
+		 "pid %d (not our child) stopped in syscall %lld (read, rax=%lld); injected getpid "
 		 "at a syscall instruction 0x%lx in %s with one PTRACE_SINGLESTEP: rax=%lld; "
 		 "registers restored, detached, the target's read restarted and it answered pings",
-		 (int)t.pid, (long long)saved.orig_rax, (long long)saved.rax, insn, where,
-		 (long long)regs.rax);
+		 (int)t.pid, (long long)saved.orig_rax, (long long)saved.rax, insn, where, (long long)regs.rax);
 out:
 	if (seized)
 		ptrace(PTRACE_DETACH, t.pid, NULL, NULL);
@@ -238,13 +241,16 @@ int probe_pidfd_getfd(struct probe_ctx *c)
 		goto out;
 	}
 	if (!S_ISFIFO(sb.st_mode) || sb.st_ino != t.aux_ino || sb.st_dev != t.aux_dev) {
-		probe_failx(c, "pidfd_getfd(pid %d, fd %d) gave inode %llu (mode 0%o), the target "
-			    "holds pipe inode %llu", (int)t.pid, t.aux_fd, (unsigned long long)sb.st_ino,
-			    sb.st_mode, (unsigned long long)t.aux_ino);
+		probe_failx(c,
+			    "pidfd_getfd(pid %d, fd %d) gave inode %llu (mode 0%o), the target "
+			    "holds pipe inode %llu",
+			    (int)t.pid, t.aux_fd, (unsigned long long)sb.st_ino, sb.st_mode, (unsigned long long)t.aux_ino);
 		goto out;
 	}
-	probe_ok(c, "pidfd_open(pid %d) then pidfd_getfd(its fd %d) gave our fd %d: the same pipe "
-		 "(inode %llu)", (int)t.pid, t.aux_fd, fd, (unsigned long long)sb.st_ino);
+	probe_ok(c,
+		 "pidfd_open(pid %d) then pidfd_getfd(its fd %d) gave our fd %d: the same pipe "
+		 "(inode %llu)",
+		 (int)t.pid, t.aux_fd, fd, (unsigned long long)sb.st_ino);
 out:
 	if (fd >= 0)
 		close(fd);
@@ -258,11 +264,11 @@ out:
 
 /* Written by the processes inside the new PID namespace. */
 struct ns_report {
-	int init_pid;		/* getpid() of the namespace's first process */
-	int stage;		/* 0 nothing, 1 clone3 failed, 2 child ran */
+	int init_pid; /* getpid() of the namespace's first process */
+	int stage;    /* 0 nothing, 1 clone3 failed, 2 child ran */
 	int err;
-	long clone_ret;		/* what clone3(set_tid) returned in pid 1 */
-	int child_pid;		/* getpid() in the set_tid child */
+	long clone_ret; /* what clone3(set_tid) returned in pid 1 */
+	int child_pid;	/* getpid() in the set_tid child */
 };
 
 int probe_clone3_set_tid(struct probe_ctx *c)
@@ -318,28 +324,30 @@ int probe_clone3_set_tid(struct probe_ctx *c)
 	}
 	w = wait_pid_timeout((pid_t)pid, &status, CHECK_WAIT_MS);
 	if (w != (pid_t)pid) {
-		probe_fail(c, w < 0 ? errno : ETIMEDOUT, "waitpid(pid %ld, pid 1 of the new PID namespace)",
-			   pid);
+		probe_fail(c, w < 0 ? errno : ETIMEDOUT, "waitpid(pid %ld, pid 1 of the new PID namespace)", pid);
 		kill_and_reap((pid_t)pid);
 		goto out;
 	}
 	if (rep->stage == 1) {
-		probe_fail(c, rep->err, "clone3(set_tid={%d}, set_tid_size=1) in pid 1 of the new "
-			   "PID namespace (outer pid %ld)", SET_TID, pid);
+		probe_fail(c, rep->err,
+			   "clone3(set_tid={%d}, set_tid_size=1) in pid 1 of the new "
+			   "PID namespace (outer pid %ld)",
+			   SET_TID, pid);
 		goto out;
 	}
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || rep->stage != 2) {
-		probe_failx(c, "pid 1 of the new PID namespace (outer pid %ld) %s at stage %d",
-			    pid, status_text(status, st, sizeof(st)), rep->stage);
+		probe_failx(c, "pid 1 of the new PID namespace (outer pid %ld) %s at stage %d", pid, status_text(status, st, sizeof(st)), rep->stage);
 		goto out;
 	}
 	if (rep->init_pid != 1 || rep->clone_ret != SET_TID || rep->child_pid != SET_TID) {
-		probe_failx(c, "in the new PID namespace: first process getpid()=%d (want 1), "
+		probe_failx(c,
+			    "in the new PID namespace: first process getpid()=%d (want 1), "
 			    "clone3(set_tid={%d}) returned %ld and the child's getpid() is %d",
 			    rep->init_pid, SET_TID, rep->clone_ret, rep->child_pid);
 		goto out;
 	}
-	probe_ok(c, "clone3(CLONE_NEWPID) made outer pid %ld, which is pid 1 inside; its "
+	probe_ok(c,
+		 "clone3(CLONE_NEWPID) made outer pid %ld, which is pid 1 inside; its "
 		 "clone3(set_tid={%d}, set_tid_size=1) returned %ld and that child's getpid() is %d",
 		 pid, SET_TID, rep->clone_ret, rep->child_pid);
 out:

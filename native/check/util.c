@@ -183,11 +183,9 @@ const char *status_text(int status, char *buf, size_t size)
 		snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
 	else if (WIFSIGNALED(status)) {
 		const char *abbrev = sigabbrev_np(WTERMSIG(status));
-		snprintf(buf, size, "killed by signal %d (SIG%s: %s)", WTERMSIG(status),
-			 abbrev ? abbrev : "?", strsignal(WTERMSIG(status)));
+		snprintf(buf, size, "killed by signal %d (SIG%s: %s)", WTERMSIG(status), abbrev ? abbrev : "?", strsignal(WTERMSIG(status)));
 	} else if (WIFSTOPPED(status))
-		snprintf(buf, size, "stopped by signal %d (event %d)", WSTOPSIG(status),
-			 status >> 16);
+		snprintf(buf, size, "stopped by signal %d (event %d)", WSTOPSIG(status), status >> 16);
 	else
 		snprintf(buf, size, "wait status 0x%x", status);
 	return buf;
@@ -303,8 +301,7 @@ int run_cmd(struct probe_ctx *c, const char *const argv[], pid_t netns_pid)
 			snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)netns_pid);
 			nsfd = open(path, O_RDONLY | O_CLOEXEC);
 			if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) < 0) {
-				err_format(msg, sizeof(msg), errno, "%s(%s)",
-					   nsfd < 0 ? "open" : "setns", path);
+				err_format(msg, sizeof(msg), errno, "%s(%s)", nsfd < 0 ? "open" : "setns", path);
 				fd_write_all(STDERR_FILENO, msg, strlen(msg));
 				_exit(126);
 			}
@@ -330,9 +327,8 @@ int run_cmd(struct probe_ctx *c, const char *const argv[], pid_t netns_pid)
 			break;
 		got += (size_t)n;
 		if (got == sizeof(out) - 1) {
-			char sink[256];	/* keep draining so the command never blocks */
-			while (wait_fd(pipefd[0], POLLIN, ms_left(deadline)) > 0 &&
-			       read(pipefd[0], sink, sizeof(sink)) > 0)
+			char sink[256]; /* keep draining so the command never blocks */
+			while (wait_fd(pipefd[0], POLLIN, ms_left(deadline)) > 0 && read(pipefd[0], sink, sizeof(sink)) > 0)
 				;
 			break;
 		}
@@ -348,9 +344,8 @@ int run_cmd(struct probe_ctx *c, const char *const argv[], pid_t netns_pid)
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
 	out[strcspn(out, "\n")] = '\0';
-	return probe_failx(c, "`%s`%s: %s%s%s", cmdline,
-			   netns_pid > 0 ? " (in the probe's netns)" : "",
-			   status_text(status, st, sizeof(st)), got ? ": " : "", out);
+	return probe_failx(c, "`%s`%s: %s%s%s", cmdline, netns_pid > 0 ? " (in the probe's netns)" : "", status_text(status, st, sizeof(st)),
+			   got ? ": " : "", out);
 }
 
 /* ---------------------------------------------------------------- target */
@@ -358,7 +353,7 @@ int run_cmd(struct probe_ctx *c, const char *const argv[], pid_t netns_pid)
 char target_buf[TARGET_BUF_SIZE] = TARGET_BUF_BEFORE;
 
 struct target_hello {
-	int32_t pid;		/* > 0, or -errno when the setup failed */
+	int32_t pid; /* > 0, or -errno when the setup failed */
 	int32_t aux_fd;
 	uint64_t aux_ino;
 	uint64_t aux_dev;
@@ -422,7 +417,10 @@ int target_start(struct probe_ctx *c, struct target *t, bool grandchild)
 	pid = fork_helper();
 	if (pid < 0) {
 		int e = errno;
-		close(cmd[0]); close(cmd[1]); close(resp[0]); close(resp[1]);
+		close(cmd[0]);
+		close(cmd[1]);
+		close(resp[0]);
+		close(resp[1]);
 		return probe_fail(c, e, "fork(target%s)", grandchild ? " parent" : "");
 	}
 	if (pid == 0) {
@@ -517,8 +515,10 @@ int target_wait_blocked(struct probe_ctx *c, struct target *t)
 		if (sscanf(buf, "%ld", &nr) == 1 && nr == SYS_read)
 			return 0;
 		if (mono_ns() >= deadline)
-			return probe_failx(c, "target pid %d did not block in read() within %d ms "
-					   "(%s: %.40s)", (int)t->pid, CHECK_WAIT_MS, path, buf);
+			return probe_failx(c,
+					   "target pid %d did not block in read() within %d ms "
+					   "(%s: %.40s)",
+					   (int)t->pid, CHECK_WAIT_MS, path, buf);
 		nanosleep(&nap, NULL);
 	}
 }
@@ -541,7 +541,7 @@ void target_stop(struct target *t)
 	/* Still there (e.g. stopped under ptrace): kill target and parent. */
 	if (t->pid > 0 && t->pid != t->direct) {
 		kill(t->pid, SIGKILL);
-		wait_pid_timeout(t->pid, &st, 500);	/* as its tracer, if we are */
+		wait_pid_timeout(t->pid, &st, 500); /* as its tracer, if we are */
 	}
 	kill_and_reap(t->direct);
 	t->direct = 0;

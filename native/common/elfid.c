@@ -17,7 +17,7 @@ void elf_gnu_build_id(int fd, uint64_t size, char *out, size_t olen)
 			return;
 		if (ph.p_type != PT_NOTE || ph.p_filesz > 65536 || ph.p_offset + ph.p_filesz > size)
 			continue;
-		unsigned char nb[65536];   /* on the stack: callable from any thread */
+		unsigned char nb[65536]; /* on the stack: callable from any thread */
 		if (pread(fd, nb, ph.p_filesz, ph.p_offset) != (ssize_t)ph.p_filesz)
 			return;
 		size_t off = 0;

@@ -9,12 +9,10 @@
  * from fmt, e.g. err_format(b, sizeof b, errno, "open(%s)", path) gives
  * "open(/x): No such file or directory". err == 0 leaves the suffix off.
  * Always NUL-terminates (truncating if needed); returns buf. */
-char *err_format(char *buf, size_t size, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+char *err_format(char *buf, size_t size, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* err_format with a va_list. */
-char *err_vformat(char *buf, size_t size, int err, const char *fmt, va_list ap)
-	__attribute__((format(printf, 4, 0)));
+char *err_vformat(char *buf, size_t size, int err, const char *fmt, va_list ap) __attribute__((format(printf, 4, 0)));
 
 /* The text for an errno value; never NULL, safe from any thread. */
 const char *err_text(int err);
@@ -30,10 +28,8 @@ struct err_value {
 
 /* Fills *e unless it already holds an error (the first, most specific error
  * of a command is kept). Always returns -1, to be returned by the caller. */
-int err_set(struct err_value *e, const char *code, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-int err_vset(struct err_value *e, const char *code, int err, const char *fmt, va_list ap)
-	__attribute__((format(printf, 4, 0)));
+int err_set(struct err_value *e, const char *code, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+int err_vset(struct err_value *e, const char *code, int err, const char *fmt, va_list ap) __attribute__((format(printf, 4, 0)));
 
 /* The boundary between a binary and its reader: codes are raised by name
  * (err_set(&e, "E_NATIVE", ...)) and sent as the value of the ErrorCode enum

@@ -37,20 +37,19 @@ int img_meta_decode(const uint8_t *b, size_t len, const char *what, Understudy__
 		return err_set(e, "E_IMAGE_CORRUPT", 0, "%s is %zu bytes long, too short for a frame", what, len);
 	uint32_t mlen = b[0] | (b[1] << 8) | (b[2] << 16) | ((uint32_t)b[3] << 24);
 	if ((uint64_t)mlen + 8 != len)
-		return err_set(e, "E_IMAGE_CORRUPT", 0, "%s: frame length %u does not match the file size %zu (expected %llu)", what, mlen,
-			       len, (unsigned long long)mlen + 8);
+		return err_set(e, "E_IMAGE_CORRUPT", 0, "%s: frame length %u does not match the file size %zu (expected %llu)", what, mlen, len,
+			       (unsigned long long)mlen + 8);
 	uint32_t want;
 	memcpy(&want, b + 4 + mlen, 4);
 	uint32_t got = crc32(0L, b + 4, mlen);
 	if (want != got)
-		return err_set(e, "E_IMAGE_CORRUPT", 0, "%s: crc32 of the metadata is %08x, the file says %08x (corrupted metadata)", what,
-			       got, want);
+		return err_set(e, "E_IMAGE_CORRUPT", 0, "%s: crc32 of the metadata is %08x, the file says %08x (corrupted metadata)", what, got,
+			       want);
 	Understudy__V1__EpochMeta *m = understudy__v1__epoch_meta__unpack(NULL, mlen, b + 4);
 	if (!m)
 		return err_set(e, "E_IMAGE_CORRUPT", 0, "%s: cannot decode the EpochMeta message", what);
 	if (m->version != IMG_VERSION) {
-		err_set(e, "E_VERSION", 0, "%s: image version %u is not supported (this build reads version %d)", what, m->version,
-			IMG_VERSION);
+		err_set(e, "E_VERSION", 0, "%s: image version %u is not supported (this build reads version %d)", what, m->version, IMG_VERSION);
 		understudy__v1__epoch_meta__free_unpacked(m, NULL);
 		return -1;
 	}
@@ -65,8 +64,7 @@ int img_meta_decode(const uint8_t *b, size_t len, const char *what, Understudy__
 
 /* opens <epoch dir>/name and fstats it; -1 (error set) if either fails.
  * A missing file is missing_code, anything else E_IMAGE_CORRUPT. */
-static int open_epoch_file(const char *dir, const char *name, const char *missing_code, char *path, size_t plen, struct stat *st,
-			   struct err_value *e)
+static int open_epoch_file(const char *dir, const char *name, const char *missing_code, char *path, size_t plen, struct stat *st, struct err_value *e)
 {
 	snprintf(path, plen, "%s/%s", dir, name);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -145,8 +143,7 @@ int64_t img_newest(const char *dir, struct err_value *e)
 	while ((de = readdir(d))) {
 		unsigned v;
 		char tail;
-		if ((sscanf(de->d_name, "epoch-%u%c", &v, &tail) == 1 || sscanf(de->d_name, "base-%u%c", &v, &tail) == 1) &&
-		    (int64_t)v > best)
+		if ((sscanf(de->d_name, "epoch-%u%c", &v, &tail) == 1 || sscanf(de->d_name, "base-%u%c", &v, &tail) == 1) && (int64_t)v > best)
 			best = v;
 	}
 	closedir(d);
@@ -191,8 +188,7 @@ int img_open(struct image *im, const char *dir, int64_t epoch, struct err_value 
 		if (img_meta_read(ep->dir, "E_NOT_AN_IMAGE", &ep->meta, e))
 			return -1;
 		if (ep->meta->epoch != k)
-			return err_set(e, "E_IMAGE_CHAIN", 0, "%s/meta.pb says it is epoch %u, not %lld", ep->dir, ep->meta->epoch,
-				       (long long)k);
+			return err_set(e, "E_IMAGE_CHAIN", 0, "%s/meta.pb says it is epoch %u, not %lld", ep->dir, ep->meta->epoch, (long long)k);
 		if (k == epoch)
 			im->last = ep->meta;
 		if (strcmp(ep->meta->image_id, im->last->image_id))
@@ -245,16 +241,14 @@ int img_check_runs(const struct image *im, struct err_value *e)
 			for (size_t r = 0; r < pr->n_pages; r++) {
 				Understudy__V1__PageRun *run = pr->pages[r];
 				if (run->n_crc32 != run->npages)
-					return err_set(e, "E_IMAGE_CORRUPT", 0,
-						       "epoch %u pid %d: page run at 0x%llx has %u pages but %zu crc32s", k, pr->pid,
-						       (unsigned long long)run->vaddr, run->npages, run->n_crc32);
+					return err_set(e, "E_IMAGE_CORRUPT", 0, "epoch %u pid %d: page run at 0x%llx has %u pages but %zu crc32s", k,
+						       pr->pid, (unsigned long long)run->vaddr, run->npages, run->n_crc32);
 				if (run->offset % PAGE_SZ || run->offset + (uint64_t)run->npages * PAGE_SZ > ep->pages_len)
 					return err_set(e, "E_IMAGE_CORRUPT", 0,
 						       "epoch %u pid %d: page run at 0x%llx points at bytes %llu..%llu of %s/pages.bin, "
 						       "which has %zu",
 						       k, pr->pid, (unsigned long long)run->vaddr, (unsigned long long)run->offset,
-						       (unsigned long long)(run->offset + (uint64_t)run->npages * PAGE_SZ), ep->dir,
-						       ep->pages_len);
+						       (unsigned long long)(run->offset + (uint64_t)run->npages * PAGE_SZ), ep->dir, ep->pages_len);
 			}
 		}
 	}
@@ -274,11 +268,13 @@ static int cmp_ref(const void *a, const void *b)
 	const struct page_ref *x = a, *y = b;
 	if (x->vaddr != y->vaddr)
 		return x->vaddr < y->vaddr ? -1 : 1;
-	return x->ep > y->ep ? -1 : x->ep < y->ep ? 1 : 0;   /* newest first */
+	return x->ep > y->ep ? -1 : x->ep < y->ep ? 1 : 0; /* newest first */
 }
 
-struct voids {          /* per epoch: reset and zeroed ranges, sorted and merged */
-	struct { uint64_t s, e; } *v;
+struct voids { /* per epoch: reset and zeroed ranges, sorted and merged */
+	struct {
+		uint64_t s, e;
+	} * v;
 	size_t n;
 };
 
@@ -397,13 +393,13 @@ int img_page_map(const struct image *im, pid_t pid, struct page_ref **out, size_
 		goto out;
 	for (size_t i = 0; i < c; i++) {
 		if (o && v[o - 1].vaddr == v[i].vaddr)
-			continue;   /* an older copy of a page already taken */
+			continue; /* an older copy of a page already taken */
 		bool voided = false;
 		for (uint32_t k = v[i].ep + 1; any_delta && k <= im->target && !voided; k++)
 			voided = in_voids(&vs[k], v[i].vaddr) || (rg[k].n && !in_voids(&rg[k], v[i].vaddr));
 		v[o] = v[i];
 		if (voided)
-			v[o].ep = UINT32_MAX;   /* seen: older copies are skipped too */
+			v[o].ep = UINT32_MAX; /* seen: older copies are skipped too */
 		o++;
 	}
 out:
@@ -430,7 +426,7 @@ struct vjob {
 	const struct image *im;
 	const struct page_ref *v;
 	size_t i0, i1;
-	ssize_t bad;   /* index of the first bad page, -1 none */
+	ssize_t bad; /* index of the first bad page, -1 none */
 	uint32_t got;
 };
 
@@ -452,7 +448,9 @@ static void *verify_part(void *arg)
 
 int img_verify_refs(const struct image *im, pid_t pid, const struct page_ref *v, size_t n, struct err_value *e)
 {
-	enum { NJ = 2 };
+	enum {
+		NJ = 2
+	};
 	struct vjob j[NJ];
 	pthread_t th[NJ];
 	bool started[NJ] = { false };
@@ -514,8 +512,7 @@ int img_dir_prepare(const char *dir, bool must_be_empty, struct err_value *e)
 	int rc = 0;
 	while ((de = readdir(d)))
 		if (!strncmp(de->d_name, "epoch-", 6) || !strncmp(de->d_name, "base-", 5)) {
-			rc = err_set(e, "E_IMAGE_EXISTS", 0, "%s already holds an image (%s); give an empty or new directory", dir,
-				     de->d_name);
+			rc = err_set(e, "E_IMAGE_EXISTS", 0, "%s already holds an image (%s); give an empty or new directory", dir, de->d_name);
 			break;
 		}
 	closedir(d);
@@ -538,13 +535,13 @@ static int crc_span(Understudy__V1__EpochMeta *m, struct crc_cursor *c, const ui
 			c->run = 0;
 		}
 		if (c->proc >= m->n_processes)
-			return err_set(e, "E_INTERNAL", 0, "the page index ends at byte %llu of %llu captured",
-				       (unsigned long long)c->off, (unsigned long long)end);
+			return err_set(e, "E_INTERNAL", 0, "the page index ends at byte %llu of %llu captured", (unsigned long long)c->off,
+				       (unsigned long long)end);
 		Understudy__V1__PageRun *run = m->processes[c->proc]->pages[c->run];
 		if (run->n_crc32 != run->npages || run->offset + (uint64_t)c->page * PAGE_SZ != c->off)
 			return err_set(e, "E_INTERNAL", 0, "page run at 0x%llx of pid %d: offset %llu or %zu crcs for %u pages out of order",
-				       (unsigned long long)run->vaddr, m->processes[c->proc]->pid, (unsigned long long)run->offset,
-				       run->n_crc32, run->npages);
+				       (unsigned long long)run->vaddr, m->processes[c->proc]->pid, (unsigned long long)run->offset, run->n_crc32,
+				       run->npages);
 		while (c->page < run->npages && c->off < end) {
 			run->crc32[c->page++] = crc_page(pages + c->off);
 			c->off += PAGE_SZ;
@@ -561,8 +558,7 @@ static int crc_done(Understudy__V1__EpochMeta *m, struct crc_cursor *c, struct e
 {
 	while (c->proc < m->n_processes) {
 		if (c->run < m->processes[c->proc]->n_pages && m->processes[c->proc]->pages[c->run]->npages > c->page)
-			return err_set(e, "E_INTERNAL", 0, "the page index covers more than the %llu bytes captured",
-				       (unsigned long long)c->off);
+			return err_set(e, "E_INTERNAL", 0, "the page index covers more than the %llu bytes captured", (unsigned long long)c->off);
 		if (c->run < m->processes[c->proc]->n_pages) {
 			c->run++;
 			c->page = 0;
@@ -684,8 +680,8 @@ static int write_pages(int fd, const char *path, Understudy__V1__EpochMeta *m, c
 	return 0;
 }
 
-int img_write_dir(const char *dir, Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len, unsigned flags, bool base,
-		  char *final, struct img_wstats *st, struct err_value *e)
+int img_write_dir(const char *dir, Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len, unsigned flags, bool base, char *final,
+		  struct img_wstats *st, struct err_value *e)
 {
 	char tmp[IMG_PATH], path[IMG_PATH + 16];
 	const char *kind = base ? "base" : "epoch";
@@ -796,8 +792,7 @@ static void le32(uint8_t *p, uint32_t v)
 	p[3] = v >> 24;
 }
 
-int img_write_stream(int fd, uint64_t request_id, const Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len,
-		     struct err_value *e)
+int img_write_stream(int fd, uint64_t request_id, const Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len, struct err_value *e)
 {
 	uint8_t *mb = NULL;
 	size_t mlen = 0;
@@ -847,7 +842,7 @@ int img_extend(struct image *im, uint32_t epoch, struct err_value *e)
 {
 	if (epoch != im->target + 1)
 		return err_set(e, "E_IMAGE_CHAIN", 0, "epoch %u cannot be applied to a clone at epoch %u: deltas apply one after the other", epoch,
-			    im->target);
+			       im->target);
 	struct epoch_img *nep = realloc(im->ep, (size_t)(epoch + 1) * sizeof(*nep));
 	if (!nep)
 		return err_set(e, "E_RESTORE", ENOMEM, "realloc for %u epochs", epoch + 1);
@@ -859,21 +854,21 @@ int img_extend(struct image *im, uint32_t epoch, struct err_value *e)
 	struct stat st;
 	if (stat(ep->dir, &st))
 		return err_set(e, "E_IMAGE_CHAIN", errno, "epoch %u is not in the image (%s)", epoch, ep->dir);
-	im->nep = epoch + 1;   /* from here on image_close frees it */
+	im->nep = epoch + 1; /* from here on image_close frees it */
 	if (img_meta_read(ep->dir, "E_IMAGE_CHAIN", &ep->meta, e))
 		return -1;
 	if (ep->meta->epoch != epoch)
 		return err_set(e, "E_IMAGE_CHAIN", 0, "%s/meta.pb says it is epoch %u, not %u", ep->dir, ep->meta->epoch, epoch);
 	if (strcmp(ep->meta->image_id, im->last->image_id))
 		return err_set(e, "E_IMAGE_CHAIN", 0, "epoch %u (%s) belongs to image %s, the clone to image %s: the chain is broken", epoch, ep->dir,
-			    ep->meta->image_id, im->last->image_id);
+			       ep->meta->image_id, im->last->image_id);
 	if (ep->meta->full)
 		return err_set(e, "E_UNSUPPORTED", 0,
-			    "epoch %u (%s) is a full epoch, not a delta (the engine lost continuity): build the clone again from it", epoch,
-			    ep->dir);
+			       "epoch %u (%s) is a full epoch, not a delta (the engine lost continuity): build the clone again from it", epoch,
+			       ep->dir);
 	if (ep->meta->parent_epoch != epoch - 1)
 		return err_set(e, "E_IMAGE_CHAIN", 0, "epoch %u (%s) is a delta over epoch %u, expected %u", epoch, ep->dir, ep->meta->parent_epoch,
-			    epoch - 1);
+			       epoch - 1);
 	if (map_pages(ep, e))
 		return -1;
 	im->target = epoch;

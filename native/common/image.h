@@ -24,24 +24,24 @@
 #define IMG_PATH 4200
 
 /* ---- reading ------------------------------------------------------------ */
-struct epoch_img {             /* one epoch of a chain, opened */
+struct epoch_img { /* one epoch of a chain, opened */
 	uint32_t epoch;
 	char dir[IMG_PATH];
 	Understudy__V1__EpochMeta *meta;
-	const uint8_t *pages;      /* mmap of pages.bin */
+	const uint8_t *pages; /* mmap of pages.bin */
 	size_t pages_len;
 };
-struct page_ref {              /* where the final content of one page is */
+struct page_ref { /* where the final content of one page is */
 	uint64_t vaddr;
-	uint32_t ep;               /* index into the epoch array */
-	uint64_t off;              /* byte offset in that epoch's pages.bin */
-	uint32_t crc;              /* its crc32 from the page index */
+	uint32_t ep;  /* index into the epoch array */
+	uint64_t off; /* byte offset in that epoch's pages.bin */
+	uint32_t crc; /* its crc32 from the page index */
 };
-struct image {                 /* epoch N: its base and every delta after it */
+struct image { /* epoch N: its base and every delta after it */
 	char dir[4096];
-	struct epoch_img *ep;      /* epochs 0..N; below the base: meta NULL */
+	struct epoch_img *ep; /* epochs 0..N; below the base: meta NULL */
 	uint32_t nep;
-	uint32_t target;           /* N */
+	uint32_t target; /* N */
 	Understudy__V1__EpochMeta *last;
 };
 
@@ -88,12 +88,12 @@ int img_fill_crcs(Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len
 int img_meta_encode(const Understudy__V1__EpochMeta *m, uint8_t **out, size_t *len, struct err_value *e);
 
 enum {
-	IMG_W_FSYNC = 1,    /* data and metadata durable before the rename */
-	IMG_W_CRC = 2,      /* compute the page crcs while writing (else: already filled) */
+	IMG_W_FSYNC = 1, /* data and metadata durable before the rename */
+	IMG_W_CRC = 2,	 /* compute the page crcs while writing (else: already filled) */
 };
 struct img_wstats {
-	uint64_t crc_ns, write_ns, sync_ns;   /* crc, write(2)s, waits for the disk */
-	bool name_unsynced;                   /* fsync of the image directory failed after the rename */
+	uint64_t crc_ns, write_ns, sync_ns; /* crc, write(2)s, waits for the disk */
+	bool name_unsynced;		    /* fsync of the image directory failed after the rename */
 };
 /* Writes epoch m->epoch atomically into dir: pages.bin and meta.pb into a
  * hidden .tmp-epoch-N-PID/, [fsync both and that directory], rename to
@@ -104,8 +104,8 @@ struct img_wstats {
  * A failed fsync of dir after the rename is not a failure (the epoch is
  * there, whole): st->name_unsynced says it. final (IMG_PATH bytes) receives
  * the epoch's path. */
-int img_write_dir(const char *dir, Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len, unsigned flags, bool base,
-		  char *final, struct img_wstats *st, struct err_value *e);
+int img_write_dir(const char *dir, Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len, unsigned flags, bool base, char *final,
+		  struct img_wstats *st, struct err_value *e);
 
 /* The epoch stream: frames (4-byte LE length + payload) on fd:
  *   1. EpochStreamHeader (image.proto): version, request id, epoch, sizes;
@@ -115,7 +115,6 @@ int img_write_dir(const char *dir, Understudy__V1__EpochMeta *m, const uint8_t *
  * The crcs must be filled (img_fill_crcs) first. A full pipe blocks (or is
  * polled on a non-blocking fd). */
 #define IMG_STREAM_CHUNK (4u << 20)
-int img_write_stream(int fd, uint64_t request_id, const Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len,
-		     struct err_value *e);
+int img_write_stream(int fd, uint64_t request_id, const Understudy__V1__EpochMeta *m, const uint8_t *pages, size_t len, struct err_value *e);
 
 #endif

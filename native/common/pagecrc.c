@@ -17,7 +17,7 @@
 static bool fast_ok;
 static uint64_t k512[2], k384[2], k256[2], k128[2];
 
-static uint64_t xpow_mod(unsigned n)   /* x^n mod P, P = 0x104C11DB7 (normal form) */
+static uint64_t xpow_mod(unsigned n) /* x^n mod P, P = 0x104C11DB7 (normal form) */
 {
 	uint64_t r = 1;
 	for (unsigned i = 0; i < n; i++) {
@@ -56,7 +56,7 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t crc_page_fast(const uin
 {
 	const __m128i *b = (const __m128i *)p;
 	__m128i a0 = _mm_loadu_si128(b), a1 = _mm_loadu_si128(b + 1), a2 = _mm_loadu_si128(b + 2), a3 = _mm_loadu_si128(b + 3);
-	a0 = _mm_xor_si128(a0, _mm_set_epi32(0, 0, 0, -1));   /* zlib's initial ~0 */
+	a0 = _mm_xor_si128(a0, _mm_set_epi32(0, 0, 0, -1)); /* zlib's initial ~0 */
 	for (size_t i = 4; i < PAGE_SZ / 16; i += 4) {
 		a0 = _mm_xor_si128(fold(a0, k512), _mm_loadu_si128(b + i));
 		a1 = _mm_xor_si128(fold(a1, k512), _mm_loadu_si128(b + i + 1));

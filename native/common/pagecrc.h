@@ -8,6 +8,6 @@
  * crc_page. Without it, crc_page uses zlib. Safe to call more than once. */
 void crc_init(void);
 uint32_t crc_page(const uint8_t *p);
-bool crc_fast(void);   /* the PCLMULQDQ path is in use */
+bool crc_fast(void); /* the PCLMULQDQ path is in use */
 
 #endif

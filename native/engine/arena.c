@@ -69,7 +69,7 @@ void *amemdup(const void *s, size_t n)
 /* grow an arena array of pointers (amortised doubling) */
 int apush(void ***arr, size_t *n, void *item)
 {
-	if ((*n & (*n - 1)) == 0) {    /* n is 0 or a power of two: grow */
+	if ((*n & (*n - 1)) == 0) { /* n is 0 or a power of two: grow */
 		size_t cap = *n ? *n * 2 : 4;
 		void **na = amalloc(cap * sizeof(void *));
 		if (!na)

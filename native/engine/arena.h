@@ -14,6 +14,12 @@ void arena_free(void *a);
  * pointer to the array pointer) of *cap elements: doubles it, from `first`,
  * until they fit. 0, or -1 with the error set, naming `what`. */
 int grow(void *arr, size_t *cap, size_t need, size_t elem, size_t first, const char *what);
-#define ANEW(type, init) ({ type *_p = amalloc(sizeof(type)); if (_p) init(_p); _p; })
+#define ANEW(type, init)                          \
+	({                                        \
+		type *_p = amalloc(sizeof(type)); \
+		if (_p)                           \
+			init(_p);                 \
+		_p;                               \
+	})
 #define APUSH(arr, n, item) apush((void ***)&(arr), &(n), (item))
 #endif

@@ -18,7 +18,7 @@
 #include "frame.h"
 #include "image.h"
 
-#define ENGINE_VERSION 2   /* 2: EngineReply.code is the ErrorCode enum (field 9) */
+#define ENGINE_VERSION 2 /* 2: EngineReply.code is the ErrorCode enum (field 9) */
 #define IMAGE_VERSION 1
 #define PAGE_SZ 4096UL
 
@@ -31,29 +31,29 @@
 /* ---- prof.c: clock, and the per-step profile of a pause ------------------ */
 uint64_t now_ns(void);
 bool prof_enabled(void);
-void prof_mark(const char *label);   /* end of a step on this thread */
+void prof_mark(const char *label); /* end of a step on this thread */
 void prof_flush(uint64_t t0);
-void prof_sched_begin(void);         /* run-queue wait and steal time over a pause */
-void prof_sched_end(void);        /* one JSON line per checkpoint, after the release */
+void prof_sched_begin(void); /* run-queue wait and steal time over a pause */
+void prof_sched_end(void);   /* one JSON line per checkpoint, after the release */
 
 /* ---- pool.c: the pause's helper threads -------------------------------- */
 #define POOL_WORKERS 2
-#define POOL_MEM 0      /* runs the memory phase beside the tracer */
-#define POOL_HELPER 1   /* second scanner / copier of the memory phase */
-int pool_post(int worker, void (*fn)(void *), void *arg);   /* -1: no thread, run it yourself */
+#define POOL_MEM 0					  /* runs the memory phase beside the tracer */
+#define POOL_HELPER 1					  /* second scanner / copier of the memory phase */
+int pool_post(int worker, void (*fn)(void *), void *arg); /* -1: no thread, run it yourself */
 void pool_wait(int worker);
 /* fn(ctx, i) for i in [0, n), shared by the caller and POOL_HELPER; the
  * first error stops the rest and is returned (g_err). Call it from one
  * thread at a time (POOL_MEM, or the tracer when there is no memory thread). */
 int pool_par_for(size_t n, int (*fn)(void *ctx, size_t i), void *ctx);
-void pool_assist(int worker);   /* the tracer helps worker's loops until it is done */
-void pause_sched(bool on);   /* the calling thread real-time (SCHED_FIFO 1) or back */
+void pool_assist(int worker); /* the tracer helps worker's loops until it is done */
+void pause_sched(bool on);    /* the calling thread real-time (SCHED_FIFO 1) or back */
 
 /* ---- tasks and processes ------------------------------------------------- */
 enum task_state {
-	TS_RUNNING = 0,   /* resumed, not in a ptrace stop we know of */
-	TS_STOPPED,       /* in our interrupt stop (barrier) */
-	TS_NEWBORN,       /* auto-attached, its first stop not seen yet */
+	TS_RUNNING = 0, /* resumed, not in a ptrace stop we know of */
+	TS_STOPPED,	/* in our interrupt stop (barrier) */
+	TS_NEWBORN,	/* auto-attached, its first stop not seen yet */
 };
 
 struct task {
@@ -61,17 +61,17 @@ struct task {
 	pid_t tgid;
 	enum task_state state;
 	bool dead;
-	bool group_stopped;   /* in a job-control stop: resume with PTRACE_LISTEN */
-	pid_t vfork_child;    /* blocked in vfork() until this child execs or exits */
+	bool group_stopped;	 /* in a job-control stop: resume with PTRACE_LISTEN */
+	pid_t vfork_child;	 /* blocked in vfork() until this child execs or exits */
 	bool vfork_seen_in_proc; /* vfork_child found in /proc (a vfork begun before the seize), not by an event */
-	bool need_first_info; /* clear_tid / sigaltstack not read yet */
+	bool need_first_info;	 /* clear_tid / sigaltstack not read yet */
 	uint64_t clear_tid;
 	uint64_t ss_sp, ss_size;
 	int ss_flags;
-	pid_t ns_tid;         /* tid in its own PID namespace, 0 not read yet (never changes) */
+	pid_t ns_tid; /* tid in its own PID namespace, 0 not read yet (never changes) */
 };
 
-struct region {           /* one line of /proc/PID/maps */
+struct region { /* one line of /proc/PID/maps */
 	uint64_t start, end, pgoff, inode;
 	uint32_t prot;
 	bool shared;
@@ -82,19 +82,19 @@ struct region {           /* one line of /proc/PID/maps */
 struct proc {
 	pid_t pid;
 	bool dead;
-	bool is_new;          /* not yet part of any epoch */
-	bool need_mm_init;    /* new mm (first seen, forked or exec'd): set up uffd */
-	int uffd;             /* engine-side fd of the app's userfaultfd, -1 none */
+	bool is_new;	   /* not yet part of any epoch */
+	bool need_mm_init; /* new mm (first seen, forked or exec'd): set up uffd */
+	int uffd;	   /* engine-side fd of the app's userfaultfd, -1 none */
 	int pagemap_fd;
 	uint64_t uffd_features;
 	uint64_t syscall_insn; /* address of a `syscall` instruction in the vDSO */
 	struct region *maps;   /* maps at the last barrier */
 	size_t nmaps;
-	uint64_t brk;          /* brk at the last barrier (injected brk(0)) */
+	uint64_t brk; /* brk at the last barrier (injected brk(0)) */
 	uint64_t heap_start, heap_end;
 	bool brk_valid;
-	void *iter_link;       /* struct bpf_link of the task iterator, NULL none */
-	bool kstate_checked;   /* iterator compared with injection once (new mm) */
+	void *iter_link;     /* struct bpf_link of the task iterator, NULL none */
+	bool kstate_checked; /* iterator compared with injection once (new mm) */
 };
 
 struct engine {
@@ -128,7 +128,7 @@ int check_ours(pid_t pid);
 int seize_tree(pid_t root, bool children);
 int barrier(uint64_t timeout_ms);
 int release_all(void);
-int pump_events(int timeout_ms);   /* handle stops between barriers */
+int pump_events(int timeout_ms); /* handle stops between barriers */
 void detach_all(void);
 size_t live_threads(void);
 
@@ -145,9 +145,9 @@ struct inject_session {
 	struct user_regs_struct saved;
 	uint64_t mask;
 	long last_nr;
-	bool open;     /* registers and mask to put back */
-	bool failed;   /* a call failed: inject_end returns -1 */
-	bool gone;     /* the thread died: nothing to put back */
+	bool open;   /* registers and mask to put back */
+	bool failed; /* a call failed: inject_end returns -1 */
+	bool gone;   /* the thread died: nothing to put back */
 };
 int inject_begin(struct inject_session *s, struct proc *p, pid_t tid);
 int inject_call(struct inject_session *s, long nr, const long args[6], long *ret);
@@ -161,7 +161,9 @@ void uffd_close(struct proc *p);
 int uffd_register_wp(struct proc *p, uint64_t start, uint64_t end);
 /* PAGEMAP_SCAN helpers: collect ranges into a growable vector. */
 struct range_vec {
-	struct { uint64_t start, end, cat; } *v;
+	struct {
+		uint64_t start, end, cat;
+	} * v;
 	size_t n, cap;
 };
 void rv_free(struct range_vec *rv);
@@ -182,7 +184,15 @@ int proc_status_field(pid_t pid, const char *key, char *val, size_t len);
 int fill_process_info(pid_t pid, Understudy__V1__Process *pr);
 int file_identity(const char *path, int fd, Understudy__V1__FileId *id);
 void free_process_info(Understudy__V1__Process *pr);
-enum region_kind { RK_ANON, RK_FILE_PRIVATE, RK_FILE_SHARED, RK_VDSO, RK_VVAR, RK_VSYSCALL, RK_SHARED_ANON };
+enum region_kind {
+	RK_ANON,
+	RK_FILE_PRIVATE,
+	RK_FILE_SHARED,
+	RK_VDSO,
+	RK_VVAR,
+	RK_VSYSCALL,
+	RK_SHARED_ANON
+};
 enum region_kind region_kind(const struct region *r);
 
 struct kstate;
@@ -201,11 +211,11 @@ struct kstate {
 struct sa_val {
 	uint64_t handler, flags, restorer, mask;
 };
-void taskiter_init(void);            /* at attach; on failure the engine injects */
+void taskiter_init(void); /* at attach; on failure the engine injects */
 bool taskiter_ok(void);
 void taskiter_disable(const char *why);
 void taskiter_close(struct proc *p);
-int taskiter_read(struct proc *p, struct kstate *ks);   /* valid until the next read */
+int taskiter_read(struct proc *p, struct kstate *ks); /* valid until the next read */
 const struct et_rec *kstate_task(const struct kstate *ks, pid_t tid);
 int kstate_sigactions(const struct kstate *ks, struct sa_val out[64]);
 
@@ -214,7 +224,7 @@ int kstate_sigactions(const struct kstate *ks, struct sa_val out[64]);
  * ks NULL: without the task iterator, getitimer is injected */
 int capture_itimers(struct proc *p, pid_t lead_tid, Understudy__V1__Process *pr, const struct kstate *ks);
 int capture_posix_timers(struct proc *p, pid_t lead_tid, Understudy__V1__Process *pr);
-int check_posix_timers(pid_t pid);   /* what /proc/PID/timers shows that cannot be restored */
+int check_posix_timers(pid_t pid); /* what /proc/PID/timers shows that cannot be restored */
 
 /* ---- fds.c --------------------------------------------------------------- */
 int capture_fds(pid_t pid, Understudy__V1__Process *pr);
@@ -224,31 +234,31 @@ int check_fds_supported(pid_t pid);
  * locks (each lock once in the image). pr: the fds recorded so far. */
 int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kind kind, const char *info, Understudy__V1__Process *pr,
 		  Understudy__V1__Fd *f);
-int check_injectable(pid_t pid);   /* no seccomp that could kill an injected syscall */
+int check_injectable(pid_t pid); /* no seccomp that could kill an injected syscall */
 
 /* ---- mem.c: regions, page capture ---------------------------------------- */
-struct page_buf {          /* captured pages of one epoch, in copy order */
+struct page_buf { /* captured pages of one epoch, in copy order */
 	uint8_t *data;
-	size_t len, cap;         /* cap: populated */
-	size_t vcap;             /* address range reserved: grows in place up to it */
+	size_t len, cap; /* cap: populated */
+	size_t vcap;	 /* address range reserved: grows in place up to it */
 };
-struct proc_capture {      /* per process, per epoch */
+struct proc_capture { /* per process, per epoch */
 	struct proc *p;
-	struct range_vec pages;  /* page ranges captured, data in page_buf order */
+	struct range_vec pages; /* page ranges captured, data in page_buf order */
 	struct range_vec reset;
 	struct range_vec zeroed;
 	uint32_t new_regions;
 	Understudy__V1__Process *meta;
-	struct region *cur;      /* maps read at this barrier, if still valid */
+	struct region *cur; /* maps read at this barrier, if still valid */
 	size_t ncur;
-	uint64_t heap_start, heap_end;   /* [heap] in the maps of this barrier */
-	bool heap_known;                 /* heap_start/end read (without the task iterator) */
+	uint64_t heap_start, heap_end; /* [heap] in the maps of this barrier */
+	bool heap_known;	       /* heap_start/end read (without the task iterator) */
 };
 int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track);
 int buf_reserve(struct page_buf *buf, size_t want);
 /* want bytes populated, in a range of at least `reserve` bytes */
 int buf_reserve2(struct page_buf *buf, size_t want, size_t reserve);
-extern int g_state_done;   /* set by the tracer when its injections of this barrier are over */
+extern int g_state_done; /* set by the tracer when its injections of this barrier are over */
 int mem_copy(struct proc_capture *pc, struct page_buf *buf, uint32_t stall_ms, void (*progress)(const char *));
 int fill_vmas(struct proc *p, Understudy__V1__Process *pr);
 
@@ -267,24 +277,27 @@ void buf_put(struct page_buf *b);
 /* EpochMeta of a captured epoch in the current arena; the page index's
  * crcs are left to the writer */
 Understudy__V1__EpochMeta *epoch_meta_build(const char *image_id, struct epoch_out *eo, uint32_t parent);
-enum { JOB_DIR = 1, JOB_STREAM = 2 };
-struct epoch_job {         /* one epoch handed to the writer */
+enum {
+	JOB_DIR = 1,
+	JOB_STREAM = 2
+};
+struct epoch_job { /* one epoch handed to the writer */
 	struct epoch_job *next;
 	uint64_t req_id;
 	uint32_t epoch;
-	uint32_t gen;          /* chain generation: a failed write drops the rest of its generation */
-	unsigned sinks;        /* JOB_DIR | JOB_STREAM */
-	unsigned flags;        /* IMG_W_FSYNC */
-	uint32_t delay_ms;     /* test hook: wait before writing */
+	uint32_t gen;	   /* chain generation: a failed write drops the rest of its generation */
+	unsigned sinks;	   /* JOB_DIR | JOB_STREAM */
+	unsigned flags;	   /* IMG_W_FSYNC */
+	uint32_t delay_ms; /* test hook: wait before writing */
 	bool kill_after;
 	char dir[4096];
 	Understudy__V1__EpochMeta *meta;
 	struct page_buf *buf;
-	char vdir[4096];       /* verification copy (full, another image), or none */
+	char vdir[4096]; /* verification copy (full, another image), or none */
 	Understudy__V1__EpochMeta *vmeta;
 	struct page_buf *vbuf;
-	void *arena;           /* the epoch's metadata (arena_detach) */
-	Understudy__V1__CheckpointResult *cr;   /* the reply, completed when written */
+	void *arena;			      /* the epoch's metadata (arena_detach) */
+	Understudy__V1__CheckpointResult *cr; /* the reply, completed when written */
 	uint64_t t_released, t_start, t_done;
 	/* results */
 	int rc, vrc;
@@ -293,14 +306,14 @@ struct epoch_job {         /* one epoch handed to the writer */
 	struct img_wstats st;
 	char path[IMG_PATH], vpath[IMG_PATH];
 };
-int writer_init(int stream_fd);   /* stream_fd -1: no epoch stream */
-int writer_event_fd(void);        /* readable when written epochs wait for their reply */
+int writer_init(int stream_fd); /* stream_fd -1: no epoch stream */
+int writer_event_fd(void);	/* readable when written epochs wait for their reply */
 bool writer_has_stream(void);
-int writer_push(struct epoch_job *j);   /* takes the current arena with it */
-struct epoch_job *writer_take_done(void);   /* list, in capture order */
-void writer_load(uint32_t *epochs, uint64_t *queued_bytes);   /* in flight; queued behind the one being written */
+int writer_push(struct epoch_job *j);			    /* takes the current arena with it */
+struct epoch_job *writer_take_done(void);		    /* list, in capture order */
+void writer_load(uint32_t *epochs, uint64_t *queued_bytes); /* in flight; queued behind the one being written */
 void job_free(struct epoch_job *j);
-void writer_yield(bool on);   /* the writer below the app (a barrier), or back */
+void writer_yield(bool on); /* the writer below the app (a barrier), or back */
 int image_dir_prepare(const char *dir, bool must_be_empty);
 void new_image_id(char *out);
 

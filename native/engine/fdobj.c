@@ -96,7 +96,7 @@ static int snap_proc(struct fdobj_ctx *c, pid_t pid, size_t *cap)
 		snprintf(lp, sizeof(lp), "/proc/%d/fd/%d", pid, e->fd);
 		ssize_t n = readlink(lp, t, PATH_MAX);
 		if (n < 0)
-			continue;   /* closed meanwhile (only possible outside a barrier) */
+			continue; /* closed meanwhile (only possible outside a barrier) */
 		t[n] = 0;
 		if (stat(lp, &e->st)) {
 			e->stat_errno = errno;
@@ -129,7 +129,7 @@ static int snap_proc(struct fdobj_ctx *c, pid_t pid, size_t *cap)
  * others, instead of every process's walk reading every process's fds. */
 static struct {
 	bool on;
-	struct fdsnap_ent *snap;   /* NULL: not taken yet in this pause */
+	struct fdsnap_ent *snap; /* NULL: not taken yet in this pause */
 	size_t nsnap;
 } pause_snap;
 
@@ -338,7 +338,7 @@ static void pipe_mark_verified(uint64_t ino)
 		size_t nc = capverified ? capverified * 2 : 64;
 		uint64_t *n = realloc(verified, nc * sizeof(*n));
 		if (!n)
-			return;   /* checked again next time */
+			return; /* checked again next time */
 		verified = n;
 		capverified = nc;
 	}
@@ -418,8 +418,8 @@ static int do_pipe(struct fdobj_ctx *c, int fd, const char *target, const struct
 	int acc = flags & O_ACCMODE;
 	if (acc == O_RDWR)
 		return fail("E_UNSUPPORTED", 0,
-			    "pid %d fd %d is a pipe end opened read-write (%s, reopened through /proc): not supported yet, refusing to checkpoint", pid,
-			    fd, target);
+			    "pid %d fd %d is a pipe end opened read-write (%s, reopened through /proc): not supported yet, refusing to checkpoint",
+			    pid, fd, target);
 	if (flags & O_DIRECT)
 		return fail("E_UNSUPPORTED", 0, "pid %d fd %d is a packet-mode pipe (O_DIRECT, %s): not supported yet, refusing to checkpoint", pid,
 			    fd, target);
@@ -469,10 +469,11 @@ static int do_pipe(struct fdobj_ctx *c, int fd, const char *target, const struct
 					  "a process outside the app is not supported, refusing to checkpoint (redirect it to a file or /dev/null)",
 					  pid, fd, write_end ? "write" : "read", target, write_end ? "read" : "write", h, comm, hfd);
 			else
-				rc = fail("E_UNSUPPORTED", 0,
-					  "pid %d fd %d is the %s end of %s whose %s end is open outside the app (holder not found in /proc): a pipe to "
-					  "a process outside the app is not supported, refusing to checkpoint",
-					  pid, fd, write_end ? "write" : "read", target, write_end ? "read" : "write");
+				rc = fail(
+					"E_UNSUPPORTED", 0,
+					"pid %d fd %d is the %s end of %s whose %s end is open outside the app (holder not found in /proc): a pipe to "
+					"a process outside the app is not supported, refusing to checkpoint",
+					pid, fd, write_end ? "write" : "read", target, write_end ? "read" : "write");
 			goto out;
 		}
 	}
@@ -481,10 +482,11 @@ static int do_pipe(struct fdobj_ctx *c, int fd, const char *target, const struct
 		char comm[64];
 		pid_t h = outside_holder(ino, &hfd, comm, sizeof(comm));
 		if (h) {
-			rc = fail("E_UNSUPPORTED", 0,
-				  "pid %d fd %d is %s, which pid %d (%s) outside the app also holds (fd %d): a pipe shared with a process outside the "
-				  "app is not supported, refusing to checkpoint",
-				  pid, fd, target, h, comm, hfd);
+			rc = fail(
+				"E_UNSUPPORTED", 0,
+				"pid %d fd %d is %s, which pid %d (%s) outside the app also holds (fd %d): a pipe shared with a process outside the "
+				"app is not supported, refusing to checkpoint",
+				pid, fd, target, h, comm, hfd);
 			goto out;
 		}
 		pipe_mark_verified(ino);
@@ -524,8 +526,8 @@ static int do_eventfd(struct fdobj_ctx *c, int fd, const char *info, Understudy_
 	const char *cnt = strstr(info, "eventfd-count:"), *sem = strstr(info, "eventfd-semaphore:");
 	if (!cnt || !sem) {
 		rc = fail("E_UNSUPPORTED", 0,
-			  "pid %d fd %d is an eventfd whose fdinfo lacks eventfd-count or eventfd-semaphore (kernel too old): cannot capture it", c->pid,
-			  fd);
+			  "pid %d fd %d is an eventfd whose fdinfo lacks eventfd-count or eventfd-semaphore (kernel too old): cannot capture it",
+			  c->pid, fd);
 	} else if (f) {
 		Understudy__V1__EventFd *ev = ANEW(Understudy__V1__EventFd, understudy__v1__event_fd__init);
 		if (!ev)
@@ -562,11 +564,12 @@ static int do_epoll(struct fdobj_ctx *c, int fd, const char *info, Understudy__V
 			toff += ep->targets[k]->tfd == tfd;
 		struct kcmp_epoll_slot slot = { (uint32_t)fd, (uint32_t)tfd, toff };
 		long kr = kcmp(c->pid, c->pid, KCMP_EPOLL_TFD, tfd, (unsigned long)&slot);
-		if (kr != 0 && !(kr < 0 && errno == ENOSYS)) {   /* without kcmp: trusted as it is */
-			rc = fail("E_UNSUPPORTED", 0,
-				  "pid %d: epoll fd %d watches, under fd number %d, a file that is not the one open at fd %d in this process (closed or "
-				  "replaced after it was added, or added by another process): it cannot be rebuilt, refusing to checkpoint",
-				  c->pid, fd, tfd, tfd);
+		if (kr != 0 && !(kr < 0 && errno == ENOSYS)) { /* without kcmp: trusted as it is */
+			rc = fail(
+				"E_UNSUPPORTED", 0,
+				"pid %d: epoll fd %d watches, under fd number %d, a file that is not the one open at fd %d in this process (closed or "
+				"replaced after it was added, or added by another process): it cannot be rebuilt, refusing to checkpoint",
+				c->pid, fd, tfd, tfd);
 			break;
 		}
 		if (!ep)

@@ -12,10 +12,10 @@
 struct fdsnap_ent {
 	pid_t pid;
 	int fd;
-	int stat_errno;     /* stat() of the fd failed (st is zeroed) */
-	struct stat st;     /* stat() through /proc/PID/fd/N */
-	uint32_t flags;     /* access mode: O_RDONLY, O_WRONLY or O_RDWR (pipes only) */
-	char *target;       /* the link's text */
+	int stat_errno; /* stat() of the fd failed (st is zeroed) */
+	struct stat st; /* stat() through /proc/PID/fd/N */
+	uint32_t flags; /* access mode: O_RDONLY, O_WRONLY or O_RDWR (pipes only) */
+	char *target;	/* the link's text */
 };
 
 /* Per process and pass (a barrier's capture, or an attach check): every fd
@@ -26,7 +26,7 @@ struct fdobj_ctx {
 	int pidfd;
 	struct fdsnap_ent *snap;
 	size_t nsnap;
-	bool shared;        /* snap is the pause's snapshot (fdobj_pause_snapshot) */
+	bool shared; /* snap is the pause's snapshot (fdobj_pause_snapshot) */
 };
 
 /* on: from the barrier, the first fdobj_begin's snapshot serves every

@@ -112,9 +112,11 @@ static int walk_fds(pid_t pid, Understudy__V1__Process *pr)
 		if (!pr) {
 			rc = okind ? fdobj_fd(&oc, fd, target, &st, info, NULL) : 0;
 			if (!rc)
-				rc = locks_capture(pid, fd, target, okind ? okind : S_ISREG(st.st_mode) ? UNDERSTUDY__V1__FD__KIND__REGULAR
-								     : S_ISDIR(st.st_mode)   ? UNDERSTUDY__V1__FD__KIND__DIRECTORY
-											     : UNDERSTUDY__V1__FD__KIND__CHARDEV,
+				rc = locks_capture(pid, fd, target,
+						   okind		       ? okind :
+							   S_ISREG(st.st_mode) ? UNDERSTUDY__V1__FD__KIND__REGULAR :
+							   S_ISDIR(st.st_mode) ? UNDERSTUDY__V1__FD__KIND__DIRECTORY :
+										 UNDERSTUDY__V1__FD__KIND__CHARDEV,
 						   info, NULL, NULL);
 			free(info);
 			if (rc)

@@ -183,8 +183,8 @@ Understudy__V1__EpochMeta *epoch_meta_build(const char *image_id, struct epoch_o
 /* ---- the writer thread --------------------------------------------------- */
 static pthread_mutex_t wl = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wc = PTHREAD_COND_INITIALIZER;
-static struct epoch_job *q_head, *q_tail;   /* q_head is being written */
-static struct epoch_job *d_head, *d_tail;   /* written (or failed), replies to send */
+static struct epoch_job *q_head, *q_tail; /* q_head is being written */
+static struct epoch_job *d_head, *d_tail; /* written (or failed), replies to send */
 static int ev_fd = -1;
 static int stream_fd = -1;
 static bool started;
@@ -207,7 +207,7 @@ void writer_yield(bool on)
 				strerror(errno));
 		said = true;
 	}
-}   /* writer only: jobs of this generation or older are dropped */
+} /* writer only: jobs of this generation or older are dropped */
 
 static void write_one(struct epoch_job *j)
 {
@@ -317,7 +317,7 @@ void writer_load(uint32_t *epochs, uint64_t *queued_bytes)
 	uint64_t b = 0;
 	pthread_mutex_lock(&wl);
 	for (struct epoch_job *j = q_head; j; j = j->next) {
-		if (j != q_head)   /* memory held: the buffers' size */
+		if (j != q_head) /* memory held: the buffers' size */
 			b += j->buf->cap + (j->vbuf ? j->vbuf->cap : 0);
 		n++;
 	}
@@ -358,7 +358,7 @@ struct epoch_job *writer_take_done(void)
 	struct epoch_job *j = d_head;
 	d_head = d_tail = NULL;
 	pthread_mutex_unlock(&wl);
-	return j;   /* a list in capture order */
+	return j; /* a list in capture order */
 }
 
 void job_free(struct epoch_job *j)

@@ -125,7 +125,7 @@ int inject_call(struct inject_session *s, long nr, const long a[6], long *ret)
 	s->last_nr = nr;
 	struct user_regs_struct r = s->saved;
 	r.rax = nr;
-	r.orig_rax = -1;   /* no syscall restart logic on this step */
+	r.orig_rax = -1; /* no syscall restart logic on this step */
 	r.rip = s->p->syscall_insn;
 	r.rdi = a[0];
 	r.rsi = a[1];
@@ -145,11 +145,11 @@ int inject_call(struct inject_session *s, long nr, const long a[6], long *ret)
 		int st;
 		if (wait_tid(tid, &st, "during injected syscall", nr)) {
 			if (!task_find(tid))
-				s->gone = true;   /* else waitpid failed: the thread is there, put it back */
+				s->gone = true; /* else waitpid failed: the thread is there, put it back */
 			return -1;
 		}
 		if (WIFSTOPPED(st) && WSTOPSIG(st) == SIGTRAP && (st >> 16) == 0)
-			break;   /* the single-step trap */
+			break; /* the single-step trap */
 		if (WIFSTOPPED(st) && (st >> 16) == PTRACE_EVENT_STOP) {
 			/* a pending interrupt reported first: step again */
 			if (ptrace(PTRACE_SINGLESTEP, tid, 0, 0))

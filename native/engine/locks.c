@@ -91,11 +91,11 @@ int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kin
 		const char *k = nt > 2 ? tok[2] : "", *mode = nt > 3 ? tok[3] : "", *type = nt > 4 ? tok[4] : "";
 		if (!strcmp(k, "LEASE") || !strcmp(k, "DELEG"))
 			return fail("E_UNSUPPORTED", 0,
-				    "pid %d fd %d (%s) holds a %s (\"%s\"): file leases and delegations are not supported, refusing to checkpoint", pid,
-				    fd, target, !strcmp(k, "LEASE") ? "lease (fcntl F_SETLEASE)" : "delegation", line);
+				    "pid %d fd %d (%s) holds a %s (\"%s\"): file leases and delegations are not supported, refusing to checkpoint",
+				    pid, fd, target, !strcmp(k, "LEASE") ? "lease (fcntl F_SETLEASE)" : "delegation", line);
 		if (!strcmp(mode, "MANDATORY"))
-			return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s) holds a mandatory lock (\"%s\"): not supported, refusing to checkpoint", pid,
-				    fd, target, line);
+			return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s) holds a mandatory lock (\"%s\"): not supported, refusing to checkpoint",
+				    pid, fd, target, line);
 		char *e1 = NULL, *e2 = NULL, *e3 = NULL, *e4 = NULL, *e5 = NULL;
 		long lpid = 0;
 		unsigned long ma = 0, mi = 0;
@@ -118,8 +118,8 @@ int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kin
 		}
 		if (!ok)
 			return fail("E_UNSUPPORTED", 0,
-				    "pid %d fd %d (%s): cannot tell the owner of the lock \"%s\" in /proc/%d/fdinfo/%d, refusing to checkpoint", pid, fd,
-				    target, line, pid, fd);
+				    "pid %d fd %d (%s): cannot tell the owner of the lock \"%s\" in /proc/%d/fdinfo/%d, refusing to checkpoint", pid,
+				    fd, target, line, pid, fd);
 		const char *endtok = tok[8];
 		Understudy__V1__FileLock__Kind lk;
 		if (!strcmp(k, "POSIX"))
@@ -129,8 +129,8 @@ int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kin
 		else if (!strcmp(k, "FLOCK"))
 			lk = UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK;
 		else
-			return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s) holds a lock of a kind not supported (\"%s\"), refusing to checkpoint", pid,
-				    fd, target, line);
+			return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s) holds a lock of a kind not supported (\"%s\"), refusing to checkpoint",
+				    pid, fd, target, line);
 		bool wr = !strcmp(type, "WRITE");
 		if (!wr && strcmp(type, "READ"))
 			return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s) holds a lock of type %s (\"%s\"), refusing to checkpoint", pid, fd, target,
@@ -142,11 +142,12 @@ int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kin
 			char *e;
 			end = strtoll(endtok, &e, 10);
 			if (*e || end < start)
-				return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s): cannot parse the lock \"%s\", refusing to checkpoint", pid, fd, target,
-					    line);
+				return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s): cannot parse the lock \"%s\", refusing to checkpoint", pid, fd,
+					    target, line);
 		}
 		if (start < 0)
-			return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s): cannot parse the lock \"%s\", refusing to checkpoint", pid, fd, target, line);
+			return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s): cannot parse the lock \"%s\", refusing to checkpoint", pid, fd, target,
+				    line);
 		if (lk == UNDERSTUDY__V1__FILE_LOCK__KIND__POSIX && lpid != (long)pid)
 			return fail("E_UNSUPPORTED", 0,
 				    "pid %d fd %d (%s) shows a POSIX lock taken by pid %ld (\"%s\"): its file table is shared with another process "
@@ -158,11 +159,11 @@ int locks_capture(pid_t pid, int fd, const char *target, Understudy__V1__Fd__Kin
 				    "supported, refusing to checkpoint",
 				    pid, fd, target, line, kind_name(kind));
 		if (!f)
-			continue;   /* the attach check: refusals only */
-		bool mine = lk == UNDERSTUDY__V1__FILE_LOCK__KIND__POSIX ? !earlier_dup(pr, f->ofd_id, fd)
-									 : (!f->ofd_id || f->ofd_id == ((uint64_t)pid << 32 | (uint32_t)fd));
+			continue; /* the attach check: refusals only */
+		bool mine = lk == UNDERSTUDY__V1__FILE_LOCK__KIND__POSIX ? !earlier_dup(pr, f->ofd_id, fd) :
+									   (!f->ofd_id || f->ofd_id == ((uint64_t)pid << 32 | (uint32_t)fd));
 		if (!mine)
-			continue;   /* recorded on another fd of the same description */
+			continue; /* recorded on another fd of the same description */
 		Understudy__V1__FileLock *fl = ANEW(Understudy__V1__FileLock, understudy__v1__file_lock__init);
 		if (!fl || APUSH(f->locks, f->n_locks, fl))
 			return -1;

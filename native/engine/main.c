@@ -22,10 +22,10 @@ __thread struct err_value g_err;
 #define MAX_FRAME (64u << 20)
 
 static uint64_t cur_req_id;
-static bool need_full;            /* tracking lost its continuity: next epoch is full */
-static struct page_buf *cur_buf, *cur_vbuf;   /* this capture's buffers (from the pool) */
-static uint32_t chain_gen;        /* bumped when the chain breaks (failed write, detach) */
-static bool draining;             /* leaving: the agent may be gone */
+static bool need_full;			    /* tracking lost its continuity: next epoch is full */
+static struct page_buf *cur_buf, *cur_vbuf; /* this capture's buffers (from the pool) */
+static uint32_t chain_gen;		    /* bumped when the chain breaks (failed write, detach) */
+static bool draining;			    /* leaving: the agent may be gone */
 
 #define DEFAULT_MAX_IN_FLIGHT 64
 #define DEFAULT_MAX_QUEUED (1ULL << 30)
@@ -34,7 +34,7 @@ static void send_reply(Understudy__V1__EngineReply *r)
 {
 	r->version = ENGINE_VERSION;
 	if (frame_write(1, &r->base) && !draining)
-		exit(3);   /* the agent is gone: nothing to report to */
+		exit(3); /* the agent is gone: nothing to report to */
 }
 
 static void progress(const char *stage)
@@ -174,7 +174,7 @@ static int capture_proc_state(struct proc *p, struct proc_capture *pc)
 	prof_mark("state.sigactions");
 	const struct et_rec *lk = ksp && taskiter_ok() ? kstate_task(ksp, lead->tid) : NULL;
 	if (lk && p->kstate_checked) {
-		p->brk = lk->d;   /* mm->brk: what brk(0) returns */
+		p->brk = lk->d; /* mm->brk: what brk(0) returns */
 		p->brk_valid = true;
 	} else if (!p->brk_valid || !pc->heap_known || hs != p->heap_start || he != p->heap_end) {
 		/* without the iterator: brk moves only with the heap's end (brk()
@@ -184,8 +184,8 @@ static int capture_proc_state(struct proc *p, struct proc_capture *pc)
 		p->brk_valid = true;
 		if (lk && lk->d != p->brk) {
 			char why[200];
-			snprintf(why, sizeof(why), "pid %d: injected brk(0) 0x%llx, iterator mm->brk 0x%llx", p->pid,
-				 (unsigned long long)p->brk, (unsigned long long)lk->d);
+			snprintf(why, sizeof(why), "pid %d: injected brk(0) 0x%llx, iterator mm->brk 0x%llx", p->pid, (unsigned long long)p->brk,
+				 (unsigned long long)lk->d);
 			taskiter_disable(why);
 		}
 	}
@@ -264,7 +264,7 @@ static void mem_worker(void *arg)
 	j->err = g_err;
 }
 
-static bool dry_chain;   /* the chain's epochs are dry runs (benchmarks): nothing on disk */
+static bool dry_chain; /* the chain's epochs are dry runs (benchmarks): nothing on disk */
 
 static bool hex_id(const char *s)
 {
@@ -304,8 +304,7 @@ static int check_chain(Understudy__V1__CheckpointCmd *c, const char *dir, uint32
 	if (!id[0] && E.has_epoch && !dry_chain && !strcmp(E.image_dir, dir))
 		id = E.image_id;
 	if (!id[0])
-		return fail("E_USAGE", 0, "epoch %u continues a chain this engine did not start: the request must name its image id",
-			    ch->epoch);
+		return fail("E_USAGE", 0, "epoch %u continues a chain this engine did not start: the request must name its image id", ch->epoch);
 	if (ch->parent_epoch != ch->epoch - 1)
 		return fail("E_IMAGE_CHAIN", 0, "epoch %u must follow epoch %u, not %u: a chain has no gaps", ch->epoch, ch->epoch - 1,
 			    ch->parent_epoch);
@@ -314,8 +313,8 @@ static int check_chain(Understudy__V1__CheckpointCmd *c, const char *dir, uint32
 		/* this engine's own chain: the parent is the newest it took
 		 * (written, or still being written) */
 		if (ch->parent_epoch != E.last_epoch)
-			return fail("E_IMAGE_CHAIN", 0, "parent epoch %u is not the newest epoch of image %s, which is %u", ch->parent_epoch,
-				    id, E.last_epoch);
+			return fail("E_IMAGE_CHAIN", 0, "parent epoch %u is not the newest epoch of image %s, which is %u", ch->parent_epoch, id,
+				    E.last_epoch);
 	} else if (dir[0]) {
 		/* a chain this engine did not write (the agent restarted it):
 		 * the parent must be the newest epoch on disk, of that image */
@@ -478,7 +477,7 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 				rc = -1;
 				break;
 			}
-			p->need_mm_init = false;   /* a new mm: its regions are all new, taken in full below */
+			p->need_mm_init = false; /* a new mm: its regions are all new, taken in full below */
 		}
 		pcs[np].p = p;
 		/* without the task iterator the state phase needs the heap's
@@ -518,7 +517,7 @@ static int do_checkpoint(Understudy__V1__CheckpointCmd *c, Understudy__V1__Engin
 		scanned = true;
 		bool threaded = !verify && pool_post(POOL_MEM, mem_worker, &mj) == 0;
 		if (!threaded) {
-			__atomic_store_n(&g_state_done, 1, __ATOMIC_RELEASE);   /* memory first, state after */
+			__atomic_store_n(&g_state_done, 1, __ATOMIC_RELEASE); /* memory first, state after */
 			mj.rc = mem_phase(&mj);
 			mj.err = g_err;
 		}
@@ -554,7 +553,7 @@ release:;
 		progress("released");
 	if (rc) {
 		if (scanned)
-			need_full = true;   /* pages were re-protected but not saved */
+			need_full = true; /* pages were re-protected but not saved */
 		free_pcs(pcs, np);
 		free_pcs(vpcs, np);
 		buf_put(cur_buf);
@@ -571,7 +570,7 @@ release:;
 		if (verify) {
 			Understudy__V1__Process *vm = vpcs[i].meta, *m = pcs[i].meta;
 			Understudy__V1__PageRun **keep_pages = vm->pages;
-			*vm = *m;   /* same state, its own page index */
+			*vm = *m; /* same state, its own page index */
 			vm->pages = keep_pages;
 			vm->n_pages = 0;
 			vm->n_reset = vm->n_zeroed = vm->n_vma_changes = 0;
@@ -697,7 +696,7 @@ release:;
 	need_full = false;
 	snprintf(E.image_dir, sizeof(E.image_dir), "%s", dir);
 	snprintf(E.image_id, sizeof(E.image_id), "%s", img_id);
-	return 1;   /* the reply is sent when the writer is done */
+	return 1; /* the reply is sent when the writer is done */
 }
 
 /* Replies for epochs the writer finished, in capture order. */
@@ -775,7 +774,7 @@ static void handle(uint8_t *buf, size_t len)
 		case UNDERSTUDY__V1__ENGINE_REQUEST__CMD_DETACH:
 			detach_all();
 			E.has_epoch = false;
-			chain_gen++;   /* epochs still being written keep going; the chain ends */
+			chain_gen++; /* epochs still being written keep going; the chain ends */
 			rc = 0;
 			break;
 		case UNDERSTUDY__V1__ENGINE_REQUEST__CMD_KILL_APP:
@@ -884,7 +883,7 @@ int main(int argc, char **argv)
 			size_t len;
 			int fr = frame_read(0, &buf, &len, MAX_FRAME);
 			if (fr == 0)
-				break;   /* agent closed the pipe */
+				break; /* agent closed the pipe */
 			if (fr < 0) {
 				char m[256];
 				fprintf(stderr, "understudy-engine: %s\n",

@@ -17,7 +17,7 @@
 static bool same_region(const struct region *a, const struct region *b)
 {
 	return a->start == b->start && a->end == b->end && a->prot == b->prot && a->shared == b->shared && a->pgoff == b->pgoff &&
-	       a->inode == b->inode && !strcmp(a->name, b->name);
+		a->inode == b->inode && !strcmp(a->name, b->name);
 }
 
 static int add_change(struct proc_capture *pc, int kind, const struct region *r)
@@ -29,8 +29,8 @@ static int add_change(struct proc_capture *pc, int kind, const struct region *r)
 	c->start = r->start;
 	c->end = r->end;
 	char d[600];
-	snprintf(d, sizeof(d), "%c%c%c%c %s", r->prot & 1 ? 'r' : '-', r->prot & 2 ? 'w' : '-', r->prot & 4 ? 'x' : '-',
-		 r->shared ? 's' : 'p', r->name);
+	snprintf(d, sizeof(d), "%c%c%c%c %s", r->prot & 1 ? 'r' : '-', r->prot & 2 ? 'w' : '-', r->prot & 4 ? 'x' : '-', r->shared ? 's' : 'p',
+		 r->name);
 	c->detail = astrdup(d);
 	return APUSH(pc->meta->vma_changes, pc->meta->n_vma_changes, c);
 }
@@ -122,8 +122,8 @@ int mem_plan(struct proc *p, struct proc_capture *pc, bool full, bool track)
 	if (track && !full && p->uffd >= 0) {
 		pre = calloc(n + 1, sizeof(*pre));
 		pre_eperm = calloc(n + 1, sizeof(*pre_eperm));
-		int r = !pre || !pre_eperm ? fail("E_NATIVE", ENOMEM, "calloc for the scan of pid %d", p->pid)
-					   : prescan_split(p, cur, n, pre, pre_eperm);
+		int r = !pre || !pre_eperm ? fail("E_NATIVE", ENOMEM, "calloc for the scan of pid %d", p->pid) :
+					     prescan_split(p, cur, n, pre, pre_eperm);
 		if (r) {
 			for (size_t i = 0; pre && i < n; i++)
 				rv_free(&pre[i]);
@@ -279,7 +279,7 @@ int buf_reserve2(struct page_buf *buf, size_t want, size_t reserve)
 	 * compaction, which stalled a delta's capture by 5-30 ms while the page
 	 * cache was filling with an earlier epoch's write. */
 	if (nc >= BUF_HUGE)
-		(void)madvise(nb, vc, MADV_HUGEPAGE);   /* best effort: THP may be off */
+		(void)madvise(nb, vc, MADV_HUGEPAGE); /* best effort: THP may be off */
 	if (populate(nb, nc)) {
 		munmap(nb, vc);
 		return -1;
@@ -511,7 +511,7 @@ int fill_vmas(struct proc *p, Understudy__V1__Process *pr)
 				 (unsigned long long)r->end);
 			v->file = ANEW(Understudy__V1__FileId, understudy__v1__file_id__init);
 			if (!v->file)
-				return -1;   /* amalloc named the failure; the capture fails and the app is released */
+				return -1; /* amalloc named the failure; the capture fails and the app is released */
 			v->file->path = astrdup(r->name);
 			if (file_identity(path, -1, v->file)) {
 				err_clear();

@@ -17,7 +17,12 @@
 #include <unistd.h>
 #include "engine.h"
 
-enum { W_IDLE = 0, W_POSTED = 1, W_RUNNING = 2, W_DONE = 3 };
+enum {
+	W_IDLE = 0,
+	W_POSTED = 1,
+	W_RUNNING = 2,
+	W_DONE = 3
+};
 
 struct worker {
 	pthread_t th;

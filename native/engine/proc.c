@@ -109,10 +109,10 @@ enum region_kind region_kind(const struct region *r)
 	if (!strcmp(r->name, "[vsyscall]"))
 		return RK_VSYSCALL;
 	if (r->shared)
-		return r->inode && strncmp(r->name, "/dev/zero", 9) && strncmp(r->name, "/SYSV", 5) &&
-				       strncmp(r->name, "/memfd:", 7) && strncmp(r->name, "/dev/shm/", 9)
-			       ? RK_FILE_SHARED
-			       : RK_SHARED_ANON;
+		return r->inode && strncmp(r->name, "/dev/zero", 9) && strncmp(r->name, "/SYSV", 5) && strncmp(r->name, "/memfd:", 7) &&
+				strncmp(r->name, "/dev/shm/", 9) ?
+			RK_FILE_SHARED :
+			RK_SHARED_ANON;
 	if (r->inode)
 		return RK_FILE_PRIVATE;
 	return RK_ANON;
@@ -166,7 +166,7 @@ int list_children(pid_t pid, pid_t **kids, size_t *n)
 		snprintf(path, sizeof(path), "/proc/%d/task/%d/children", pid, tids[i]);
 		err_clear();
 		if (read_file(path, &buf) < 0) {
-			err_clear();   /* thread gone meanwhile */
+			err_clear(); /* thread gone meanwhile */
 			continue;
 		}
 		char *save = NULL;
@@ -275,7 +275,7 @@ static int read_stat(pid_t pid, unsigned long long f[64], char *comm, size_t cle
 	snprintf(comm, clen, "%.*s", (int)(rp - lp - 1), lp + 1);
 	memset(f, 0, 64 * sizeof(f[0]));
 	char *p = rp + 2;
-	f[3] = *p;       /* state letter */
+	f[3] = *p; /* state letter */
 	p += 2;
 	for (int i = 4; i < 64 && *p; i++) {
 		f[i] = strtoull(p, &p, 10);

@@ -67,7 +67,8 @@ static void sched_counters(unsigned long long *rd, unsigned long long *st)
 	f = fopen("/proc/stat", "re");
 	if (f) {
 		unsigned long long v[8] = { 0 };
-		if (fgets(b, sizeof(b), f) && sscanf(b, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) == 8)
+		if (fgets(b, sizeof(b), f) &&
+		    sscanf(b, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) == 8)
 			*st = v[7];
 		fclose(f);
 	}

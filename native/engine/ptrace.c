@@ -18,8 +18,7 @@
 
 struct engine E;
 
-#define SEIZE_OPTS \
-	(PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACEVFORKDONE | PTRACE_O_TRACEEXEC)
+#define SEIZE_OPTS (PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACEVFORKDONE | PTRACE_O_TRACEEXEC)
 
 struct task *task_find(pid_t tid)
 {
@@ -163,7 +162,7 @@ static int seize_threads_of(pid_t pid, bool *added)
 		if (ptrace(PTRACE_SEIZE, tids[i], 0, (void *)(long)SEIZE_OPTS)) {
 			int e = errno;
 			if (e == ESRCH)
-				continue;   /* exited meanwhile */
+				continue; /* exited meanwhile */
 			free(tids);
 			return fail(e == EPERM ? "E_NOT_OURS" : "E_NATIVE", e, "ptrace(PTRACE_SEIZE, tid %d of pid %d)", tids[i], pid);
 		}
@@ -472,19 +471,22 @@ int barrier(uint64_t timeout_ms)
 			 * so the parent cannot stop. Release now, not after a timeout. */
 			release_all();
 			if (vchild < 0)
-				return fail("E_BARRIER", 0,
-					    "barrier: thread %d is inside vfork(), waiting for its child to exec or exit; the app was released, retry the checkpoint",
-					    vf);
-			return fail("E_BARRIER", 0,
-				    "barrier: thread %d is inside vfork(), waiting for child %d to exec or exit; the app was released, retry the checkpoint",
-				    vf, vchild);
+				return fail(
+					"E_BARRIER", 0,
+					"barrier: thread %d is inside vfork(), waiting for its child to exec or exit; the app was released, retry the checkpoint",
+					vf);
+			return fail(
+				"E_BARRIER", 0,
+				"barrier: thread %d is inside vfork(), waiting for child %d to exec or exit; the app was released, retry the checkpoint",
+				vf, vchild);
 		}
 		if (!waiting)
 			return 0;
 		uint64_t now = now_ns();
 		if (now > deadline) {
 			release_all();
-			return fail("E_BARRIER", 0, "barrier: %zu thread(s) did not stop within %llu ms (e.g. tid %d, maybe in uninterruptible sleep); app released",
+			return fail("E_BARRIER", 0,
+				    "barrier: %zu thread(s) did not stop within %llu ms (e.g. tid %d, maybe in uninterruptible sleep); app released",
 				    waiting, (unsigned long long)timeout_ms, some);
 		}
 		/* threads resumed by an event (fork, signal) while the barrier was

@@ -34,7 +34,7 @@ static uint32_t unix_peer_ino(uint64_t ino)
 	req.r.udiag_states = ~0U;
 	req.r.udiag_ino = (uint32_t)ino;
 	req.r.udiag_show = UDIAG_SHOW_PEER;
-	req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = ~0U;   /* INET_DIAG_NOCOOKIE: any */
+	req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = ~0U; /* INET_DIAG_NOCOOKIE: any */
 	struct sockaddr_nl nl = { .nl_family = AF_NETLINK };
 	uint32_t peer = 0;
 	if (sendto(s, &req, sizeof(req), 0, (struct sockaddr *)&nl, sizeof(nl)) == (ssize_t)sizeof(req)) {

@@ -18,7 +18,7 @@
 #include "engine_task.skel.h"
 
 static struct engine_task_bpf *skel;
-static int avail;            /* 0 not tried, 1 usable, -1 not usable */
+static int avail; /* 0 not tried, 1 usable, -1 not usable */
 static char why_not[300];
 
 static int quiet(enum libbpf_print_level l, const char *f, va_list ap)
@@ -68,7 +68,7 @@ void taskiter_close(struct proc *p)
 	p->iter_link = NULL;
 }
 
-static char *buf;   /* kept across reads */
+static char *buf; /* kept across reads */
 static size_t cap;
 
 int taskiter_read(struct proc *p, struct kstate *ks)
@@ -123,7 +123,7 @@ int kstate_sigactions(const struct kstate *ks, struct sa_val out[64])
 			continue;
 		struct sa_val *v = &out[r->x - 1];
 		v->handler = r->a;
-		if (r->a != 1) {   /* SIG_IGN is recorded bare, as before */
+		if (r->a != 1) { /* SIG_IGN is recorded bare, as before */
 			v->flags = r->b & UAPI_SA_FLAGS;
 			v->restorer = r->c;
 			v->mask = r->d;

@@ -98,7 +98,7 @@ static int first_info(struct proc *p, struct task *t)
  * do_sigaltstack, sas_ss_flags, on_sig_stack; the stack grows down) */
 static int ss_flags_of(const struct et_rec *kt, uint64_t sp)
 {
-	const uint32_t autodisarm = 1U << 31;   /* SS_AUTODISARM, the only SS_FLAG_BITS */
+	const uint32_t autodisarm = 1U << 31; /* SS_AUTODISARM, the only SS_FLAG_BITS */
 	int f;
 	if (!kt->c)
 		f = SS_DISABLE;
@@ -179,9 +179,8 @@ int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th, c
 			return -1;
 		if (kt && (t->clear_tid != kt->a || t->ss_sp != kt->b || t->ss_size != kt->c || t->ss_flags != ss_flags_of(kt, regs.rsp))) {
 			char why[300];
-			snprintf(why, sizeof(why),
-				 "tid %d: injected clear_tid 0x%llx sigaltstack 0x%llx/%llu/%d, iterator 0x%llx 0x%llx/%llu/%d", tid,
-				 (unsigned long long)t->clear_tid, (unsigned long long)t->ss_sp, (unsigned long long)t->ss_size, t->ss_flags,
+			snprintf(why, sizeof(why), "tid %d: injected clear_tid 0x%llx sigaltstack 0x%llx/%llu/%d, iterator 0x%llx 0x%llx/%llu/%d",
+				 tid, (unsigned long long)t->clear_tid, (unsigned long long)t->ss_sp, (unsigned long long)t->ss_size, t->ss_flags,
 				 (unsigned long long)kt->a, (unsigned long long)kt->b, (unsigned long long)kt->c, ss_flags_of(kt, regs.rsp));
 			taskiter_disable(why);
 		}
@@ -219,7 +218,7 @@ int capture_thread(struct proc *p, struct task *t, Understudy__V1__Thread *th, c
 	}
 	th->comm = astrdup(comm);
 	prof_mark("th.comm");
-	th->state = t->group_stopped ? 'T' : 0;   /* in a job-control stop (SIGSTOP, SIGTSTP, ...) */
+	th->state = t->group_stopped ? 'T' : 0; /* in a job-control stop (SIGSTOP, SIGTSTP, ...) */
 	if (capture_sched(tid, th))
 		return -1;
 	prof_mark("th.sched");
@@ -235,7 +234,8 @@ static int capture_sched(pid_t tid, Understudy__V1__Thread *th)
 	bool reset = pol & SCHED_RESET_ON_FORK;
 	pol &= ~SCHED_RESET_ON_FORK;
 	if (pol != SCHED_OTHER && pol != SCHED_FIFO && pol != SCHED_RR && pol != SCHED_BATCH && pol != SCHED_IDLE)
-		return fail("E_UNSUPPORTED", 0, "tid %d runs under scheduling policy %d (SCHED_DEADLINE?), which this engine does not capture; refusing to checkpoint",
+		return fail("E_UNSUPPORTED", 0,
+			    "tid %d runs under scheduling policy %d (SCHED_DEADLINE?), which this engine does not capture; refusing to checkpoint",
 			    tid, pol);
 	struct sched_param sp = { 0 };
 	if (sched_getparam(tid, &sp))
@@ -280,7 +280,7 @@ static int sigactions_inject(struct proc *p, pid_t tid, struct sa_val out[64])
 			continue;
 		struct sa_val *sa = &out[sig - 1];
 		if (!(cgt & bit)) {
-			sa->handler = 1;   /* SIG_IGN */
+			sa->handler = 1; /* SIG_IGN */
 			continue;
 		}
 		if (!sc) {

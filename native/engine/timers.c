@@ -128,7 +128,7 @@ static int itimers_injected(struct proc *p, pid_t tid, Understudy__V1__Process *
 			rc = fail("E_NATIVE", (int)-ret, "getitimer(%d) injected into pid %d", order[k], p->pid);
 			break;
 		}
-		struct timeval tv[2];   /* it_interval, it_value */
+		struct timeval tv[2]; /* it_interval, it_value */
 		if ((rc = peek_mem(p->pid, sc, tv, sizeof(tv))))
 			break;
 		uint64_t iv = (uint64_t)tv[0].tv_sec * NS + (uint64_t)tv[0].tv_usec * 1000;

@@ -128,18 +128,25 @@ int uffd_register_wp(struct proc *p, uint64_t start, uint64_t end)
 }
 
 /* one PAGEMAP_SCAN over [start,end), resumed at walk_end until done */
-static int scan(struct proc *p, uint64_t start, uint64_t end, uint64_t flags, uint64_t inv, uint64_t mask, uint64_t anyof,
-		uint64_t ret_mask, struct range_vec *out, int *err_out)
+static int scan(struct proc *p, uint64_t start, uint64_t end, uint64_t flags, uint64_t inv, uint64_t mask, uint64_t anyof, uint64_t ret_mask,
+		struct range_vec *out, int *err_out)
 {
-	static __thread struct page_region vec[4096];   /* two scanners run at once */
+	static __thread struct page_region vec[4096]; /* two scanners run at once */
 	if (open_pagemap(p))
 		return -1;
 	uint64_t at = start;
 	while (at < end) {
 		struct pm_scan_arg a = {
-			.size = sizeof(a), .flags = flags, .start = at, .end = end,
-			.vec = (uint64_t)(uintptr_t)vec, .vec_len = 4096,
-			.category_inverted = inv, .category_mask = mask, .category_anyof_mask = anyof, .return_mask = ret_mask,
+			.size = sizeof(a),
+			.flags = flags,
+			.start = at,
+			.end = end,
+			.vec = (uint64_t)(uintptr_t)vec,
+			.vec_len = 4096,
+			.category_inverted = inv,
+			.category_mask = mask,
+			.category_anyof_mask = anyof,
+			.return_mask = ret_mask,
 		};
 		long n = ioctl(p->pagemap_fd, PAGEMAP_SCAN, &a);
 		if (n < 0) {
@@ -179,8 +186,8 @@ int scan_written(struct proc *p, uint64_t start, uint64_t end, struct range_vec 
 			return 0;
 		}
 		if (e)
-			return fail("E_NATIVE", e, "ioctl(PAGEMAP_SCAN written+WP, pid %d, 0x%llx-0x%llx)", p->pid,
-				    (unsigned long long)start, (unsigned long long)end);
+			return fail("E_NATIVE", e, "ioctl(PAGEMAP_SCAN written+WP, pid %d, 0x%llx-0x%llx)", p->pid, (unsigned long long)start,
+				    (unsigned long long)end);
 		return -1;
 	}
 	return 0;

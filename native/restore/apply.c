@@ -87,7 +87,7 @@ static bool msg_equal(const ProtobufCMessage *a, const ProtobufCMessage *b)
 static bool is_special(const Vma *v)
 {
 	return v->kind == UNDERSTUDY__V1__VMA__KIND__VDSO || v->kind == UNDERSTUDY__V1__VMA__KIND__VVAR ||
-	       v->kind == UNDERSTUDY__V1__VMA__KIND__VSYSCALL;
+		v->kind == UNDERSTUDY__V1__VMA__KIND__VSYSCALL;
 }
 
 static bool is_private_data(const Vma *v)
@@ -107,8 +107,8 @@ static bool fd_same(Fd *a, Fd *b)
 {
 	uint64_t pa = a->pos, pb = b->pos;
 	Understudy__V1__FileId *fa = a->file, *fb = b->file;
-	bool same_file = (!fa) == (!fb) && (!fa || (!strcmp(fa->path ? fa->path : "", fb->path ? fb->path : "") && fa->dev == fb->dev &&
-						     fa->ino == fb->ino));
+	bool same_file =
+		(!fa) == (!fb) && (!fa || (!strcmp(fa->path ? fa->path : "", fb->path ? fb->path : "") && fa->dev == fb->dev && fa->ino == fb->ino));
 	a->pos = b->pos = 0;
 	a->file = b->file = NULL;
 	bool eq = a->fd == b->fd && same_file && MSG_EQ(a, b);
@@ -139,7 +139,7 @@ static int fds_refused(struct restorer *rs, const Proc *o, const Proc *n, uint32
 			continue;
 		const char *why = NULL;
 		bool obj = b->kind == UNDERSTUDY__V1__FD__KIND__PIPE || b->kind == UNDERSTUDY__V1__FD__KIND__EVENTFD ||
-			   b->kind == UNDERSTUDY__V1__FD__KIND__EPOLL;
+			b->kind == UNDERSTUDY__V1__FD__KIND__EPOLL;
 		if (a && a->kind == b->kind && a->ofd_id && a->ofd_id == b->ofd_id && obj)
 			why = "its pipe data, eventfd count or epoll interests changed";
 		else if (b->n_locks)
@@ -224,7 +224,7 @@ static int proc_refused(struct restorer *rs, const Proc *o, const Proc *n, uint3
 {
 	if (n->new_process)
 		return refuse(n->pid, ep, "a new process on the pid of one that exited");
-	bool root = rs->procs[0].pr->pid == n->pid;   /* its parent is outside the app */
+	bool root = rs->procs[0].pr->pid == n->pid; /* its parent is outside the app */
 	if (o->sid != n->sid || o->pgid != n->pgid || (!root && o->ppid != n->ppid))
 		return refuse(n->pid, ep, "its parent, session or process group changed");
 	if (strcmp(o->root ? o->root : "", n->root ? n->root : ""))
@@ -263,8 +263,8 @@ static int delta_verify(struct restorer *rs, const Meta *m, uint32_t ep, struct 
 				return fail("E_IMAGE_CORRUPT", 0, "epoch %u pid %d: page run at 0x%llx has %u pages but %zu crc32s", ep, pr->pid,
 					    (unsigned long long)run->vaddr, run->npages, run->n_crc32);
 			if (run->offset % PAGE_SZ || run->offset + (uint64_t)run->npages * PAGE_SZ > e->pages_len)
-				return fail("E_IMAGE_CORRUPT", 0, "epoch %u pid %d: page run at 0x%llx points past the end of %s/pages.bin", ep, pr->pid,
-					    (unsigned long long)run->vaddr, e->dir);
+				return fail("E_IMAGE_CORRUPT", 0, "epoch %u pid %d: page run at 0x%llx points past the end of %s/pages.bin", ep,
+					    pr->pid, (unsigned long long)run->vaddr, e->dir);
 			cnt += run->npages;
 		}
 		if (!cnt)
@@ -333,7 +333,7 @@ static int proc_remove(struct restorer *rs, struct rproc *p, const Meta *m)
 
 struct seg {
 	uint64_t s, e;
-	const Vma *o;   /* the old region the piece is kept from (NULL: none) */
+	const Vma *o; /* the old region the piece is kept from (NULL: none) */
 };
 
 /* can the old region o's content at an address stay for the new region n? */
@@ -537,7 +537,7 @@ static int pages_apply(struct restorer *rs, struct rproc *p, const Proc *n, uint
 	}
 	const struct epoch_img *e = &rs->im.ep[ep];
 	int rc = 0;
-	size_t k0 = 0;   /* runs and regions are both in address order */
+	size_t k0 = 0; /* runs and regions are both in address order */
 	for (size_t r = 0; r < n->n_pages && !rc; r++) {
 		const Understudy__V1__PageRun *run = n->pages[r];
 		uint64_t va = run->vaddr, end = run->vaddr + (uint64_t)run->npages * PAGE_SZ;
@@ -596,7 +596,7 @@ static int misc_apply(struct rproc *p, const Proc *o, const Proc *n)
 		if (cur.rlim_cur == want.rlim_cur && cur.rlim_max == want.rlim_max)
 			continue;
 		if (want.rlim_max > cur.rlim_max)
-			want.rlim_max = cur.rlim_max;   /* a hard limit cannot be raised here (no CAP_SYS_RESOURCE) */
+			want.rlim_max = cur.rlim_max; /* a hard limit cannot be raised here (no CAP_SYS_RESOURCE) */
 		if (want.rlim_cur > want.rlim_max)
 			want.rlim_cur = want.rlim_max;
 		if (prlimit(p->pid, r->resource, &want, NULL))
@@ -762,8 +762,7 @@ static int proc_apply(struct restorer *rs, struct rproc *p, Proc *n, uint32_t ep
 	Proc *o = p->pr;
 	p->pr = n;
 	if (threads_exit(p, n, st) || regions_apply(p, o, n, st) || pages_apply(rs, p, n, ep, st) || mem_mm_fields(p) || fds_apply(p, o, n, st) ||
-	    misc_apply(p, o, n) ||
-	    threads_apply(p, o, n, st))
+	    misc_apply(p, o, n) || threads_apply(p, o, n, st))
 		return -1;
 	if (!sigactions_same(o, n) && (signals_reset(p) || signals_restore(p)))
 		return -1;
@@ -843,8 +842,7 @@ static int proc_add(struct restorer *rs, struct rproc *p, uint32_t ep, struct ap
 	    inj_ok(&p->tasks[0], "setpgid", SYS_setpgid, 0, pr->ns_pgid, 0, 0, 0, 0, NULL))
 		return -1;
 	p->ntasks = nthreads;
-	if (image_page_map(&rs->im, pr->pid, &p->pages, &p->npages) ||
-	    image_verify_refs(&rs->im, pr->pid, p->pages, p->npages))
+	if (image_page_map(&rs->im, pr->pid, &p->pages, &p->npages) || image_verify_refs(&rs->im, pr->pid, p->pages, p->npages))
 		return -1;
 	uint64_t before = rs->bytes_written;
 	/* threads_create makes the tasks 1.. the image lists */
@@ -889,11 +887,12 @@ int svc_apply_stats(struct restorer *rs, uint32_t epoch, struct svc_result *out,
 			for (size_t f = 0; !rc && f < n->n_fds; f++) {
 				const Fd *fd = n->fds[f];
 				bool kernel_obj = fd->kind == UNDERSTUDY__V1__FD__KIND__PIPE || fd->kind == UNDERSTUDY__V1__FD__KIND__EVENTFD ||
-						  fd->kind == UNDERSTUDY__V1__FD__KIND__EPOLL;
+					fd->kind == UNDERSTUDY__V1__FD__KIND__EPOLL;
 				if (kernel_obj && !fdobj_known(rs, fd->ofd_id)) {
 					char what[300];
-					snprintf(what, sizeof(what), "new process: its fd %d (%s) is a pipe, eventfd or epoll no process of the clone holds",
-						 fd->fd, fd->path ? fd->path : "");
+					snprintf(what, sizeof(what),
+						 "new process: its fd %d (%s) is a pipe, eventfd or epoll no process of the clone holds", fd->fd,
+						 fd->path ? fd->path : "");
 					rc = refuse(n->pid, epoch, what);
 				}
 			}
@@ -960,9 +959,8 @@ int svc_apply_stats(struct restorer *rs, uint32_t epoch, struct svc_result *out,
 	image_release_before(&rs->im, epoch);
 	st->ns = now_ns() - t0;
 	rs->phase[PH_APPLY] += st->ns;
-	vlog("epoch %u applied in place: %u pages, %u regions mapped, %u unmapped, %u re-protected, +%u/-%u processes, +%u/-%u threads",
-	     epoch, st->pages, st->mapped, st->unmapped, st->reprotected, st->procs_added, st->procs_removed, st->threads_added,
-	     st->threads_removed);
+	vlog("epoch %u applied in place: %u pages, %u regions mapped, %u unmapped, %u re-protected, +%u/-%u processes, +%u/-%u threads", epoch,
+	     st->pages, st->mapped, st->unmapped, st->reprotected, st->procs_added, st->procs_removed, st->threads_added, st->threads_removed);
 	return 0;
 failed:
 	free(map);

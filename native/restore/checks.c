@@ -36,8 +36,7 @@ int check_file_id(struct restorer *rs, const Understudy__V1__FileId *id, const c
 	const char *path = id->path;
 	size_t pl = strlen(path);
 	if (pl > 10 && !strcmp(path + pl - 10, " (deleted)"))
-		return fail("E_FILE_CHANGED", 0, "pid %d: %s %s was deleted when it was checkpointed; it cannot be mapped again", pid, what,
-			    path);
+		return fail("E_FILE_CHANGED", 0, "pid %d: %s %s was deleted when it was checkpointed; it cannot be mapped again", pid, what, path);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return fail("E_FILE_CHANGED", errno, "pid %d: %s %s cannot be opened on this node", pid, what, path);
@@ -69,8 +68,8 @@ int check_file_id(struct restorer *rs, const Understudy__V1__FileId *id, const c
 		if (r < 0)
 			rc = fail("E_RESTORE", errno, "read(%s) to check its content", path);
 		else if ((uint32_t)crc != id->content_crc32)
-			rc = fail("E_FILE_CHANGED", 0, "pid %d: %s %s changed since the checkpoint: content crc32 %08x, was %08x", pid, what,
-				  path, (uint32_t)crc, id->content_crc32);
+			rc = fail("E_FILE_CHANGED", 0, "pid %d: %s %s changed since the checkpoint: content crc32 %08x, was %08x", pid, what, path,
+				  (uint32_t)crc, id->content_crc32);
 	} else if (mt != id->mtime_ns) {
 		rc = fail("E_FILE_CHANGED", 0, "pid %d: %s %s changed since the checkpoint: mtime %lld ns, was %lld ns", pid, what, path,
 			  (long long)mt, (long long)id->mtime_ns);
@@ -108,8 +107,8 @@ static int check_kernel(Understudy__V1__EpochMeta *m)
 		return fail("E_RESTORE", errno, "uname");
 	if (m->kernel_release && strcmp(m->kernel_release, u.release))
 		return fail("E_KERNEL_MISMATCH", 0,
-			    "the image was taken on kernel %s, this node runs %s: the [vdso] and kernel ABI may differ, refusing",
-			    m->kernel_release, u.release);
+			    "the image was taken on kernel %s, this node runs %s: the [vdso] and kernel ABI may differ, refusing", m->kernel_release,
+			    u.release);
 	uint32_t lo, hi;
 	__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
 	uint64_t xcr0 = ((uint64_t)hi << 32) | lo;
@@ -170,8 +169,9 @@ static int check_specials(const Proc *pr)
 			if (v->name && !strcmp(v->name, name)) {
 				found = true;
 				if (v->end - v->start != e - s)
-					rc = fail("E_KERNEL_MISMATCH", 0, "pid %d: %s is %llu bytes on this kernel, %llu in the image: it cannot be put back",
-						  pr->pid, name, e - s, (unsigned long long)(v->end - v->start));
+					rc = fail("E_KERNEL_MISMATCH", 0,
+						  "pid %d: %s is %llu bytes on this kernel, %llu in the image: it cannot be put back", pr->pid, name,
+						  e - s, (unsigned long long)(v->end - v->start));
 			}
 		}
 		if (!found && !rc)
@@ -184,7 +184,8 @@ static int check_specials(const Proc *pr)
 			if (pr->vmas[k]->kind == UNDERSTUDY__V1__VMA__KIND__VDSO || pr->vmas[k]->kind == UNDERSTUDY__V1__VMA__KIND__VVAR)
 				theirs++;
 		if (theirs != mine)
-			rc = fail("E_KERNEL_MISMATCH", 0, "pid %d: the image has %d kernel special mappings, this kernel gives %d", pr->pid, theirs, mine);
+			rc = fail("E_KERNEL_MISMATCH", 0, "pid %d: the image has %d kernel special mappings, this kernel gives %d", pr->pid, theirs,
+				  mine);
 	}
 	return rc;
 }
@@ -200,8 +201,9 @@ int check_meta(struct restorer *rs, Understudy__V1__EpochMeta *m, bool (*known)(
 	for (size_t i = 0; i < m->n_processes; i++) {
 		Proc *pr = m->processes[i];
 		if (!pr->n_vmas)
-			return fail("E_IMAGE_CORRUPT", 0, "epoch %u: pid %d has no memory regions in the image (an image written without its region list)",
-				    m->epoch, pr->pid);
+			return fail("E_IMAGE_CORRUPT", 0,
+				    "epoch %u: pid %d has no memory regions in the image (an image written without its region list)", m->epoch,
+				    pr->pid);
 		if (!pr->n_threads)
 			return fail("E_IMAGE_CORRUPT", 0, "epoch %u: pid %d has no threads in the image", m->epoch, pr->pid);
 		if (check_specials(pr) || sched_check(pr))
@@ -220,10 +222,14 @@ int check_meta(struct restorer *rs, Understudy__V1__EpochMeta *m, bool (*known)(
 					struct stat fs;
 					const char *fp = vm->file->path && vm->file->path[0] ? vm->file->path : vm->name;
 					if (stat(fp, &fs))
-						return fail("E_FILE_CHANGED", errno, "pid %d: shared mapped file %s cannot be found on this node", pr->pid, fp);
+						return fail("E_FILE_CHANGED", errno, "pid %d: shared mapped file %s cannot be found on this node",
+							    pr->pid, fp);
 					if ((uint64_t)fs.st_size + PAGE_SZ - 1 < vm->pgoff + (vm->end - vm->start) - PAGE_SZ + 1)
-						return fail("E_FILE_CHANGED", 0, "pid %d: shared mapped file %s is %lld bytes now, too short for its mapping of %llu bytes at offset %llu",
-							    pr->pid, fp, (long long)fs.st_size, (unsigned long long)(vm->end - vm->start), (unsigned long long)vm->pgoff);
+						return fail(
+							"E_FILE_CHANGED", 0,
+							"pid %d: shared mapped file %s is %lld bytes now, too short for its mapping of %llu bytes at offset %llu",
+							pr->pid, fp, (long long)fs.st_size, (unsigned long long)(vm->end - vm->start),
+							(unsigned long long)vm->pgoff);
 				} else if (check_file_id(rs, vm->file, "mapped file", pr->pid)) {
 					return -1;
 				}

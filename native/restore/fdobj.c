@@ -34,16 +34,16 @@
 
 typedef Understudy__V1__Fd Fd;
 
-struct ofd {                   /* a description already in place */
+struct ofd { /* a description already in place */
 	uint64_t id;
 	struct rproc *p;
 	int fd;
 };
 struct rpipe {
 	uint64_t id;
-	const Understudy__V1__Pipe *state;   /* the fd that carries size and data */
-	struct rproc *creator;               /* NULL until created */
-	int tmp[2];                          /* temporary fds of the ends in the creator, -1 once claimed */
+	const Understudy__V1__Pipe *state; /* the fd that carries size and data */
+	struct rproc *creator;		   /* NULL until created */
+	int tmp[2];			   /* temporary fds of the ends in the creator, -1 once claimed */
 };
 static struct rpipe *pipe_find(struct restorer *rs, uint64_t id)
 {
@@ -91,7 +91,8 @@ int fdobj_plan(struct restorer *rs)
 						return fail("E_IMAGE_CORRUPT", 0, "pipe:[%llu] has its state recorded twice (pid %d fd %d)",
 							    (unsigned long long)rp->id, pr->pid, f->fd);
 					if (f->pipe->data.len > f->pipe->size)
-						return fail("E_IMAGE_CORRUPT", 0, "pipe:[%llu] (pid %d fd %d) holds %zu unread bytes, more than its size %u",
+						return fail("E_IMAGE_CORRUPT", 0,
+							    "pipe:[%llu] (pid %d fd %d) holds %zu unread bytes, more than its size %u",
 							    (unsigned long long)rp->id, pr->pid, f->fd, f->pipe->data.len, f->pipe->size);
 					rp->state = f->pipe;
 				}
@@ -106,8 +107,9 @@ int fdobj_plan(struct restorer *rs)
 					return fail("E_IMAGE_CORRUPT", 0, "pid %d fd %d is an epoll without its epoll record", pr->pid, f->fd);
 				for (size_t t = 0; t < f->epoll->n_targets; t++)
 					if (!has_fd(pr, f->epoll->targets[t]->tfd))
-						return fail("E_IMAGE_CORRUPT", 0, "pid %d: epoll fd %d watches fd %d, which the process does not have",
-							    pr->pid, f->fd, f->epoll->targets[t]->tfd);
+						return fail("E_IMAGE_CORRUPT", 0,
+							    "pid %d: epoll fd %d watches fd %d, which the process does not have", pr->pid, f->fd,
+							    f->epoll->targets[t]->tfd);
 			}
 		}
 	}
@@ -219,8 +221,8 @@ static int pipe_create(struct rproc *p, struct rpipe *rp, int base)
 		if (inj_ok(t, what, SYS_write, rp->tmp[1], FDOBJ_BUF, n, 0, 0, 0, &w))
 			return -1;
 		if ((size_t)w != n)
-			return fail("E_RESTORE", 0, "pid %d: pipe:[%llu] took %ld of %zu bytes of its unread data", p->pid, (unsigned long long)rp->id,
-				    w, n);
+			return fail("E_RESTORE", 0, "pid %d: pipe:[%llu] took %ld of %zu bytes of its unread data", p->pid,
+				    (unsigned long long)rp->id, w, n);
 		off += n;
 	}
 	vlog("pid %d: pipe:[%llu] created (size %u, %zu unread bytes)", p->pid, (unsigned long long)rp->id, st->size, st->data.len);
@@ -252,8 +254,8 @@ int fdobj_place(struct rproc *p, const Fd *f, int base, bool *done)
 			return -1;
 		int e = f->pipe->write_end ? 1 : 0;
 		if (rp->tmp[e] < 0)
-			return fail("E_IMAGE_CORRUPT", 0, "pid %d fd %d: the %s end of pipe:[%llu] is held through two open file descriptions", p->pid,
-				    f->fd, e ? "write" : "read", (unsigned long long)rp->id);
+			return fail("E_IMAGE_CORRUPT", 0, "pid %d fd %d: the %s end of pipe:[%llu] is held through two open file descriptions",
+				    p->pid, f->fd, e ? "write" : "read", (unsigned long long)rp->id);
 		if (share_from(p, rp->creator, rp->tmp[e], f->fd, f->cloexec) || close_tmp(rp, e) || set_status_flags(p, f))
 			return -1;
 		break;
@@ -285,7 +287,7 @@ int fdobj_place(struct rproc *p, const Fd *f, int base, bool *done)
 		break;
 	}
 	default:
-		*done = false;   /* a path to open: files.c */
+		*done = false; /* a path to open: files.c */
 		return 0;
 	}
 	fdobj_register(p, f);
@@ -303,7 +305,7 @@ int fdobj_epolls(struct rproc *p)
 			continue;
 		struct ofd *o = ofd_find(rs, f->ofd_id);
 		if (o && (o->p != p || o->fd != f->fd))
-			continue;   /* a dup, or created by another process: filled there */
+			continue; /* a dup, or created by another process: filled there */
 		for (size_t k = 0; k < f->epoll->n_targets; k++) {
 			Understudy__V1__EpollTarget *tg = f->epoll->targets[k];
 			struct __attribute__((packed)) {

@@ -28,8 +28,8 @@ int wait_stop(pid_t tid, int *status)
 			return fail("E_RESTORE", errno, "waitpid(tid %d)", tid);
 		}
 		if (WIFEXITED(st) || WIFSIGNALED(st))
-			return fail("E_RESTORE", 0, "tid %d %s %d during the restore", tid, WIFEXITED(st) ? "exited with status" : "was killed by signal",
-				    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+			return fail("E_RESTORE", 0, "tid %d %s %d during the restore", tid,
+				    WIFEXITED(st) ? "exited with status" : "was killed by signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
 		*status = st;
 		return 0;
 	}
@@ -112,8 +112,8 @@ int inj(struct rtask *t, long nr, long a0, long a1, long a2, long a3, long a4, l
 	if (ptrace(PTRACE_GETREGS, t->tid, 0, &r))
 		return fail("E_RESTORE", errno, "ptrace(PTRACE_GETREGS, tid %d) after syscall %ld", t->tid, nr);
 	if (r.rip != rs->stub + 2)
-		return fail("E_RESTORE", 0, "tid %d: injected syscall %ld ended at rip 0x%llx, not after the stub's syscall instruction", t->tid,
-			    nr, (unsigned long long)r.rip);
+		return fail("E_RESTORE", 0, "tid %d: injected syscall %ld ended at rip 0x%llx, not after the stub's syscall instruction", t->tid, nr,
+			    (unsigned long long)r.rip);
 	*ret = (long)r.rax;
 	return 0;
 }
@@ -202,7 +202,7 @@ int inj_clone3(struct rtask *t, pid_t holder, uint64_t flags, int exit_signal, p
 			    holder);
 	}
 	if (child > 0)
-		*out = child;   /* it exists: the caller records it for the cleanup, whatever follows */
+		*out = child; /* it exists: the caller records it for the cleanup, whatever follows */
 	if (ret != ns_id || child <= 0 || (host_id && child != host_id))
 		return fail("E_RESTORE", 0, "clone3(%s) in pid %d created %ld (host %d), expected %d (host %d)", what, holder, ret, child, ns_id,
 			    host_id);

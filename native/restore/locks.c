@@ -67,14 +67,14 @@ static int locks_validate(struct restorer *rs)
 				const Lock *l = f->locks[j];
 				if (l->kind != UNDERSTUDY__V1__FILE_LOCK__KIND__POSIX && l->kind != UNDERSTUDY__V1__FILE_LOCK__KIND__OFD &&
 				    l->kind != UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK)
-					return fail("E_IMAGE_CORRUPT", 0, "pid %d fd %d (%s): a file lock of unknown kind %d", pr->pid, f->fd, f->path,
-						    (int)l->kind);
+					return fail("E_IMAGE_CORRUPT", 0, "pid %d fd %d (%s): a file lock of unknown kind %d", pr->pid, f->fd,
+						    f->path, (int)l->kind);
 				if (l->start < 0 || (l->end >= 0 && l->end < l->start) || l->end < -1)
 					return fail("E_IMAGE_CORRUPT", 0, "pid %d fd %d (%s): a %s lock on bytes %lld-%lld", pr->pid, f->fd, f->path,
 						    kind_str(l), (long long)l->start, (long long)l->end);
 				if (f->kind != UNDERSTUDY__V1__FD__KIND__REGULAR && f->kind != UNDERSTUDY__V1__FD__KIND__DIRECTORY)
-					return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s): a %s lock on an fd that is not a file or directory", pr->pid,
-						    f->fd, f->path, kind_str(l));
+					return fail("E_UNSUPPORTED", 0, "pid %d fd %d (%s): a %s lock on an fd that is not a file or directory",
+						    pr->pid, f->fd, f->path, kind_str(l));
 			}
 		}
 	}
@@ -106,10 +106,10 @@ static bool line_conflicts(const char *line, const Lock *l, dev_t dev, ino_t ino
 	if (makedev(ma, mi) != dev || lino != ino)
 		return false;
 	if (strcmp(k, "POSIX") && strcmp(k, "OFDLCK") && strcmp(k, "FLOCK"))
-		return false;   /* a lease conflicts with opens, not with locks */
+		return false; /* a lease conflicts with opens, not with locks */
 	bool flock_line = !strcmp(k, "FLOCK");
 	if (flock_line != (l->kind == UNDERSTUDY__V1__FILE_LOCK__KIND__FLOCK))
-		return false;   /* flock and byte-range locks never conflict */
+		return false; /* flock and byte-range locks never conflict */
 	bool wr = !strcmp(type, "WRITE");
 	if (!wr && !l->write)
 		return false;
@@ -245,11 +245,13 @@ static int precheck(struct restorer *rs, const Proc *pr, const Understudy__V1__F
 	int x = open(f->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (x < 0)
 		return 0;
-	struct flock q = { .l_type = l->write ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = l->start,
-			   .l_len = l->end < 0 ? 0 : l->end - l->start + 1 };
+	struct flock q = {
+		.l_type = l->write ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = l->start, .l_len = l->end < 0 ? 0 : l->end - l->start + 1
+	};
 	int rc = 0;
 	if (fstat(x, &st) || fcntl(x, F_OFD_GETLK, &q))
-		rc = fail("E_RESTORE", errno, "checking the %s lock of pid %d fd %d (%s): fcntl(F_OFD_GETLK)", kind_str(l), pr->ns_pid, f->fd, f->path);
+		rc = fail("E_RESTORE", errno, "checking the %s lock of pid %d fd %d (%s): fcntl(F_OFD_GETLK)", kind_str(l), pr->ns_pid, f->fd,
+			  f->path);
 	else if (q.l_type != F_UNLCK)
 		rc = held(rs, pr, f->fd, f, l, st.st_dev, st.st_ino, false);
 	close(x);
@@ -267,7 +269,9 @@ static int take(struct rproc *p, int fd, const Understudy__V1__Fd *f, const Lock
 		if (inj(t, SYS_flock, fd, (l->write ? LOCK_EX : LOCK_SH) | LOCK_NB, 0, 0, 0, 0, &ret, NULL))
 			return -1;
 	} else {
-		struct flock fl = { .l_type = l->write ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = l->start,
+		struct flock fl = { .l_type = l->write ? F_WRLCK : F_RDLCK,
+				    .l_whence = SEEK_SET,
+				    .l_start = l->start,
 				    .l_len = l->end < 0 ? 0 : l->end - l->start + 1 };
 		if (poke(p->pid, SCR_LOCK, &fl, sizeof(fl)))
 			return -1;

@@ -28,7 +28,7 @@
 #define RESTORER_VERSION 1
 #define MAX_REQUEST (1u << 20)
 
-static struct restorer RS_MAIN;   /* the one clone this process holds */
+static struct restorer RS_MAIN; /* the one clone this process holds */
 static struct svc_result RES;
 
 static int usage(const char *msg)
@@ -98,8 +98,8 @@ static bool serve_one(struct restorer *rs, const Understudy__V1__RestorerRequest
 		else {
 			svc_reset(rs);
 			rs->t_start = now_ns();
-			rc = check ? svc_check(rs, dir, ep, &RES)
-				   : svc_build(rs, dir, ep, q->build->tty == UNDERSTUDY__V1__TTY_MODE__TTY_INHERIT ? TTY_INHERIT : TTY_NULL, &RES);
+			rc = check ? svc_check(rs, dir, ep, &RES) :
+				     svc_build(rs, dir, ep, q->build->tty == UNDERSTUDY__V1__TTY_MODE__TTY_INHERIT ? TTY_INHERIT : TTY_NULL, &RES);
 		}
 		if (!rc) {
 			pids = calloc(rs->nprocs + 1, sizeof(*pids));

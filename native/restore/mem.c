@@ -75,7 +75,7 @@ static bool special_name(const char *n)
 static bool is_special_kind(const Vma *v)
 {
 	return v->kind == UNDERSTUDY__V1__VMA__KIND__VDSO || v->kind == UNDERSTUDY__V1__VMA__KIND__VVAR ||
-	       v->kind == UNDERSTUDY__V1__VMA__KIND__VSYSCALL;
+		v->kind == UNDERSTUDY__V1__VMA__KIND__VSYSCALL;
 }
 
 /* Candidate stub addresses: free in every process of the image, with a wide
@@ -85,7 +85,9 @@ uint64_t mem_pick_stub(struct restorer *rs)
 	size_t total = 0;
 	for (size_t i = 0; i < rs->nprocs; i++)
 		total += rs->procs[i].pr->n_vmas;
-	struct { uint64_t s, e; } *v = malloc((total + 2) * sizeof(*v));
+	struct {
+		uint64_t s, e;
+	} *v = malloc((total + 2) * sizeof(*v));
 	if (!v)
 		return 0;
 	size_t n = 0;
@@ -108,7 +110,7 @@ uint64_t mem_pick_stub(struct restorer *rs)
 	const uint64_t margin = 64ULL << 20, need = STUB_PAGES * PAGE_SZ;
 	uint64_t cands[16];
 	int nc = 0;
-	uint64_t prev_end = 0x100000000ULL;   /* above the first 4 GiB: stays clear of brk and low binaries */
+	uint64_t prev_end = 0x100000000ULL; /* above the first 4 GiB: stays clear of brk and low binaries */
 	for (size_t i = 0; i <= n && nc < 16; i++) {
 		uint64_t next = i < n ? v[i].s : 0x7ff000000000ULL;
 		if (i < n && v[i].e <= prev_end)
@@ -147,8 +149,8 @@ int mem_clean(struct rproc *p)
 		if (m[i].start >= rs->stub && m[i].end <= rs->stub + STUB_PAGES * PAGE_SZ)
 			continue;
 		char what[320];
-		snprintf(what, sizeof(what), "munmap(0x%llx-0x%llx %s) of the skeleton", (unsigned long long)m[i].start,
-			 (unsigned long long)m[i].end, m[i].name);
+		snprintf(what, sizeof(what), "munmap(0x%llx-0x%llx %s) of the skeleton", (unsigned long long)m[i].start, (unsigned long long)m[i].end,
+			 m[i].name);
 		rc = inj_ok(t, what, SYS_munmap, m[i].start, m[i].end - m[i].start, 0, 0, 0, 0, NULL);
 	}
 	free(m);
@@ -478,7 +480,7 @@ int mem_restore(struct rproc *p)
 		bool in = false;
 		for (size_t k = 0; k < pr->n_vmas && !in; k++)
 			in = va >= pr->vmas[k]->start && va < pr->vmas[k]->end && !is_special_kind(pr->vmas[k]) &&
-			     pr->vmas[k]->kind != UNDERSTUDY__V1__VMA__KIND__FILE_SHARED;
+				pr->vmas[k]->kind != UNDERSTUDY__V1__VMA__KIND__FILE_SHARED;
 		if (in)
 			p->pages[o++] = p->pages[i];
 		else
@@ -519,7 +521,9 @@ int mem_restore(struct rproc *p)
 				char nm[96];
 				snprintf(nm, sizeof(nm), "%.*s", (int)(nl - 7), v->name + 6);
 				uint64_t sp = scratch_str(p, nm);
-				rc = sp ? inj_ok(t, "prctl(PR_SET_VMA_ANON_NAME)", SYS_prctl, 0x53564d41 /* PR_SET_VMA */, 0, v->start, len, sp, 0, NULL) : -1;
+				rc = sp ? inj_ok(t, "prctl(PR_SET_VMA_ANON_NAME)", SYS_prctl, 0x53564d41 /* PR_SET_VMA */, 0, v->start, len, sp, 0,
+						 NULL) :
+					  -1;
 			}
 			continue;
 		}

@@ -51,7 +51,7 @@ static inline pid_t thr_ns_tid(const Thr *th)
 }
 
 /* ---- err.c ---- */
-#include "fail.h"   /* g_err: the first error of the current request; fail() */
+#include "fail.h" /* g_err: the first error of the current request; fail() */
 uint64_t now_ns(void);
 extern bool g_verbose;
 void vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -71,7 +71,10 @@ int image_page_map(struct image *im, pid_t pid, struct page_ref **out, size_t *n
 void image_close(struct image *im);
 
 /* ---- checks.c ---- */
-enum tty_mode { TTY_NULL, TTY_INHERIT };
+enum tty_mode {
+	TTY_NULL,
+	TTY_INHERIT
+};
 struct restorer;
 int check_all(struct restorer *rs);
 int check_meta(struct restorer *rs, Understudy__V1__EpochMeta *m, bool (*known)(struct restorer *, pid_t));
@@ -81,9 +84,9 @@ void checks_free(struct restorer *rs);
 /* ---- restore state ---- */
 struct rproc;
 struct rtask {
-	struct rproc *proc;        /* the process it belongs to */
+	struct rproc *proc; /* the process it belongs to */
 	pid_t tid;
-	Thr *th;                   /* NULL for the leader before it is matched */
+	Thr *th; /* NULL for the leader before it is matched */
 	struct user_regs_struct base;
 	bool attached;
 };
@@ -91,29 +94,43 @@ struct rproc {
 	struct restorer *rs;
 	Proc *pr;
 	pid_t pid;
-	int parent;                /* index in procs, -1 for the root */
-	struct rtask *tasks;       /* tasks[0] is the leader */
+	int parent;	     /* index in procs, -1 for the root */
+	struct rtask *tasks; /* tasks[0] is the leader */
 	size_t ntasks;
 	bool created;
-	bool keep_exe;             /* apply: a fork of its parent keeps the executable it inherited */
+	bool keep_exe; /* apply: a fork of its parent keeps the executable it inherited */
 	struct page_ref *pages;
 	size_t npages;
 };
 struct idc;
 struct ofd;
 struct rpipe;
-enum rs_state { RS_EMPTY, RS_CHECKED, RS_BUILT, RS_RESUMED };
-enum { PH_READ, PH_VERIFY, PH_CHECK, PH_TREE, PH_REBUILD, PH_FINISH, PH_APPLY, PH_N };
+enum rs_state {
+	RS_EMPTY,
+	RS_CHECKED,
+	RS_BUILT,
+	RS_RESUMED
+};
+enum {
+	PH_READ,
+	PH_VERIFY,
+	PH_CHECK,
+	PH_TREE,
+	PH_REBUILD,
+	PH_FINISH,
+	PH_APPLY,
+	PH_N
+};
 struct restorer {
 	enum rs_state state;
-	uint64_t phase[PH_N];      /* ns per phase (service.c) */
+	uint64_t phase[PH_N]; /* ns per phase (service.c) */
 	struct image im;
 	bool im_open;
 	struct rproc *procs;
 	size_t nprocs;
-	pid_t reaper;              /* host pid of the namespace's pid 1 */
-	bool root_is_init;         /* app root was pid 1 of its own namespace */
-	uint64_t stub;             /* base of the stub region in every process */
+	pid_t reaper;	   /* host pid of the namespace's pid 1 */
+	bool root_is_init; /* app root was pid 1 of its own namespace */
+	uint64_t stub;	   /* base of the stub region in every process */
 	enum tty_mode tty;
 	uint64_t t_start;
 	uint64_t bytes_written;
@@ -145,18 +162,18 @@ void restorer_init(struct restorer *rs);
 #define STUB_TMP_LEN (48 * PAGE_SZ)
 /* The scratch pages, where injected calls find their arguments: one layout
  * for every file, so that no two uses overlap. */
-#define SCR_ARGS (STUB_SCRATCH + 0)           /* 512: clone_args, k_sigaction, siginfo, prctl_mm_map */
-#define SCR_SET_TID (STUB_SCRATCH + 512)      /* 512: clone3's set_tid array */
-#define SCR_ALTSTACK (STUB_SCRATCH + 1024)    /* 1024: a stack_t */
-#define SCR_COMM (STUB_SCRATCH + 2048)        /* 1024: a comm */
-#define SCR_TIMER (STUB_SCRATCH + 3072)       /* 1024: itimerspec / sigevent + timer id / 2 timevals */
-#define SCR_PATH (STUB_SCRATCH + 4096)       /* 4096: a path (scratch_str) */
+#define SCR_ARGS (STUB_SCRATCH + 0)	   /* 512: clone_args, k_sigaction, siginfo, prctl_mm_map */
+#define SCR_SET_TID (STUB_SCRATCH + 512)   /* 512: clone3's set_tid array */
+#define SCR_ALTSTACK (STUB_SCRATCH + 1024) /* 1024: a stack_t */
+#define SCR_COMM (STUB_SCRATCH + 2048)	   /* 1024: a comm */
+#define SCR_TIMER (STUB_SCRATCH + 3072)	   /* 1024: itimerspec / sigevent + timer id / 2 timevals */
+#define SCR_PATH (STUB_SCRATCH + 4096)	   /* 4096: a path (scratch_str) */
 #define SCR_PATH_LEN 4096
-#define SCR_TABLE (STUB_SCRATCH + 8192)       /* 8192: supplementary groups, auxv */
+#define SCR_TABLE (STUB_SCRATCH + 8192) /* 8192: supplementary groups, auxv */
 #define SCR_TABLE_LEN 8192
 #define SCR_FDOBJ (STUB_SCRATCH + 16384)      /* 64: pipe2's fds, an epoll_event, an eventfd count */
 #define SCR_LOCK (STUB_SCRATCH + 16384 + 128) /* 64: a struct flock */
-#define SCR_BUF_OFF 20480                     /* to the end: pipe data */
+#define SCR_BUF_OFF 20480		      /* to the end: pipe data */
 
 /* ---- inject.c ---- */
 int seize_task(pid_t tid, bool interrupt);
@@ -231,8 +248,8 @@ int signals_queue(struct rproc *p);
 int tasks_finish(struct rproc *p);
 int tasks_detach(struct restorer *rs);
 /* ---- timers.c: POSIX timers (same ids) and interval timers ---- */
-int timers_check(struct restorer *rs);               /* before any process exists */
-int timers_create(struct rproc *p);   /* before the credentials: created disarmed */
-int timers_arm(struct rproc *p);      /* last, before the registers: the time left starts then */
+int timers_check(struct restorer *rs); /* before any process exists */
+int timers_create(struct rproc *p);    /* before the credentials: created disarmed */
+int timers_arm(struct rproc *p);       /* last, before the registers: the time left starts then */
 
 #endif

@@ -24,8 +24,9 @@ int sched_check(const Proc *pr)
 		bool rt = s->policy == SCHED_FIFO || s->policy == SCHED_RR;
 		if ((s->policy != SCHED_OTHER && !rt && s->policy != SCHED_BATCH && s->policy != SCHED_IDLE) ||
 		    (rt ? s->priority < 1 || s->priority > 99 : s->priority != 0) || s->nice < -20 || s->nice > 19 || s->cpus.len > MASK_MAX)
-			return fail("E_IMAGE_CORRUPT", 0, "pid %d tid %d: scheduling policy %d priority %d nice %d affinity %zu bytes is not a valid one",
-				    pr->pid, tid, s->policy, s->priority, s->nice, s->cpus.len);
+			return fail("E_IMAGE_CORRUPT", 0,
+				    "pid %d tid %d: scheduling policy %d priority %d nice %d affinity %zu bytes is not a valid one", pr->pid, tid,
+				    s->policy, s->priority, s->nice, s->cpus.len);
 	}
 	return 0;
 }
@@ -51,7 +52,8 @@ int sched_restore(struct rproc *p)
 			for (size_t i = 0; i < s->cpus.len && i < (size_t)online_len; i++)
 				any |= (want[i] = s->cpus.data[i] & online[i]) != 0;
 			if (!any)
-				fprintf(stderr, "understudy-restore: pid %d tid %d: its CPU affinity names none of this node's CPUs; it runs on all of them\n",
+				fprintf(stderr,
+					"understudy-restore: pid %d tid %d: its CPU affinity names none of this node's CPUs; it runs on all of them\n",
 					p->pid, t->tid);
 			else if (syscall(SYS_sched_setaffinity, t->tid, sizeof(want), want))
 				return fail("E_RESTORE", errno, "sched_setaffinity(tid %d)", t->tid);
@@ -59,10 +61,11 @@ int sched_restore(struct rproc *p)
 		struct sched_param sp = { .sched_priority = s->priority };
 		if (sched_setscheduler(t->tid, s->policy | (s->reset_on_fork ? SCHED_RESET_ON_FORK : 0), &sp)) {
 			if (errno == EPERM && s->priority > 0)
-				return fail("E_RESTORE", errno,
-					    "tid %d ran under real-time policy %d priority %d, which this node refuses (is the restorer in a cpu cgroup "
-					    "without real-time budget, cpu.rt_runtime_us 0?); restore from a cgroup that has one",
-					    t->tid, s->policy, s->priority);
+				return fail(
+					"E_RESTORE", errno,
+					"tid %d ran under real-time policy %d priority %d, which this node refuses (is the restorer in a cpu cgroup "
+					"without real-time budget, cpu.rt_runtime_us 0?); restore from a cgroup that has one",
+					t->tid, s->policy, s->priority);
 			return fail("E_RESTORE", errno, "sched_setscheduler(tid %d, policy %d%s, priority %d)", t->tid, s->policy,
 				    s->reset_on_fork ? " | SCHED_RESET_ON_FORK" : "", s->priority);
 		}

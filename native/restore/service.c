@@ -21,8 +21,7 @@ static int fail_hook(const char *phase)
 	const char *fail_at = getenv("UNDERSTUDY_RESTORE_FAIL_AFTER");
 	if (!fail_at || strcmp(fail_at, phase))
 		return 0;
-	return fail("E_RESTORE", 0,
-		    "failing on purpose after %s (UNDERSTUDY_RESTORE_FAIL_AFTER=%s)",
+	return fail("E_RESTORE", 0, "failing on purpose after %s (UNDERSTUDY_RESTORE_FAIL_AFTER=%s)",
 		    !strcmp(phase, "tree") ? "creating the process tree" : "rebuilding every process", phase);
 }
 
@@ -108,7 +107,7 @@ static int prepare(struct restorer *rs, const char *dir, int64_t epoch)
 		if (image_verify_refs(&rs->im, rs->procs[i].pr->pid, rs->procs[i].pages, rs->procs[i].npages))
 			return -1;
 	uint64_t crc = now_ns() - tv;
-	rs->phase[PH_VERIFY] += crc;   /* crc time counts as verification */
+	rs->phase[PH_VERIFY] += crc; /* crc time counts as verification */
 	if (!mem_pick_stub(rs))
 		return fail("E_UNSUPPORTED", 0, "no free place for the restorer's stub page in the app's address space");
 	rs->phase[PH_CHECK] = now_ns() - t - crc;
@@ -130,9 +129,9 @@ int svc_check(struct restorer *rs, const char *dir, int64_t epoch, struct svc_re
 int rebuild_proc(struct rproc *p)
 {
 	return mem_specials(p) || mem_restore(p) || mem_mm_map(p) || files_restore(p) || proc_misc_restore(p) || signals_restore(p) ||
-			       threads_create(p) || task_state_restore(p) || sched_restore(p) || signals_queue(p) || timers_create(p)
-		       ? -1
-		       : 0;
+			threads_create(p) || task_state_restore(p) || sched_restore(p) || signals_queue(p) || timers_create(p) ?
+		-1 :
+		0;
 }
 
 int svc_build(struct restorer *rs, const char *dir, int64_t epoch, enum tty_mode tty, struct svc_result *out)

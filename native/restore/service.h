@@ -5,7 +5,7 @@
 
 #define SVC_MAX_KILLED 4096
 struct svc_result {
-	pid_t killed[SVC_MAX_KILLED];   /* host pids a failure killed */
+	pid_t killed[SVC_MAX_KILLED]; /* host pids a failure killed */
 	size_t nkilled;
 };
 

@@ -28,7 +28,7 @@
 int signals_reset(struct rproc *p)
 {
 	RS_OF(p);
-	uint64_t ksa[4] = { 0, 0, 0, 0 };   /* SIG_DFL */
+	uint64_t ksa[4] = { 0, 0, 0, 0 }; /* SIG_DFL */
 	if (poke(p->pid, SCR_ARGS, ksa, sizeof(ksa)))
 		return -1;
 	for (int sig = 1; sig <= 64; sig++) {
@@ -49,8 +49,7 @@ int threads_create(struct rproc *p)
 		struct rtask *t = &p->tasks[k];
 		uint64_t flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
 		pid_t got;
-		if (inj_clone3(lead, p->pid, flags, 0, thr_ns_tid(t->th), rs->root_is_init ? 0 : t->th->tid, "CLONE_THREAD",
-			       &got))
+		if (inj_clone3(lead, p->pid, flags, 0, thr_ns_tid(t->th), rs->root_is_init ? 0 : t->th->tid, "CLONE_THREAD", &got))
 			return -1;
 		t->tid = got;
 		if (task_prepare(t))
@@ -69,9 +68,9 @@ int thread_state_restore(struct rproc *p, struct rtask *t, const Thr *old)
 		Thr *th = t->th;
 		char what[160];
 		bool rseq_same = old && ((!old->rseq || !old->rseq->abi_pointer) == (!th->rseq || !th->rseq->abi_pointer)) &&
-				 (!th->rseq || !th->rseq->abi_pointer ||
-				  (old->rseq->abi_pointer == th->rseq->abi_pointer && old->rseq->abi_size == th->rseq->abi_size &&
-				   old->rseq->signature == th->rseq->signature));
+			(!th->rseq || !th->rseq->abi_pointer ||
+			 (old->rseq->abi_pointer == th->rseq->abi_pointer && old->rseq->abi_size == th->rseq->abi_size &&
+			  old->rseq->signature == th->rseq->signature));
 		if (old && !rseq_same && old->rseq && old->rseq->abi_pointer) {
 			snprintf(what, sizeof(what), "rseq unregister(0x%llx) in tid %d", (unsigned long long)old->rseq->abi_pointer, t->tid);
 			if (inj_ok(t, what, 334 /* rseq */, old->rseq->abi_pointer, old->rseq->abi_size, 1 /* RSEQ_FLAG_UNREGISTER */,
@@ -214,7 +213,7 @@ static void fix_restart(pid_t pid, struct rtask *t, struct user_regs_struct *r)
 			nr = o;
 		}
 		if (nr == SYS_nanosleep && r->rsi)
-			r->rdi = r->rsi;   /* the kernel wrote the time left into *rem */
+			r->rdi = r->rsi; /* the kernel wrote the time left into *rem */
 		else if (nr == SYS_clock_nanosleep && !(r->rsi & 1 /* TIMER_ABSTIME */) && r->r10)
 			r->rdx = r->r10;
 		r->rax = nr;

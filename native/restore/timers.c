@@ -56,8 +56,8 @@ int timers_check(struct restorer *rs)
 			if (t->id < 0)
 				return fail("E_IMAGE_CORRUPT", 0, "pid %d: POSIX timer with id %d", pr->pid, t->id);
 			if ((t->notify & SIGEV_THREAD_ID) && !has_thread(pr, t->ns_target_tid))
-				return fail("E_IMAGE_CORRUPT", 0, "pid %d: POSIX timer %d is aimed at thread %d, which the image does not have", pr->pid,
-					    t->id, t->ns_target_tid);
+				return fail("E_IMAGE_CORRUPT", 0, "pid %d: POSIX timer %d is aimed at thread %d, which the image does not have",
+					    pr->pid, t->id, t->ns_target_tid);
 			for (size_t j = 0; j < k; j++)
 				if (pr->posix_timers[j]->id == t->id)
 					return fail("E_IMAGE_CORRUPT", 0, "pid %d: POSIX timer %d is recorded twice", pr->pid, t->id);
@@ -99,8 +99,7 @@ int timers_create(struct rproc *p)
 		int32_t id = t->id;
 		if (poke(p->pid, SCR_TIMER, &sev, sizeof(sev)) || poke(p->pid, SCR_TIMER + sizeof(sev), &id, sizeof(id)))
 			return -1;
-		snprintf(what, sizeof(what), "timer_create(clock %d, signal %d, notify %d, id %d)", t->clock_id, t->signo, t->notify,
-			 t->id);
+		snprintf(what, sizeof(what), "timer_create(clock %d, signal %d, notify %d, id %d)", t->clock_id, t->signo, t->notify, t->id);
 		if (inj_ok(lead, what, SYS_timer_create, t->clock_id, SCR_TIMER, SCR_TIMER + sizeof(sev), 0, 0, 0, NULL))
 			return -1;
 		int32_t got = -1;
@@ -115,7 +114,7 @@ int timers_create(struct rproc *p)
 
 static struct timeval to_tv(uint64_t ns)
 {
-	uint64_t us = (ns + 999) / 1000;   /* rounded up: never earlier */
+	uint64_t us = (ns + 999) / 1000; /* rounded up: never earlier */
 	struct timeval tv = { (time_t)(us / 1000000), (suseconds_t)(us % 1000000) };
 	return tv;
 }
@@ -129,7 +128,7 @@ int timers_arm(struct rproc *p)
 	for (size_t k = 0; k < pr->n_posix_timers; k++) {
 		Understudy__V1__PosixTimer *t = pr->posix_timers[k];
 		if (!t->value_ns)
-			continue;   /* created disarmed */
+			continue; /* created disarmed */
 		struct itimerspec its = { { (time_t)(t->interval_ns / NS), (long)(t->interval_ns % NS) },
 					  { (time_t)(t->value_ns / NS), (long)(t->value_ns % NS) } };
 		if (poke(p->pid, SCR_TIMER, &its, sizeof(its)))
@@ -146,7 +145,7 @@ int timers_arm(struct rproc *p)
 		 * is dropped (one is pending already) and, like the original, it
 		 * is re-armed by the kernel when the app takes the signal */
 		bool fired = it->which == UNDERSTUDY__V1__ITIMER__WHICH__REAL && !it->value_ns;
-		struct timeval v[2] = { to_tv(it->interval_ns), to_tv(fired ? 1000 : it->value_ns) };   /* it_interval, it_value */
+		struct timeval v[2] = { to_tv(it->interval_ns), to_tv(fired ? 1000 : it->value_ns) }; /* it_interval, it_value */
 		if (poke(p->pid, SCR_TIMER, v, sizeof(v)))
 			return -1;
 		snprintf(what, sizeof(what), "setitimer(%d, %llu ns, interval %llu ns)", it->which, (unsigned long long)it->value_ns,
@@ -155,7 +154,8 @@ int timers_arm(struct rproc *p)
 			return -1;
 		for (int n = 0; fired; n++) {
 			if (n == 1000)
-				return fail("E_RESTORE", 0, "pid %d: the 1 us ITIMER_REAL armed to stand for an expired one did not fire in 1 s", p->pid);
+				return fail("E_RESTORE", 0, "pid %d: the 1 us ITIMER_REAL armed to stand for an expired one did not fire in 1 s",
+					    p->pid);
 			if (inj_ok(lead, "getitimer(ITIMER_REAL)", SYS_getitimer, ITIMER_REAL, SCR_TIMER, 0, 0, 0, 0, NULL) ||
 			    peek(p->pid, SCR_TIMER, v, sizeof(v)))
 				return -1;

@@ -126,8 +126,8 @@ static __attribute__((noreturn)) void skeleton_main(struct restorer *rs)
 {
 	uint64_t got = 0;
 	for (int i = 0; i < rs->nstub && !got; i++) {
-		void *a = mmap((void *)rs->stub_cands[i], STUB_PAGES * PAGE_SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-			       -1, 0);
+		void *a = mmap((void *)rs->stub_cands[i], STUB_PAGES * PAGE_SZ, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 		if (a == MAP_FAILED)
 			continue;
 		if ((uint64_t)a != rs->stub_cands[i]) {
@@ -135,14 +135,14 @@ static __attribute__((noreturn)) void skeleton_main(struct restorer *rs)
 			continue;
 		}
 		unsigned char *c = a;
-		c[0] = 0x0f;   /* syscall */
+		c[0] = 0x0f; /* syscall */
 		c[1] = 0x05;
-		c[2] = 0xcc;   /* int3: never reached */
+		c[2] = 0xcc; /* int3: never reached */
 		if (mprotect(a, PAGE_SZ, PROT_READ | PROT_EXEC))
 			_exit(121);
 		got = (uint64_t)a;
 	}
-	fd_write_all(rs->ready_pipe[1], &got, sizeof(got));   /* the restorer times out if it fails */
+	fd_write_all(rs->ready_pipe[1], &got, sizeof(got)); /* the restorer times out if it fails */
 	if (!got)
 		_exit(122);
 	for (;;)
@@ -185,7 +185,7 @@ static __attribute__((noreturn)) void reaper_main(struct restorer *rs, pid_t roo
 	 * the commit pipe (as fd 0) and the acknowledgement pipe (as fd 1). */
 	int cfd = fcntl(rs->commit_pipe[0], F_DUPFD, 1000), afd = fcntl(rs->ack_pipe[1], F_DUPFD, 1000);
 	if (cfd < 0 || afd < 0 || dup2(cfd, 0) < 0 || dup2(afd, 1) < 0)
-		_exit(126);   /* no acknowledgement: the restorer fails and kills the namespace */
+		_exit(126); /* no acknowledgement: the restorer fails and kills the namespace */
 	syscall(436 /* close_range */, 2, ~0U, 0);
 	/* until the restorer commits: reap now and then, wait for its byte. A
 	 * restorer that dies first takes this process (PDEATHSIG), and with it,
@@ -205,7 +205,7 @@ static __attribute__((noreturn)) void reaper_main(struct restorer *rs, pid_t roo
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r != 1 || c != 'c')
-			_exit(125);   /* the restorer is gone without committing */
+			_exit(125); /* the restorer is gone without committing */
 		if (prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0))
 			_exit(125);
 		if (write(1, "a", 1) != 1)
@@ -368,8 +368,8 @@ static int start_namespace(struct restorer *rs)
 		return -1;
 	if (!stub) {
 		if (cerr)
-			return fail(cerr == EEXIST ? "E_PID_TAKEN" : "E_RESTORE", cerr, "clone3(set_tid {%d, %d}) of the app's root in its new namespace",
-				    root->pr->ns_pid, root->pid);
+			return fail(cerr == EEXIST ? "E_PID_TAKEN" : "E_RESTORE", cerr,
+				    "clone3(set_tid {%d, %d}) of the app's root in its new namespace", root->pr->ns_pid, root->pid);
 		return fail("E_RESTORE", 0, "no free address for the stub region in the app's root");
 	}
 	rs->stub = stub;
@@ -420,8 +420,7 @@ int tree_create(struct restorer *rs)
 		} else if (tree_create_child(rs, p)) {
 			return -1;
 		}
-		if (p->pr->sid == p->pr->pid && !(i == 0 && rs->root_is_init) &&
-		    inj_ok(&p->tasks[0], "setsid", SYS_setsid, 0, 0, 0, 0, 0, 0, NULL))
+		if (p->pr->sid == p->pr->pid && !(i == 0 && rs->root_is_init) && inj_ok(&p->tasks[0], "setsid", SYS_setsid, 0, 0, 0, 0, 0, 0, NULL))
 			return -1;
 	}
 	/* process groups: leaders first, then members (same session only) */
@@ -429,12 +428,12 @@ int tree_create(struct restorer *rs)
 		for (size_t i = 0; i < rs->nprocs; i++) {
 			struct rproc *p = &rs->procs[i];
 			if (p->pr->sid == p->pr->pid)
-				continue;   /* a session leader leads its group */
+				continue; /* a session leader leads its group */
 			bool leader = p->pr->pgid == p->pr->pid;
 			if ((pass == 0) != leader)
 				continue;
 			if (!leader && find_idx(rs, p->pr->pgid) < 0)
-				continue;   /* a group outside the app: keep the inherited one */
+				continue; /* a group outside the app: keep the inherited one */
 			if (inj_ok(&p->tasks[0], "setpgid", SYS_setpgid, 0, leader ? 0 : p->pr->ns_pgid, 0, 0, 0, 0, NULL))
 				return -1;
 		}

@@ -139,9 +139,8 @@ static int start_failed(void)
 	return 1;
 }
 
-static int handle_cmd(struct tracer *t, Understudy__V1__TracerRequest *req, Understudy__V1__TracerReply *rep,
-		      Understudy__V1__TracerStatus *status, Understudy__V1__TracerForgetResult *forget,
-		      Understudy__V1__TracerWriteFaults *faults)
+static int handle_cmd(struct tracer *t, Understudy__V1__TracerRequest *req, Understudy__V1__TracerReply *rep, Understudy__V1__TracerStatus *status,
+		      Understudy__V1__TracerForgetResult *forget, Understudy__V1__TracerWriteFaults *faults)
 {
 	switch (req->cmd_case) {
 	case UNDERSTUDY__V1__TRACER_REQUEST__CMD_ADD_TGIDS:
@@ -188,8 +187,7 @@ static int handle(struct tracer *t, const uint8_t *buf, size_t len)
 		rc = fail("E_FRAME", 0, "cannot decode a TracerRequest of %zu bytes", len);
 	} else if (req->version != TRACER_VERSION) {
 		rep.id = req->id;
-		rc = fail("E_VERSION", 0, "request version %u is not supported (this tracer speaks version %d)", req->version,
-			  TRACER_VERSION);
+		rc = fail("E_VERSION", 0, "request version %u is not supported (this tracer speaks version %d)", req->version, TRACER_VERSION);
 	} else {
 		rep.id = req->id;
 		rc = handle_cmd(t, req, &rep, &status, &forget, &faults);
@@ -212,8 +210,9 @@ static int handle(struct tracer *t, const uint8_t *buf, size_t len)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: understudy-tracer [--poll-ms N] [--stats-ms N] [--object FILE.bpf.o]\n"
-			"  requests on stdin, records and replies on stdout: proto/understudy/v1/tracer.proto\n");
+	fprintf(stderr,
+		"usage: understudy-tracer [--poll-ms N] [--stats-ms N] [--object FILE.bpf.o]\n"
+		"  requests on stdin, records and replies on stdout: proto/understudy/v1/tracer.proto\n");
 	return 2;
 }
 
@@ -273,8 +272,8 @@ static int run(struct tracer *t, int sfd, int poll_ms, int stats_ms)
 				if (fr == 0) {
 					stop = 1; /* the agent closed the pipe, or is gone */
 				} else if (fr < 0) {
-					fprintf(stderr, "understudy-tracer: stdin: reading a request frame (limit %u bytes): %s\n",
-						MAX_REQUEST, err_text(errno));
+					fprintf(stderr, "understudy-tracer: stdin: reading a request frame (limit %u bytes): %s\n", MAX_REQUEST,
+						err_text(errno));
 					stop = 1;
 				} else {
 					if (handle(t, buf, len) < 0)

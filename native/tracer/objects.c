@@ -43,8 +43,8 @@ static int attach_all(struct tracer *t)
 		struct bpf_link *l = bpf_program__attach(p);
 		if (!l) {
 			int err = errno;
-			return fail(err == EPERM || err == EACCES ? "E_KERNEL_FEATURE" : "E_TRACER", err,
-				    "attaching program %s (%s)%s", bpf_program__name(p), bpf_program__section_name(p),
+			return fail(err == EPERM || err == EACCES ? "E_KERNEL_FEATURE" : "E_TRACER", err, "attaching program %s (%s)%s",
+				    bpf_program__name(p), bpf_program__section_name(p),
 				    err == ENOENT ? " (is tracefs mounted on /sys/kernel/tracing? run `understudy check`)" : "");
 		}
 		t->links[t->n_links++] = l;

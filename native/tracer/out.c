@@ -13,10 +13,10 @@
 #include "frame.h"
 #include "tracer.h"
 
-#define BATCH_MAX (64u * 1024)  /* record bytes a frame: about one pipe read of the agent */
-#define BATCH_ROOM 16u          /* frame length + version + tag + length of the bytes field */
-#define FIELD_VERSION 1         /* TracerOutput.version */
-#define FIELD_RECORDS 12        /* TracerOutput.records */
+#define BATCH_MAX (64u * 1024) /* record bytes a frame: about one pipe read of the agent */
+#define BATCH_ROOM 16u	       /* frame length + version + tag + length of the bytes field */
+#define FIELD_VERSION 1	       /* TracerOutput.version */
+#define FIELD_RECORDS 12       /* TracerOutput.records */
 
 static unsigned char batch[BATCH_ROOM + BATCH_MAX];
 static size_t used; /* record bytes after BATCH_ROOM */
@@ -36,9 +36,9 @@ static size_t put_varint(uint8_t *p, uint64_t v)
 static size_t batch_header(uint8_t *h, size_t n)
 {
 	size_t k = 0;
-	k += put_varint(h + k, FIELD_VERSION << 3 | 0);  /* varint */
+	k += put_varint(h + k, FIELD_VERSION << 3 | 0); /* varint */
 	k += put_varint(h + k, TRACER_VERSION);
-	k += put_varint(h + k, FIELD_RECORDS << 3 | 2);  /* length-delimited */
+	k += put_varint(h + k, FIELD_RECORDS << 3 | 2); /* length-delimited */
 	k += put_varint(h + k, n);
 	return k;
 }

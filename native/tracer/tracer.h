@@ -25,21 +25,21 @@ struct trace_bpf;
 
 /* The objects one tracer process owns. */
 struct tracer {
-	struct trace_bpf *skel;       /* bpf/trace.bpf.c through its skeleton; NULL with --object */
-	struct bpf_object *obj;       /* skel->obj, or the --object file */
+	struct trace_bpf *skel;			  /* bpf/trace.bpf.c through its skeleton; NULL with --object */
+	struct bpf_object *obj;			  /* skel->obj, or the --object file */
 	struct bpf_link *links[TRACER_MAX_PROGS]; /* --object only: the skeleton keeps its own */
 	int n_links;
 	/* map fds, -1 where the object has no such map (an --object floor has
 	 * only events and counters) */
 	int events_fd, counters_fd, bits_fd, tgids_fd, faults_fd;
 	uint32_t events_bytes, faults_max, tgids_max;
-	uint64_t *bits;               /* app_bits, mmapped (NULL without it) */
+	uint64_t *bits; /* app_bits, mmapped (NULL without it) */
 	int n_cpus;
-	uint64_t *cpu_vals;           /* one u64 per possible CPU: what a per-CPU lookup writes */
+	uint64_t *cpu_vals; /* one u64 per possible CPU: what a per-CPU lookup writes */
 	struct ring_buffer *rb;
-	uint64_t delivered;           /* records read from the ring buffer */
-	uint64_t batches;             /* record batches written */
-	int output_failed;            /* stdout is gone: stop */
+	uint64_t delivered; /* records read from the ring buffer */
+	uint64_t batches;   /* record batches written */
+	int output_failed;  /* stdout is gone: stop */
 };
 
 /* ---- errors (native/common/errfmt): one per failing request, raised by the

@@ -106,7 +106,10 @@ export class EpochChain {
     }
     if (asked.epoch === 0) this.imageId ??= r.imageId;
     if (this.imageId !== r.imageId) {
-      throw new UnderstudyError('E_IMAGE_CHAIN', `the engine wrote epoch ${r.epoch} of ${where} as image ${r.imageId}; the chain is image ${this.imageId ?? 'none'}`);
+      throw new UnderstudyError(
+        'E_IMAGE_CHAIN',
+        `the engine wrote epoch ${r.epoch} of ${where} as image ${r.imageId}; the chain is image ${this.imageId ?? 'none'}`,
+      );
     }
     if (asked.parentEpoch !== undefined && r.parentEpoch !== asked.parentEpoch) {
       throw new UnderstudyError(

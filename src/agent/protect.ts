@@ -504,7 +504,11 @@ export class ProtectLoop {
         try {
           await sink.epoch(taken);
         } catch (e) {
-          throw new UnderstudyError(isUnderstudyError(e) ? e.code : 'E_INTERNAL', `epoch ${record.epoch}: the ${sink.name} sink failed: ${(e as Error).message}`, { cause: e });
+          throw new UnderstudyError(
+            isUnderstudyError(e) ? e.code : 'E_INTERNAL',
+            `epoch ${record.epoch}: the ${sink.name} sink failed: ${(e as Error).message}`,
+            { cause: e },
+          );
         }
       }
       // its changes are handed on: the log keeps what happened since this barrier
@@ -548,7 +552,8 @@ export class ProtectLoop {
       // an engine that does not report its barrier's time: the reply's time, a little late
       graph.markEpoch(record.epoch, record.barrierAtNs > 0 ? record.barrierAtNs : monotonicNs());
       // every event stamped before the barrier has been submitted (the app was stopped at it): wait until the graph has them
-      if (!(await session.sync(5_000))) log.warn({ epoch: record.epoch }, 'the tracer did not deliver every record before the barrier in 5 s: the dirty set may lack some');
+      if (!(await session.sync(5_000)))
+        log.warn({ epoch: record.epoch }, 'the tracer did not deliver every record before the barrier in 5 s: the dirty set may lack some');
       return record.parent === undefined ? undefined : graph.dirtySince(record.parent, record.epoch);
     } catch (e) {
       log.error({ err: e, epoch: record.epoch }, 'the graph could not follow this epoch: no dirty set for it');
@@ -627,9 +632,12 @@ export class ProtectLoop {
       this.disarm();
       await this.doneTail;
       await this.restarting;
-      const err = await this.teardown(this.failure ? 'leave' : opts.app ?? 'leave');
+      const err = await this.teardown(this.failure ? 'leave' : (opts.app ?? 'leave'));
       this.failure ??= err;
-      this.finish(this.failure ? { reason: 'failed', error: this.failure, epochs: this.chain.epochs.length } : { reason: 'stopped', epochs: this.chain.epochs.length }, this.failure ? 'failed' : 'stopped');
+      this.finish(
+        this.failure ? { reason: 'failed', error: this.failure, epochs: this.chain.epochs.length } : { reason: 'stopped', epochs: this.chain.epochs.length },
+        this.failure ? 'failed' : 'stopped',
+      );
     }
     const end = await this.ended;
     if (end.error) throw end.error;

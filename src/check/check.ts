@@ -23,10 +23,7 @@ export async function runCheck(opts: { only?: string[]; timeoutMs?: number } = {
   if (opts.only) {
     const unknown = opts.only.filter((id) => !PROBES.some((p) => p.id === id));
     if (unknown.length > 0) {
-      throw new UnderstudyError(
-        'E_USAGE',
-        `unknown probe ${unknown.join(', ')}; known probes: ${PROBES.map((p) => p.id).join(', ')}`,
-      );
+      throw new UnderstudyError('E_USAGE', `unknown probe ${unknown.join(', ')}; known probes: ${PROBES.map((p) => p.id).join(', ')}`);
     }
   }
   const seen = await runProber({ only: opts.only, timeoutMs: opts.timeoutMs, count: specs.length });
@@ -44,9 +41,7 @@ export async function runCheck(opts: { only?: string[]; timeoutMs?: number } = {
 /** Lines for a person: ✓/✗, the feature, and for ✗ what is missing and what it breaks. */
 export function formatCheck(report: CheckReport, verbose = false): string {
   const lines = report.probes.map((p) =>
-    p.ok
-      ? `✓ ${p.title}${verbose ? `\n    seen: ${p.detail}` : ''}`
-      : `✗ ${p.title}\n    missing: ${p.detail}\n    breaks:  ${p.breaks}`,
+    p.ok ? `✓ ${p.title}${verbose ? `\n    seen: ${p.detail}` : ''}` : `✗ ${p.title}\n    missing: ${p.detail}\n    breaks:  ${p.breaks}`,
   );
   const failed = report.probes.filter((p) => !p.ok).length;
   lines.push(

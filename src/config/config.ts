@@ -22,7 +22,6 @@ export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
   logLevel: 'info',
 });
 
-
 export function parseConfig(text: string, source: string): Config {
   let raw: unknown;
   try {

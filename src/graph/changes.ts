@@ -111,7 +111,8 @@ export class ChangeLog {
       throw new UnderstudyError('E_INTERNAL', `the changes before epoch ${this.forgottenBefore} were forgotten (committed): no dirty set since epoch ${since}`);
     }
     const from = this.barrierOf(since);
-    if (from === undefined) throw new UnderstudyError('E_INTERNAL', `epoch ${since} was never marked in this graph (marked: ${this.marks.map((m) => m.epoch).join(', ')})`);
+    if (from === undefined)
+      throw new UnderstudyError('E_INTERNAL', `epoch ${since} was never marked in this graph (marked: ${this.marks.map((m) => m.epoch).join(', ')})`);
     let to = Infinity;
     if (upTo !== undefined) {
       const b = this.barrierOf(upTo);

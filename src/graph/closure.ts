@@ -40,10 +40,11 @@ export function closure(g: GraphState): { nodes: GraphNode[]; edges: GraphEdge[]
   }
   for (const r of g.resources.values()) {
     if (r.kind === 'ipc' && !used.has(r.id)) {
-      for (const u of g.ipcUsers.get(r.id) ?? []) if (g.processes.has(u)) {
-        used.add(r.id);
-        edges.push({ from: `process:${u}`, to: r.id, kind: 'shares' });
-      }
+      for (const u of g.ipcUsers.get(r.id) ?? [])
+        if (g.processes.has(u)) {
+          used.add(r.id);
+          edges.push({ from: `process:${u}`, to: r.id, kind: 'shares' });
+        }
     }
   }
   for (const id of used) {

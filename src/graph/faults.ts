@@ -19,7 +19,7 @@ export function applyWriteFaults(g: GraphState, faults: WriteFaultCount[]): void
     if (f.count <= before) continue;
     base.set(f.address, f.count);
     const r = p.regions.find((x) => f.address >= x.start && f.address < x.end);
-    const start = f.resolved ? f.address : r?.start ?? f.address;
+    const start = f.resolved ? f.address : (r?.start ?? f.address);
     const end = r ? r.end : f.address + PAGE;
     g.log({ k: 'region', pid: f.tgid, start, end, change: 'written', writeFaults: f.count - before });
   }

@@ -78,7 +78,11 @@ function unseenChildren(g: GraphState): number[] {
   for (const p of g.processes.values()) {
     // children of every thread (readChildren gives '' for a thread that is gone)
     const kids = [...p.threads].map((t) => readChildren(p.pid, t)).join(' ');
-    for (const k of kids.split(/\s+/).filter((s) => s !== '').map(Number)) if (!g.processes.has(k)) out.push(k);
+    for (const k of kids
+      .split(/\s+/)
+      .filter((s) => s !== '')
+      .map(Number))
+      if (!g.processes.has(k)) out.push(k);
   }
   return out;
 }

@@ -70,4 +70,3 @@ export function mergeRanges(ranges: [number, number][]): [number, number][] {
   }
   return out;
 }
-

@@ -66,7 +66,13 @@ export async function readNetSockets(pid?: number): Promise<Map<number, NetSocke
       if (!ino) continue;
       const v6 = proto.endsWith('6');
       const st = parseInt(f[3]!, 16);
-      out.set(ino, { ino, proto, local: addr(f[1]!, v6), remote: addr(f[2]!, v6), state: proto.startsWith('tcp') ? TCP_STATES[st] ?? String(st) : st === 1 ? 'ESTABLISHED' : 'UNCONN' });
+      out.set(ino, {
+        ino,
+        proto,
+        local: addr(f[1]!, v6),
+        remote: addr(f[2]!, v6),
+        state: proto.startsWith('tcp') ? (TCP_STATES[st] ?? String(st)) : st === 1 ? 'ESTABLISHED' : 'UNCONN',
+      });
     }
   }
   for (const l of readText(`${base}/unix`).split('\n').slice(1)) {
@@ -74,7 +80,14 @@ export async function readNetSockets(pid?: number): Promise<Map<number, NetSocke
     if (f.length < 7) continue;
     const ino = Number(f[6]);
     const st = Number(f[5]);
-    out.set(ino, { ino, proto: 'unix', local: f[7] ?? '', remote: '', state: st === 3 ? 'CONNECTED' : st === 1 ? (parseInt(f[3]!, 16) & 0x10000 ? 'LISTEN' : 'UNCONNECTED') : String(st), path: f[7] });
+    out.set(ino, {
+      ino,
+      proto: 'unix',
+      local: f[7] ?? '',
+      remote: '',
+      state: st === 3 ? 'CONNECTED' : st === 1 ? (parseInt(f[3]!, 16) & 0x10000 ? 'LISTEN' : 'UNCONNECTED') : String(st),
+      path: f[7],
+    });
   }
   // unix peers: sock_diag (UNIX_DIAG_PEER), as ss reports it
   const ss = await execa('ss', ['-x', '-a', '-n', '-H'], { reject: false, stdin: 'ignore' });
@@ -239,7 +252,13 @@ export async function snapshot(graph: AppGraph): Promise<GraphSnapshot> {
         ? `unix socket${n.attrs.path ? ' ' + String(n.attrs.path) : ''} (inode ${n.attrs.ino})`
         : `${n.attrs.protocol} ${n.attrs.local} <-> ${n.attrs.remote} (inode ${n.attrs.ino})`;
     if (hs.length === 0) {
-      deps.push({ kind, resource: n.id, app, peer: { resource: peerId }, description: `${what} of pid ${app.pid} (${app.comm}) fd ${app.fd} connected to socket inode ${peer}, held by no visible process` });
+      deps.push({
+        kind,
+        resource: n.id,
+        app,
+        peer: { resource: peerId },
+        description: `${what} of pid ${app.pid} (${app.comm}) fd ${app.fd} connected to socket inode ${peer}, held by no visible process`,
+      });
     }
     for (const h of hs) {
       const pnode = addExternalProcess(h);

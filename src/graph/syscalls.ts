@@ -81,8 +81,18 @@ export function onSyscall(g: GraphState, ev: SyscallEvent): void {
       const [fd0, fd1, ino0, ino1] = ev.aux as [number, number, number, number];
       const fam = SOCK_FAMILY[a[0]!] ?? String(a[0]);
       const type = SOCK_TYPE[a[1]! & 0xf] ?? String(a[1]! & 0xf);
-      const s0 = g.addResource({ id: `socket:${ino0}`, kind: 'socket', label: `${fam} ${type} socketpair`, attrs: { ino: ino0, family: fam, type, peerInode: ino1 } });
-      const s1 = g.addResource({ id: `socket:${ino1}`, kind: 'socket', label: `${fam} ${type} socketpair`, attrs: { ino: ino1, family: fam, type, peerInode: ino0 } });
+      const s0 = g.addResource({
+        id: `socket:${ino0}`,
+        kind: 'socket',
+        label: `${fam} ${type} socketpair`,
+        attrs: { ino: ino0, family: fam, type, peerInode: ino1 },
+      });
+      const s1 = g.addResource({
+        id: `socket:${ino1}`,
+        kind: 'socket',
+        label: `${fam} ${type} socketpair`,
+        attrs: { ino: ino1, family: fam, type, peerInode: ino0 },
+      });
       g.setFd(p, fd0, s0);
       g.setFd(p, fd1, s1);
       return;
@@ -144,7 +154,13 @@ export function onSyscall(g: GraphState, ev: SyscallEvent): void {
       const shared = (flags & MAP_SHARED) !== 0;
       let backing: string | undefined;
       if ((flags & MAP_ANONYMOUS) === 0) backing = p.fds.get(a[4]!) ?? fileResource(g, ev.aux, undefined, p.pid);
-      p.regions = insertRegion(p.regions, { start: ret, end: ret + len, perms: protPerms(a[2]!, shared), offset: (flags & MAP_ANONYMOUS) === 0 ? a[5]! : 0, backing });
+      p.regions = insertRegion(p.regions, {
+        start: ret,
+        end: ret + len,
+        perms: protPerms(a[2]!, shared),
+        offset: (flags & MAP_ANONYMOUS) === 0 ? a[5]! : 0,
+        backing,
+      });
       return g.region(p, ret, ret + len, 'mapped');
     }
     case 'munmap': {
@@ -158,7 +174,13 @@ export function onSyscall(g: GraphState, ev: SyscallEvent): void {
       const pieces = p.regions.filter((r) => r.end > s && r.start < e);
       let list = cutRange(p.regions, s, e);
       for (const r of pieces) {
-        list.push({ ...r, start: Math.max(r.start, s), end: Math.min(r.end, e), offset: r.offset + Math.max(0, s - r.start), perms: protPerms(a[2]!, r.perms[3] === 's') });
+        list.push({
+          ...r,
+          start: Math.max(r.start, s),
+          end: Math.min(r.end, e),
+          offset: r.offset + Math.max(0, s - r.start),
+          perms: protPerms(a[2]!, r.perms[3] === 's'),
+        });
       }
       list = list.sort((x, y) => x.start - y.start);
       p.regions = list;

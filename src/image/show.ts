@@ -4,8 +4,33 @@ import { understudy } from '../gen/proto.js';
 import { listEpochs, processesOf, readEpochMeta, runsOf, vmasOf, type EpochMeta, type ProcessMeta } from './store.js';
 
 const REG_NAMES = [
-  'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8', 'rax', 'rcx', 'rdx', 'rsi', 'rdi', 'orig_rax',
-  'rip', 'cs', 'eflags', 'rsp', 'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs',
+  'r15',
+  'r14',
+  'r13',
+  'r12',
+  'rbp',
+  'rbx',
+  'r11',
+  'r10',
+  'r9',
+  'r8',
+  'rax',
+  'rcx',
+  'rdx',
+  'rsi',
+  'rdi',
+  'orig_rax',
+  'rip',
+  'cs',
+  'eflags',
+  'rsp',
+  'ss',
+  'fs_base',
+  'gs_base',
+  'ds',
+  'es',
+  'fs',
+  'gs',
 ] as const;
 
 /** x86_64 struct user_regs_struct as named registers (hex strings). */
@@ -68,7 +93,17 @@ function secs(ns: unknown): string {
   return `${(Number(ns ?? 0) / 1e9).toFixed(6)} s`;
 }
 
-const CLOCKS: Record<number, string> = { 0: 'REALTIME', 1: 'MONOTONIC', 2: 'PROCESS_CPUTIME', 3: 'THREAD_CPUTIME', 7: 'BOOTTIME', 8: 'REALTIME_ALARM', 9: 'BOOTTIME_ALARM', [-6]: 'PROCESS_CPUTIME', [-2]: 'THREAD_CPUTIME' };
+const CLOCKS: Record<number, string> = {
+  0: 'REALTIME',
+  1: 'MONOTONIC',
+  2: 'PROCESS_CPUTIME',
+  3: 'THREAD_CPUTIME',
+  7: 'BOOTTIME',
+  8: 'REALTIME_ALARM',
+  9: 'BOOTTIME_ALARM',
+  [-6]: 'PROCESS_CPUTIME',
+  [-2]: 'THREAD_CPUTIME',
+};
 const NOTIFY: Record<number, string> = { 0: 'SIGEV_SIGNAL', 1: 'SIGEV_NONE', 2: 'SIGEV_THREAD', 4: 'SIGEV_THREAD_ID' };
 
 /** The timers of a process, one line each (empty when it has none). */

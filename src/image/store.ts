@@ -306,7 +306,9 @@ export function applyDelta(memory: Map<number, PageMap>, m: EpochMeta, pages: Ma
     for (const r of rangesOf(p.reset)) dropRange(pm, Number(r.start), Number(r.end));
     for (const r of rangesOf(p.zeroed)) dropRange(pm, Number(r.start), Number(r.end));
     // pages outside every region of this epoch are gone (unmapped)
-    const vmas = vmasOf(p).map((v) => [Number(v.start), Number(v.end)] as const).sort((a, b) => a[0] - b[0]);
+    const vmas = vmasOf(p)
+      .map((v) => [Number(v.start), Number(v.end)] as const)
+      .sort((a, b) => a[0] - b[0]);
     for (const a of [...pm.keys()]) {
       if (!inside(vmas, a)) pm.delete(a);
     }

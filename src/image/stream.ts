@@ -129,7 +129,10 @@ export class EpochStreamReader {
     const metaBody = this.metaBody!;
     const meta = decodeEpochMetaFile(frameEpochMeta(metaBody), `${this.what} epoch ${h.epoch}`);
     if (meta.epoch !== h.epoch || meta.imageId !== h.imageId || Number(meta.pagesBytes) !== Number(h.pagesBytes)) {
-      throw new UnderstudyError('E_IMAGE_CORRUPT', `${this.what}: epoch ${h.epoch}: the metadata (epoch ${meta.epoch}, image ${meta.imageId}) does not match its header`);
+      throw new UnderstudyError(
+        'E_IMAGE_CORRUPT',
+        `${this.what}: epoch ${h.epoch}: the metadata (epoch ${meta.epoch}, image ${meta.imageId}) does not match its header`,
+      );
     }
     const e: StreamedEpoch = { header: h, metaBody, meta, pages: this.pages! };
     this.header = undefined;

@@ -44,7 +44,9 @@ export async function runProber(opts: ProberOptions = {}): Promise<Map<string, P
   // Exit 0 (all passed) and 1 (some failed) both carry results; anything else is the prober failing.
   if (proc.exitCode !== 0 && proc.exitCode !== 1) {
     const why = proc.timedOut ? 'timed out' : proc.signal ? `killed by ${proc.signal}` : `exited with ${proc.exitCode}`;
-    const stderr = Buffer.from(proc.stderr as Uint8Array).toString('utf8').trim();
+    const stderr = Buffer.from(proc.stderr as Uint8Array)
+      .toString('utf8')
+      .trim();
     throw new UnderstudyError('E_NATIVE', `the kernel feature prober (understudy-check) ${why}${stderr ? `: ${stderr}` : ''}`);
   }
 

@@ -39,7 +39,6 @@ export function binaryError(binary: string, code: number, message: string): Unde
   }
   return new UnderstudyError(
     'E_FRAME',
-    `${binary} sent error code ${code}, which errors.proto does not list (is it a build of another version?)` +
-      (message ? `: ${message}` : ''),
+    `${binary} sent error code ${code}, which errors.proto does not list (is it a build of another version?)` + (message ? `: ${message}` : ''),
   );
 }

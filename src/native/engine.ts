@@ -173,9 +173,7 @@ export class EngineClient {
    * (undefined) for the engine only. `epochStream`: give the engine a
    * stream (its fd 3) for the epoch stream sink, read from `epochStream`.
    */
-  static start(
-    opts: { binary?: string; timeoutMs?: number; env?: Record<string, string | undefined>; epochStream?: boolean } = {},
-  ): EngineClient {
+  static start(opts: { binary?: string; timeoutMs?: number; env?: Record<string, string | undefined>; epochStream?: boolean } = {}): EngineClient {
     const bin = opts.binary ?? nativeBinary('engine');
     const env = { ...process.env };
     for (const [k, v] of Object.entries(opts.env ?? {})) {
@@ -295,9 +293,7 @@ export class EngineClient {
           debugStallMs: o.debugStallMs ?? 0,
           dryRun: o.dryRun ?? false,
           debugWriteDelayMs: o.debugWriteDelayMs ?? 0,
-          chain: o.chain
-            ? { imageId: o.chain.imageId, epoch: o.chain.epoch, parentEpoch: o.chain.parentEpoch ?? Math.max(0, o.chain.epoch - 1) }
-            : null,
+          chain: o.chain ? { imageId: o.chain.imageId, epoch: o.chain.epoch, parentEpoch: o.chain.parentEpoch ?? Math.max(0, o.chain.epoch - 1) } : null,
           sink: SINKS[o.sink ?? 'dir'],
           noFsync: o.noFsync ?? false,
           maxEpochsInFlight: o.maxEpochsInFlight ?? 0,

@@ -30,10 +30,7 @@ export function decodeFrames(buf: Uint8Array, maxFrame = DEFAULT_MAX_FRAME, what
       throw new UnderstudyError('E_FRAME', `${what}: frame at byte ${off} claims ${len} bytes, above the limit of ${maxFrame}`);
     }
     if (view.length - off - 4 < len) {
-      throw new UnderstudyError(
-        'E_FRAME',
-        `${what}: frame at byte ${off} claims ${len} bytes but only ${view.length - off - 4} follow (truncated)`,
-      );
+      throw new UnderstudyError('E_FRAME', `${what}: frame at byte ${off} claims ${len} bytes but only ${view.length - off - 4} follow (truncated)`);
     }
     frames.push(view.subarray(off + 4, off + 4 + len));
     off += 4 + len;
@@ -87,8 +84,7 @@ export function requireVersion(what: string, got: number, known: number): void {
   if (got !== known) {
     throw new UnderstudyError(
       'E_VERSION',
-      `${what}: message version ${got} is not supported (this build speaks version ${known}); ` +
-        'run the same Understudy version on both ends',
+      `${what}: message version ${got} is not supported (this build speaks version ${known}); ` + 'run the same Understudy version on both ends',
     );
   }
 }

@@ -228,8 +228,16 @@ function phases(b: Uint8Array): PhasesMsg {
 
 function cloneInfo(b: Uint8Array): CloneInfoMsg {
   const c: CloneInfoMsg = {
-    epoch: 0, imageId: '', pids: [], threads: 0, reaper: 0, rootIsInit: false, bytes: 0, totalNs: 0,
-    phases: phases(new Uint8Array(0)), stub: 0,
+    epoch: 0,
+    imageId: '',
+    pids: [],
+    threads: 0,
+    reaper: 0,
+    rootIsInit: false,
+    bytes: 0,
+    totalNs: 0,
+    phases: phases(new Uint8Array(0)),
+    stub: 0,
   };
   fields(b, (f, w, r) => {
     if (f === 3 && (w === 0 || w === 2)) int32s(w, r, c.pids);
@@ -251,12 +259,36 @@ function cloneInfo(b: Uint8Array): CloneInfoMsg {
 
 function applyResult(b: Uint8Array): ApplyResultMsg {
   const a: ApplyResultMsg = {
-    epoch: 0, bytes: 0, pages: 0, regionsMapped: 0, regionsUnmapped: 0, regionsReprotected: 0, processesAdded: 0,
-    processesRemoved: 0, threadsAdded: 0, threadsRemoved: 0, pids: [], applyNs: 0, fdsOpened: 0, fdsClosed: 0,
+    epoch: 0,
+    bytes: 0,
+    pages: 0,
+    regionsMapped: 0,
+    regionsUnmapped: 0,
+    regionsReprotected: 0,
+    processesAdded: 0,
+    processesRemoved: 0,
+    threadsAdded: 0,
+    threadsRemoved: 0,
+    pids: [],
+    applyNs: 0,
+    fdsOpened: 0,
+    fdsClosed: 0,
   };
   const keys: (keyof ApplyResultMsg | null)[] = [
-    'epoch', 'bytes', 'pages', 'regionsMapped', 'regionsUnmapped', 'regionsReprotected', 'processesAdded', 'processesRemoved',
-    'threadsAdded', 'threadsRemoved', null, 'applyNs', 'fdsOpened', 'fdsClosed',
+    'epoch',
+    'bytes',
+    'pages',
+    'regionsMapped',
+    'regionsUnmapped',
+    'regionsReprotected',
+    'processesAdded',
+    'processesRemoved',
+    'threadsAdded',
+    'threadsRemoved',
+    null,
+    'applyNs',
+    'fdsOpened',
+    'fdsClosed',
   ];
   fields(b, (f, w, r) => {
     if (f === 11 && (w === 0 || w === 2)) {
@@ -302,7 +334,20 @@ export function decodeReply(b: Uint8Array): ReplyMsg {
 
 /** ErrorCode (proto/understudy/v1/errors.proto) by number: the names a restorer can send. */
 export const ERROR_CODE_NAMES: Readonly<Record<number, string>> = {
-  1: 'E_USAGE', 6: 'E_FRAME', 7: 'E_VERSION', 8: 'E_NATIVE', 10: 'E_IMAGE_CORRUPT', 11: 'E_IMAGE_CHAIN', 12: 'E_FILE_CHANGED',
-  13: 'E_PID_TAKEN', 14: 'E_KERNEL_MISMATCH', 15: 'E_RESTORE', 16: 'E_LOCK_HELD', 17: 'E_NOT_AN_IMAGE', 21: 'E_UNSUPPORTED',
-  24: 'E_TIMEOUT', 25: 'E_INTERNAL', 26: 'E_BUSY',
+  1: 'E_USAGE',
+  6: 'E_FRAME',
+  7: 'E_VERSION',
+  8: 'E_NATIVE',
+  10: 'E_IMAGE_CORRUPT',
+  11: 'E_IMAGE_CHAIN',
+  12: 'E_FILE_CHANGED',
+  13: 'E_PID_TAKEN',
+  14: 'E_KERNEL_MISMATCH',
+  15: 'E_RESTORE',
+  16: 'E_LOCK_HELD',
+  17: 'E_NOT_AN_IMAGE',
+  21: 'E_UNSUPPORTED',
+  24: 'E_TIMEOUT',
+  25: 'E_INTERNAL',
+  26: 'E_BUSY',
 };

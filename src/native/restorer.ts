@@ -91,8 +91,19 @@ export class RestoreError extends UnderstudyError {
 
 // the codes a restorer raises; another one (a newer restorer) reads as E_RESTORE
 const CODES: readonly ErrorCode[] = [
-  'E_USAGE', 'E_IMAGE_CORRUPT', 'E_IMAGE_CHAIN', 'E_FILE_CHANGED', 'E_PID_TAKEN', 'E_KERNEL_MISMATCH', 'E_RESTORE', 'E_LOCK_HELD',
-  'E_NOT_AN_IMAGE', 'E_VERSION', 'E_UNSUPPORTED', 'E_INTERNAL', 'E_FRAME',
+  'E_USAGE',
+  'E_IMAGE_CORRUPT',
+  'E_IMAGE_CHAIN',
+  'E_FILE_CHANGED',
+  'E_PID_TAKEN',
+  'E_KERNEL_MISMATCH',
+  'E_RESTORE',
+  'E_LOCK_HELD',
+  'E_NOT_AN_IMAGE',
+  'E_VERSION',
+  'E_UNSUPPORTED',
+  'E_INTERNAL',
+  'E_FRAME',
 ];
 
 function codeName(v: number): ErrorCode {
@@ -233,11 +244,7 @@ export class RestorerClient {
     if (!rep.ok) {
       const killed = rep.killed;
       const m = rep.error || `restore failed (error code ${rep.errorCode})`;
-      throw new RestoreError(
-        codeName(rep.errorCode),
-        killed.length ? `${m}; the processes it had created (${killed.join(' ')}) were killed` : m,
-        killed,
-      );
+      throw new RestoreError(codeName(rep.errorCode), killed.length ? `${m}; the processes it had created (${killed.join(' ')}) were killed` : m, killed);
     }
     return rep;
   }

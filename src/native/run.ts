@@ -42,9 +42,7 @@ export function runApp(cmd: string[], output: string): Promise<RunningApp> {
     child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
     child.on('error', (e) => reject(new UnderstudyError('E_NATIVE', `cannot start ${BINARY}: ${e.message}`)));
     // 'close': the process exited and all of its output has been read
-    const exited = new Promise<string>((r) =>
-      child.once('close', (code, signal) => r(signal ? `was killed by ${signal}` : `exited with status ${code}`)),
-    );
+    const exited = new Promise<string>((r) => child.once('close', (code, signal) => r(signal ? `was killed by ${signal}` : `exited with status ${code}`)));
     // stdout ends once the app is running, or could not be started
     child.stdout.on('end', () => {
       let report: understudy.v1.RunReport;

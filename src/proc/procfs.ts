@@ -78,7 +78,9 @@ export function descendantsOf(roots: number[]): number[] {
 
 export function readThreads(pid: number): number[] {
   try {
-    return readdirSync(`/proc/${pid}/task`).map(Number).sort((a, b) => a - b);
+    return readdirSync(`/proc/${pid}/task`)
+      .map(Number)
+      .sort((a, b) => a - b);
   } catch {
     return [];
   }

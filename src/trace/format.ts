@@ -58,11 +58,7 @@ export function eventLine(ev: TraceEvent): string {
           detail = `fds ${ev.aux[0]},${ev.aux[1]}`;
           break;
         default:
-          detail = ev.paths
-            ? ev.paths.join(' -> ')
-            : ev.sockaddr
-              ? sockaddrString(ev.sockaddr)
-              : a.slice(0, ARGC[ev.name] ?? 3).join(', ');
+          detail = ev.paths ? ev.paths.join(' -> ') : ev.sockaddr ? sockaddrString(ev.sockaddr) : a.slice(0, ARGC[ev.name] ?? 3).join(', ');
       }
       return `${who} ${ev.name}(${detail}) = ${ev.ret > 0xffff ? h(ev.ret) : ev.ret}`;
     }
@@ -71,10 +67,33 @@ export function eventLine(ev: TraceEvent): string {
 
 /** How many arguments a syscall has that mean something to a reader (the rest are left over in registers). */
 const ARGC: Record<string, number> = {
-  close: 1, dup: 1, dup2: 2, dup3: 3, fcntl: 3, brk: 1, listen: 2, socket: 3, eventfd: 1, eventfd2: 2,
-  epoll_create: 1, epoll_create1: 1, timerfd_create: 2, signalfd: 3, signalfd4: 4, inotify_init: 0,
-  inotify_init1: 1, ftruncate: 2, fallocate: 4, shmget: 3, shmat: 3, shmdt: 1, msgget: 2, semget: 3,
-  mremap: 5, accept: 1, accept4: 1,
+  close: 1,
+  dup: 1,
+  dup2: 2,
+  dup3: 3,
+  fcntl: 3,
+  brk: 1,
+  listen: 2,
+  socket: 3,
+  eventfd: 1,
+  eventfd2: 2,
+  epoll_create: 1,
+  epoll_create1: 1,
+  timerfd_create: 2,
+  signalfd: 3,
+  signalfd4: 4,
+  inotify_init: 0,
+  inotify_init1: 1,
+  ftruncate: 2,
+  fallocate: 4,
+  shmget: 3,
+  shmat: 3,
+  shmdt: 1,
+  msgget: 2,
+  semget: 3,
+  mremap: 5,
+  accept: 1,
+  accept4: 1,
 };
 
 function prot(p: number): string {

@@ -23,7 +23,7 @@ export function spawnHeld(argv: string[], stdio: 'inherit' | 'ignore' | 'pipe' =
   const gate = child.stdio[3] as Writable;
   gate.on('error', () => {});
   const exited = new Promise<number>((res) => {
-    child.on('exit', (code, sig) => res(code ?? 128 + (sig ? constants.signals[sig] ?? 0 : 0)));
+    child.on('exit', (code, sig) => res(code ?? 128 + (sig ? (constants.signals[sig] ?? 0) : 0)));
     child.on('error', () => res(127));
   });
   return {

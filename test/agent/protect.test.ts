@@ -29,10 +29,8 @@ function protect(o: ConstructorParameters<typeof ProtectLoop>[0]): ProtectLoop {
   return loop;
 }
 
-const donePath = (ds: DirtySet | undefined, n: number): boolean =>
-  (ds?.paths ?? []).some((p) => p.op === 'rename' && p.path2?.endsWith(`/done-${n}`) === true);
-const doneWritten = (ds: DirtySet | undefined, n: number): boolean =>
-  (ds?.files ?? []).some((f) => f.path.endsWith(`/.done-${n}.tmp`) && f.ranges.length > 0);
+const donePath = (ds: DirtySet | undefined, n: number): boolean => (ds?.paths ?? []).some((p) => p.op === 'rename' && p.path2?.endsWith(`/done-${n}`) === true);
+const doneWritten = (ds: DirtySet | undefined, n: number): boolean => (ds?.files ?? []).some((f) => f.path.endsWith(`/.done-${n}.tmp`) && f.ranges.length > 0);
 
 describe('the protect loop', () => {
   afterEach(runCleanups);
@@ -182,7 +180,14 @@ describe('the protect loop', () => {
         shipped.push(e.record.epoch);
       },
     };
-    const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'none', schedule: { intervalMs: 20, maxDeltas: 3 }, sinks: [slow], maxAhead: 2 });
+    const loop = protect({
+      pid: fx.pid,
+      imageDir: join(tmp('img'), 'image'),
+      graph: 'none',
+      schedule: { intervalMs: 20, maxDeltas: 3 },
+      sinks: [slow],
+      maxAhead: 2,
+    });
     const t0 = Date.now();
     await loop.start(); // epoch 0, shipped (start waits for its whole handling)
     await loop.scheduleDone;
@@ -250,7 +255,11 @@ describe('the protect loop', () => {
     const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'none', schedule: { intervalMs: 20 }, sinks: [slow], maxAhead: 1 });
     await loop.start();
     const end = await loop.ended;
-    expect(end).toMatchObject({ reason: 'failed', epochs: 3, error: { code: 'E_TIMEOUT', message: 'epoch 2: the slow sink failed: the standby did not answer' } });
+    expect(end).toMatchObject({
+      reason: 'failed',
+      epochs: 3,
+      error: { code: 'E_TIMEOUT', message: 'epoch 2: the slow sink failed: the standby did not answer' },
+    });
     expect(seen).toEqual([0, 1, 2]);
     // each barrier waited for the sink of the epoch before (300 ms), not only the 20 ms interval
     for (let i = 1; i < 3; i++) expect(loop.epochs[i]!.barrierAtNs - loop.epochs[i - 1]!.barrierAtNs).toBeGreaterThanOrEqual(300e6);

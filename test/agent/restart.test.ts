@@ -98,7 +98,9 @@ describe('an engine the protect loop restarts', () => {
     const end = await loop.ended;
     expect(attempts).toEqual([1, 2, 3]);
     expect(end).toMatchObject({ reason: 'failed', epochs: 1, error: { code: 'E_ENGINE_DIED' } });
-    expect(end.error!.message).toMatch(/died 4 times in a row .* gave up \(the limit is 3\): the app is released and keeps running, the chain in .* ends at epoch 0/);
+    expect(end.error!.message).toMatch(
+      /died 4 times in a row .* gave up \(the limit is 3\): the app is released and keeps running, the chain in .* ends at epoch 0/,
+    );
     expect(loop.state).toBe('failed');
     await expect(loop.requestEpoch()).rejects.toMatchObject({ code: 'E_ENGINE_DIED' });
     // released by the kernel each time, and doing what it is told
@@ -172,7 +174,19 @@ describe('an engine the protect loop restarts', () => {
     const fx = await startFixture({ mb: 2 });
     for (const restart of [true, false]) {
       const dir = join(tmp('img'), 'image');
-      const run = runCli(['dump', '--pid', String(fx.pid), '-D', dir, '--epochs', '6', '--interval-ms', '100', '--leave-running', ...(restart ? [] : ['--no-restart-engine'])]);
+      const run = runCli([
+        'dump',
+        '--pid',
+        String(fx.pid),
+        '-D',
+        dir,
+        '--epochs',
+        '6',
+        '--interval-ms',
+        '100',
+        '--leave-running',
+        ...(restart ? [] : ['--no-restart-engine']),
+      ]);
       await waitFor('epoch 2', () => existsSync(join(dir, 'epoch-000002')) || undefined, 20_000);
       // the dump's engine is the app's tracer
       const engine = procState(fx.pid).tracer;
@@ -292,7 +306,7 @@ describe('an engine the protect loop restarts', () => {
     expect(await settledState(fx.pid)).toBe('S');
   }, 60_000);
 
-  it('with a live graph the tracer outlives the engine: the new engine\'s full epoch still comes with the dirty set since the last barrier', async () => {
+  it("with a live graph the tracer outlives the engine: the new engine's full epoch still comes with the dirty set since the last barrier", async () => {
     const fx = await startFixture({ mb: 2 });
     const loop = protect({ pid: fx.pid, imageDir: join(tmp('img'), 'image'), graph: 'live' });
     await loop.start();

@@ -34,14 +34,17 @@ describe('test cluster of network namespaces', () => {
     expect(addrB.stdout).not.toContain(a.address);
 
     // The host reaches node a over its link (UDP on a's address).
-    writeFileSync(join(scratch, 'recv.py'), [
-      'import socket,sys',
-      's=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)',
-      `s.bind(("${a.address}",47001))`,
-      'print("ready",flush=True)',
-      's.settimeout(10)',
-      'print(s.recv(100).decode(),flush=True)',
-    ].join('\n'));
+    writeFileSync(
+      join(scratch, 'recv.py'),
+      [
+        'import socket,sys',
+        's=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)',
+        `s.bind(("${a.address}",47001))`,
+        'print("ready",flush=True)',
+        's.settimeout(10)',
+        'print(s.recv(100).decode(),flush=True)',
+      ].join('\n'),
+    );
     const recv = cluster.exec(a, 'python3', [join(scratch, 'recv.py')]);
     await new Promise<void>((res) => recv.stdout!.once('data', () => res()));
     await execa('python3', ['-c', `import socket;socket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto(b"hello-a",("${a.address}",47001))`]);

@@ -11,7 +11,6 @@ import { onCleanup, procState, runCleanups, settledState, startFixture, tmp, wai
 
 afterAll(runCleanups);
 
-
 describe('dump refuses what is not an app of ours', () => {
   it('a pid that does not exist', async () => {
     const dir = join(tmp('img'), 'x');
@@ -56,7 +55,7 @@ describe('dump refuses what is not an app of ours', () => {
     fx.kill();
   });
 
-  it('a process holding a socket (node\'s stdio pipe) is refused up front, naming pid, fd and kind', async () => {
+  it("a process holding a socket (node's stdio pipe) is refused up front, naming pid, fd and kind", async () => {
     const p = spawn('sleep', ['1000'], { stdio: ['pipe', 'ignore', 'ignore'] });
     onCleanup(() => p.kill('SIGKILL'));
     await waitFor('sleep started', () => existsSync(`/proc/${p.pid}/fd/0`) || undefined, 2000);
@@ -100,15 +99,17 @@ describe('seccomp', () => {
       'time.sleep(1000)\n';
     const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
     onCleanup(() => p.kill('SIGKILL'));
-    await waitFor('python under seccomp', () => {
-      try {
-        return /^Seccomp:\s+2$/m.test(readFileSync(`/proc/${p.pid}/status`, 'utf8')) && readdirSync(`/proc/${p.pid}/fd`).length === 0
-          ? true
-          : undefined;
-      } catch {
-        return undefined;
-      }
-    }, 10_000);
+    await waitFor(
+      'python under seccomp',
+      () => {
+        try {
+          return /^Seccomp:\s+2$/m.test(readFileSync(`/proc/${p.pid}/status`, 'utf8')) && readdirSync(`/proc/${p.pid}/fd`).length === 0 ? true : undefined;
+        } catch {
+          return undefined;
+        }
+      },
+      10_000,
+    );
     const engine = EngineClient.start();
     try {
       await expect(engine.attach(p.pid!, { trackDirty: true })).rejects.toMatchObject({
@@ -130,7 +131,12 @@ describe('dump, CRIU style', () => {
     const r = await runCli(['dump', '--pid', String(fx.pid), '-D', dir, '--epochs', '3', '--interval-ms', '50', '--leave-running', '--json']);
     expect(r.exitCode).toBe(0);
     const out = JSON.parse(r.stdout) as { epochs: { epoch: number; full: boolean }[] };
-    expect(out.epochs.map((e) => [e.epoch, e.full])).toEqual([[0, true], [1, false], [2, false], [3, false]]);
+    expect(out.epochs.map((e) => [e.epoch, e.full])).toEqual([
+      [0, true],
+      [1, false],
+      [2, false],
+      [3, false],
+    ]);
     expect(procState(fx.pid).tracer).toBe(0);
     const dir2 = join(tmp('img'), 'y');
     const r2 = await runCli(['dump', '--pid', String(fx.pid), '-D', dir2]);

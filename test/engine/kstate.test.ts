@@ -24,8 +24,8 @@ const script = (ctl: string): string =>
     'while not os.path.exists(ctl + "/go"): time.sleep(0.005)',
     'signal.signal(signal.SIGUSR1, lambda s, f: None)',
     'signal.signal(signal.SIGHUP, signal.SIG_IGN)',
-    'faulthandler.enable()',                      // installs a sigaltstack
-    'libc.prctl(15, b"renamed-main", 0, 0, 0)',   // PR_SET_NAME
+    'faulthandler.enable()', // installs a sigaltstack
+    'libc.prctl(15, b"renamed-main", 0, 0, 0)', // PR_SET_NAME
     'libc.sbrk.restype = ctypes.c_void_p',
     'libc.sbrk(4 << 20)',
     'open(ctl + "/done", "w").close()',

@@ -13,10 +13,14 @@ afterAll(runCleanups);
 
 async function expectReleased(pid: number, fdsBefore: string[], mapsBefore: string): Promise<void> {
   // the kernel detaches a dead tracer's tracees and resumes them
-  const st = await waitFor(`pid ${pid} released`, () => {
-    const s = procState(pid);
-    return s.tracer === 0 && s.state !== 't' && s.state !== 'T' ? s : undefined;
-  }, 5000);
+  const st = await waitFor(
+    `pid ${pid} released`,
+    () => {
+      const s = procState(pid);
+      return s.tracer === 0 && s.state !== 't' && s.state !== 'T' ? s : undefined;
+    },
+    5000,
+  );
   expect(st.tracer).toBe(0);
   expect(['S', 'R']).toContain(st.state);
   expect(fdTargets(pid)).toEqual(fdsBefore);

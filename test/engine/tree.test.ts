@@ -91,15 +91,17 @@ describe('signal state', () => {
       'time.sleep(1000)\n';
     const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
     onCleanup(() => p.kill('SIGKILL'));
-    await waitFor('python ready with SIGUSR1 pending', () => {
-      try {
-        return /^ShdPnd:\s+0*200$/m.test(readFileSync(`/proc/${p.pid}/status`, 'utf8')) && readdirSync(`/proc/${p.pid}/fd`).length === 0
-          ? true
-          : undefined;
-      } catch {
-        return undefined;
-      }
-    }, 10_000);
+    await waitFor(
+      'python ready with SIGUSR1 pending',
+      () => {
+        try {
+          return /^ShdPnd:\s+0*200$/m.test(readFileSync(`/proc/${p.pid}/status`, 'utf8')) && readdirSync(`/proc/${p.pid}/fd`).length === 0 ? true : undefined;
+        } catch {
+          return undefined;
+        }
+      },
+      10_000,
+    );
     const engine = EngineClient.start();
     try {
       await engine.attach(p.pid!, { trackDirty: true });
@@ -126,13 +128,17 @@ describe('exec', () => {
     const code = 'import os,time\nos.closerange(0, 1024)\ntime.sleep(1.0)\nos.execv("/bin/sleep", ["sleep", "1000"])\n';
     const p = spawn('python3', ['-c', code], { stdio: ['ignore', 'ignore', 'ignore'] });
     onCleanup(() => p.kill('SIGKILL'));
-    await waitFor('python closed its fds', () => {
-      try {
-        return readdirSync(`/proc/${p.pid}/fd`).length === 0 ? true : undefined;
-      } catch {
-        return undefined;
-      }
-    }, 10_000);
+    await waitFor(
+      'python closed its fds',
+      () => {
+        try {
+          return readdirSync(`/proc/${p.pid}/fd`).length === 0 ? true : undefined;
+        } catch {
+          return undefined;
+        }
+      },
+      10_000,
+    );
     const engine = EngineClient.start();
     try {
       await engine.attach(p.pid!, { trackDirty: true });

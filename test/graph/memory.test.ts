@@ -163,7 +163,12 @@ sys.stdin.readline()
     expect(g.processes.has(pid)).toBe(false);
     const ds = g.dirtySince(0);
     expect(ds.processes).toEqual([{ pid, change: 'exited' }]);
-    expect(ds.fds.filter((f) => f.pid === pid && f.change === 'closed').map((f) => f.fd).sort((x, y) => x - y)).toEqual(fds);
+    expect(
+      ds.fds
+        .filter((f) => f.pid === pid && f.change === 'closed')
+        .map((f) => f.fd)
+        .sort((x, y) => x - y),
+    ).toEqual(fds);
   });
 
   it('a session reconciles periodically on its own', async () => {

@@ -45,14 +45,16 @@ describe('python multiprocessing pool with a queue', () => {
     expect(pipe).toMatch(/^pipe:\d+$/);
     expect(g.processes.get(main)!.fds.get(wfd)).toBe(pipe);
     for (const w of workers) expect([...g.processes.get(w)!.fds.values()]).toContain(pipe);
-    const owners = edges.filter((e) => e.to === pipe && e.kind === 'owns').map((e) => e.from).sort();
+    const owners = edges
+      .filter((e) => e.to === pipe && e.kind === 'owns')
+      .map((e) => e.from)
+      .sort();
     expect(owners).toEqual([main, ...workers].map((p) => `process:${p}`).sort());
 
     // the queue's lock: a POSIX semaphore in /dev/shm, mapped shared by all three
     const sems = nodes.filter((n) => n.kind === 'file' && /\/dev\/shm\/sem\./.test(n.label));
     expect(sems.length).toBeGreaterThan(0);
-    const sharers = (id: string) =>
-      new Set(edges.filter((e) => e.to === id && e.kind === 'shares').map((e) => Number(e.from.split(':')[1])));
+    const sharers = (id: string) => new Set(edges.filter((e) => e.to === id && e.kind === 'shares').map((e) => Number(e.from.split(':')[1])));
     expect(sems.some((s) => [main, ...workers].every((p) => sharers(s.id).has(p)))).toBe(true);
 
     const ds = await t.session.dirtySince(0);

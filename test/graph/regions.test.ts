@@ -29,6 +29,18 @@ describe('regions', () => {
   });
 
   it('merges overlapping and touching byte ranges', () => {
-    expect(mergeRanges([[10, 20], [0, 5], [5, 8], [15, 30], [40, 41]])).toEqual([[0, 8], [10, 30], [40, 41]]);
+    expect(
+      mergeRanges([
+        [10, 20],
+        [0, 5],
+        [5, 8],
+        [15, 30],
+        [40, 41],
+      ]),
+    ).toEqual([
+      [0, 8],
+      [10, 30],
+      [40, 41],
+    ]);
   });
 });

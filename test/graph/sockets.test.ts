@@ -124,7 +124,9 @@ describe('sockets and external dependencies', () => {
       // (the first change comes before the kernel picks the local port: follow the socket by its address)
       const est = t.events.find((e) => e.type === 'tcp_state' && e.local === `127.0.0.1:${lport}`);
       const sk = est?.type === 'tcp_state' ? est.sk : '?';
-      const states = t.events.filter((e) => e.type === 'tcp_state' && e.sk === sk).map((e) => e.type === 'tcp_state' && `${e.oldState}->${e.newState}@${e.tgid}`);
+      const states = t.events
+        .filter((e) => e.type === 'tcp_state' && e.sk === sk)
+        .map((e) => e.type === 'tcp_state' && `${e.oldState}->${e.newState}@${e.tgid}`);
       expect(states).toEqual([`CLOSE->SYN_SENT@${pid}`, `SYN_SENT->ESTABLISHED@${pid}`]);
       // (the last connect on the connected socket's fd: where nscd is configured, glibc first
       // connects to its unix socket, closes it, and the TCP socket then gets the same fd number)

@@ -123,7 +123,11 @@ describe('image store', () => {
       execFileSync('umount', [stuck]);
     }
     // newest first: epoch-000002 left the chain, 0 and 1 are whole and still rebuild
-    expect(readdirSync(d).filter((n) => !n.startsWith('.')).sort()).toEqual(['base-000002', 'epoch-000000', 'epoch-000001', 'epoch-000003']);
+    expect(
+      readdirSync(d)
+        .filter((n) => !n.startsWith('.'))
+        .sort(),
+    ).toEqual(['base-000002', 'epoch-000000', 'epoch-000001', 'epoch-000003']);
     expect(memoryDigest(reconstruct(d, 1).memory.get(pid)!)).toBe(before1);
     expect(reconstruct(d).used).toEqual(['base-000002', 'epoch-000003']);
     // the next prune finishes the job and leaves no hidden leftover
@@ -181,4 +185,3 @@ describe('understudy image', () => {
     expect(readdirSync(d).sort()).toEqual(['epochs', 'hello.txt']);
   });
 });
-

@@ -23,9 +23,7 @@ describe('length-prefixed protobuf frames', () => {
 
   it('refuses a truncated frame and names where it broke', () => {
     const whole = encodeFrame(Buffer.from('hello world'));
-    expect(() => decodeFrames(whole.subarray(0, whole.length - 3), 1024, 'img')).toThrow(
-      /img: frame at byte 0 claims 11 bytes but only 8 follow/,
-    );
+    expect(() => decodeFrames(whole.subarray(0, whole.length - 3), 1024, 'img')).toThrow(/img: frame at byte 0 claims 11 bytes but only 8 follow/);
     expect(() => decodeFrames(whole.subarray(0, 2), 1024, 'img')).toThrow(/inside a frame header/);
   });
 

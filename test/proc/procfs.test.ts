@@ -1,7 +1,7 @@
 // The process tree and the live-process check that trace/, graph/ and the CLI share.
 import { spawn } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { UnderstudyError } from '../../src/util/errors.js';
+import type { UnderstudyError } from '../../src/util/errors.js';
 import { descendantsOf, isLive, readStat, requireProcess } from '../../src/proc/procfs.js';
 
 describe('proc: the process tree', () => {

@@ -106,7 +106,14 @@ describe('restore refuses bad input', () => {
     const lib = join(dir, 'libcopy.so');
     copyFileSync('/usr/lib/x86_64-linux-gnu/libm.so.6', lib);
     const fx = await startFixture('rs_mapfile', dir, [join(process.cwd(), 'build/fixtures/rs_mapfile'), dir, lib]);
-    await waitFor('ready', () => { try { statSync(join(dir, 'ready')); return true; } catch { return false; } });
+    await waitFor('ready', () => {
+      try {
+        statSync(join(dir, 'ready'));
+        return true;
+      } catch {
+        return false;
+      }
+    });
     const img = join(tmp('lib-img'), 'image');
     const d = await dumpAndKill(fx.pid, img, 0);
     copyFileSync('/usr/lib/x86_64-linux-gnu/libz.so.1', lib); // another library, same path
@@ -123,7 +130,14 @@ describe('restore refuses bad input', () => {
     const file = join(dir, 'table.bin');
     writeFileSync(file, Buffer.alloc(20000, 7));
     const fx = await startFixture('rs_mapfile', dir, [join(process.cwd(), 'build/fixtures/rs_mapfile'), dir, file]);
-    await waitFor('ready', () => { try { statSync(join(dir, 'ready')); return true; } catch { return false; } });
+    await waitFor('ready', () => {
+      try {
+        statSync(join(dir, 'ready'));
+        return true;
+      } catch {
+        return false;
+      }
+    });
     const img = join(tmp('data-img'), 'image');
     const d = await dumpAndKill(fx.pid, img, 0);
     flipByte(file, 12345);
@@ -136,7 +150,14 @@ describe('restore refuses bad input', () => {
     const r = await restore({ imageDir: img });
     onCleanup(() => killPids([r.reaper, ...r.pids]));
     writeFileSync(join(dir, 'go'), '');
-    await waitFor('verdict', () => { try { statSync(join(dir, 'verdict')); return true; } catch { return false; } });
+    await waitFor('verdict', () => {
+      try {
+        statSync(join(dir, 'verdict'));
+        return true;
+      } catch {
+        return false;
+      }
+    });
     expect(readFileSync(join(dir, 'verdict'), 'utf8').trim()).toBe('PASS');
   });
 

@@ -7,7 +7,6 @@ import { alive, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, wa
 
 afterEach(runCleanups);
 
-
 describe('understudy restore', () => {
   it('restores what `understudy dump` wrote, same pid, detached, and prints the pids', async () => {
     const ctl = tmp('cli');

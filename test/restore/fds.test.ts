@@ -48,14 +48,20 @@ describe('pipes, eventfds, epoll, shared descriptions (rs_pipes)', () => {
       const kid = procs.find((p) => p.pid === child)!;
       const pipes = parent.fds.filter((f) => f.kind === Kind.PIPE);
       // the unread bytes, recorded once per pipe: self-pipe, full pipe, closed pipe, child->parent
-      const unread = pipes.filter((f) => f.pipe?.hasState && !f.pipe.writeEnd).map((f) => f.pipe!.data!.length).sort((a, b) => a - b);
+      const unread = pipes
+        .filter((f) => f.pipe?.hasState && !f.pipe.writeEnd)
+        .map((f) => f.pipe!.data!.length)
+        .sort((a, b) => a - b);
       expect(unread).toEqual([0, 123, 3000, 4096, 100000]);
       expect(pipes.find((f) => f.pipe?.data?.length === 100000)!.pipe!.size).toBe(256 * 1024);
       expect(pipes.find((f) => f.pipe?.data?.length === 4096)!.pipe!.size).toBe(4096);
       // the parent->child pipe's 5000 bytes are recorded with the child's read end
       expect(kid.fds.find((f) => f.kind === Kind.PIPE && f.pipe?.hasState)!.pipe!.data!.length).toBe(5000);
       const evs = parent.fds.filter((f) => f.kind === Kind.EVENTFD).map((f) => [Number(f.eventfd!.count), f.eventfd!.semaphore]);
-      expect(evs).toEqual([[42, false], [3, true]]);
+      expect(evs).toEqual([
+        [42, false],
+        [3, true],
+      ]);
       const ep = parent.fds.find((f) => f.kind === Kind.EPOLL)!;
       expect(ep.epoll!.targets!.map((t) => big(t.data).toString(16)).sort()).toEqual(['1111', '2222', '3333', '4444', 'deadbeef00000001']);
       // one description: fd 12, its dup and fd 40 in the parent, and the child's inherited copies
@@ -108,7 +114,9 @@ describe('an image whose fd records do not hold together is refused before any p
     const orig = readFileSync(join(ep0, 'meta.pb'));
     let epfd = 0;
     rewriteEpochMeta(ep0, (m) => {
-      const ep = processesOf(m).find((p) => p.pid === fx.pid)!.fds.find((f) => f.kind === Kind.EPOLL)!;
+      const ep = processesOf(m)
+        .find((p) => p.pid === fx.pid)!
+        .fds.find((f) => f.kind === Kind.EPOLL)!;
       epfd = ep.fd ?? 0;
       ep.epoll!.targets![0]!.tfd = 999;
     });
@@ -120,7 +128,9 @@ describe('an image whose fd records do not hold together is refused before any p
     writeFileSync(join(ep0, 'meta.pb'), orig);
     let pfd = 0;
     rewriteEpochMeta(ep0, (m) => {
-      const f = processesOf(m).find((p) => p.pid === fx.pid)!.fds.find((x) => x.kind === Kind.PIPE)!;
+      const f = processesOf(m)
+        .find((p) => p.pid === fx.pid)!
+        .fds.find((x) => x.kind === Kind.PIPE)!;
       pfd = f.fd ?? 0;
       f.pipe = null;
     });
@@ -137,8 +147,14 @@ const fixtureNode = join(packageRoot, 'test', 'fixtures', 'rs_node.cjs');
 /** node with only its stdio (fds the test runner leaks are closed first, by python, before node starts) */
 function nodeArgv(out: string): string[] {
   return [
-    'env', 'UV_USE_IO_URING=0', '/usr/bin/python3', '-c', 'import os,sys; os.closerange(3, 65536); os.execv(sys.argv[1], sys.argv[1:])',
-    process.execPath, fixtureNode, out,
+    'env',
+    'UV_USE_IO_URING=0',
+    '/usr/bin/python3',
+    '-c',
+    'import os,sys; os.closerange(3, 65536); os.execv(sys.argv[1], sys.argv[1:])',
+    process.execPath,
+    fixtureNode,
+    out,
   ];
 }
 
@@ -214,7 +230,7 @@ describe('node on a second node (own network namespace, own copy of the data fol
     await cluster?.destroy();
   });
 
-  it('epoch 0 + 20 deltas restored on node 2: the output continues in node 2\'s copy', async () => {
+  it("epoch 0 + 20 deltas restored on node 2: the output continues in node 2's copy", async () => {
     const scratch = tmp('node-nodes');
     const dataDir = join(scratch, 'data');
     mkdirSync(dataDir);

@@ -8,7 +8,7 @@ import { existsSync, openSync, closeSync, readdirSync, readFileSync, truncateSyn
 import { join, resolve } from 'node:path';
 import { expect } from 'vitest';
 import { EngineClient } from '../../src/native/engine.js';
-import { readEpochMeta, type ProcessMeta } from '../../src/image/store.js';
+import type { ProcessMeta } from '../../src/image/store.js';
 import { buildDir, packageRoot } from '../../src/util/paths.js';
 import { killPids, onCleanup, tmpDir } from '../helpers/cleanup.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -73,13 +73,7 @@ export interface Dumped {
 }
 
 /** Epoch 0 (+ `deltas` incremental epochs), then kill the app and wait until all its pids are free. */
-export async function dumpAndKill(
-  pid: number,
-  imageDir: string,
-  deltas = 0,
-  gapMs = 10,
-  between?: (epoch: number) => Promise<void>,
-): Promise<Dumped> {
+export async function dumpAndKill(pid: number, imageDir: string, deltas = 0, gapMs = 10, between?: (epoch: number) => Promise<void>): Promise<Dumped> {
   const engine = EngineClient.start();
   onCleanup(() => engine.kill());
   let pids: number[] = [];
@@ -106,11 +100,7 @@ export async function dumpAndKill(
  * Starts fixture `name` in a control dir tmp(prefix), then dumpAndKill into
  * an image dir under tmp(`${prefix}-img`) with `deltas` incremental epochs.
  */
-export async function startAndDump(
-  name: string,
-  prefix: string,
-  deltas = 0,
-): Promise<{ ctl: string; img: string; fx: Fixture; d: Dumped }> {
+export async function startAndDump(name: string, prefix: string, deltas = 0): Promise<{ ctl: string; img: string; fx: Fixture; d: Dumped }> {
   const ctl = tmp(prefix);
   const img = join(tmp(`${prefix}-img`), 'image');
   const fx = await startFixture(name, ctl);
@@ -139,9 +129,11 @@ export async function startInOwnNamespace(name: string, ctl: string): Promise<nu
     .filter((n) => /^\d+$/.test(n))
     .filter((n) => {
       try {
-        return readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`${name} ${ctl}`) &&
+        return (
+          readFileSync(`/proc/${n}/cmdline`, 'utf8').split('\0').join(' ').trim().endsWith(`${name} ${ctl}`) &&
           readFileSync(`/proc/${n}/comm`, 'utf8').trim() === name &&
-          /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8'));
+          /^NSpid:\s+\d+\s+1$/m.test(readFileSync(`/proc/${n}/status`, 'utf8'))
+        );
       } catch {
         return false;
       }

@@ -66,12 +66,14 @@ function rseqAreas(img: string, epoch: number, pid: number): [number, number][] 
 
 function mask(regions: Region[], areas: [number, number][]): void {
   for (const r of regions)
-    for (const [s, e] of areas)
-      if (r.data && s < r.end && e > r.start) r.data.fill(0, Math.max(s, r.start) - r.start, Math.min(e, r.end) - r.start);
+    for (const [s, e] of areas) if (r.data && s < r.end && e > r.start) r.data.fill(0, Math.max(s, r.start) - r.start, Math.min(e, r.end) - r.start);
 }
 
 function compare(pid: number, got: Region[], want: Region[]): void {
-  expect(got.map((r) => r.line), `pid ${pid}: the region map after 20 in-place deltas is that of epoch 20`).toEqual(want.map((r) => r.line));
+  expect(
+    got.map((r) => r.line),
+    `pid ${pid}: the region map after 20 in-place deltas is that of epoch 20`,
+  ).toEqual(want.map((r) => r.line));
   let pages = 0;
   for (let i = 0; i < want.length; i++) {
     const a = got[i]!.data;
@@ -153,7 +155,18 @@ async function hotClone(img: string, ctl: string, deltas: number): Promise<{ clo
   const hot = start();
   const b0 = await hot.build({ imageDir: img, epoch: 0 });
   expect(b0.epoch).toBe(0);
-  const totals: Totals = { pages: 0, mapped: 0, unmapped: 0, reprotected: 0, procsAdded: 0, procsRemoved: 0, threadsAdded: 0, threadsRemoved: 0, fdsOpened: 0, fdsClosed: 0 };
+  const totals: Totals = {
+    pages: 0,
+    mapped: 0,
+    unmapped: 0,
+    reprotected: 0,
+    procsAdded: 0,
+    procsRemoved: 0,
+    threadsAdded: 0,
+    threadsRemoved: 0,
+    fdsOpened: 0,
+    fdsClosed: 0,
+  };
   let pids = b0.pids;
   for (let e = 1; e <= deltas; e++) {
     const a = await hot.apply(e);
@@ -185,7 +198,7 @@ async function hotClone(img: string, ctl: string, deltas: number): Promise<{ clo
 }
 
 describe('a hot clone: deltas applied in place to a stopped clone', () => {
-  it('rs_malloc (two threads, malloc/free, mmap\'d blocks): epoch 0 + 20 deltas in place == epoch 20, then PASS', async () => {
+  it("rs_malloc (two threads, malloc/free, mmap'd blocks): epoch 0 + 20 deltas in place == epoch 20, then PASS", async () => {
     const ctl = tmp('hot-malloc');
     const img = join(tmp('hot-malloc-img'), 'image');
     const fx = await startFixture('rs_malloc', ctl);
@@ -314,4 +327,3 @@ describe('a hot clone: deltas applied in place to a stopped clone', () => {
     await gone(b2);
   });
 });
-

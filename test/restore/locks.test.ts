@@ -12,20 +12,7 @@ import { understudy } from '../../src/gen/proto.js';
 import { processesOf, readEpochMeta } from '../../src/image/store.js';
 import { showImage } from '../../src/image/show.js';
 import { RestoreError, restore } from '../../src/native/restorer.js';
-import {
-  alive,
-  epochDir,
-  killPids,
-  onCleanup,
-  python,
-  runCleanups,
-  sleep,
-  startAndDump,
-  startInOwnNamespace,
-  tmp,
-  verdict,
-  waitFor,
-} from './helpers.js';
+import { alive, epochDir, killPids, onCleanup, python, runCleanups, sleep, startAndDump, startInOwnNamespace, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -107,13 +94,18 @@ describe('file locks (rs_locks)', () => {
     expect(Number(l0.dev)).toBe(statSync(a).dev);
     // the waiter threads are inside fcntl (72) and flock (73), to be restarted
     for (const nr of [72, 73])
-      expect(par.threads.some((t) => t.inSyscall && Number(t.syscallNr) === nr && Number(t.restartCode) === -512), `a thread in syscall ${nr}`).toBe(true);
+      expect(
+        par.threads.some((t) => t.inSyscall && Number(t.syscallNr) === nr && Number(t.restartCode) === -512),
+        `a thread in syscall ${nr}`,
+      ).toBe(true);
 
     const shown = showImage(img, { epoch: 3, json: false });
     const dev = statSync(a).dev;
     const devText = `${Math.floor(dev / 256) & 0xfff}:${dev & 0xff}`;
-    expect(shown).toContain(`    fd 3 REGULAR ${a} flags 0100002 pos 0\n      lock POSIX write bytes 0-99 pid ${fx.pid} dev ${devText} ino ${ino(a)}\n` +
-      `      lock POSIX read bytes 200-299 pid ${fx.pid} dev ${devText} ino ${ino(a)}\n`);
+    expect(shown).toContain(
+      `    fd 3 REGULAR ${a} flags 0100002 pos 0\n      lock POSIX write bytes 0-99 pid ${fx.pid} dev ${devText} ino ${ino(a)}\n` +
+        `      lock POSIX read bytes 200-299 pid ${fx.pid} dev ${devText} ino ${ino(a)}\n`,
+    );
     expect(shown).toContain(`      lock OFD write bytes 400-449 pid -1 dev ${devText} ino ${ino(a)}`);
     expect(shown).toContain(`      lock FLOCK LOCK_EX whole file pid ${fx.pid}`);
     expect(shown.match(/ lock /g)).toHaveLength(10);
@@ -146,7 +138,7 @@ describe('file locks (rs_locks)', () => {
   // what python3 does outside the app, once the app is gone, and what the restore must say
   const cases = [
     {
-      name: 'a POSIX lock inside the app\'s range, found before anything is created',
+      name: "a POSIX lock inside the app's range, found before anything is created",
       take: 'f=open("lk-a","r+")\nfcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10, 50)\n',
       env: {},
       want: (ctl: string, pid: number, holder: number): string =>
@@ -155,7 +147,7 @@ describe('file locks (rs_locks)', () => {
       created: false,
     },
     {
-      name: 'a shared flock on the file of the app\'s exclusive one, found before anything is created',
+      name: "a shared flock on the file of the app's exclusive one, found before anything is created",
       take: 'f=open("lk-b","r")\nfcntl.flock(f, fcntl.LOCK_SH|fcntl.LOCK_NB)\n',
       env: {},
       want: (ctl: string, pid: number, holder: number): string =>
@@ -310,7 +302,7 @@ describe('refused at capture', () => {
         message:
           `pid ${kid} fd 3 (${join(ctl, 'data')}) shows a POSIX lock taken by pid ${pid} ` +
           `("lock: 1: POSIX ADVISORY WRITE ${pid} ${lockDev(join(ctl, 'data'))} 0 9"): its file table is shared with another process ` +
-          '(clone CLONE_FILES), the lock\'s owner cannot be determined, refusing to checkpoint',
+          "(clone CLONE_FILES), the lock's owner cannot be determined, refusing to checkpoint",
       });
     } finally {
       await engine.close();

@@ -10,7 +10,7 @@ import { runCleanups, tmp, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
-describe('understudy-run with the caller\'s stdio closed', () => {
+describe("understudy-run with the caller's stdio closed", () => {
   for (const fd of [0, 1, 2]) {
     it(`fd ${fd} closed by the caller: the app has /dev/null and OUTPUT at 0, 1, 2 all the same`, async () => {
       const out = join(tmp(`run-closed-${fd}`), 'out');

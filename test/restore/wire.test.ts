@@ -31,21 +31,49 @@ describe('restorer frames without the protobuf runtime', () => {
 
   it('replies encoded by the generated code decode to the same values', () => {
     const info = {
-      epoch: 20, imageId: 'abc', pids: [1, 70000, 2 ** 22], threads: 9, reaper: -3, rootIsInit: true, bytes: 2 ** 40 + 5,
-      totalNs: 123456789012, phases: { readNs: 1, verifyNs: 2, checkNs: 3, treeNs: 4, rebuildNs: 5, finishNs: 6, applyNs: 7 }, stub: 0x7f0000000000,
+      epoch: 20,
+      imageId: 'abc',
+      pids: [1, 70000, 2 ** 22],
+      threads: 9,
+      reaper: -3,
+      rootIsInit: true,
+      bytes: 2 ** 40 + 5,
+      totalNs: 123456789012,
+      phases: { readNs: 1, verifyNs: 2, checkNs: 3, treeNs: 4, rebuildNs: 5, finishNs: 6, applyNs: 7 },
+      stub: 0x7f0000000000,
     };
     const r = decodeReply(v1.RestorerReply.encode({ version: 1, id: 3, ok: true, build: info }).finish());
     expect(r).toMatchObject({ version: 1, id: 3, ok: true, build: info });
     expect(decodeReply(v1.RestorerReply.encode({ version: 1, id: 4, ok: true, resume: info }).finish()).resume).toEqual(info);
     expect(decodeReply(v1.RestorerReply.encode({ version: 1, id: 4, ok: true, check: info }).finish()).check).toEqual(info);
     const apply = {
-      epoch: 4, bytes: 8192, pages: 2, regionsMapped: 1, regionsUnmapped: 2, regionsReprotected: 3, processesAdded: 4,
-      processesRemoved: 5, threadsAdded: 6, threadsRemoved: 7, pids: [10, 11], applyNs: 99, fdsOpened: 8, fdsClosed: 9,
+      epoch: 4,
+      bytes: 8192,
+      pages: 2,
+      regionsMapped: 1,
+      regionsUnmapped: 2,
+      regionsReprotected: 3,
+      processesAdded: 4,
+      processesRemoved: 5,
+      threadsAdded: 6,
+      threadsRemoved: 7,
+      pids: [10, 11],
+      applyNs: 99,
+      fdsOpened: 8,
+      fdsClosed: 9,
     };
     expect(decodeReply(v1.RestorerReply.encode({ version: 1, id: 5, ok: true, apply }).finish()).apply).toEqual(apply);
     expect(decodeReply(v1.RestorerReply.encode({ version: 1, id: 6, ok: true, abort: { killed: [5, 6] } }).finish()).abort).toEqual({ killed: [5, 6] });
     const e = decodeReply(
-      v1.RestorerReply.encode({ version: 1, id: 9, ok: false, errorCode: v1.ErrorCode.E_PID_TAKEN, error: 'pid 5 in use', errnoValue: 17, killed: [8, 9] }).finish(),
+      v1.RestorerReply.encode({
+        version: 1,
+        id: 9,
+        ok: false,
+        errorCode: v1.ErrorCode.E_PID_TAKEN,
+        error: 'pid 5 in use',
+        errnoValue: 17,
+        killed: [8, 9],
+      }).finish(),
     );
     expect(e).toMatchObject({ ok: false, errorCode: v1.ErrorCode.E_PID_TAKEN, error: 'pid 5 in use', errnoValue: 17, killed: [8, 9] });
   });

@@ -16,7 +16,10 @@ describe('understudy trace / graph', () => {
     const f = join(dir, 'f.txt');
     const r = await run(['trace', '--json', '--', '/bin/sh', '-c', `printf abc > ${f}; exit 3`]);
     expect(r.exitCode).toBe(3);
-    const lines = r.stdout.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = r.stdout
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines.find((l) => l.type === 'exec')).toMatchObject({ filename: '/bin/sh', comm: 'sh' });
     const open = lines.find((l) => l.type === 'syscall' && l.name === 'openat' && (l.paths as string[])[0] === f);
     expect(open).toBeDefined();
@@ -37,7 +40,11 @@ describe('understudy trace / graph', () => {
   it('trace --pid follows a running process and stops when it exits', async () => {
     const dir = tempDir('cli');
     const f = join(dir, 'tick');
-    const app = spawnOutside(['python3', '-c', `import time,sys\nprint('up',flush=True)\nsys.stdin.readline()\nfor i in range(5):\n  open('${f}','w').close(); time.sleep(0.1)\n`]);
+    const app = spawnOutside([
+      'python3',
+      '-c',
+      `import time,sys\nprint('up',flush=True)\nsys.stdin.readline()\nfor i in range(5):\n  open('${f}','w').close(); time.sleep(0.1)\n`,
+    ]);
     await app.out.waitFor(/^up$/);
     const tracer = run(['trace', '--pid', String(app.child.pid)]);
     await new Promise((r) => setTimeout(r, 1500)); // attached
@@ -87,7 +94,10 @@ describe('understudy trace / graph', () => {
   });
 
   it('refuses a PID that does not exist, pointing to understudy check', async () => {
-    for (const args of [['graph', '--pid', '999999'], ['trace', '--pid', '999999']]) {
+    for (const args of [
+      ['graph', '--pid', '999999'],
+      ['trace', '--pid', '999999'],
+    ]) {
       const r = await run(args);
       expect(r.exitCode).toBe(1);
       expect(r.stderr).toContain('no running process with PID 999999');

@@ -81,5 +81,5 @@ export const tempDir = (name: string): string => tmpDir(name);
 /** Waits until the graph has every event the kernel produced so far (after `ms` for the app to act). */
 export async function settle(t: Traced, ms = 50): Promise<void> {
   await new Promise((r) => setTimeout(r, ms));
-  if (!(await t.session.sync(10_000))) throw new Error('the tracer did not deliver the kernel\'s records within 10 s');
+  if (!(await t.session.sync(10_000))) throw new Error("the tracer did not deliver the kernel's records within 10 s");
 }

@@ -99,11 +99,15 @@ describe('understudy-tracer', () => {
     let bitsId = -1;
     for (const m of prog.map_ids) if ((await bpftoolJson<{ name: string }>(['map', 'show', 'id', String(m)])).name === 'app_bits') bitsId = m;
     expect(bitsId).toBeGreaterThan(0);
-    const word = async (k: number) => BigInt((await bpftoolJson<{ formatted: { value: number } }>(['map', 'lookup', 'id', String(bitsId), 'key', ...le32(k)])).formatted.value);
+    const word = async (k: number) =>
+      BigInt((await bpftoolJson<{ formatted: { value: number } }>(['map', 'lookup', 'id', String(bitsId), 'key', ...le32(k)])).formatted.value);
     expect(await word(0)).toBe(1n << 1n); // tgid 1 alone in word 0
-    expect((await word(Math.floor(process.pid / 64)) >> BigInt(process.pid % 64)) & 1n).toBe(1n);
+    expect(((await word(Math.floor(process.pid / 64))) >> BigInt(process.pid % 64)) & 1n).toBe(1n);
     // out of the kernel's pid range: refused with the tgid named, nothing half-done
-    await expect(proc.addTgids([process.pid + 1, 1 << 22])).rejects.toMatchObject({ code: 'E_USAGE', message: expect.stringContaining('tgid 4194304 out of range') });
+    await expect(proc.addTgids([process.pid + 1, 1 << 22])).rejects.toMatchObject({
+      code: 'E_USAGE',
+      message: expect.stringContaining('tgid 4194304 out of range'),
+    });
     expect((await proc.status({ filter: true })).filterTgids).toHaveLength(2);
 
     // a child of ours: its records were all sent before the reply to the next request
@@ -126,7 +130,14 @@ describe('understudy-tracer', () => {
     const s = startProcess();
     const proc = await s.proc;
     toStop.push(proc);
-    const app = spawn('python3', ['-c', 'import sys,mmap\nsys.stdin.readline()\nm = mmap.mmap(-1, 1 << 20)\nfor p in range(16): m[p * 4096] = 1\nprint("done", flush=True)\nsys.stdin.readline()\n'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const app = spawn(
+      'python3',
+      [
+        '-c',
+        'import sys,mmap\nsys.stdin.readline()\nm = mmap.mmap(-1, 1 << 20)\nfor p in range(16): m[p * 4096] = 1\nprint("done", flush=True)\nsys.stdin.readline()\n',
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
     const done = new Promise<void>((r) => app.stdout.on('data', (c: Buffer) => c.toString().includes('done') && r()));
     await proc.addTgids([app.pid!]);
     app.stdin.write('\n');
@@ -165,7 +176,10 @@ describe('understudy-tracer', () => {
     const pending = proc.status();
     await new Promise((r) => setTimeout(r, 100));
     proc.kill('SIGKILL');
-    await expect(pending).rejects.toMatchObject({ code: 'E_TRACER', message: expect.stringMatching(/the tracer \(pid \d+\) was killed by SIGKILL.*no longer traced/) });
+    await expect(pending).rejects.toMatchObject({
+      code: 'E_TRACER',
+      message: expect.stringMatching(/the tracer \(pid \d+\) was killed by SIGKILL.*no longer traced/),
+    });
     await expectGoneFromKernel(ids);
   });
 
@@ -283,7 +297,9 @@ describe('record sizes: the decoder and the tracer must agree', () => {
     const err = await Tracer.start({ appId: 'sizes', onEvent: () => {}, recordSizes: pretend }).catch((e: unknown) => e);
     expect(err).toMatchObject({
       code: 'E_VERSION',
-      message: expect.stringContaining("the tracer's records are not laid out as this agent decodes them (type 4: 120 bytes in the tracer, 128 in the decoder)"),
+      message: expect.stringContaining(
+        "the tracer's records are not laid out as this agent decodes them (type 4: 120 bytes in the tracer, 128 in the decoder)",
+      ),
     });
     // gone when start fails (its programs went with it: see the SIGKILL test above)
     const pid = Number(/The tracer \(pid (\d+)\) was stopped/.exec((err as Error).message)?.[1]);

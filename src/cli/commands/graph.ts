@@ -4,7 +4,7 @@ import { intFlag, missingFlag, PID_MAX, type Command } from '../command.js';
 
 export const graphCommand: Command = {
   name: 'graph',
-  summary: "the dependency graph of a process tree: processes, resources, external dependencies",
+  summary: 'the dependency graph of a process tree: processes, resources, external dependencies',
   usage: '--pid PID [--format json|dot|svg] [-o FILE] [--all-regions]',
   help:
     '  --pid PID         the root process; its descendants are included\n' +
@@ -35,7 +35,9 @@ export const graphCommand: Command = {
     }
     if (typeof values.output === 'string') {
       writeFileSync(values.output, text);
-      ctx.out(`graph of ${graph.pids().length} processes, ${snap.nodes.length} nodes, ${snap.externalDependencies.length} external dependencies written to ${values.output}`);
+      ctx.out(
+        `graph of ${graph.pids().length} processes, ${snap.nodes.length} nodes, ${snap.externalDependencies.length} external dependencies written to ${values.output}`,
+      );
     } else {
       ctx.out(text.trimEnd());
     }

@@ -44,7 +44,11 @@ export const imageCommand: Command = {
         const r = reconstruct(dir);
         const live = [...r.memory.values()].reduce((s, pm) => s + pm.size, 0);
         const res = { dir, ok: true, epochs: entries.length, pagesVerified: pages, latestEpoch: r.epoch, latestPages: live, chain: r.used };
-        ctx.out(ctx.json ? JSON.stringify(res, null, 2) : `ok: ${entries.length} epoch(s), ${pages} pages verified; epoch ${r.epoch} rebuilt from ${r.used.join(' + ')} (${live} pages)`);
+        ctx.out(
+          ctx.json
+            ? JSON.stringify(res, null, 2)
+            : `ok: ${entries.length} epoch(s), ${pages} pages verified; epoch ${r.epoch} rebuilt from ${r.used.join(' + ')} (${live} pages)`,
+        );
         return 0;
       }
       case 'compact': {

@@ -33,10 +33,7 @@ export const restoreCommand: Command = {
     if (ctx.json) {
       ctx.out(JSON.stringify(r, null, 2));
     } else if (r.checkOnly) {
-      const pids =
-        r.nsPid1 === 'root'
-          ? 'it had a PID namespace of its own (its host pids are not needed)'
-          : `pids ${r.pids.join(' ')} are free`;
+      const pids = r.nsPid1 === 'root' ? 'it had a PID namespace of its own (its host pids are not needed)' : `pids ${r.pids.join(' ')} are free`;
       ctx.out(`epoch ${r.epoch} of image ${r.imageId} can be restored here: ${pids}, files and kernel match`);
     } else {
       ctx.out(

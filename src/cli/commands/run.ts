@@ -10,7 +10,7 @@ export const runCommand: Command = {
   summary: 'start an app in its own PID namespace, ready to be checkpointed and restored anywhere',
   usage: '[--output FILE] [--json] -- CMD [ARGS...]',
   help:
-    '  --output FILE     append the app\'s stdout and stderr to FILE (default: /dev/null)\n' +
+    "  --output FILE     append the app's stdout and stderr to FILE (default: /dev/null)\n" +
     '\n' +
     'The app is pid 1 of a new PID namespace, with stdin from /dev/null and no fd\n' +
     'inherited from the caller; it runs on after this command returns. Its host pid\n' +
