@@ -11,17 +11,23 @@ import { snapshot } from '../graph/sockets.js';
 import { restore, type RestoreResult } from '../native/restorer.js';
 import { UnderstudyError } from '../util/errors.js';
 
-/** The demo app: a counter held in memory, written (overwritten) to a file 20 times a second. */
+/**
+ * The demo app: a counter held in memory, written in place (fixed width) to a
+ * file it keeps open, 20 times a second. (It used to write a temporary file and
+ * rename it over the count: a checkpoint that fell between the open and the
+ * rename held an fd on a path gone by the time of the restore, which refuses
+ * it — a file renamed under an open fd is not carried yet.)
+ */
 const DEMO_APP = [
   'import os, sys, time',
   // fds a shell may have leaked into the agent (and so into the app) are not the app's
   'os.closerange(3, 4096)',
   'out = sys.argv[1]',
+  'fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)',
   'n = 0',
   'while True:',
   '    n += 1',
-  '    with open(out + ".tmp", "w") as f: f.write(str(n))',
-  '    os.rename(out + ".tmp", out)',
+  '    os.pwrite(fd, b"%012d" % n, 0)',
   '    time.sleep(0.05)',
 ].join('\n');
 
