@@ -12,7 +12,7 @@ interface JsonProbe {
 }
 
 // The probes run for real on this machine's kernel; every feature the design
-// relies on is present here (see ../shared/PLATFORM.md), so all must pass.
+// relies on is present on the machines it runs on (see README.md, Requirements), so all must pass.
 describe('understudy check', () => {
   it('finds every required feature on this machine, as JSON', async () => {
     const r = await runCli(['check', '--json']);
