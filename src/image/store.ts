@@ -254,7 +254,7 @@ export function reconstruct(dir: string, epoch?: number): Reconstructed {
     let m = metas.get(e.name);
     if (!m) {
       m = readEpochMeta(e.path);
-      if (m.epoch !== e.epoch) throw new UnderstudyError('E_IMAGE_CORRUPT', `${e.path}: metadata says epoch ${m.epoch}, the directory name ${e.epoch}`);
+      if (m.epoch !== e.epoch) throw new UnderstudyError('E_IMAGE_CHAIN', `${e.path}: metadata says epoch ${m.epoch}, the directory name ${e.epoch}`);
       metas.set(e.name, m);
     }
     return m;
@@ -268,7 +268,7 @@ export function reconstruct(dir: string, epoch?: number): Reconstructed {
     }
   }
   if (!start) {
-    throw new UnderstudyError('E_IMAGE_CORRUPT', `${dir}: no full epoch at or below epoch ${target} (epoch-000000 missing?)`);
+    throw new UnderstudyError('E_IMAGE_CHAIN', `${dir}: no full epoch at or below epoch ${target} (epoch-000000 missing?)`);
   }
   const base = metaOf(start);
   const memory = readEpochPages(start.path, base);
@@ -276,20 +276,20 @@ export function reconstruct(dir: string, epoch?: number): Reconstructed {
   let meta = base;
   for (let n = start.epoch + 1; n <= target; n++) {
     const e = entries.find((x) => x.kind === 'epoch' && x.epoch === n);
-    if (!e) throw new UnderstudyError('E_IMAGE_CORRUPT', `${dir}: delta epoch-${String(n).padStart(6, '0')} is missing; epoch ${target} cannot be rebuilt`);
+    if (!e) throw new UnderstudyError('E_IMAGE_CHAIN', `${dir}: delta epoch-${String(n).padStart(6, '0')} is missing; epoch ${target} cannot be rebuilt`);
     const m = metaOf(e);
     if (m.imageId !== base.imageId) {
-      throw new UnderstudyError('E_IMAGE_CORRUPT', `${e.path}: belongs to image ${m.imageId}, not to the chain of ${start.name} (${base.imageId})`);
+      throw new UnderstudyError('E_IMAGE_CHAIN', `${e.path}: belongs to image ${m.imageId}, not to the chain of ${start.name} (${base.imageId})`);
     }
     if (!m.full && m.parentEpoch !== n - 1) {
-      throw new UnderstudyError('E_IMAGE_CORRUPT', `${e.path}: parent epoch ${m.parentEpoch}, expected ${n - 1}`);
+      throw new UnderstudyError('E_IMAGE_CHAIN', `${e.path}: parent epoch ${m.parentEpoch}, expected ${n - 1}`);
     }
     const pages = readEpochPages(e.path, m);
     applyDelta(memory, m, pages);
     used.push(e.name);
     meta = m;
   }
-  if (meta.epoch !== target) throw new UnderstudyError('E_IMAGE_CORRUPT', `${dir}: epoch ${target} not found`);
+  if (meta.epoch !== target) throw new UnderstudyError('E_IMAGE_CHAIN', `${dir}: epoch ${target} not found`);
   return { epoch: target, meta, memory, used };
 }
 

@@ -75,10 +75,11 @@ describe('image store', () => {
     expect(() => reconstruct(d)).toThrow(/epoch-000001\/meta\.pb: metadata crc32 mismatch/);
   });
 
-  it('refuses a missing delta and a delta of another chain', () => {
+  it('refuses a missing delta and a delta of another chain, with the code the C reader gives (E_IMAGE_CHAIN)', () => {
     let d = copyImage();
     rmSync(join(d, 'epoch-000002'), { recursive: true });
     expect(() => reconstruct(d, 3)).toThrow(/delta epoch-000002 is missing/);
+    expect(() => reconstruct(d, 3)).toThrow(expect.objectContaining({ code: 'E_IMAGE_CHAIN' }));
     expect(reconstruct(d, 1).epoch).toBe(1);
     d = copyImage();
     // a delta from another image, renamed into this chain
@@ -90,6 +91,7 @@ describe('image store', () => {
     rmSync(join(d, 'epoch-000001'), { recursive: true });
     execFileSync('cp', ['-r', join(other, 'epoch-000001'), join(d, 'epoch-000001')]);
     expect(() => reconstruct(d)).toThrow(/epoch-000001: belongs to image ffffffff/);
+    expect(() => reconstruct(d)).toThrow(expect.objectContaining({ code: 'E_IMAGE_CHAIN' }));
   });
 
   it('compaction folds deltas into a base that rebuilds the same memory', () => {
