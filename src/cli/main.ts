@@ -26,6 +26,7 @@ const GLOBAL_HELP =
   '  --config FILE     JSON configuration (default: embedded)\n' +
   '  --log-file FILE   write the JSON log there instead of stderr\n' +
   '  --log-level L     trace, debug, info, warn, error, fatal\n' +
+  '                    (default: info into --log-file, warn on stderr)\n' +
   '  -h, --help        this help\n' +
   '  -V, --version     the version';
 
@@ -119,6 +120,7 @@ export async function main(argv: string[], io: CliIo = stdio): Promise<number> {
       config.logLevel = loadConfigLevel(v['log-level'], LOG_LEVELS);
     }
     if (typeof v['log-file'] === 'string') config.logFile = resolve(v['log-file']);
+    config.logLevel ??= config.logFile !== undefined ? 'info' : 'warn';
     configureLogging({ level: config.logLevel, file: config.logFile });
     const log = logger('cli');
 

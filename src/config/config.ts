@@ -11,15 +11,17 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export interface Config {
   /** Where images, logs and state live. */
   dataDir: string;
-  /** pino level for the agent's log. */
-  logLevel: LogLevel;
+  /**
+   * pino level for the agent's log. Absent: info into a log file, warn on
+   * stderr (a terminal gets the agent's warnings and errors, not its progress).
+   */
+  logLevel?: LogLevel;
   /** Log file; absent means stderr. */
   logFile?: string;
 }
 
 export const DEFAULT_CONFIG: Readonly<Config> = Object.freeze({
   dataDir: '/var/lib/understudy',
-  logLevel: 'info',
 });
 
 export function parseConfig(text: string, source: string): Config {

@@ -121,12 +121,15 @@ describe('the log file and level', () => {
     expect(w.stderr).toContain('understudy: opendir(/nonexistent)');
   });
 
-  it('the level is honoured: info by default (no debug line), warn when asked (no info line either)', async () => {
+  it('the level is honoured: info by default in a file (no debug line), warn on stderr, warn when asked (no info line either)', async () => {
     const dir = tmpDir('log-level');
     const app = await startCounter();
     const img = join(dir, 'image');
     const d = await runCli(['dump', '--pid', String(app.pid), '-D', img]);
     expect(d.exitCode, d.stderr).toBe(0);
+    // without --log-file the log goes to stderr at warn: the agent's info lines ('app attached') do not reach the terminal
+    expect(d.stderr).not.toMatch(/"level":30/);
+    expect(d.stderr).not.toMatch(/app attached/);
     await waitFor('the dumped app to be gone', () => !existsSync(`/proc/${app.pid}`));
 
     const infoLog = join(dir, 'info.log');
