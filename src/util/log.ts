@@ -87,6 +87,14 @@ function makeDirs(dir: string): void {
   mkdirSync(dir);
 }
 
+const LEVEL_VALUES: Readonly<Record<string, number>> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity };
+const noop = (): void => {};
+
+/** Below the level in force: answered without pino, so a command that logs nothing at its level never loads it. */
+function belowLevel(level: string): boolean {
+  return (LEVEL_VALUES[level] ?? 0) < (LEVEL_VALUES[settings.level ?? 'info'] ?? 0);
+}
+
 /** The logger of one component: `{component}` on every line, at the level and destination in force. */
 export function logger(component: string): Logger {
   let child: Logger | undefined;
@@ -100,6 +108,8 @@ export function logger(component: string): Logger {
   };
   return new Proxy({} as Logger, {
     get(_target, prop) {
+      if (typeof prop === 'string' && prop in LEVEL_VALUES && prop !== 'silent' && belowLevel(prop)) return noop;
+      if (prop === 'isLevelEnabled') return (level: string) => !belowLevel(level) && current().isLevelEnabled(level);
       const l = current();
       const v: unknown = Reflect.get(l, prop, l);
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(l) : v;
