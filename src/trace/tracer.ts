@@ -44,6 +44,13 @@ export class Tracer {
   private received = 0;
   private stopping: Promise<TracerStats> | undefined;
   private staleRemovedList: StaleRemoval[] = [];
+  private endedUnasked: (status: string) => void = () => {};
+  /**
+   * Resolves with how the native tracer ended ("was killed by SIGKILL") when
+   * it ends without being stopped: the app is no longer traced. Never
+   * resolves after a stop().
+   */
+  readonly lost: Promise<string> = new Promise((res) => (this.endedUnasked = res));
 
   private constructor(private readonly opts: TracerOptions) {}
 
@@ -60,7 +67,9 @@ export class Tracer {
       onRecords: (batch) => t.onRecords(batch),
       onStats: (s) => t.onStats(s),
       onExit: (status) => {
-        if (!t.stopping) log.error({ appId: opts.appId, status }, 'the tracer ended: the app is no longer traced');
+        if (t.stopping) return;
+        log.error({ appId: opts.appId, status }, 'the tracer ended: the app is no longer traced');
+        t.endedUnasked(status);
       },
     });
     log.info({ appId: opts.appId, pid: t.proc.pid, programs: t.proc.hello.programs.length }, 'tracer attached');

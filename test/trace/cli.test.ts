@@ -1,5 +1,5 @@
 // The trace and graph commands, run as a user runs them.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -68,6 +68,30 @@ describe('understudy trace / graph', () => {
     expect(code).toBe(0);
     expect(JSON.parse(out.trim().split('\n').pop()!)).toMatchObject({ type: 'summary', stoppedBy: 'signal' });
     expect(app.child.exitCode).toBeNull();
+    expect(() => process.kill(app.child.pid!, 0)).not.toThrow();
+  });
+
+  it('trace ends with E_TRACER when its tracer dies, and leaves the process running', async () => {
+    const app = spawnOutside(['sleep', '30']);
+    const tracer = spawn('node', [cli, 'trace', '--pid', String(app.child.pid)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    tracer.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const exited = new Promise<number | null>((res) => tracer.on('exit', (c) => res(c)));
+    // the native tracer: the CLI's child running understudy-tracer
+    let tracerPid: number | undefined;
+    for (let i = 0; i < 100 && tracerPid === undefined; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      // pgrep exits 1 while there is none yet
+      const ps = spawnSync('pgrep', ['-P', String(tracer.pid), '-f', 'understudy-tracer'], { encoding: 'utf8' });
+      if (ps.stdout.trim() !== '') tracerPid = Number(ps.stdout.trim().split('\n')[0]);
+    }
+    expect(tracerPid, 'the native tracer was started').toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, 500)); // attached
+    process.kill(tracerPid!, 'SIGKILL');
+    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running after 10 s'), 10_000))]);
+    if (code === 'still running after 10 s') tracer.kill('SIGKILL');
+    expect(code).toBe(1);
+    expect(err).toMatch(/understudy: the eBPF tracer was killed by SIGKILL after \d+ events: the app is no longer traced and keeps running \(pid \d+\)/);
     expect(() => process.kill(app.child.pid!, 0)).not.toThrow();
   });
 

@@ -59,11 +59,23 @@ export const traceCommand: Command = {
     process.once('SIGTERM', onSignal);
     // --pid: the root's exit event says it is gone; a 500 ms check covers a root that was a zombie already.
     const poll = setInterval(() => session.reconcileRootOnly(), 500);
-    await Promise.race([session.rootExited, stopped]);
+    // the tracer ending by itself ends the trace: nothing more can be shown
+    const lost = session.tracer.lost.then((status) => status);
+    const tracerGone = await Promise.race([session.rootExited.then(() => undefined), stopped.then(() => undefined), lost]);
     clearInterval(poll);
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
     process.stdout.removeListener('error', onOutError);
+    if (tracerGone !== undefined) {
+      // the session's timers go; the dead tracer's stop fails at once, which is known
+      await session.stop().catch(() => undefined);
+      const app = session.rootPid > 0 ? String(session.rootPid) : undefined;
+      throw new UnderstudyError(
+        'E_TRACER',
+        `the eBPF tracer ${tracerGone} after ${session.events} events: the app is no longer traced and keeps running` +
+          `${app ? ` (pid ${app})` : ''}. Run \`understudy check\`, then trace it again with \`understudy trace --pid PID\`.`,
+      );
+    }
     // let the last records arrive (the helper drains on stop)
     const stats = await session.stop();
     const summary = {
