@@ -108,10 +108,10 @@ uint64_t mem_pick_stub(struct restorer *rs)
 			v[j - 1] = t;
 		}
 	const uint64_t margin = 64ULL << 20, need = STUB_PAGES * PAGE_SZ;
-	uint64_t cands[16];
-	int nc = 0;
+	uint64_t all[64] = { 0 };
+	int na = 0;
 	uint64_t prev_end = 0x100000000ULL; /* above the first 4 GiB: stays clear of brk and low binaries */
-	for (size_t i = 0; i <= n && nc < 16; i++) {
+	for (size_t i = 0; i <= n && na < 64; i++) {
 		uint64_t next = i < n ? v[i].s : 0x7ff000000000ULL;
 		if (i < n && v[i].e <= prev_end)
 			continue;
@@ -120,16 +120,26 @@ uint64_t mem_pick_stub(struct restorer *rs)
 			uint64_t mid = ((prev_end + (next - prev_end) / 2) & ~0xffffULL);
 			uint64_t lo = (prev_end + margin + 0xffff) & ~0xffffULL;
 			uint64_t hi = (next - margin - need) & ~0xffffULL;
-			cands[nc++] = mid;
-			if (nc < 16 && lo + need <= next - margin)
-				cands[nc++] = lo;
-			if (nc < 16 && hi >= prev_end + margin)
-				cands[nc++] = hi;
+			all[na++] = mid;
+			if (na < 64 && lo + need <= next - margin)
+				all[na++] = lo;
+			if (na < 64 && hi >= prev_end + margin)
+				all[na++] = hi;
 		}
 		if (i < n && v[i].e > prev_end)
 			prev_end = v[i].e;
 	}
 	free(v);
+	/* the 16 tried are taken from both ends of the address space in turn:
+	 * the forked root inherits the restorer's own mappings, which may cover
+	 * a whole range of the app's gaps (under ASan, its shadow holds 2-17 TB) */
+	uint64_t cands[16] = { 0 };
+	int nc = 0;
+	for (int lo = 0, hi = na - 1; lo <= hi && nc < 16;) {
+		cands[nc++] = all[lo++];
+		if (lo <= hi && nc < 16)
+			cands[nc++] = all[hi--];
+	}
 	tree_set_stub_candidates(rs, cands, nc);
 	return nc ? cands[0] : 0;
 }
