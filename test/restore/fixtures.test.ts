@@ -2,7 +2,7 @@
 // fixtures-full, fixtures-deltas and fixtures-node2): PID namespaces,
 // terminals, a restored app checkpointed again, compacted chains, processes
 // and threads born in the middle of a chain.
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { EngineClient } from '../../src/native/engine.js';
 import { compact, processesOf, readEpochMeta } from '../../src/image/store.js';
 import { join, resolve } from 'node:path';
@@ -13,6 +13,7 @@ import { buildDir } from '../../src/util/paths.js';
 import {
   alive,
   dumpAndKill,
+  lateForkChain,
   killPids,
   onCleanup,
   runCleanups,
@@ -198,17 +199,7 @@ describe('processes and threads born in the middle of a chain', () => {
   it('a child forked and a thread started at epoch 5 of 20 come back with their ids', async () => {
     const ctl = tmp('late');
     const img = join(tmp('late-img'), 'image');
-    const fx = await startFixture('rs_latefork', ctl);
-    let child = 0;
-    const d = await dumpAndKill(fx.pid, img, 20, 10, async (epoch) => {
-      if (epoch === 5) {
-        writeFileSync(join(ctl, 'fork'), '');
-        await waitFor('the late fork', () => existsSync(join(ctl, 'forked')));
-        child = Number(readFileSync(join(ctl, 'forked'), 'utf8').trim());
-      }
-    });
-    expect(child).toBeGreaterThan(0);
-    expect([...d.pids].sort()).toEqual([fx.pid, child].sort());
+    const { fx, child } = await lateForkChain(ctl, img);
     const m = readEpochMeta(join(img, 'epoch-000006'));
     expect(processesOf(m).find((p) => p.pid === child)?.newProcess).toBe(true);
     const r = await restore({ imageDir: img });

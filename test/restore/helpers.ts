@@ -97,6 +97,26 @@ export async function dumpAndKill(pid: number, imageDir: string, deltas = 0, gap
 }
 
 /**
+ * rs_latefork checkpointed into `img` over 20 deltas, told to fork a child
+ * and start a thread at epoch 5; the app is killed after. Returns the
+ * fixture, the dump and the child's pid (the chain's process born mid-way).
+ */
+export async function lateForkChain(ctl: string, img: string): Promise<{ fx: Fixture; dumped: Dumped; child: number }> {
+  const fx = await startFixture('rs_latefork', ctl);
+  let child = 0;
+  const dumped = await dumpAndKill(fx.pid, img, 20, 10, async (epoch) => {
+    if (epoch === 5) {
+      writeFileSync(join(ctl, 'fork'), '');
+      await waitFor('the late fork', () => existsSync(join(ctl, 'forked')));
+      child = Number(readFileSync(join(ctl, 'forked'), 'utf8').trim());
+    }
+  });
+  expect(child).toBeGreaterThan(0);
+  expect([...dumped.pids].sort()).toEqual([fx.pid, child].sort());
+  return { fx, dumped, child };
+}
+
+/**
  * Starts fixture `name` in a control dir tmp(prefix), then dumpAndKill into
  * an image dir under tmp(`${prefix}-img`) with `deltas` incremental epochs.
  */

@@ -3,12 +3,12 @@
 // the resume its memory is compared, page by page in every private region of
 // every process, and its region map line by line, with a clone of epoch 20
 // built directly; after it the fixture checks its own state and says PASS.
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RestoreError, RestorerClient, type CloneInfo } from '../../src/native/restorer.js';
 import { readEpochMeta, processesOf, rewriteEpochMeta } from '../../src/image/store.js';
-import { dumpAndKill, epochDir, exists, killPids, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
+import { dumpAndKill, epochDir, exists, killPids, lateForkChain, onCleanup, runCleanups, startFixture, tmp, verdict, waitFor } from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -226,17 +226,7 @@ describe('a hot clone: deltas applied in place to a stopped clone', () => {
   it('rs_latefork: a process and a thread born mid-chain are created in place by their real parent, same ids, then PASS', async () => {
     const ctl = tmp('hot-late');
     const img = join(tmp('hot-late-img'), 'image');
-    const fx = await startFixture('rs_latefork', ctl);
-    let child = 0;
-    const d = await dumpAndKill(fx.pid, img, 20, 10, async (epoch) => {
-      if (epoch === 5) {
-        writeFileSync(join(ctl, 'fork'), '');
-        await waitFor('the late fork', () => existsSync(join(ctl, 'forked')));
-        child = Number(readFileSync(join(ctl, 'forked'), 'utf8').trim());
-      }
-    });
-    expect(child).toBeGreaterThan(0);
-    expect([...d.pids].sort()).toEqual([fx.pid, child].sort());
+    const { fx, child } = await lateForkChain(ctl, img);
     const { clone, totals } = await hotClone(img, ctl, 20);
     expect([...clone.pids].sort()).toEqual([fx.pid, child].sort());
     expect(totals.procsAdded).toBe(1);
