@@ -1,7 +1,20 @@
 // Bad input: a corrupted page, a missing or foreign delta, a file changed
 // behind a mapping, a PID already in use, a failure half way. Each is refused
 // with an error naming it, and nothing of the app is left running.
-import { copyFileSync, cpSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import {
+  copyFileSync,
+  cpSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  existsSync,
+  statSync,
+  writeFileSync,
+  openSync,
+  readSync,
+  writeSync,
+  closeSync,
+} from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -106,14 +119,7 @@ describe('restore refuses bad input', () => {
     const lib = join(dir, 'libcopy.so');
     copyFileSync('/usr/lib/x86_64-linux-gnu/libm.so.6', lib);
     const fx = await startFixture('rs_mapfile', dir, [join(process.cwd(), 'build/fixtures/rs_mapfile'), dir, lib]);
-    await waitFor('ready', () => {
-      try {
-        statSync(join(dir, 'ready'));
-        return true;
-      } catch {
-        return false;
-      }
-    });
+    await waitFor('ready', () => existsSync(join(dir, 'ready')));
     const img = join(tmp('lib-img'), 'image');
     const d = await dumpAndKill(fx.pid, img, 0);
     copyFileSync('/usr/lib/x86_64-linux-gnu/libz.so.1', lib); // another library, same path
@@ -130,14 +136,7 @@ describe('restore refuses bad input', () => {
     const file = join(dir, 'table.bin');
     writeFileSync(file, Buffer.alloc(20000, 7));
     const fx = await startFixture('rs_mapfile', dir, [join(process.cwd(), 'build/fixtures/rs_mapfile'), dir, file]);
-    await waitFor('ready', () => {
-      try {
-        statSync(join(dir, 'ready'));
-        return true;
-      } catch {
-        return false;
-      }
-    });
+    await waitFor('ready', () => existsSync(join(dir, 'ready')));
     const img = join(tmp('data-img'), 'image');
     const d = await dumpAndKill(fx.pid, img, 0);
     flipByte(file, 12345);
